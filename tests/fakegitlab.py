@@ -1,0 +1,1038 @@
+"""A fake GitLab that speaks the subset of REST API v4 pushdeploy uses, over real HTTP.
+
+Why a real server rather than mocks: the bugs that bite in production live in the layers a
+mock skips -- URL-encoding of ``group/project`` paths, the PRIVATE-TOKEN header, python-gitlab's
+retry loop on 429/5xx, timeouts and connection resets, and GitLab's commit-status state machine
+(posting ``running`` twice is a 400, not a no-op).  python-gitlab and requests run unmodified
+against this server; only the far end is fake.
+
+Only ``http.server`` from the standard library is used so that the raw request line (with
+``%2F`` still encoded) is available and a connection can be reset on purpose.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import math
+import re
+import socket
+import struct
+import threading
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Literal, cast
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+
+__all__ = ["FakeGitLab"]
+
+API_PREFIX = "/api/v4"
+GITLAB_VERSION = "19.0.0"
+
+STATUS_STATES = ("pending", "running", "success", "failed", "canceled", "skipped")
+ACTIVE_STATES = ("pending", "running")
+# The state-machine event GitLab fires for each requested state (Ci::CreateCommitStatusService).
+STATE_EVENT = {
+    "pending": "enqueue",
+    "running": "run",
+    "success": "success",
+    "failed": "drop",
+    "canceled": "cancel",
+    "skipped": "skip",
+}
+# States each event may leave from (CommitStatus state machine), restricted to the states a
+# record can be in when the API finds it: a new record ("created") or a running_or_pending one.
+EVENT_ALLOWED_FROM = {
+    "enqueue": {"created"},
+    "run": {"created", "pending"},  # created goes via enqueue first, then run
+    "success": {"created", "pending", "running"},
+    "drop": {"created", "pending", "running"},
+    "cancel": {"created", "pending", "running"},
+    "skip": {"created", "pending"},
+}
+TERMINAL_STATES = ("success", "failed", "canceled", "skipped")
+DEPLOYMENT_STATUSES = ("running", "success", "failed", "canceled")
+BRANCH_FILTER_STRATEGIES = ("wildcard", "regex", "all_branches")
+HOOK_EVENT_DEFAULTS: dict[str, bool] = {
+    "push_events": True,  # GitLab's column default; every other event defaults to false
+    "tag_push_events": False,
+    "merge_requests_events": False,
+    "repository_update_events": False,
+    "issues_events": False,
+    "confidential_issues_events": False,
+    "note_events": False,
+    "confidential_note_events": False,
+    "pipeline_events": False,
+    "wiki_page_events": False,
+    "deployment_events": False,
+    "feature_flag_events": False,
+    "job_events": False,
+    "releases_events": False,
+    "milestone_events": False,
+    "emoji_events": False,
+    "resource_access_token_events": False,
+    "resource_deploy_token_events": False,
+    "vulnerability_events": False,
+}
+HOOK_BOOL_FIELDS = (*HOOK_EVENT_DEFAULTS, "enable_ssl_verification")
+HOOK_TEXT_FIELDS = (
+    "url",
+    "name",
+    "description",
+    "push_events_branch_filter",
+    "branch_filter_strategy",
+    "custom_webhook_template",
+    "token",
+    "signing_token",
+)
+SHA_RE = re.compile(r"(?:[0-9a-fA-F]{40}|[0-9a-fA-F]{64})")
+URL_RE = re.compile(r"https?://[^\s/?#]+[^\s]*")
+
+FaultKind = Literal["fail", "stall", "reset"]
+
+
+def _now() -> str:
+    """GitLab's timestamp format: ISO 8601, milliseconds, UTC with a Z."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _as_bool(value: Any) -> bool | None:
+    """Coerce a JSON or form value the way Grape's Boolean type does; None means invalid."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return bool(value)
+    if isinstance(value, str) and value.lower() in ("true", "t", "1", "yes", "false", "f", "0", "no"):
+        return value.lower() in ("true", "t", "1", "yes")
+    return None
+
+
+def _valid_signing_token(token: str) -> bool:
+    """Standard Webhooks secret: 'whsec_' followed by base64 of a 32-byte key."""
+    if not token.startswith("whsec_"):
+        return False
+    try:
+        return len(base64.b64decode(token[len("whsec_") :], validate=True)) == 32
+    except (binascii.Error, ValueError):
+        return False
+
+
+@dataclass
+class _Response:
+    """What the handler should put on the wire (or not, for a reset)."""
+
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    stall: float = 0.0
+    reset: bool = False
+
+
+@dataclass(frozen=True)
+class _Fault:
+    """One queued misbehaviour for the next status POST."""
+
+    kind: FaultKind
+    status: int = 503
+    body: Any = None
+    headers: Mapping[str, str] | None = None
+    seconds: float = 0.0
+    process: bool = True
+
+
+class _HttpError(Exception):
+    """Raised inside route handlers to answer with a GitLab-shaped error."""
+
+    def __init__(self, status: int, payload: dict[str, Any]) -> None:
+        super().__init__(status, payload)
+        self.status = status
+        self.payload = payload
+
+
+def _message(status: int, message: Any) -> _HttpError:
+    return _HttpError(status, {"message": message})
+
+
+def _json_response(status: int, payload: Any, headers: Mapping[str, str] | None = None) -> _Response:
+    body = json.dumps(payload).encode()
+    hdrs = {"Content-Type": "application/json"}
+    hdrs.update(headers or {})
+    return _Response(status, body, hdrs)
+
+
+class _Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer that knows its FakeGitLab and its open connections."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, fake: FakeGitLab, address: tuple[str, int]) -> None:
+        self.fake = fake
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Turns HTTP requests into FakeGitLab.handle() calls and writes the answers."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, like GitLab behind nginx
+    server_version = "nginx"
+    sys_version = ""
+
+    @property
+    def _srv(self) -> _Server:
+        return cast(_Server, self.server)
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out in separate writes; without NODELAY, Nagle + delayed ACK adds 40 ms each.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._srv.connections_lock:
+            self._srv.connections.add(self.connection)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        except OSError:
+            pass
+        finally:
+            with self._srv.connections_lock:
+                self._srv.connections.discard(self.connection)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silence the per-request stderr log; FakeGitLab.requests is the log."""
+
+    def _dispatch(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw_body = self.rfile.read(length) if length > 0 else b""
+        fake = self._srv.fake
+        response = fake._handle(self.command, self.path, self.headers, raw_body)
+        if response.stall > 0:
+            fake._stopping.wait(response.stall)
+        if response.reset:
+            self._reset_connection()
+            return
+        try:
+            self.send_response(response.status)
+            for name, value in response.headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(response.body)))
+            self.end_headers()
+            if response.body and self.command != "HEAD":
+                self.wfile.write(response.body)
+        except OSError:  # client gave up (timeout) or we are stopping
+            self.close_connection = True
+
+    def _reset_connection(self) -> None:
+        """Close with SO_LINGER 0 so the kernel sends RST: the client sees 'connection reset'."""
+        self.close_connection = True
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.rfile.close()
+            self.connection.close()
+        except OSError:
+            pass
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _dispatch
+
+
+class FakeGitLab:
+    """In-process GitLab REST API v4 subset on 127.0.0.1:<ephemeral port>.
+
+    State is kept in plain attributes (``hooks``, ``badges``, ``deployments``, ``branch_heads``)
+    so tests can arrange and inspect it directly; every mutation goes through ``lock``.
+    """
+
+    def __init__(
+        self,
+        projects: Mapping[str, int] | None = None,
+        *,
+        token: str = "fake-gitlab-token",  # noqa: S107 - a test credential, not a secret
+        host: str = "127.0.0.1",
+        port: int = 0,
+        branch_heads: Mapping[str, str] | None = None,
+    ) -> None:
+        self.projects: dict[str, int] = dict(projects if projects is not None else {"tools/sample-app": 42})
+        self.token = token
+        # branch name -> head sha, shared by all projects (enough for single-project tests).
+        self.branch_heads: dict[str, str] = dict(branch_heads or {})
+        self.hooks: list[dict[str, Any]] = []
+        self.badges: list[dict[str, Any]] = []
+        self.deployments: list[dict[str, Any]] = []
+        self.environments: dict[tuple[int, str], int] = {}
+        self.lock = threading.RLock()
+        self.errors: list[BaseException] = []  # unexpected exceptions inside the fake (should stay empty)
+        self._host = host
+        self._port = port
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._faults: deque[_Fault] = deque()
+        self._requests: list[dict[str, Any]] = []
+        self._accepted: list[dict[str, Any]] = []
+        self._records: list[dict[str, Any]] = []  # commit-status entities (the state machine)
+        self._pipelines: dict[tuple[int, str, str], int] = {}
+        self._next_id = 1000
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> FakeGitLab:
+        """Bind the ephemeral port and serve in a daemon thread."""
+        if self._server is not None:
+            return self
+        self._stopping.clear()
+        self._server = _Server(self, (self._host, self._port))
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="FakeGitLab", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and drop open keep-alive connections so clients see a dead server."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        self._stopping.set()
+        server.shutdown()
+        server.server_close()
+        with server.connections_lock:
+            conns = list(server.connections)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> FakeGitLab:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("FakeGitLab is not running; call start() first")
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """Base URL to give python-gitlab, e.g. http://127.0.0.1:PORT (no /api/v4)."""
+        return f"http://{self._host}:{self.port}"
+
+    # ------------------------------------------------------------------ fault injection
+
+    def fail_next(
+        self,
+        n: int = 1,
+        status: int = 503,
+        body: str | bytes | Mapping[str, Any] | list[Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Answer the next n status POSTs with a canned response (not recorded as accepted)."""
+        with self.lock:
+            self._faults.extend(_Fault("fail", status=status, body=body, headers=headers) for _ in range(n))
+
+    def stall_next(self, n: int, seconds: float, *, process: bool = True) -> None:
+        """Delay the answer to the next n status POSTs by ``seconds`` (to trip client timeouts).
+
+        process=True: the POST is applied (recorded) first and only the response is late -- the
+        nasty real-world case where a client retry duplicates work.  process=False: nothing is
+        applied and the connection is reset after the delay.
+        """
+        with self.lock:
+            self._faults.extend(_Fault("stall", seconds=seconds, process=process) for _ in range(n))
+
+    def reset_next(self, n: int = 1) -> None:
+        """Reset (RST) the connection on the next n status POSTs without answering or recording."""
+        with self.lock:
+            self._faults.extend(_Fault("reset") for _ in range(n))
+
+    @property
+    def pending_faults(self) -> int:
+        with self.lock:
+            return len(self._faults)
+
+    # ------------------------------------------------------------------ inspection
+
+    def statuses(self, sha: str | None = None, name: str | None = None) -> list[dict[str, Any]]:
+        """Accepted status POSTs in arrival order (keys: state, sha, ref, name, target_url, ...)."""
+        with self.lock:
+            return [
+                dict(s)
+                for s in self._accepted
+                if (sha is None or s["sha"] == sha) and (name is None or s["name"] == name)
+            ]
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        """Every request received: method, path (raw, still %-encoded), query, status, fault, ..."""
+        with self.lock:
+            return [dict(r) for r in self._requests]
+
+    def clear(self) -> None:
+        """Forget requests, statuses and queued faults (projects and hooks etc. stay)."""
+        with self.lock:
+            self._faults.clear()
+            self._requests.clear()
+            self._accepted.clear()
+            self._records.clear()
+            self._pipelines.clear()
+
+    # ------------------------------------------------------------------ request handling
+
+    def _new_id(self) -> int:
+        with self.lock:
+            self._next_id += 1
+            return self._next_id
+
+    def _log(self, entry: dict[str, Any], response: _Response, fault: str | None) -> None:
+        entry["status"] = None if response.reset else response.status
+        entry["fault"] = fault
+        with self.lock:
+            self._requests.append(entry)
+
+    def _handle(self, method: str, target: str, headers: Any, raw_body: bytes) -> _Response:
+        split = urlsplit(target)
+        raw_path = split.path
+        query = dict(parse_qsl(split.query, keep_blank_values=True))
+        entry: dict[str, Any] = {
+            "method": method,
+            "path": raw_path,
+            "query": query,
+            "headers": dict(headers.items()),
+            "body": raw_body.decode("utf-8", "replace"),
+        }
+        fault: _Fault | None = None
+        if method == "POST" and re.fullmatch(r"/api/v4/projects/[^/]+/statuses/[^/]+", raw_path):
+            with self.lock:
+                fault = self._faults.popleft() if self._faults else None
+        if fault is not None and fault.kind == "fail":
+            response = self._canned(fault)
+        elif fault is not None and fault.kind == "reset":
+            response = _Response(0, reset=True)
+        elif fault is not None and not fault.process:
+            response = _Response(0, stall=fault.seconds, reset=True)
+        else:
+            response = self._route(method, raw_path, query, headers, raw_body, split.query)
+            if fault is not None:
+                response.stall = fault.seconds
+        self._log(entry, response, fault.kind if fault else None)
+        return response
+
+    def _canned(self, fault: _Fault) -> _Response:
+        """Build a fail_next() answer; defaults mimic nginx/Rack::Attack bodies."""
+        headers = dict(fault.headers or {})
+        body = fault.body
+        if body is None and fault.status == 429:
+            body, ctype = b"Retry later\n", "text/plain"
+        elif body is None:
+            reason = HTTPStatus(fault.status).phrase if fault.status in HTTPStatus._value2member_map_ else ""
+            body, ctype = (
+                json.dumps({"message": f"{fault.status} {reason}".strip()}).encode(),
+                "application/json",
+            )
+        elif isinstance(body, (bytes, str)):
+            body, ctype = (body.encode() if isinstance(body, str) else body), "text/plain"
+        else:
+            body, ctype = json.dumps(body).encode(), "application/json"
+        headers.setdefault("Content-Type", ctype)
+        return _Response(fault.status, body, headers)
+
+    def _authorized(self, headers: Any) -> bool:
+        private = headers.get("PRIVATE-TOKEN")
+        bearer = headers.get("Authorization") or ""
+        return private == self.token or bearer == f"Bearer {self.token}"
+
+    def _route(
+        self, method: str, raw_path: str, query: dict[str, str], headers: Any, raw_body: bytes, raw_query: str
+    ) -> _Response:
+        if not raw_path.startswith(API_PREFIX + "/"):
+            return _json_response(404, {"error": "404 Not Found"})
+        if not self._authorized(headers):
+            return _json_response(401, {"message": "401 Unauthorized"})
+        # Split the *raw* path so an encoded "group%2Fproject" stays a single segment.
+        segments = raw_path[len(API_PREFIX) + 1 :].split("/")
+        try:
+            params = self._params(query, headers, raw_body)
+            return self._route_api(method, segments, params, raw_path)
+        except _HttpError as err:
+            return _json_response(err.status, err.payload)
+        except Exception as exc:  # a bug in the fake: answer like GitLab would and keep it for the test
+            with self.lock:
+                self.errors.append(exc)
+            return _json_response(500, {"message": "500 Internal Server Error"})
+
+    @staticmethod
+    def _params(query: dict[str, str], headers: Any, raw_body: bytes) -> dict[str, Any]:
+        """Grape merges query string and body; the body may be JSON or a form."""
+        params: dict[str, Any] = dict(query)
+        if not raw_body:
+            return params
+        ctype = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if ctype == "application/x-www-form-urlencoded":
+            params.update(parse_qsl(raw_body.decode("utf-8", "replace"), keep_blank_values=True))
+            return params
+        try:
+            data = json.loads(raw_body)
+        except ValueError as exc:
+            raise _HttpError(
+                400, {"error": "The provided content-type 'application/json' is not valid"}
+            ) from exc
+        if isinstance(data, dict):
+            params.update(data)
+        return params
+
+    def _route_api(self, method: str, seg: list[str], params: dict[str, Any], raw_path: str) -> _Response:
+        if seg == ["version"] and method == "GET":
+            return _json_response(200, {"version": GITLAB_VERSION, "revision": "fake", "enterprise": False})
+        if seg == ["user"] and method == "GET":
+            return _json_response(200, self._user())
+        if len(seg) < 2 or seg[0] != "projects" or not seg[1]:
+            return _json_response(404, {"error": "404 Not Found"})
+        given = unquote(seg[1])
+        project_id, project_path = self._find_project(given)
+        rest = seg[2:]
+        if rest == [] and method == "GET":
+            return _json_response(200, self._project_entity(project_id, project_path))
+        if method == "POST" and len(rest) == 2 and rest[0] == "statuses":
+            return self._post_status(given, project_id, project_path, unquote(rest[1]), params)
+        if (
+            method == "GET"
+            and len(rest) == 4
+            and rest[:2] == ["repository", "commits"]
+            and rest[3] == "statuses"
+        ):
+            return self._list_statuses(project_id, unquote(rest[2]), params, raw_path)
+        if method == "GET" and len(rest) >= 3 and rest[:2] == ["repository", "branches"]:
+            return self._get_branch(project_id, project_path, unquote("/".join(rest[2:])))
+        if rest and rest[0] in ("hooks", "badges", "deployments"):
+            return self._route_collection(method, rest, project_id, project_path, params, raw_path)
+        return _json_response(404, {"error": "404 Not Found"})
+
+    def _route_collection(
+        self,
+        method: str,
+        rest: list[str],
+        project_id: int,
+        project_path: str,
+        params: dict[str, Any],
+        raw_path: str,
+    ) -> _Response:
+        kind = rest[0]
+        store = {"hooks": self.hooks, "badges": self.badges, "deployments": self.deployments}[kind]
+        if len(rest) == 1:
+            if method == "GET":
+                with self.lock:
+                    items = [self._present(kind, x) for x in store if x["project_id"] == project_id]
+                return self._paginate(items, params, raw_path)
+            if method == "POST":
+                create = {"hooks": self._create_hook, "badges": self._create_badge}.get(
+                    kind, self._create_deployment
+                )
+                return _json_response(201, create(project_id, project_path, params))
+        if len(rest) == 2:
+            try:
+                item_id = int(unquote(rest[1]))
+            except ValueError as exc:
+                raise _HttpError(400, {"error": f"{kind[:-1]}_id is invalid"}) from exc
+            item = self._find_item(store, project_id, item_id, kind)
+            allowed = {"hooks": ("GET", "PUT", "DELETE"), "badges": ("GET", "PUT", "DELETE")}.get(
+                kind, ("GET", "PUT")
+            )
+            if method not in allowed:
+                return _json_response(405, {"error": "405 Not Allowed"})
+            if method == "GET":
+                return _json_response(200, self._present(kind, item))
+            if method == "DELETE":
+                with self.lock:
+                    store.remove(item)
+                return _Response(204)
+            update = {"hooks": self._update_hook, "badges": self._update_badge}.get(
+                kind, self._update_deployment
+            )
+            return _json_response(200, update(item, params))
+        return _json_response(404, {"error": "404 Not Found"})
+
+    def _find_item(
+        self, store: list[dict[str, Any]], project_id: int, item_id: int, kind: str
+    ) -> dict[str, Any]:
+        with self.lock:
+            for item in store:
+                if item["project_id"] == project_id and item["id"] == item_id:
+                    return item
+        raise _message(404, "404 Badge Not Found" if kind == "badges" else "404 Not found")
+
+    def _present(self, kind: str, item: dict[str, Any]) -> dict[str, Any]:
+        if kind == "hooks":
+            return self._hook_entity(item)
+        if kind == "badges":
+            return self._badge_entity(item)
+        return self._deployment_entity(item)
+
+    def _paginate(self, items: list[dict[str, Any]], params: dict[str, Any], raw_path: str) -> _Response:
+        """Offset pagination with X-* and Link headers, as python-gitlab's GitlabList expects."""
+        try:
+            per_page = min(max(int(params.get("per_page", 20)), 1), 100)
+            page = max(int(params.get("page", 1)), 1)
+        except (TypeError, ValueError) as exc:
+            raise _HttpError(400, {"error": "page is invalid"}) from exc
+        total = len(items)
+        total_pages = max(math.ceil(total / per_page), 1)
+        chunk = items[(page - 1) * per_page : page * per_page]
+
+        def link(p: int) -> str:
+            keep = {k: v for k, v in params.items() if k not in ("page", "per_page") and isinstance(v, str)}
+            return f"{self.url}{raw_path}?{urlencode({**keep, 'page': p, 'per_page': per_page})}"
+
+        links = []
+        if page < total_pages:
+            links.append(f'<{link(page + 1)}>; rel="next"')
+        if page > 1:
+            links.append(f'<{link(page - 1)}>; rel="prev"')
+        links += [f'<{link(1)}>; rel="first"', f'<{link(total_pages)}>; rel="last"']
+        headers = {
+            "X-Total": str(total),
+            "X-Total-Pages": str(total_pages),
+            "X-Per-Page": str(per_page),
+            "X-Page": str(page),
+            "X-Next-Page": str(page + 1) if page < total_pages else "",
+            "X-Prev-Page": str(page - 1) if page > 1 else "",
+            "Link": ", ".join(links),
+        }
+        return _json_response(200, chunk, headers)
+
+    # ------------------------------------------------------------------ projects, users, branches
+
+    def _find_project(self, given: str) -> tuple[int, str]:
+        """Resolve a numeric id or a (decoded) path_with_namespace; GitLab paths match case-insensitively."""
+        with self.lock:
+            if given.isdigit():
+                for path, pid in self.projects.items():
+                    if pid == int(given):
+                        return pid, path
+            for path, pid in self.projects.items():
+                if path.lower() == given.lower():
+                    return pid, path
+        raise _message(404, "404 Project Not Found")
+
+    def _user(self) -> dict[str, Any]:
+        return {
+            "id": 1,
+            "username": "pushdeploy-bot",
+            "name": "pushdeploy bot",
+            "state": "active",
+            "locked": False,
+            "avatar_url": None,
+            "web_url": f"{self.url}/pushdeploy-bot",
+        }
+
+    def _project_entity(self, project_id: int, path: str) -> dict[str, Any]:
+        namespace, _, name = path.rpartition("/")
+        return {
+            "id": project_id,
+            "name": name,
+            "path": name,
+            "path_with_namespace": path,
+            "name_with_namespace": f"{namespace} / {name}" if namespace else name,
+            "namespace": {"name": namespace, "path": namespace, "full_path": namespace, "kind": "group"},
+            "default_branch": "main",
+            "visibility": "private",
+            "web_url": f"{self.url}/{path}",
+            "http_url_to_repo": f"{self.url}/{path}.git",
+            "ssh_url_to_repo": f"git@{self._host}:{path}.git",
+            "description": None,
+            "archived": False,
+        }
+
+    def _get_branch(self, project_id: int, project_path: str, branch: str) -> _Response:
+        with self.lock:
+            sha = self.branch_heads.get(branch)
+        if sha is None:
+            raise _message(404, "404 Branch Not Found")
+        return _json_response(
+            200,
+            {
+                "name": branch,
+                "commit": {"id": sha, "short_id": sha[:8], "title": "", "message": "", "parent_ids": []},
+                "merged": False,
+                "protected": branch == "main",
+                "default": branch == "main",
+                "developers_can_push": False,
+                "developers_can_merge": False,
+                "can_push": True,
+                "web_url": f"{self.url}/{project_path}/-/tree/{branch}",
+            },
+        )
+
+    # ------------------------------------------------------------------ commit statuses
+
+    def _post_status(
+        self, given: str, project_id: int, project_path: str, sha: str, params: dict[str, Any]
+    ) -> _Response:
+        """POST /projects/:id/statuses/:sha with GitLab's validation order and state machine."""
+        if not SHA_RE.fullmatch(sha):
+            raise _message(404, "404 Commit Not Found")
+        state = params.get("state")
+        if state is None or state == "":
+            raise _HttpError(400, {"error": "state is missing, state does not have a valid value"})
+        if state not in STATUS_STATES:
+            raise _HttpError(400, {"error": "state does not have a valid value"})
+        name = str(params.get("name") or params.get("context") or "default")
+        ref = params.get("ref") or self._ref_for(sha)
+        target_url = params.get("target_url")
+        if target_url is not None:
+            target_url = str(target_url)
+            if len(target_url) > 255:
+                raise _message(400, {"target_url": ["is too long (maximum is 255 characters)"]})
+            if not URL_RE.fullmatch(target_url):
+                raise _message(400, {"target_url": ["must be a valid URL"]})
+        description = params.get("description")
+        coverage = params.get("coverage")
+        event = STATE_EVENT[state]
+        now = _now()
+        with self.lock:
+            record = next(
+                (
+                    r
+                    for r in reversed(self._records)
+                    if r["project_id"] == project_id
+                    and r["sha"] == sha
+                    and r["name"] == name
+                    and r["ref"] == ref
+                    and r["status"] in ACTIVE_STATES
+                ),
+                None,
+            )
+            current = record["status"] if record else "created"
+            if current not in EVENT_ALLOWED_FROM[event]:
+                raise _message(
+                    400,
+                    f"Cannot transition status via :{event} from :{current} "
+                    f'(Reason(s): Status cannot transition via "{event}")',
+                )
+            created = record is None
+            if record is None:
+                pipeline_key = (project_id, sha, str(ref))
+                if pipeline_key not in self._pipelines:
+                    self._pipelines[pipeline_key] = self._new_id()
+                record = {
+                    "id": self._new_id(),
+                    "project_id": project_id,
+                    "sha": sha,
+                    "ref": ref,
+                    "name": name,
+                    "status": "created",
+                    "target_url": None,
+                    "description": None,
+                    "coverage": None,
+                    "created_at": now,
+                    "started_at": None,
+                    "finished_at": None,
+                    "pipeline_id": self._pipelines[pipeline_key],
+                }
+                self._records.append(record)
+            if target_url is not None:
+                record["target_url"] = target_url
+            if description is not None:
+                record["description"] = str(description)
+            if coverage is not None:
+                record["coverage"] = float(coverage)
+            record["status"] = state
+            if state == "running" and record["started_at"] is None:
+                record["started_at"] = now
+            if state in TERMINAL_STATES:
+                record["finished_at"] = now
+            entity = self._status_entity(record)
+            self._accepted.append(
+                {
+                    "state": state,
+                    "sha": sha,
+                    "ref": ref,
+                    "name": name,
+                    "target_url": record["target_url"],
+                    "description": record["description"],
+                    "coverage": record["coverage"],
+                    "project": given,
+                    "project_id": project_id,
+                    "project_path": project_path,
+                    "status_id": record["id"],
+                    "new_record": created,
+                    "params": dict(params),
+                }
+            )
+        return _json_response(201, entity)
+
+    def _ref_for(self, sha: str) -> str:
+        """GitLab uses the first branch containing the sha; we only know branch heads, else 'main'."""
+        with self.lock:
+            for branch, head in self.branch_heads.items():
+                if head == sha:
+                    return branch
+        return "main"
+
+    def _status_entity(self, record: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "id": record["id"],
+            "sha": record["sha"],
+            "ref": record["ref"],
+            "status": record["status"],
+            "name": record["name"],
+            "target_url": record["target_url"],
+            "description": record["description"],
+            "created_at": record["created_at"],
+            "started_at": record["started_at"],
+            "finished_at": record["finished_at"],
+            "allow_failure": False,
+            "coverage": record["coverage"],
+            "pipeline_id": record["pipeline_id"],
+            "author": self._user(),
+        }
+
+    def _list_statuses(self, project_id: int, sha: str, params: dict[str, Any], raw_path: str) -> _Response:
+        """GET .../commits/:sha/statuses: latest per (name, ref) unless all=true."""
+        if not SHA_RE.fullmatch(sha):
+            raise _message(404, "404 Commit Not Found")
+        with self.lock:
+            rows = [r for r in self._records if r["project_id"] == project_id and r["sha"] == sha]
+        if params.get("ref"):
+            rows = [r for r in rows if r["ref"] == params["ref"]]
+        if params.get("name"):
+            rows = [r for r in rows if r["name"] == params["name"]]
+        if not _as_bool(params.get("all", False)):
+            latest: dict[tuple[str, str], dict[str, Any]] = {}
+            for r in rows:
+                latest[(r["name"], r["ref"])] = r
+            rows = list(latest.values())
+        return self._paginate([self._status_entity(r) for r in rows], params, raw_path)
+
+    # ------------------------------------------------------------------ hooks
+
+    def _hook_values(self, params: dict[str, Any], *, creating: bool) -> dict[str, Any]:
+        if creating and not params.get("url"):
+            raise _HttpError(400, {"error": "url is missing"})
+        values: dict[str, Any] = {}
+        for key in HOOK_BOOL_FIELDS:
+            if key in params:
+                value = _as_bool(params[key])
+                if value is None:
+                    raise _HttpError(400, {"error": f"{key} is invalid"})
+                values[key] = value
+        for key in HOOK_TEXT_FIELDS:
+            if key in params:
+                values[key] = None if params[key] is None else str(params[key])
+        strategy = values.get("branch_filter_strategy")
+        if strategy is not None and strategy not in BRANCH_FILTER_STRATEGIES:
+            raise _HttpError(400, {"error": "branch_filter_strategy does not have a valid value"})
+        if values.get("signing_token") and not _valid_signing_token(values["signing_token"]):
+            # GitLab (18.x MR 231325) only accepts Standard Webhooks secrets: whsec_ + base64(32 bytes).
+            raise _message(
+                422, {"signing_token": ["must be in whsec_<base64> format encoding a 32-byte key"]}
+            )
+        if "url" in values and not URL_RE.fullmatch(values["url"] or ""):
+            raise _message(422, "Invalid url given")
+        if values.get("branch_filter_strategy") == "regex" and values.get("push_events_branch_filter"):
+            try:
+                re.compile(values["push_events_branch_filter"])
+            except re.error as exc:
+                raise _message(422, "Invalid branch filter given") from exc
+        return values
+
+    def _create_hook(self, project_id: int, project_path: str, params: dict[str, Any]) -> dict[str, Any]:
+        values = self._hook_values(params, creating=True)
+        hook: dict[str, Any] = {
+            "id": self._new_id(),
+            "project_id": project_id,
+            "url": None,
+            "name": None,
+            "description": None,
+            "created_at": _now(),
+            **HOOK_EVENT_DEFAULTS,
+            "enable_ssl_verification": True,
+            "push_events_branch_filter": None,
+            "branch_filter_strategy": "wildcard",
+            "custom_webhook_template": None,
+            "token": None,
+            "signing_token": None,
+        }
+        hook.update(values)
+        self._normalise_hook(hook)
+        with self.lock:
+            self.hooks.append(hook)
+            return self._hook_entity(hook)
+
+    def _update_hook(self, hook: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        values = self._hook_values(params, creating=False)
+        if not values:
+            raise _message(400, "No parameters provided")
+        with self.lock:
+            hook.update(values)
+            self._normalise_hook(hook)
+            return self._hook_entity(hook)
+
+    @staticmethod
+    def _normalise_hook(hook: dict[str, Any]) -> None:
+        if hook["branch_filter_strategy"] == "all_branches":
+            hook["push_events_branch_filter"] = None
+
+    @staticmethod
+    def _hook_entity(hook: dict[str, Any]) -> dict[str, Any]:
+        """Like GitLab 18.x: secrets are never returned, only token_present/signing_token_present."""
+        entity = {k: v for k, v in hook.items() if k not in ("token", "signing_token")}
+        entity.update(
+            {
+                "alert_status": "executable",
+                "disabled_until": None,
+                "url_variables": [],
+                "custom_headers": [],
+                "token_present": bool(hook.get("token")),
+                "signing_token_present": bool(hook.get("signing_token")),
+            }
+        )
+        return entity
+
+    # ------------------------------------------------------------------ badges
+
+    def _create_badge(self, project_id: int, project_path: str, params: dict[str, Any]) -> dict[str, Any]:
+        missing = [f"{k} is missing" for k in ("link_url", "image_url") if not params.get(k)]
+        if missing:
+            raise _HttpError(400, {"error": ", ".join(missing)})
+        badge = {
+            "id": self._new_id(),
+            "project_id": project_id,
+            "project_path": project_path,
+            "name": params.get("name"),
+            "link_url": str(params["link_url"]),
+            "image_url": str(params["image_url"]),
+        }
+        with self.lock:
+            self.badges.append(badge)
+            return self._badge_entity(badge)
+
+    def _update_badge(self, badge: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            for key in ("name", "link_url", "image_url"):
+                if key in params:
+                    badge[key] = params[key]
+            return self._badge_entity(badge)
+
+    def _badge_entity(self, badge: dict[str, Any]) -> dict[str, Any]:
+        path = str(badge["project_path"])
+        with self.lock:
+            head = self.branch_heads.get("main", "")
+        placeholders = {
+            "%{project_path}": path,
+            "%{project_title}": path.rpartition("/")[2],
+            "%{project_name}": path.rpartition("/")[2],
+            "%{project_id}": str(badge["project_id"]),
+            "%{project_namespace}": path.rpartition("/")[0],
+            "%{group_name}": path.partition("/")[0],
+            "%{gitlab_server}": f"{self._host}:{self.port}",
+            "%{gitlab_pages_domain}": "pages.example.com",
+            "%{default_branch}": "main",
+            "%{commit_sha}": head,
+            "%{latest_tag}": "",
+        }
+
+        def render(text: str) -> str:
+            for key, value in placeholders.items():
+                text = text.replace(key, value)
+            return text
+
+        return {
+            "id": badge["id"],
+            "name": badge["name"],
+            "link_url": badge["link_url"],
+            "image_url": badge["image_url"],
+            "rendered_link_url": render(badge["link_url"]),
+            "rendered_image_url": render(badge["image_url"]),
+            "kind": "project",
+        }
+
+    # ------------------------------------------------------------------ deployments
+
+    def _create_deployment(
+        self, project_id: int, project_path: str, params: dict[str, Any]
+    ) -> dict[str, Any]:
+        missing = [
+            f"{k} is missing"
+            for k in ("environment", "sha", "ref", "tag", "status")
+            if params.get(k) in (None, "")
+        ]
+        if missing:
+            raise _HttpError(400, {"error": ", ".join(missing)})
+        tag = _as_bool(params["tag"])
+        if tag is None:
+            raise _HttpError(400, {"error": "tag is invalid"})
+        if params["status"] not in DEPLOYMENT_STATUSES:
+            raise _HttpError(400, {"error": "status does not have a valid value"})
+        now = _now()
+        env_name = str(params["environment"])
+        with self.lock:
+            env_id = self.environments.setdefault((project_id, env_name), self._new_id())
+            iid = 1 + sum(1 for d in self.deployments if d["project_id"] == project_id)
+            deployment = {
+                "id": self._new_id(),
+                "iid": iid,
+                "project_id": project_id,
+                "environment": env_name,
+                "environment_id": env_id,
+                "sha": str(params["sha"]),
+                "ref": str(params["ref"]),
+                "tag": tag,
+                "status": str(params["status"]),
+                "created_at": now,
+                "updated_at": now,
+                "finished_at": now if params["status"] != "running" else None,
+                "history": [str(params["status"])],
+            }
+            self.deployments.append(deployment)
+            return self._deployment_entity(deployment)
+
+    def _update_deployment(self, deployment: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        status = params.get("status")
+        if status in (None, ""):
+            raise _HttpError(400, {"error": "status is missing"})
+        if status not in DEPLOYMENT_STATUSES:
+            raise _HttpError(400, {"error": "status does not have a valid value"})
+        now = _now()
+        with self.lock:
+            deployment["status"] = status
+            deployment["updated_at"] = now
+            deployment["finished_at"] = now if status != "running" else None
+            deployment["history"].append(status)
+            return self._deployment_entity(deployment)
+
+    def _deployment_entity(self, deployment: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "id": deployment["id"],
+            "iid": deployment["iid"],
+            "ref": deployment["ref"],
+            "sha": deployment["sha"],
+            "status": deployment["status"],
+            "created_at": deployment["created_at"],
+            "updated_at": deployment["updated_at"],
+            "finished_at": deployment["finished_at"],
+            "user": self._user(),
+            "environment": {
+                "id": deployment["environment_id"],
+                "name": deployment["environment"],
+                "external_url": None,
+            },
+            "deployable": None,
+        }

@@ -1,0 +1,38 @@
+"""The Flask application factory: settings and Redis are injected, so tests build the real app."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from flask import Flask
+from redis import Redis
+
+from webhook.api import api
+from webhook.pages import pages
+from webhook.receive import hooks
+from workers.config import Settings, config_path, load
+from workers.connection import web_redis
+from workers.queueing import Intake
+
+
+def create_app(settings: Settings | None = None, redis: Redis | None = None) -> Flask:
+    """Build the web tier; without arguments it reads ``PUSHDEPLOY_CONFIG`` (as gunicorn does)."""
+    if settings is None:
+        settings = load(config_path(None, os.environ))
+    if redis is None:
+        redis = web_redis(settings.server.redis_url)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.server.max_body_bytes
+    app.config["JSON_SORT_KEYS"] = False
+    app.extensions["pushdeploy.settings"] = settings
+    app.extensions["pushdeploy.redis"] = redis
+    app.extensions["pushdeploy.intake"] = Intake(redis, settings.server.public_url)
+    app.register_blueprint(hooks)
+    app.register_blueprint(pages)
+    app.register_blueprint(api)
+    gunicorn_logger = logging.getLogger("gunicorn.error")
+    if gunicorn_logger.handlers:
+        app.logger.handlers = gunicorn_logger.handlers
+        app.logger.setLevel(gunicorn_logger.level)
+    return app

@@ -1,0 +1,209 @@
+"""The ``pushdeploy`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import requests
+
+from workers.config import ConfigError, Settings, config_path, load
+from workers.secrets import new_signing_key
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+TERMINAL = {"succeeded", "failed", "canceled"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        code: int = args.handler(args)
+        return code
+    except ConfigError as exc:
+        print(f"pushdeploy: the configuration has {len(exc.problems)} problem(s):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pushdeploy", description="Push-to-deploy for GitLab.")
+    parser.add_argument("--config", "-c", help="config file (default: $PUSHDEPLOY_CONFIG or ./pushdeploy.toml)")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    def command(name: str, handler: object, help_text: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        sp.set_defaults(handler=handler)
+        return sp
+
+    sp = command("up", cmd_up, "run web, one worker and (when none answers) an embedded Redis")
+    sp.add_argument("--bind", default="127.0.0.1:8000", help="HOST:PORT for the web server")
+    sp.add_argument("--demo", action="store_true", help="use examples/quickstart.toml and deploy its demo repository")
+    sp = command("web", cmd_web, "run the web server (gunicorn)")
+    sp.add_argument("--bind", default="127.0.0.1:8000", help="HOST:PORT to listen on")
+    sp.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+    sp = command("worker", cmd_worker, "run a deployment worker")
+    sp.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    sp.add_argument("--name", help="worker name (default: generated)")
+    command("check", cmd_check, "validate the configuration and print each webhook URL")
+    command("new-secret", cmd_new_secret, "print a new signing token (whsec_…) for GitLab's webhook settings")
+    sp = command("simulate-push", cmd_simulate, "sign and send a push delivery like GitLab does")
+    sp.add_argument("project")
+    sp.add_argument("--sha", help="commit to deploy (default: the branch head of repo_url)")
+    sp.add_argument("--environment", help="environment to push for (default: the first one)")
+    sp.add_argument("--url", help="server base URL (default: server.public_url)")
+    sp.add_argument("--follow", action="store_true", help="wait for the deployment and print its outcome")
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    return load(config_path(args.config, os.environ))
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    print(f"{settings.path}: OK")
+    print(f"  public URL: {settings.server.public_url}")
+    print(f"  Redis:      {_redacted_url(settings.server.redis_url)}")
+    print(f"  data dir:   {settings.server.data_dir}")
+    print(f"  GitLab:     {settings.gitlab.url if settings.gitlab else 'none (statuses are recorded locally only)'}")
+    for project in settings.projects.values():
+        auth = []
+        if project.signing_keys:
+            auth.append(f"signing token ×{len(project.signing_keys)}")
+        if project.secret_tokens:
+            auth.append(f"secret token ×{len(project.secret_tokens)}")
+        print(f"project {project.name} (GitLab {project.gitlab_project}; {', '.join(auth)})")
+        print(f"  webhook URL: {settings.webhook_url(project.name)}")
+        for env in project.environments.values():
+            steps = f"{len(env.build)} build, {len(env.deploy)} deploy step(s)"
+            health = f", health check {env.health_check.url}" if env.health_check else ""
+            print(f"  environment {env.name}: branch {env.branch}, {steps}{health}, timeout {env.timeout} s")
+    return EXIT_OK
+
+
+def cmd_new_secret(args: argparse.Namespace) -> int:
+    print(new_signing_key())
+    return EXIT_OK
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    from webhook.launcher import web_argv
+
+    settings = settings_from(args)
+    env = dict(os.environ, PUSHDEPLOY_CONFIG=str(settings.path.resolve()))
+    argv = web_argv(args.bind, args.workers)
+    os.execve(argv[0], argv, env)
+    return EXIT_FAILURE  # not reached
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from workers.worker import run_worker
+
+    settings = settings_from(args)
+    run_worker(settings, burst=args.burst, name=args.name)
+    return EXIT_OK
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from webhook import simulate
+
+    settings = settings_from(args)
+    project = settings.projects.get(args.project)
+    if project is None:
+        print(f"pushdeploy: no project {args.project!r} in {settings.path}", file=sys.stderr)
+        return EXIT_USAGE
+    environment = project.environments.get(args.environment) if args.environment else None
+    environment = environment or next(iter(project.environments.values()))
+    try:
+        sha = (args.sha or simulate.resolve_sha(project, environment)).lower()
+        delivery = simulate.build(settings, project, environment, sha, args.url or settings.server.public_url)
+        response = simulate.send(delivery)
+    except (LookupError, ValueError, requests.RequestException) as exc:
+        print(f"pushdeploy: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"POST {delivery.url} → {response.status_code} {response.text.strip()}")
+    if response.status_code >= 300:
+        return EXIT_FAILURE
+    if args.follow and response.status_code == 202:
+        return follow(settings, args.url or settings.server.public_url, response.json()["deployment"])
+    return EXIT_OK
+
+
+def follow(settings: Settings, base_url: str, deployment_id: str, timeout: float = 600.0) -> int:
+    """Poll the deployment until it ends; print its state changes."""
+    url = f"{base_url.rstrip('/')}/api/v1/deployments/{deployment_id}"
+    token = settings.server.admin_token
+    headers = {"Authorization": f"Bearer {token.reveal()}"} if token else {}
+    deadline, last = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline:
+        try:
+            state = requests.get(url, headers=headers, timeout=5).json().get("state", "")
+        except (requests.RequestException, ValueError):
+            state = ""
+        if state and state != last:
+            print(f"  {deployment_id}: {state}")
+            last = state
+        if state in TERMINAL:
+            return EXIT_OK if state == "succeeded" else EXIT_FAILURE
+        time.sleep(0.5)
+    print(f"pushdeploy: {deployment_id} did not finish within {timeout:.0f} s", file=sys.stderr)
+    return EXIT_FAILURE
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from webhook import demo, launcher, simulate
+
+    if args.demo and not args.config and not os.environ.get("PUSHDEPLOY_CONFIG"):
+        args.config = str(Path("examples/quickstart.toml"))
+    settings = settings_from(args)
+    if args.demo:
+        for project in settings.projects.values():
+            repo = Path(project.repo_url)
+            if repo.is_absolute():
+                sha, created = demo.ensure_repository(repo)
+                print(f"demo repository {repo} {'created' if created else 'exists'} (head {sha[:12]})")
+    try:
+        supervisor, redis_url, source = launcher.up(settings, args.bind)
+    except launcher.LaunchError as exc:
+        print(f"pushdeploy: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    base = f"http://{args.bind}"
+    print(f"pushdeploy is up: web {base}  ·  Redis: {source}")
+    for project in settings.projects.values():
+        print(f"  webhook for {project.name}: {settings.webhook_url(project.name)}")
+    if args.demo:
+        project = next(iter(settings.projects.values()))
+        environment = next(iter(project.environments.values()))
+        sha = simulate.resolve_sha(project, environment)
+        response = simulate.send(simulate.build(settings, project, environment, sha, base))
+        print(f"demo push of {sha[:12]} → {response.status_code} {response.text.strip()}")
+        if response.status_code == 202:
+            deployment_id = response.json()["deployment"]
+            follow(settings, base, deployment_id, timeout=120)
+            print(f"  open {base}/deployments/{deployment_id} to see its steps and log; Ctrl-C stops pushdeploy")
+    return supervisor.wait()
+
+
+def _redacted_url(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = f"{parts.username or ''}:****@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+if __name__ == "__main__":
+    sys.exit(main())

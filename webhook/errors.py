@@ -1,0 +1,67 @@
+"""Why a delivery was refused; each carries the HTTP status it is answered with.
+
+::
+
+    WebhookError
+    ├── PayloadTooLarge        413
+    ├── UnsupportedMediaType   415
+    ├── UnknownProject         404
+    ├── InvalidSignature       401  (Standard Webhooks headers missing, stale or not matching)
+    ├── InvalidToken           401  (X-Gitlab-Token missing or not matching)
+    ├── InvalidPayload         400  (not strict JSON, or a used field has the wrong type)
+    ├── ProjectMismatch        403  (the payload names another GitLab project)
+    └── QueueUnavailable       503  (Redis did not answer in time)
+
+Messages are fixed texts plus configured names: never a token, a signature or a digest.
+"""
+
+from __future__ import annotations
+
+
+class WebhookError(Exception):
+    status_code = 400
+    reason = "bad request"
+
+    def __init__(self, detail: str | None = None) -> None:
+        self.detail = detail or self.reason
+        super().__init__(self.detail)
+
+
+class PayloadTooLarge(WebhookError):
+    status_code = 413
+    reason = "payload too large"
+
+
+class UnsupportedMediaType(WebhookError):
+    status_code = 415
+    reason = "content type must be application/json"
+
+
+class UnknownProject(WebhookError):
+    status_code = 404
+    reason = "unknown project"
+
+
+class InvalidSignature(WebhookError):
+    status_code = 401
+    reason = "invalid signature"
+
+
+class InvalidToken(WebhookError):
+    status_code = 401
+    reason = "invalid X-Gitlab-Token"
+
+
+class InvalidPayload(WebhookError):
+    status_code = 400
+    reason = "invalid payload"
+
+
+class ProjectMismatch(WebhookError):
+    status_code = 403
+    reason = "payload is for another GitLab project"
+
+
+class QueueUnavailable(WebhookError):
+    status_code = 503
+    reason = "deployment queue unavailable; try again"

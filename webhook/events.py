@@ -1,0 +1,146 @@
+"""What an authenticated delivery asks for: a push to deploy, or a reason to ignore it.
+
+Parsing is strict (duplicate keys and NaN/Infinity are refused, so no other parser could read the
+payload differently) and every field used is type-checked before it goes anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from webhook.errors import InvalidPayload, ProjectMismatch
+from webhook.verify import header
+from workers.config import Environment, Project
+from workers.queueing import Push
+from workers.source import SHA_RE, ZERO_SHA_RE
+
+SKIP_MARKERS = ("[skip deploy]", "[deploy skip]")
+PUSH_EVENTS = ("Push Hook",)
+
+
+@dataclass(frozen=True)
+class Ignored:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Deploy:
+    environment: Environment
+    push: Push
+
+
+def parse(body: bytes) -> dict[str, Any]:
+    """Strict JSON: an object at the top, no duplicate keys, only finite numbers."""
+    try:
+        payload = json.loads(body, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+    except (ValueError, RecursionError):
+        raise InvalidPayload("body is not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise InvalidPayload("payload must be a JSON object")
+    return payload
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in result:
+            raise ValueError("duplicate key")
+        result[name] = value
+    return result
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"non-finite number {name}")
+
+
+def check_project(payload: Mapping[str, Any], project: Project) -> None:
+    """The payload must name the configured GitLab project, by path or by numeric id."""
+    expected = project.gitlab_project
+    described = payload.get("project")
+    candidates: list[str] = []
+    if isinstance(described, dict):
+        path = described.get("path_with_namespace")
+        if isinstance(path, str):
+            candidates.append(path)
+        if _is_int(described.get("id")):
+            candidates.append(str(described["id"]))
+    if _is_int(payload.get("project_id")):
+        candidates.append(str(payload["project_id"]))
+    if not candidates:
+        raise InvalidPayload("payload has no project.path_with_namespace or project.id")
+    if expected not in candidates:
+        raise ProjectMismatch()
+
+
+def classify(
+    headers: Mapping[str, str], payload: Mapping[str, Any], project: Project, delivery_key: str
+) -> Deploy | Ignored:
+    """Decide what to do with a verified, project-checked payload."""
+    event = header(headers, "X-Gitlab-Event") or ""
+    if event not in PUSH_EVENTS:
+        return Ignored(f"event {_quote(event)} is not deployed (only Push Hook)")
+    ref = _string(payload, "ref")
+    after = _string(payload, "after")
+    if not ref.startswith("refs/heads/"):
+        return Ignored(f"ref {_quote(ref)} is not a branch")
+    branch = ref.removeprefix("refs/heads/")
+    environment = project.environment_for_branch(branch)
+    if environment is None:
+        return Ignored(f"branch {_quote(branch)} is not deployed")
+    if ZERO_SHA_RE.match(after):
+        return Ignored(f"branch {_quote(branch)} was deleted")
+    checkout = payload.get("checkout_sha")
+    if checkout is not None and not isinstance(checkout, str):
+        raise InvalidPayload("checkout_sha must be a string or null")
+    sha = (checkout or after).lower()
+    if not SHA_RE.match(sha):
+        raise InvalidPayload("checkout_sha/after is not a commit sha (40 or 64 hex characters)")
+    message = _head_message(payload, after)
+    if any(marker in message for marker in SKIP_MARKERS):
+        return Ignored("head commit asks to skip the deployment ([skip deploy])")
+    pusher = payload.get("user_username") or payload.get("user_name") or ""
+    if not isinstance(pusher, str):
+        raise InvalidPayload("user_username must be a string")
+    return Deploy(environment, Push(ref=ref, sha=sha, pusher=pusher[:255], delivery_key=delivery_key))
+
+
+def delivery_key(headers: Mapping[str, str]) -> str:
+    """The key duplicates are recognised by: ``Idempotency-Key``, else ``webhook-id``, else the event UUID."""
+    for name in ("Idempotency-Key", "webhook-id", "X-Gitlab-Event-UUID"):
+        value = header(headers, name)
+        if value and len(value) <= 256 and re.fullmatch(r"[\x21-\x7e]+", value):
+            return value
+    return ""
+
+
+def _head_message(payload: Mapping[str, Any], after: str) -> str:
+    commits = payload.get("commits") or []
+    if not isinstance(commits, list):
+        raise InvalidPayload("commits must be a list")
+    for commit in commits:
+        if isinstance(commit, dict) and commit.get("id") == after:
+            message = commit.get("message") or ""
+            if not isinstance(message, str):
+                raise InvalidPayload("commit message must be a string")
+            return message
+    return ""
+
+
+def _string(payload: Mapping[str, Any], name: str) -> str:
+    value = payload.get(name)
+    if not isinstance(value, str):
+        raise InvalidPayload(f"{name} must be a string")
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _quote(text: str) -> str:
+    """Payload text shown back in a reason: printable, short, repr-quoted."""
+    return repr(text[:100])

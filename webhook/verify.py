@@ -1,0 +1,117 @@
+"""Verification of a delivery: pure functions over (headers, raw body) that raise or return.
+
+Nothing here parses JSON: a delivery is authenticated on the exact bytes received before any
+parser sees them. Every comparison of a secret goes through ``hmac.compare_digest``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+from collections.abc import Iterable, Mapping, Sequence
+
+from webhook.errors import InvalidSignature, InvalidToken, PayloadTooLarge, UnsupportedMediaType
+from workers import defaults
+from workers.secrets import Secret, SigningKey
+
+MAX_SIGNATURES = 16
+"""More entries than any rotation needs; bounds the work an unauthenticated request can cause."""
+
+MAX_ID_LENGTH = 256
+
+
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    """Case-insensitive lookup that works for Flask's headers and for plain dicts alike."""
+    value = headers.get(name)
+    if value is not None:
+        return value
+    lowered = name.lower()
+    for key, candidate in headers.items():
+        if key.lower() == lowered:
+            return candidate
+    return None
+
+
+def check_envelope(headers: Mapping[str, str], length: int | None, limit: int) -> None:
+    """Size first (413), then content type (415), as the SPEC orders them."""
+    if length is not None and length > limit:
+        raise PayloadTooLarge(f"payload larger than {limit} bytes")
+    content_type = (header(headers, "Content-Type") or "").split(";", 1)[0].strip().lower()
+    if content_type != "application/json":
+        raise UnsupportedMediaType()
+
+
+def verify_signature(
+    headers: Mapping[str, str],
+    body: bytes,
+    keys: Sequence[SigningKey],
+    now: float,
+    tolerance: int = defaults.SIGNATURE_TOLERANCE,
+) -> str:
+    """Check a Standard Webhooks signature against any of ``keys``; returns the ``webhook-id``.
+
+    Raises:
+        InvalidSignature: a header is missing or malformed, the timestamp is outside the tolerance,
+            or no ``v1`` entry matches any key.
+    """
+    msg_id = header(headers, "webhook-id")
+    timestamp = header(headers, "webhook-timestamp")
+    signatures = header(headers, "webhook-signature")
+    if not msg_id or not timestamp or not signatures:
+        raise InvalidSignature("missing webhook-id, webhook-timestamp or webhook-signature header")
+    if len(msg_id) > MAX_ID_LENGTH or not msg_id.isprintable():
+        raise InvalidSignature("malformed webhook-id header")
+    if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:
+        raise InvalidSignature("malformed webhook-timestamp header")
+    if abs(now - int(timestamp)) > tolerance:
+        raise InvalidSignature("webhook-timestamp outside the allowed clock skew")
+    candidates = list(_v1_signatures(signatures.split(" ")[:MAX_SIGNATURES]))
+    if not candidates:
+        raise InvalidSignature("no v1 signature in webhook-signature")
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    for key in keys:
+        expected = hmac.new(key.key, signed, hashlib.sha256).digest()
+        # Compare with every candidate (no early exit on the first one) to keep timing flat.
+        matched = False
+        for candidate in candidates:
+            matched |= hmac.compare_digest(expected, candidate)
+        if matched:
+            return msg_id
+    raise InvalidSignature("signature does not match")
+
+
+def _v1_signatures(entries: Iterable[str]) -> Iterable[bytes]:
+    for entry in entries:
+        version, _, encoded = entry.partition(",")
+        if version != "v1" or not encoded:
+            continue  # other schemes (v1a, future versions) are not ours to check
+        try:
+            yield base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            continue
+
+
+def verify_token(headers: Mapping[str, str], tokens: Sequence[Secret]) -> None:
+    """Check ``X-Gitlab-Token`` against each configured token (a list allows rotation).
+
+    Raises:
+        InvalidToken: the header is missing or matches none of the tokens.
+    """
+    given = header(headers, "X-Gitlab-Token")
+    if given is None:
+        raise InvalidToken("missing X-Gitlab-Token header")
+    given_bytes = given.encode("utf-8", "surrogateescape")
+    matched = False
+    for token in tokens:
+        matched |= hmac.compare_digest(given_bytes, token.reveal().encode("utf-8"))
+    if not matched:
+        raise InvalidToken()
+
+
+def sign(key: SigningKey | bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    """A ``webhook-signature`` value, as GitLab computes it; used by ``simulate-push`` and tests."""
+    raw = key.key if isinstance(key, SigningKey) else key
+    digest = hmac.new(raw, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode("ascii")

@@ -1,0 +1,413 @@
+"""The TOML settings loader: one place that turns the operator's file into typed, checked settings.
+
+Every problem is collected (not just the first) and names the file, the key and what is wrong,
+so an operator fixes a config in one pass.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from workers import defaults
+from workers.secrets import Secret, SecretError, SigningKey, resolve
+
+S = TypeVar("S", bound=Secret)
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+"""Project and environment names appear in URLs, Redis keys and paths: keep them plain."""
+
+SERVER_KEYS = {"public_url", "redis_url", "data_dir", "admin_token", "max_body_bytes"}
+GITLAB_KEYS = {"url", "token", "timeout"}
+PROJECT_ONLY_KEYS = {"gitlab_project", "repo_url", "secret_token", "signing_token", "environments"}
+ENV_KEYS = {
+    "branch",
+    "build",
+    "deploy",
+    "health_check",
+    "keep_releases",
+    "timeout",
+    "env",
+}
+FLAT_ONLY_KEYS = {"environment"}
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.key}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; ``problems`` lists each one."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    url: str
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class Environment:
+    """One project environment: the unit that is deployed, locked and reported."""
+
+    project: str
+    name: str
+    branch: str
+    build: tuple[str, ...] = ()
+    deploy: tuple[str, ...] = ()
+    health_check: HealthCheck | None = None
+    keep_releases: int = defaults.KEEP_RELEASES
+    timeout: int = defaults.DEPLOY_TIMEOUT
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def status_name(self) -> str:
+        return f"deploy/{self.name}"
+
+
+@dataclass(frozen=True)
+class Project:
+    name: str
+    gitlab_project: str
+    repo_url: str
+    secret_tokens: tuple[Secret, ...]
+    signing_keys: tuple[SigningKey, ...]
+    environments: Mapping[str, Environment]
+
+    def environment_for_branch(self, branch: str) -> Environment | None:
+        for environment in self.environments.values():
+            if environment.branch == branch:
+                return environment
+        return None
+
+    def secrets(self) -> tuple[Secret, ...]:
+        return self.secret_tokens + self.signing_keys
+
+
+@dataclass(frozen=True)
+class GitLabSettings:
+    url: str
+    token: Secret
+    timeout: float = defaults.GITLAB_TIMEOUT
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    public_url: str = defaults.PUBLIC_URL
+    redis_url: str = defaults.REDIS_URL
+    data_dir: Path = Path(defaults.DATA_DIR)
+    admin_token: Secret | None = None
+    max_body_bytes: int = defaults.MAX_BODY_BYTES
+    redis_url_configured: bool = False
+
+
+@dataclass(frozen=True)
+class Settings:
+    path: Path
+    server: ServerSettings
+    gitlab: GitLabSettings | None
+    projects: Mapping[str, Project]
+
+    def environment(self, project: str, environment: str) -> Environment:
+        return self.projects[project].environments[environment]
+
+    def all_secrets(self) -> tuple[Secret, ...]:
+        """Every configured secret, for masking logs."""
+        found: list[Secret] = []
+        for project in self.projects.values():
+            found.extend(project.secrets())
+        if self.gitlab:
+            found.append(self.gitlab.token)
+        if self.server.admin_token:
+            found.append(self.server.admin_token)
+        return tuple(found)
+
+    def webhook_url(self, project: str) -> str:
+        return f"{self.server.public_url}/hooks/gitlab/{project}"
+
+
+def config_path(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Path:
+    """The config file from ``--config``, else ``PUSHDEPLOY_CONFIG``, else ``./pushdeploy.toml``."""
+    if explicit:
+        return Path(explicit)
+    return Path(environ.get("PUSHDEPLOY_CONFIG") or "pushdeploy.toml")
+
+
+def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the config file.
+
+    Raises:
+        ConfigError: with every problem found, each naming file and key.
+    """
+    environ = os.environ if environ is None else environ
+    file = Path(path)
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([Problem(str(file), "-", f"cannot read the file: {exc.strerror}")]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([Problem(str(file), "-", f"not valid TOML: {exc}")]) from None
+    return _Loader(file, environ).settings(raw)
+
+
+class _Loader:
+    def __init__(self, file: Path, environ: Mapping[str, str]) -> None:
+        self.file = file
+        self.base = file.resolve().parent
+        self.environ = environ
+        self.problems: list[Problem] = []
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append(Problem(str(self.file), key, message))
+
+    def settings(self, raw: dict[str, Any]) -> Settings:
+        self.unknown(raw, {"server", "gitlab", "projects"}, "")
+        server = self.server(self.table(raw, "server", ""))
+        gitlab = self.gitlab(raw["gitlab"]) if isinstance(raw.get("gitlab"), dict) else None
+        if "gitlab" in raw and not isinstance(raw["gitlab"], dict):
+            self.problem("gitlab", "must be a table")
+        projects: dict[str, Project] = {}
+        for name, table in self.table(raw, "projects", "").items():
+            key = f"projects.{name}"
+            if not NAME_RE.match(name):
+                self.problem(key, "a project name may hold letters, digits, '.', '_' and '-' only")
+            elif not isinstance(table, dict):
+                self.problem(key, "must be a table")
+            elif (project := self.project(name, table, key)) is not None:
+                projects[name] = project
+        if not projects and not self.problems:
+            self.problem("projects", "no project is configured")
+        if self.problems:
+            raise ConfigError(self.problems)
+        return Settings(self.file, server, gitlab, projects)
+
+    # -- sections ---------------------------------------------------------
+
+    def server(self, table: dict[str, Any]) -> ServerSettings:
+        self.unknown(table, SERVER_KEYS, "server")
+        public_url = self.url(table, "public_url", "server", defaults.PUBLIC_URL).rstrip("/")
+        redis_env = self.environ.get("PUSHDEPLOY_REDIS_URL") or self.environ.get("REDIS_URL")
+        configured = redis_env or table.get("redis_url")
+        redis_url = self.string(table, "redis_url", "server", defaults.REDIS_URL)
+        redis_url = redis_env or redis_url
+        if urlsplit(redis_url).scheme not in {"redis", "rediss", "unix"}:
+            self.problem("server.redis_url", "must be a redis://, rediss:// or unix:// URL")
+        data_dir = self.path(self.string(table, "data_dir", "server", defaults.DATA_DIR))
+        admin = self.secret(table, "admin_token", "server") if "admin_token" in table else None
+        max_body = self.integer(table, "max_body_bytes", "server", defaults.MAX_BODY_BYTES, minimum=1024)
+        return ServerSettings(public_url, redis_url, data_dir, admin, max_body, bool(configured))
+
+    def gitlab(self, table: dict[str, Any]) -> GitLabSettings | None:
+        self.unknown(table, GITLAB_KEYS, "gitlab")
+        url = self.url(table, "url", "gitlab", None)
+        token = self.secret(table, "token", "gitlab")
+        timeout = self.number(table, "timeout", "gitlab", defaults.GITLAB_TIMEOUT)
+        if not url or token is None:
+            if "token" not in table:
+                self.problem("gitlab.token", "is required in [gitlab]")
+            return None
+        return GitLabSettings(url.rstrip("/"), token, timeout)
+
+    def project(self, name: str, table: dict[str, Any], key: str) -> Project | None:
+        multi = "environments" in table
+        allowed = PROJECT_ONLY_KEYS | ENV_KEYS | (set() if multi else FLAT_ONLY_KEYS)
+        self.unknown(table, allowed, key)
+        gitlab_project = table.get("gitlab_project")
+        if isinstance(gitlab_project, int) and not isinstance(gitlab_project, bool):
+            gitlab_project = str(gitlab_project)
+        if not isinstance(gitlab_project, str) or not gitlab_project.strip():
+            self.problem(f"{key}.gitlab_project", "is required: the GitLab path_with_namespace or numeric id")
+            gitlab_project = ""
+        repo_url = self.repo_url(table, key)
+        secret_tokens = tuple(self.secrets(table, "secret_token", key, Secret))
+        signing_keys = tuple(self.secrets(table, "signing_token", key, SigningKey))
+        if "secret_token" not in table and "signing_token" not in table:
+            self.problem(key, "needs secret_token or signing_token (or both): unauthenticated hooks are refused")
+        environments: dict[str, Environment] = {}
+        if multi:
+            envs = table["environments"]
+            if not isinstance(envs, dict) or not envs:
+                self.problem(f"{key}.environments", "must hold at least one [environments.NAME] table")
+                return None
+            for env_name, env_table in envs.items():
+                env_key = f"{key}.environments.{env_name}"
+                if not isinstance(env_table, dict):
+                    self.problem(env_key, "must be a table")
+                    continue
+                self.unknown(env_table, ENV_KEYS, env_key)
+                merged = {k: v for k, v in table.items() if k in ENV_KEYS} | env_table
+                env = self.environment(name, env_name, merged, env_key)
+                if env:
+                    environments[env_name] = env
+        else:
+            env_name = table.get("environment", "production")
+            if not isinstance(env_name, str):
+                self.problem(f"{key}.environment", "must be a string")
+                env_name = "production"
+            env = self.environment(name, env_name, table, key)
+            if env:
+                environments[env_name] = env
+        branches: dict[str, str] = {}
+        for env in environments.values():
+            if env.branch in branches:
+                self.problem(
+                    f"{key}.environments.{env.name}.branch",
+                    f"branch {env.branch!r} is already deployed by environment {branches[env.branch]!r}",
+                )
+            branches[env.branch] = env.name
+        return Project(name, gitlab_project, repo_url, secret_tokens, signing_keys, environments)
+
+    def environment(self, project: str, name: str, table: dict[str, Any], key: str) -> Environment | None:
+        if not NAME_RE.match(name):
+            self.problem(key, f"environment name {name!r} may hold letters, digits, '.', '_' and '-' only")
+            return None
+        branch = self.string(table, "branch", key, "main")
+        if branch.startswith("refs/"):
+            self.problem(f"{key}.branch", "give the branch name ('main'), not the full ref")
+        health = self.health_check(table.get("health_check"), f"{key}.health_check")
+        env = table.get("env", {})
+        if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+            self.problem(f"{key}.env", "must be a table of string values")
+            env = {}
+        for var in env:
+            if var.startswith("PUSHDEPLOY_"):
+                self.problem(f"{key}.env.{var}", "PUSHDEPLOY_* variables are set by pushdeploy itself")
+        return Environment(
+            project=project,
+            name=name,
+            branch=branch,
+            build=self.commands(table, "build", key),
+            deploy=self.commands(table, "deploy", key),
+            health_check=health,
+            keep_releases=self.integer(table, "keep_releases", key, defaults.KEEP_RELEASES, minimum=2),
+            timeout=self.integer(table, "timeout", key, defaults.DEPLOY_TIMEOUT, minimum=1),
+            env=dict(env),
+        )
+
+    def health_check(self, value: Any, key: str) -> HealthCheck | None:
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            self.problem(key, "must be a table like { url = \"http://…\", timeout = 30 }")
+            return None
+        self.unknown(value, {"url", "timeout"}, key)
+        url = self.url(value, "url", key, None)
+        timeout = self.number(value, "timeout", key, 30.0)
+        if not url:
+            self.problem(f"{key}.url", "is required")
+            return None
+        return HealthCheck(url, timeout)
+
+    # -- values -----------------------------------------------------------
+
+    def unknown(self, table: dict[str, Any], allowed: set[str], prefix: str) -> None:
+        for name in table:
+            if name not in allowed:
+                where = f"{prefix}.{name}" if prefix else name
+                hint = ", ".join(sorted(allowed))
+                self.problem(where, f"unknown key (expected one of: {hint})")
+
+    def table(self, raw: dict[str, Any], name: str, prefix: str) -> dict[str, Any]:
+        value = raw.get(name, {})
+        if not isinstance(value, dict):
+            self.problem(f"{prefix}.{name}" if prefix else name, "must be a table")
+            return {}
+        return value
+
+    def string(self, table: dict[str, Any], name: str, prefix: str, default: str) -> str:
+        value = table.get(name, default)
+        if not isinstance(value, str) or not value:
+            self.problem(f"{prefix}.{name}", "must be a non-empty string")
+            return default
+        return value
+
+    def url(self, table: dict[str, Any], name: str, prefix: str, default: str | None) -> str | None:
+        if name not in table:
+            if default is None:
+                self.problem(f"{prefix}.{name}", "is required")
+            return default
+        value = table[name]
+        parts = urlsplit(value) if isinstance(value, str) else None
+        if parts is None or parts.scheme not in {"http", "https"} or not parts.netloc:
+            self.problem(f"{prefix}.{name}", "must be an http:// or https:// URL")
+            return default
+        return str(value)
+
+    def integer(self, table: dict[str, Any], name: str, prefix: str, default: int, minimum: int) -> int:
+        value = table.get(name, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            self.problem(f"{prefix}.{name}", f"must be an integer ≥ {minimum}")
+            return default
+        return value
+
+    def number(self, table: dict[str, Any], name: str, prefix: str, default: float) -> float:
+        value = table.get(name, default)
+        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            self.problem(f"{prefix}.{name}", "must be a positive number of seconds")
+            return default
+        return float(value)
+
+    def commands(self, table: dict[str, Any], name: str, prefix: str) -> tuple[str, ...]:
+        value = table.get(name, [])
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(c, str) and c.strip() for c in value):
+            self.problem(f"{prefix}.{name}", "must be a list of shell commands")
+            return ()
+        return tuple(value)
+
+    def path(self, value: str) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (self.base / path).resolve()
+
+    def repo_url(self, table: dict[str, Any], key: str) -> str:
+        value = table.get("repo_url")
+        if not isinstance(value, str) or not value:
+            self.problem(f"{key}.repo_url", "is required: the URL we fetch from (never taken from the payload)")
+            return ""
+        if value.startswith("-") or "::" in value.split("/", 1)[0]:
+            self.problem(f"{key}.repo_url", "must be an https://, ssh://, git@host: or local path URL")
+            return ""
+        scheme = urlsplit(value).scheme
+        if scheme in {"http", "https", "ssh", "git", "file"} or re.match(r"^[\w.-]+@[\w.-]+:", value):
+            return value
+        # A local path (the demo, a mirror on disk): relative to the config file.
+        return str(self.path(value))
+
+    def secret(self, table: dict[str, Any], name: str, prefix: str) -> Secret | None:
+        found = self.secrets(table, name, prefix, Secret)
+        return found[0] if found else None
+
+    def secrets(self, table: dict[str, Any], name: str, prefix: str, kind: type[S]) -> list[S]:
+        if name not in table:
+            return []
+        value = table[name]
+        refs = value if isinstance(value, list) else [value]
+        key = f"{prefix}.{name}"
+        if not refs or not all(isinstance(r, str) for r in refs):
+            self.problem(key, "must be a string or a list of strings (a list allows rotation)")
+            return []
+        out: list[S] = []
+        for index, ref in enumerate(refs):
+            where = f"{key}[{index}]" if isinstance(value, list) else key
+            try:
+                out.append(kind(resolve(ref, self.environ, self.base)))
+            except SecretError as exc:
+                self.problem(where, str(exc))
+        return out

@@ -1,0 +1,43 @@
+"""Named defaults, each with the reason for its value."""
+
+from __future__ import annotations
+
+MAX_BODY_BYTES = 1024 * 1024
+"""GitLab's own limit is 25 MB, but a push payload is a few KB; 1 MiB bounds memory per request."""
+
+SIGNATURE_TOLERANCE = 5 * 60
+"""Standard Webhooks' replay window: ±5 minutes around the receiver's clock."""
+
+SEEN_DELIVERY_TTL = 48 * 3600
+"""Delivery ids are remembered 48 h (at least the 24 h promised) so a manual resend is a duplicate."""
+
+KEEP_RELEASES = 5
+"""Releases kept per environment: enough to roll back a few times, small enough for disk."""
+
+DEPLOY_TIMEOUT = 1800
+"""Seconds a whole deployment may take; its steps share this budget."""
+
+JOB_TIMEOUT_MARGIN = 120
+"""RQ's job timeout is the deployment timeout plus this, so our own timeout always fires first."""
+
+STEP_OUTPUT_LIMIT = 4 * 1024 * 1024
+"""Bytes of output kept per step, as GitLab Runner's default ``output_limit``; the step still runs on."""
+
+LOG_TAIL_LINES = 20
+"""Lines of a failing step's output quoted in the deployment's reason."""
+
+GITLAB_TIMEOUT = 10.0
+"""Seconds for one GitLab API call: python-gitlab has no timeout unless told."""
+
+REDIS_WEB_TIMEOUT = 0.5
+"""Seconds the web tier waits on Redis, so an outage answers 503 in well under 1 s."""
+
+PUBLIC_URL = "http://127.0.0.1:8000"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+DATA_DIR = "./.pushdeploy"
+
+DEPLOY_QUEUE = "pushdeploy-deploy"
+"""The RQ queue deployment jobs wait in."""
+
+STATUS_RETRY_DELAYS = (1, 2, 5, 10, 30, 60)
+"""Backoff in seconds between attempts to post a status; the last value repeats."""

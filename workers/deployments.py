@@ -1,0 +1,239 @@
+"""Deployment records in Redis and the one state machine they follow.
+
+A deployment is a Redis hash (``pd:dep:<id>``) plus a list of its step results and a stream of its
+log lines. Records are our own, not RQ's results, because RQ forgets results after minutes and a
+deployment's history must outlive them.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from redis import Redis
+from redis.client import Pipeline
+from redis.exceptions import WatchError
+
+
+class State(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELED})
+TRANSITIONS: Mapping[State, frozenset[State]] = {
+    State.QUEUED: frozenset({State.RUNNING, State.CANCELED, State.FAILED}),
+    State.RUNNING: frozenset({State.SUCCEEDED, State.FAILED, State.CANCELED}),
+    State.SUCCEEDED: frozenset(),
+    State.FAILED: frozenset(),
+    State.CANCELED: frozenset(),
+}
+
+
+class InvalidTransition(Exception):
+    """A deployment was asked to move to a state its current state does not lead to."""
+
+    def __init__(self, deployment_id: str, current: State, wanted: State) -> None:
+        self.deployment_id, self.current, self.wanted = deployment_id, current, wanted
+        super().__init__(f"deployment {deployment_id} cannot go from {current} to {wanted}")
+
+
+class UnknownDeployment(KeyError):
+    """No record exists under that id (never created, or pruned from history)."""
+
+
+PREFIX = "pd"
+
+
+def key(deployment_id: str) -> str:
+    return f"{PREFIX}:dep:{deployment_id}"
+
+
+def steps_key(deployment_id: str) -> str:
+    return f"{PREFIX}:dep:{deployment_id}:steps"
+
+
+def log_key(deployment_id: str) -> str:
+    return f"{PREFIX}:dep:{deployment_id}:log"
+
+
+def history_key(project: str, environment: str) -> str:
+    return f"{PREFIX}:env:{project}:{environment}:history"
+
+
+def live_key(project: str, environment: str) -> str:
+    """Hash of what serves now: sha and deployment id of the last successful deployment."""
+    return f"{PREFIX}:env:{project}:{environment}:live"
+
+
+def new_id(now: float | None = None) -> str:
+    """Sortable, URL-, path- and RQ-safe: ``20261126143512-3f9a1c``."""
+    stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(now if now is not None else time.time()))
+    return f"{stamp}-{secrets.token_hex(3)}"
+
+
+@dataclass
+class Deployment:
+    id: str
+    project: str
+    environment: str
+    ref: str
+    sha: str
+    previous_sha: str = ""
+    pusher: str = ""
+    delivery_id: str = ""
+    trigger: str = "push"
+    state: State = State.QUEUED
+    reason: str = ""
+    created_at: float = field(default_factory=time.time)
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    release: str = ""
+    status_problem: str = ""
+
+    def to_redis(self) -> dict[str, str]:
+        return {k: str(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_redis(cls, raw: Mapping[bytes | str, bytes | str]) -> Deployment:
+        data = {_text(k): _text(v) for k, v in raw.items()}
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        for stamp in ("created_at", "started_at", "finished_at"):
+            known[stamp] = float(known.get(stamp) or 0.0)  # type: ignore[assignment]
+        known["state"] = State(known.get("state", "queued"))  # type: ignore[assignment]
+        return cls(**known)  # type: ignore[arg-type]
+
+    @property
+    def branch(self) -> str:
+        return self.ref.removeprefix("refs/heads/").removeprefix("refs/tags/")
+
+    @property
+    def duration(self) -> float | None:
+        if not self.started_at:
+            return None
+        return (self.finished_at or time.time()) - self.started_at
+
+    def public(self) -> dict[str, Any]:
+        """The record as shown by the API and pages."""
+        data = asdict(self)
+        data["state"] = str(self.state)
+        return data
+
+
+@dataclass
+class StepResult:
+    """What one build or deploy command did: shown on the page and quoted on failure."""
+
+    phase: str
+    index: int
+    command: str
+    exit_code: int | None
+    duration: float
+    truncated: bool = False
+    timed_out: bool = False
+    tail: list[str] = field(default_factory=list)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+class DeploymentStore:
+    """Reads and writes deployment records; every state change goes through :meth:`transition`."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    def add(self, deployment: Deployment, pipe: Pipeline) -> None:
+        """Queue the commands that create a record on ``pipe`` (the caller's transaction)."""
+        pipe.hset(key(deployment.id), mapping=deployment.to_redis())
+        pipe.zadd(history_key(deployment.project, deployment.environment), {deployment.id: deployment.created_at})
+
+    def create(self, deployment: Deployment) -> None:
+        pipe = self.redis.pipeline()
+        self.add(deployment, pipe)
+        pipe.execute()
+
+    def get(self, deployment_id: str) -> Deployment:
+        raw = self.redis.hgetall(key(deployment_id))
+        if not raw:
+            raise UnknownDeployment(deployment_id)
+        return Deployment.from_redis(raw)
+
+    def transition(self, deployment_id: str, wanted: State, reason: str = "", **fields: str | float) -> Deployment:
+        """Move a deployment to ``wanted`` atomically, refusing moves the state machine forbids.
+
+        Raises:
+            InvalidTransition: the record is in a state that does not lead to ``wanted``.
+            UnknownDeployment: there is no such record.
+        """
+        record_key = key(deployment_id)
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(record_key)
+                    raw = pipe.hgetall(record_key)
+                    if not raw:
+                        raise UnknownDeployment(deployment_id)
+                    current = Deployment.from_redis(raw)
+                    if wanted not in TRANSITIONS[current.state]:
+                        raise InvalidTransition(deployment_id, current.state, wanted)
+                    now = time.time()
+                    update: dict[str, str] = {k: str(v) for k, v in fields.items()}
+                    update["state"] = str(wanted)
+                    if reason:
+                        update["reason"] = reason
+                    if wanted is State.RUNNING:
+                        update["started_at"] = str(now)
+                    if wanted.terminal:
+                        update["finished_at"] = str(now)
+                    pipe.multi()
+                    pipe.hset(record_key, mapping=update)
+                    pipe.execute()
+                    return Deployment.from_redis({**{_text(k): _text(v) for k, v in raw.items()}, **update})
+                except WatchError:
+                    continue
+
+    def update(self, deployment_id: str, **fields: str | float) -> None:
+        """Set informational fields that are not state (release dir, status problem)."""
+        self.redis.hset(key(deployment_id), mapping={k: str(v) for k, v in fields.items()})
+
+    def add_step(self, deployment_id: str, step: StepResult) -> None:
+        self.redis.rpush(steps_key(deployment_id), json.dumps(asdict(step)))
+
+    def steps(self, deployment_id: str) -> list[StepResult]:
+        return [StepResult(**json.loads(raw)) for raw in self.redis.lrange(steps_key(deployment_id), 0, -1)]
+
+    def history(self, project: str, environment: str, limit: int = 50) -> list[Deployment]:
+        ids = self.redis.zrevrange(history_key(project, environment), 0, limit - 1)
+        return [d for d in self.many(_text(i) for i in ids) if d is not None]
+
+    def many(self, ids: Iterable[str]) -> list[Deployment | None]:
+        pipe = self.redis.pipeline(transaction=False)
+        id_list = list(ids)
+        for deployment_id in id_list:
+            pipe.hgetall(key(deployment_id))
+        return [Deployment.from_redis(raw) if raw else None for raw in pipe.execute()]
+
+    def mark_live(self, deployment: Deployment) -> None:
+        self.redis.hset(
+            live_key(deployment.project, deployment.environment),
+            mapping={"sha": deployment.sha, "deployment": deployment.id, "release": deployment.release},
+        )
+
+    def live(self, project: str, environment: str) -> dict[str, str]:
+        raw = self.redis.hgetall(live_key(project, environment))
+        return {_text(k): _text(v) for k, v in raw.items()}
+

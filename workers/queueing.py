@@ -1,0 +1,123 @@
+"""Accepting a push: duplicate check, deployment record, ``pending`` status and RQ job.
+
+Two Redis round trips, whatever happens: one to claim the delivery id, one transaction that writes
+the record, the outbox entry and the job together (RQ's own ``enqueue(pipeline=…)``), so a
+crash never leaves a record without its job or a job without its record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis import Redis
+from rq import Queue
+
+from workers import defaults
+from workers.config import Environment, Project
+from workers.deployments import PREFIX, Deployment, DeploymentStore, new_id
+from workers.forge import CommitStatus, StatusState
+from workers.outbox import enqueue_status
+
+
+@dataclass(frozen=True)
+class Push:
+    """What a verified delivery asks for; every field was type-checked by the caller."""
+
+    ref: str
+    sha: str
+    pusher: str
+    delivery_key: str  # Idempotency-Key, webhook-id or X-Gitlab-Event-UUID; "" when none was sent
+    trigger: str = "push"
+
+
+@dataclass(frozen=True)
+class Accepted:
+    deployment_id: str
+    duplicate: bool
+
+
+def seen_key(project: str, delivery_key: str) -> str:
+    return f"{PREFIX}:seen:{project}:{delivery_key}"
+
+
+def deployment_url(public_url: str, deployment_id: str) -> str:
+    return f"{public_url}/deployments/{deployment_id}"
+
+
+def job_timeout(environment: Environment) -> int:
+    """RQ's timeout outlasts ours, so our own deadline is what ends a slow deployment."""
+    return environment.timeout + defaults.JOB_TIMEOUT_MARGIN
+
+
+class Intake:
+    """Turns accepted pushes into queued deployments. One per process: it keeps its RQ queue."""
+
+    def __init__(self, redis: Redis, public_url: str, queue_name: str = defaults.DEPLOY_QUEUE) -> None:
+        self.redis = redis
+        self.public_url = public_url
+        self.queue = Queue(queue_name, connection=redis)
+        self.store = DeploymentStore(redis)
+
+    def accept(self, project: Project, environment: Environment, push: Push) -> Accepted:
+        deployment_id = new_id()
+        if push.delivery_key:
+            claim = seen_key(project.name, push.delivery_key)
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.set(claim, deployment_id, nx=True, ex=defaults.SEEN_DELIVERY_TTL)
+            pipe.get(claim)
+            claimed, holder = pipe.execute()
+            if not claimed:
+                return Accepted(holder.decode() if isinstance(holder, bytes) else str(holder), duplicate=True)
+        deployment = Deployment(
+            id=deployment_id,
+            project=project.name,
+            environment=environment.name,
+            ref=push.ref,
+            sha=push.sha,
+            pusher=push.pusher,
+            delivery_id=push.delivery_key,
+            trigger=push.trigger,
+        )
+        self.enqueue(project, environment, deployment)
+        return Accepted(deployment_id, duplicate=False)
+
+    def enqueue(self, project: Project, environment: Environment, deployment: Deployment) -> None:
+        """Write record, ``pending`` status and job in one transaction."""
+        with self.redis.pipeline() as pipe:
+            pipe.multi()
+            self.store.add(deployment, pipe)
+            pending = commit_status(
+                self.public_url, project, environment, deployment, StatusState.PENDING, "Queued for deployment"
+            )
+            enqueue_status(pipe, deployment.id, pending, deployment.created_at)
+            self.queue.enqueue_call(
+                "workers.pipeline.run_deployment",
+                args=(deployment.id,),
+                job_id=deployment.id,
+                timeout=job_timeout(environment),
+                result_ttl=3600,
+                failure_ttl=7 * 24 * 3600,
+                description=f"deploy {project.name}/{environment.name} {deployment.sha[:12]}",
+                pipeline=pipe,
+            )
+            pipe.execute()
+
+
+def commit_status(
+    public_url: str,
+    project: Project,
+    environment: Environment,
+    deployment: Deployment,
+    state: StatusState,
+    description: str,
+) -> CommitStatus:
+    """The status GitLab shows for this deployment: ``deploy/<env>`` on the branch, linking to our page."""
+    return CommitStatus(
+        project=project.gitlab_project,
+        sha=deployment.sha,
+        state=state,
+        ref=deployment.branch,
+        name=environment.status_name,
+        target_url=deployment_url(public_url, deployment.id),
+        description=(description.splitlines() or [state.value])[0][:255],
+    )

@@ -1,0 +1,160 @@
+"""The one git wrapper: a bare mirror per project, fetched incrementally, exported by sha.
+
+Hardening applies to every call: hooks point at /dev/null, ``ext::`` and other unusual transports
+are refused, no submodule is ever fetched, and refs or paths follow ``--end-of-options``. The
+repository URL is passed through ``GIT_CONFIG_*`` variables, so it is in neither argv nor the
+mirror's ``.git/config``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+SHA_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+ZERO_SHA_RE = re.compile(r"^0+$")
+
+HARDENING = (
+    ("core.hooksPath", "/dev/null"),
+    ("protocol.allow", "never"),
+    ("protocol.https.allow", "always"),
+    ("protocol.http.allow", "always"),
+    ("protocol.ssh.allow", "always"),
+    ("protocol.git.allow", "always"),
+    ("protocol.file.allow", "always"),
+    ("submodule.recurse", "false"),
+    ("fetch.recurseSubmodules", "false"),
+    ("core.symlinks", "true"),
+    ("credential.interactive", "false"),
+)
+GIT_TIMEOUT = 600.0
+
+
+class SourceError(Exception):
+    """Git could not produce the commit; ``detail`` is git's own message, secrets masked."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        self.detail = detail
+        super().__init__(f"{message}: {detail}" if detail else message)
+
+
+class InvalidSha(SourceError):
+    """The sha is not 40 or 64 lowercase hex characters; refused before any git command."""
+
+
+def check_sha(sha: str) -> str:
+    if not isinstance(sha, str) or not SHA_RE.match(sha):
+        raise InvalidSha("not a commit sha (40 or 64 hex characters)")
+    return sha
+
+
+class Mirror:
+    """A bare mirror of one project's repository under ``data_dir/mirrors``."""
+
+    def __init__(self, path: Path, url: str, environ: Mapping[str, str] | None = None) -> None:
+        self.path = path
+        self.url = url
+        self.environ = dict(os.environ if environ is None else environ)
+
+    def ensure(self) -> None:
+        if (self.path / "HEAD").exists():
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".init-", dir=self.path.parent))
+        self._git(["init", "--bare", "--quiet", str(tmp)], git_dir=None)
+        os.replace(tmp, self.path)
+
+    def has_commit(self, sha: str) -> bool:
+        check_sha(sha)
+        result = self._git(["cat-file", "-e", "--end-of-options", f"{sha}^{{commit}}"], check=False)
+        return result.returncode == 0
+
+    def fetch(self, branch: str, sha: str) -> bool:
+        """Make ``sha`` present, fetching only what is missing. Returns whether a fetch ran."""
+        check_sha(sha)
+        self.ensure()
+        if self.has_commit(sha):
+            return False
+        refspecs = [f"+refs/heads/{branch}:refs/heads/{branch}"] if _plain_ref(branch) else []
+        self._fetch(refspecs)
+        if not self.has_commit(sha):
+            # Pushed, then force-pushed away, or on another branch: look at every branch and tag.
+            self._fetch(["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"])
+        if not self.has_commit(sha):
+            raise SourceError(f"commit {sha} is not in {branch!r} or any other branch of the repository")
+        return True
+
+    def export(self, sha: str, destination: Path) -> None:
+        """Write the tree of ``sha`` into ``destination`` (created), without a ``.git``, hooks or submodules."""
+        check_sha(sha)
+        destination.mkdir(parents=True)
+        with tempfile.TemporaryDirectory(prefix=".index-", dir=self.path) as tmp:
+            env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+            self._git(["read-tree", "--end-of-options", sha], extra_env=env)
+            self._git(["--work-tree", str(destination), "checkout-index", "--all", "--force"], extra_env=env)
+
+    def branch_head(self, branch: str) -> str | None:
+        """The remote's current head of ``branch`` (``git ls-remote``), or None if it has none."""
+        result = self._git(["ls-remote", "--heads", "origin", "--end-of-options", f"refs/heads/{branch}"],
+                           git_dir=self.path if self.path.exists() else None)
+        for line in result.stdout.splitlines():
+            sha, _, ref = line.partition("\t")
+            if ref == f"refs/heads/{branch}":
+                return sha
+        return None
+
+    def _fetch(self, refspecs: Sequence[str]) -> None:
+        self._git(["fetch", "--quiet", "--no-tags", "--no-recurse-submodules", "--prune", "origin",
+                   "--end-of-options", *refspecs])
+
+    def _git(
+        self,
+        args: list[str],
+        git_dir: Path | None | str = "default",
+        check: bool = True,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        directory = self.path if git_dir == "default" else git_dir
+        argv = ["git"]
+        if directory is not None:
+            argv += ["--git-dir", str(directory)]
+        env = self._env()
+        env.update(extra_env or {})
+        try:
+            result = subprocess.run(
+                argv + args, env=env, capture_output=True, text=True, timeout=GIT_TIMEOUT,
+                stdin=subprocess.DEVNULL, check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise SourceError(f"git {args[0]} took longer than {GIT_TIMEOUT:.0f} s") from None
+        if check and result.returncode != 0:
+            detail = (result.stderr or result.stdout).strip().replace(self.url, "<repo_url>")
+            raise SourceError(f"git {args[0]} failed (exit {result.returncode})", detail[-2000:])
+        return result
+
+    def _env(self) -> dict[str, str]:
+        keep = ("PATH", "HOME", "LANG", "TZ", "SSH_AUTH_SOCK", "GIT_SSH_COMMAND", "SSL_CERT_FILE", "SSL_CERT_DIR",
+                "HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "https_proxy", "http_proxy", "no_proxy")
+        env = {k: v for k, v in self.environ.items() if k in keep}
+        config = [*HARDENING, ("remote.origin.url", self.url)]
+        env.update(
+            GIT_TERMINAL_PROMPT="0",
+            GIT_PROTOCOL_FROM_USER="0",
+            GIT_CONFIG_NOSYSTEM="1",
+            GIT_CONFIG_GLOBAL="/dev/null",
+            GIT_CONFIG_COUNT=str(len(config)),
+            GIT_ALLOW_PROTOCOL="https:http:ssh:git:file",
+        )
+        for index, (name, value) in enumerate(config):
+            env[f"GIT_CONFIG_KEY_{index}"] = name
+            env[f"GIT_CONFIG_VALUE_{index}"] = value
+        return env
+
+
+def _plain_ref(branch: str) -> bool:
+    """A branch name we are willing to put in a refspec (it comes from config, but be strict)."""
+    return bool(re.match(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$", branch)) and ".." not in branch
