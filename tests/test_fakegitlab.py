@@ -24,9 +24,9 @@ from gitlab.exceptions import (
 )
 
 try:
-    from fakegitlab import FakeGitLab
-except ImportError:  # tests/ imported as a package
-    from tests.fakegitlab import FakeGitLab  # type: ignore[no-redef,import-not-found,unused-ignore]
+    from tests.fakegitlab import FakeGitLab
+except ImportError:  # tests/ is not importable as a package: rootdir not on sys.path
+    from fakegitlab import FakeGitLab  # type: ignore[no-redef,import-not-found,unused-ignore]
 
 PROJECT = "tools/sample-app"
 PROJECT_ID = 42

@@ -90,13 +90,12 @@ class GitLabForge:
     name = "gitlab"
 
     def __init__(self, settings: GitLabSettings, max_retries: int = 2) -> None:
+        self.max_retries = max_retries
         self.client = gitlab.Gitlab(
             settings.url,
             private_token=settings.token.reveal(),
             timeout=settings.timeout,
             retry_transient_errors=True,
-            max_retries=max_retries,
-            obey_rate_limit=True,
             user_agent="pushdeploy",
         )
 
@@ -111,7 +110,9 @@ class GitLabForge:
                     "name": status.name,
                     "target_url": status.target_url,
                     "description": status.description[:255],
-                }
+                },
+                max_retries=self.max_retries,
+                obey_rate_limit=True,
             )
         except gitlab.exceptions.GitlabAuthenticationError:
             raise ForgeRejected(f"GitLab answered 401: the token was refused; {TOKEN_HINT}", 401) from None

@@ -1,0 +1,128 @@
+"""Real processes for end-to-end tests: gunicorn, pushdeploy workers and a fake GitLab."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.fakegitlab import FakeGitLab
+from tests.helpers import ADMIN_TOKEN, GitRepo, project_config, wait_for, write_config
+
+ROOT = Path(__file__).resolve().parents[2]
+GITLAB_TOKEN = "gitlab-token-canary-93ad17"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    """A running pushdeploy: config on disk, gunicorn, workers, and the GitLab they talk to."""
+
+    config: Path
+    base_url: str
+    data_dir: Path
+    gitlab: FakeGitLab
+    repo: GitRepo
+    logs: Path
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHDEPLOY_")}
+        env["PUSHDEPLOY_CONFIG"] = str(self.config)
+        env["PYTHONPATH"] = str(ROOT)
+        return env
+
+    def start_web(self, workers: int = 2) -> None:
+        bind = self.base_url.removeprefix("http://")
+        argv = [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(workers),
+                "--access-logfile", "-", "webhook.app:create_app()"]
+        self._spawn("web", argv)
+        wait_for(self._healthy, timeout=30, what="gunicorn to answer /healthz")
+
+    def start_worker(self, name: str = "worker-1") -> subprocess.Popen[bytes]:
+        argv = [sys.executable, "-m", "webhook.cli", "worker", "--name", f"{name}-{os.getpid()}"]
+        return self._spawn(name, argv)
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        out = (self.logs / f"{name}.log").open("ab")
+        process = subprocess.Popen(argv, env=self.env(), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        self.processes[name] = process
+        return process
+
+    def assert_running(self) -> None:
+        """Fail fast, with the logs, when a process died instead of waiting out a timeout."""
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                raise AssertionError(f"{name} exited with {process.returncode}; logs:\n{self.log_text()}")
+
+    def _healthy(self) -> bool:
+        try:
+            return requests.get(f"{self.base_url}/healthz", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def api(self, path: str) -> Any:
+        answer = requests.get(f"{self.base_url}/api/v1{path}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                              timeout=5)
+        answer.raise_for_status()
+        return answer.json()
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+    def log_text(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')}" for p in sorted(self.logs.glob("*.log")))
+
+
+@pytest.fixture
+def stack(tmp_path: Path, redis: Any, redis_url: str, git_repo: GitRepo) -> Iterator[Callable[..., Stack]]:
+    """Start a stack with project overrides; every process is stopped at the end."""
+    started: list[Stack] = []
+    gitlab = FakeGitLab({"tools/sample-app": 42}, token=GITLAB_TOKEN).start()
+
+    def make(**project: Any) -> Stack:
+        port = free_port()
+        logs = tmp_path / "logs"
+        logs.mkdir(exist_ok=True)
+        config = {
+            "server": {
+                "public_url": f"http://127.0.0.1:{port}",
+                "redis_url": redis_url,
+                "data_dir": str(tmp_path / "data"),
+                "admin_token": ADMIN_TOKEN,
+            },
+            "gitlab": {"url": gitlab.url, "token": GITLAB_TOKEN, "timeout": 5},
+            "projects": {"sample-app": project_config(git_repo.url, **project)},
+        }
+        path = write_config(tmp_path / "pushdeploy.toml", config)
+        made = Stack(path, f"http://127.0.0.1:{port}", tmp_path / "data", gitlab, git_repo, logs)
+        started.append(made)
+        return made
+
+    yield make
+    for made in started:
+        made.stop()
+    gitlab.stop()

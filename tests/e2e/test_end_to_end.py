@@ -1,0 +1,94 @@
+"""A signed push through real gunicorn, a real worker process, real git and the fake GitLab."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.e2e.conftest import Stack
+from tests.helpers import push_body, signed_headers, wait_for
+
+pytestmark = pytest.mark.e2e
+
+BUILD_OK = "#!/bin/sh\nset -e\necho \"building $PUSHDEPLOY_SHA\"\nmkdir -p out && cp app.txt out/app.txt\n"
+BUILD_FAIL = "#!/bin/sh\necho 'compiling…'\necho 'error: missing semicolon' >&2\nexit 3\n"
+
+
+def push(stack: Stack, sha: str) -> dict[str, str]:
+    body = push_body(sha)
+    answer = requests.post(f"{stack.base_url}/hooks/gitlab/sample-app", data=body, headers=signed_headers(body),
+                           timeout=5)
+    assert answer.status_code == 202, answer.text
+    data: dict[str, str] = answer.json()
+    return data
+
+
+def final_status(stack: Stack, sha: str) -> list[str]:
+    def done() -> list[str] | None:
+        stack.assert_running()
+        states = [s["state"] for s in stack.gitlab.statuses(sha=sha)]
+        return states if states and states[-1] in {"success", "failed", "canceled"} else None
+
+    try:
+        result: list[str] = wait_for(done, timeout=60, what=f"a final status for {sha[:8]}")
+    except AssertionError:
+        raise AssertionError(f"no final status; logs:\n{stack.log_text()}") from None
+    return result
+
+
+def test_push_is_built_switched_deployed_and_reported(stack: object) -> None:
+    made: Stack = stack(deploy=["echo \"live: $(cat out/app.txt)\" > ../../deployed.txt"])  # type: ignore[operator]
+    made.start_web()
+    made.start_worker()
+    sha = made.repo.commit({"build.sh": BUILD_OK, "app.txt": "release one\n"}, "release one")
+
+    accepted = push(made, sha)
+    deployment_id = accepted["deployment"]
+    assert accepted == {"deployment": deployment_id, "url": f"{made.base_url}/deployments/{deployment_id}"}
+
+    assert final_status(made, sha) == ["pending", "running", "success"]
+    posted = made.gitlab.statuses(sha=sha)
+    assert {s["name"] for s in posted} == {"deploy/production"}
+    assert {s["ref"] for s in posted} == {"main"}
+    assert {s["target_url"] for s in posted} == {accepted["url"]}
+
+    env_dir = made.data_dir / "projects" / "sample-app" / "production"
+    current = env_dir / "current"
+    assert os.readlink(current) == f"releases/{deployment_id}"
+    assert (current / "out" / "app.txt").read_text() == "release one\n"
+    assert not (current / ".git").exists()
+    assert (env_dir / "deployed.txt").read_text() == "live: release one\n"
+
+    record = made.api(f"/deployments/{deployment_id}")
+    assert record["state"] == "succeeded"
+    assert [(s["phase"], s["exit_code"]) for s in record["steps"]] == [("build", 0), ("deploy", 0)]
+    page = requests.get(accepted["url"], timeout=5).text
+    assert f"building {sha}" in page
+
+
+def test_failing_build_reports_failed_and_leaves_current_alone(stack: object) -> None:
+    made: Stack = stack()  # type: ignore[operator]
+    made.start_web()
+    made.start_worker()
+    good = made.repo.commit({"build.sh": BUILD_OK, "app.txt": "good\n"}, "good")
+    first = push(made, good)["deployment"]
+    assert final_status(made, good)[-1] == "success"
+
+    bad = made.repo.commit({"build.sh": BUILD_FAIL}, "broken build")
+    second = push(made, bad)["deployment"]
+    assert final_status(made, bad) == ["pending", "running", "failed"]
+
+    current = made.data_dir / "projects" / "sample-app" / "production" / "current"
+    assert os.readlink(current) == f"releases/{first}"
+    assert (current / "out" / "app.txt").read_text() == "good\n"
+    assert not Path(made.data_dir / "projects" / "sample-app" / "production" / "releases" / second).exists()
+
+    record = made.api(f"/deployments/{second}")
+    assert record["state"] == "failed"
+    assert record["reason"] == "build step 1 `./build.sh` exited with 3"
+    assert "error: missing semicolon" in record["steps"][0]["tail"]
+    failed_status = made.gitlab.statuses(sha=bad)[-1]
+    assert "exited with 3" in failed_status["description"]
