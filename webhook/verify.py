@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 from collections.abc import Iterable, Mapping, Sequence
@@ -102,10 +103,18 @@ def verify_token(headers: Mapping[str, str], tokens: Sequence[Secret]) -> None:
     given = header(headers, "X-Gitlab-Token")
     if given is None:
         raise InvalidToken("missing X-Gitlab-Token header")
-    given_bytes = given.encode("utf-8", "surrogateescape")
+    # A lone surrogate cannot arrive over HTTP but must not crash a direct caller: "surrogatepass".
+    given_forms = [given.encode("utf-8", "surrogatepass")]
+    if not given.isascii():
+        # WSGI (PEP 3333) hands header bytes over as latin-1 text: GitLab's UTF-8 bytes come back
+        # as mojibake, so a non-ASCII token is also compared as the bytes that were on the wire.
+        with contextlib.suppress(UnicodeEncodeError):
+            given_forms.append(given.encode("latin-1"))
     matched = False
     for token in tokens:
-        matched |= hmac.compare_digest(given_bytes, token.reveal().encode("utf-8"))
+        expected = token.reveal().encode("utf-8")
+        for given_bytes in given_forms:
+            matched |= hmac.compare_digest(given_bytes, expected)
     if not matched:
         raise InvalidToken()
 

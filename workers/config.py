@@ -10,18 +10,20 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from workers import defaults
-from workers.secrets import Secret, SecretError, SigningKey, resolve
+from workers.secrets import MASK, Secret, SecretError, SigningKey, resolve
 
 S = TypeVar("S", bound=Secret)
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-"""Project and environment names appear in URLs, Redis keys and paths: keep them plain."""
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+"""Project and environment names appear in URLs, Redis keys and paths: keep them plain.
+
+The pattern ends in an end-of-string anchor, not ``$``, which also matches before a trailing newline."""
 
 SERVER_KEYS = {"public_url", "redis_url", "data_dir", "admin_token", "max_body_bytes"}
 GITLAB_KEYS = {"url", "token", "timeout"}
@@ -36,6 +38,23 @@ ENV_KEYS = {
     "env",
 }
 FLAT_ONLY_KEYS = {"environment"}
+
+
+def redact_url(url: str) -> str:
+    """``url`` without the user and password it may carry, for reprs that end up in logs."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=f"{MASK}@{parts.netloc.rpartition('@')[2]}"))
+
+
+def _repr(obj: Any, urls: set[str]) -> str:
+    """The dataclass repr, with the fields named in ``urls`` redacted."""
+    shown = []
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        shown.append(f"{f.name}={(redact_url(value) if f.name in urls else value)!r}")
+    return f"{type(obj).__name__}({', '.join(shown)})"
 
 
 @dataclass(frozen=True)
@@ -99,6 +118,9 @@ class Project:
     def secrets(self) -> tuple[Secret, ...]:
         return self.secret_tokens + self.signing_keys
 
+    def __repr__(self) -> str:
+        return _repr(self, {"repo_url"})
+
 
 @dataclass(frozen=True)
 class GitLabSettings:
@@ -115,6 +137,9 @@ class ServerSettings:
     admin_token: Secret | None = None
     max_body_bytes: int = defaults.MAX_BODY_BYTES
     redis_url_configured: bool = False
+
+    def __repr__(self) -> str:
+        return _repr(self, {"redis_url"})
 
 
 @dataclass(frozen=True)
@@ -309,8 +334,7 @@ class _Loader:
         self.unknown(value, {"url", "timeout"}, key)
         url = self.url(value, "url", key, None)
         timeout = self.number(value, "timeout", key, 30.0)
-        if not url:
-            self.problem(f"{key}.url", "is required")
+        if not url:  # self.url has already said what is wrong with it
             return None
         return HealthCheck(url, timeout)
 

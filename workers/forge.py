@@ -116,7 +116,10 @@ class GitLabForge:
             )
         except gitlab.exceptions.GitlabAuthenticationError:
             raise ForgeRejected(f"GitLab answered 401: the token was refused; {TOKEN_HINT}", 401) from None
-        except gitlab.exceptions.GitlabHttpError as exc:
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise TransientForgeError(f"GitLab unreachable: {type(exc).__name__}") from None
+        except gitlab.exceptions.GitlabError as exc:
+            # GitlabCreateError and GitlabHttpError are siblings: both carry the response code.
             code = exc.response_code or 0
             text = str(exc.error_message)[:300]
             if code == 400 and "Cannot transition status" in text:
@@ -126,10 +129,6 @@ class GitLabForge:
             if code == 409 or code == 429 or code >= 500 or code == 0:
                 raise TransientForgeError(f"GitLab answered {code or 'nothing'} ({text})") from None
             raise ForgeRejected(f"GitLab answered {code} ({text})", code) from None
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise TransientForgeError(f"GitLab unreachable: {type(exc).__name__}") from None
-        except gitlab.exceptions.GitlabError as exc:
-            raise TransientForgeError(f"GitLab error: {type(exc).__name__}") from None
         return "posted"
 
 

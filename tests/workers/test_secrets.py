@@ -28,7 +28,7 @@ SIGNING = "whsec_" + base64.b64encode(KEY_BYTES).decode()
 
 def test_secret_never_prints_its_value() -> None:
     secret = Secret(CANARY)
-    shown = [repr(secret), str(secret), f"{secret}", f"{secret!r}", "%s" % secret, "{:>20}".format(secret)]  # noqa: UP031, UP032
+    shown = [repr(secret), str(secret), f"{secret}", f"{secret!r}", "%s" % secret, "{}".format(secret)]  # noqa: UP031, UP032
     shown.append(repr([secret, {"token": secret}, (secret,)]))
     for text in shown:
         assert CANARY not in text

@@ -1,0 +1,571 @@
+"""The settings loader: both project forms, secret indirection, and errors an operator can act on."""
+
+from __future__ import annotations
+
+import base64
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import SIGNING_TOKEN
+from webhook.cli import main
+from workers.config import ConfigError, HealthCheck, Settings, load
+
+HOOK_TOKEN = "hook-token-canary-0a1b2c"
+ADMIN_CANARY = "admin-canary-3d4e5f"
+GITLAB_CANARY = "glpat-canary-6a7b8c"
+CANARY_KEY = "whsec_" + base64.b64encode(b"signing-canary-bytes-32-long!!!!").decode()
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+PROJECT = """
+[projects.app]
+gitlab_project = "tools/app"
+repo_url = "https://gitlab.example.org/tools/app.git"
+secret_token = "literal-hook-token"
+"""
+
+
+def problems(path: Path, text: str, environ: dict[str, str] | None = None) -> ConfigError:
+    write(path, text)
+    with pytest.raises(ConfigError) as caught:
+        load(path, environ=environ or {})
+    return caught.value
+
+
+def keys(error: ConfigError) -> dict[str, str]:
+    return {p.key: p.message for p in error.problems}
+
+
+# -- the two forms ------------------------------------------------------------
+
+
+def test_flat_project_is_one_environment(tmp_path: Path) -> None:
+    path = write(tmp_path / "pushdeploy.toml", f"""
+        [server]
+        public_url = "https://deploy.example.org/"
+        [gitlab]
+        url = "https://gitlab.example.org"
+        token = "env:GITLAB_TOKEN"
+        [projects.app]
+        gitlab_project = "tools/app"
+        repo_url = "https://gitlab.example.org/tools/app.git"
+        signing_token = "{SIGNING_TOKEN}"
+        branch = "release"
+        environment = "live"
+        build = ["make build", "make test"]
+        deploy = "systemctl --user restart app"
+        health_check = {{ url = "http://127.0.0.1:8080/healthz", timeout = 5 }}
+        keep_releases = 3
+        timeout = 600
+        env = {{ APP_ENV = "production" }}
+        """)
+    settings = load(path, environ={"GITLAB_TOKEN": GITLAB_CANARY})
+    project = settings.projects["app"]
+    assert list(project.environments) == ["live"]
+    live = settings.environment("app", "live")
+    assert (live.branch, live.build, live.deploy) == ("release", ("make build", "make test"),
+                                                      ("systemctl --user restart app",))
+    assert live.health_check == HealthCheck("http://127.0.0.1:8080/healthz", 5.0)
+    assert (live.keep_releases, live.timeout, dict(live.env)) == (3, 600, {"APP_ENV": "production"})
+    assert live.status_name == "deploy/live"
+    assert project.environment_for_branch("release") is live
+    assert project.environment_for_branch("main") is None
+    assert project.secret_tokens == ()
+    assert [k.reveal() for k in project.signing_keys] == [SIGNING_TOKEN]
+    assert settings.gitlab is not None and settings.gitlab.token.reveal() == GITLAB_CANARY
+    assert settings.webhook_url("app") == "https://deploy.example.org/hooks/gitlab/app"
+
+
+def test_minimal_project_gets_the_documented_defaults(tmp_path: Path) -> None:
+    settings = load(write(tmp_path / "pushdeploy.toml", PROJECT), environ={})
+    env = settings.environment("app", "production")
+    assert (env.branch, env.keep_releases, env.timeout, env.build, env.deploy) == ("main", 5, 1800, (), ())
+    assert env.health_check is None
+    assert settings.gitlab is None
+    assert settings.server.public_url == "http://127.0.0.1:8000"
+    assert settings.server.redis_url == "redis://127.0.0.1:6379/0"
+    assert settings.server.redis_url_configured is False
+    assert settings.server.data_dir == tmp_path / ".pushdeploy"
+
+
+def test_environments_inherit_project_keys_and_override_them(tmp_path: Path) -> None:
+    path = write(tmp_path / "pushdeploy.toml", PROJECT + """
+        build = ["make build"]
+        deploy = ["./deploy.sh"]
+        timeout = 900
+        env = { APP_ENV = "default" }
+        health_check = { url = "http://127.0.0.1:8080/healthz" }
+
+        [projects.app.environments.staging]
+        branch = "develop"
+        timeout = 120
+        env = { APP_ENV = "staging" }
+
+        [projects.app.environments.production]
+        branch = "main"
+        deploy = ["./deploy.sh --prod", "./notify.sh"]
+        keep_releases = 10
+        """)
+    project = load(path, environ={}).projects["app"]
+    staging, production = project.environments["staging"], project.environments["production"]
+    assert list(project.environments) == ["staging", "production"]
+    assert (staging.branch, staging.build, staging.deploy, staging.timeout) == (
+        "develop", ("make build",), ("./deploy.sh",), 120)
+    assert dict(staging.env) == {"APP_ENV": "staging"}
+    assert (production.branch, production.build, production.deploy, production.timeout) == (
+        "main", ("make build",), ("./deploy.sh --prod", "./notify.sh"), 900)
+    assert dict(production.env) == {"APP_ENV": "default"}
+    assert (staging.keep_releases, production.keep_releases) == (5, 10)
+    assert staging.health_check == production.health_check == HealthCheck("http://127.0.0.1:8080/healthz")
+    assert project.environment_for_branch("develop") is staging
+    assert project.environment_for_branch("main") is production
+    assert {e.project for e in project.environments.values()} == {"app"}
+
+
+def test_environment_table_rejects_project_only_keys_and_flat_environment(tmp_path: Path) -> None:
+    error = problems(tmp_path / "pushdeploy.toml", PROJECT + """
+        environment = "production"
+        [projects.app.environments.staging]
+        branch = "develop"
+        bulid = ["make"]
+        repo_url = "https://elsewhere.example.org/x.git"
+        """)
+    found = keys(error)
+    assert "unknown key" in found["projects.app.environment"]
+    assert "unknown key" in found["projects.app.environments.staging.bulid"]
+    assert "build" in found["projects.app.environments.staging.bulid"]
+    assert "unknown key" in found["projects.app.environments.staging.repo_url"]
+
+
+def test_empty_environments_table_is_an_error(tmp_path: Path) -> None:
+    error = problems(tmp_path / "pushdeploy.toml", PROJECT + "environments = {}\n")
+    assert "at least one" in keys(error)["projects.app.environments"]
+
+
+# -- secret indirection ---------------------------------------------------------
+
+
+def test_env_and_relative_file_references_resolve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config_dir = tmp_path / "etc" / "pushdeploy"
+    write(config_dir / "keys" / "signing", CANARY_KEY + "\n")
+    write(config_dir / "admin", ADMIN_CANARY + "\n")
+    path = write(config_dir / "pushdeploy.toml", """
+        [server]
+        admin_token = "file:admin"
+        [projects.app]
+        gitlab_project = "tools/app"
+        repo_url = "https://gitlab.example.org/tools/app.git"
+        secret_token = ["env:HOOK_TOKEN", "env:HOOK_TOKEN_OLD"]
+        signing_token = "file:keys/signing"
+        """)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # relative file: paths follow the config file, not the cwd
+
+    settings = load(path, environ={"HOOK_TOKEN": HOOK_TOKEN, "HOOK_TOKEN_OLD": "old-hook-token"})
+
+    project = settings.projects["app"]
+    assert [t.reveal() for t in project.secret_tokens] == [HOOK_TOKEN, "old-hook-token"]
+    assert project.signing_keys[0].key == b"signing-canary-bytes-32-long!!!!"
+    assert settings.server.admin_token is not None and settings.server.admin_token.reveal() == ADMIN_CANARY
+    assert {s.reveal() for s in settings.all_secrets()} == {HOOK_TOKEN, "old-hook-token", CANARY_KEY,
+                                                           ADMIN_CANARY}
+
+
+def test_absolute_file_reference(tmp_path: Path) -> None:
+    token_file = write(tmp_path / "secret" / "hook", HOOK_TOKEN + "\n")
+    text = PROJECT.replace('"literal-hook-token"', f'"file:{token_file}"')
+    path = write(tmp_path / "conf" / "pushdeploy.toml", text)
+    assert load(path, environ={}).projects["app"].secret_tokens[0].reveal() == HOOK_TOKEN
+
+
+def test_missing_variable_names_the_variable_never_a_value(tmp_path: Path) -> None:
+    text = PROJECT.replace('"literal-hook-token"', '"env:HOOK_TOKEN"')
+    environ = {"HOOK_TOKEN_OLD": HOOK_TOKEN, "OTHER": ADMIN_CANARY}
+    error = problems(tmp_path / "pushdeploy.toml", text, environ=environ)
+    assert keys(error)["projects.app.secret_token"] == "environment variable HOOK_TOKEN is not set"
+    assert HOOK_TOKEN not in str(error) and ADMIN_CANARY not in str(error)
+
+
+def test_rotation_list_names_the_failing_entry(tmp_path: Path) -> None:
+    error = problems(tmp_path / "pushdeploy.toml", f"""
+        [projects.app]
+        gitlab_project = "tools/app"
+        repo_url = "https://gitlab.example.org/tools/app.git"
+        signing_token = ["{SIGNING_TOKEN}", "whsec_c2hvcnQ="]
+        secret_token = ["literal", "file:does-not-exist"]
+        """)
+    found = keys(error)
+    assert "24..64 bytes" in found["projects.app.signing_token[1]"]
+    assert "does-not-exist" in found["projects.app.secret_token[1]"]
+    assert "projects.app.signing_token[0]" not in found
+
+
+# -- problems are specific, complete and secret-free ---------------------------
+
+
+def test_every_problem_names_file_and_key_and_all_are_reported_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "conf" / "pushdeploy.toml"
+    error = problems(path, f"""
+        [server]
+        public_url = "ftp://deploy.example.org"
+        [projects.app]
+        repo_url = "https://gitlab.example.org/tools/app.git"
+        secret_token = "env:HOOK_TOKEN"
+        signing_token = "{CANARY_KEY[:-1]}"
+        bulid = ["make"]
+        keep_releases = 1
+        timeout = "an hour"
+        """)
+    found = keys(error)
+    assert set(found) >= {
+        "server.public_url",
+        "projects.app.gitlab_project",
+        "projects.app.secret_token",
+        "projects.app.signing_token",
+        "projects.app.bulid",
+        "projects.app.keep_releases",
+        "projects.app.timeout",
+    }
+    assert len(error.problems) >= 7
+    lines = str(error).splitlines()
+    assert len(lines) == len(error.problems)
+    for problem, line in zip(error.problems, lines, strict=True):
+        assert problem.file == str(path)
+        assert line == f"{path}: {problem.key}: {problem.message}"
+    assert "http:// or https://" in found["server.public_url"]
+    assert "≥ 2" in found["projects.app.keep_releases"]
+
+
+def test_unknown_key_is_rejected_by_name(tmp_path: Path) -> None:
+    error = problems(tmp_path / "pushdeploy.toml", PROJECT + 'bulid = ["make build"]\n[servre]\n')
+    found = keys(error)
+    assert set(found) == {"projects.app.bulid", "servre"}
+    assert found["projects.app.bulid"].startswith("unknown key")
+    assert "build" in found["projects.app.bulid"]
+
+
+def test_project_without_any_token_is_refused(tmp_path: Path) -> None:
+    error = problems(tmp_path / "pushdeploy.toml", """
+        [projects.app]
+        gitlab_project = "tools/app"
+        repo_url = "https://gitlab.example.org/tools/app.git"
+        """)
+    assert "needs secret_token or signing_token" in keys(error)["projects.app"]
+
+
+@pytest.mark.parametrize(
+    ("value", "complaint"),
+    [
+        ("not-a-whsec-key-canary", "must start with 'whsec_'"),
+        ("whsec_***", "standard base64"),
+        ("whsec_" + base64.b64encode(b"short").decode(), "24..64 bytes"),
+    ],
+)
+def test_bad_signing_token_format(tmp_path: Path, value: str, complaint: str) -> None:
+    error = problems(tmp_path / "pushdeploy.toml", f"""
+        [projects.app]
+        gitlab_project = "tools/app"
+        repo_url = "https://gitlab.example.org/tools/app.git"
+        signing_token = "{value}"
+        """)
+    assert complaint in keys(error)["projects.app.signing_token"]
+    assert value not in str(error)
+
+
+def test_two_environments_on_one_branch(tmp_path: Path) -> None:
+    error = problems(tmp_path / "pushdeploy.toml", PROJECT + """
+        [projects.app.environments.staging]
+        branch = "main"
+        [projects.app.environments.production]
+        branch = "main"
+        """)
+    message = keys(error)["projects.app.environments.production.branch"]
+    assert "'main' is already deployed by environment 'staging'" in message
+
+
+def test_environments_share_the_default_branch_conflict(tmp_path: Path) -> None:
+    error = problems(tmp_path / "pushdeploy.toml", PROJECT + """
+        [projects.app.environments.staging]
+        [projects.app.environments.production]
+        """)
+    assert "already deployed" in keys(error)["projects.app.environments.production.branch"]
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[projects."my app"]', 'projects.my app'),
+        ('[projects."-app"]', "projects.-app"),
+        ('[projects."../app"]', "projects.../app"),
+        ('[projects."app\\n"]', "projects.app\n"),
+    ],
+)
+def test_bad_project_names(tmp_path: Path, text: str, key: str) -> None:
+    error = problems(tmp_path / "pushdeploy.toml", PROJECT.replace("[projects.app]", text))
+    assert "letters, digits" in keys(error)[key]
+
+
+@pytest.mark.parametrize("name", ["prod/eu", "../prod", "", "prod\n", "x" * 64])
+def test_bad_environment_names(tmp_path: Path, name: str) -> None:
+    escaped = name.replace("\n", "\\n")
+    flat = problems(tmp_path / "flat.toml", PROJECT + f'environment = "{escaped}"\n')
+    assert "letters, digits" in keys(flat)["projects.app"]
+    multi = problems(tmp_path / "multi.toml", PROJECT + f'[projects.app.environments."{escaped}"]\n')
+    assert "letters, digits" in keys(multi)[f"projects.app.environments.{name}"]
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ('[server]\npublic_url = "deploy.example.org"', "server.public_url"),
+        ('[server]\npublic_url = "javascript://deploy.example.org"', "server.public_url"),
+        ('[server]\nredis_url = "http://127.0.0.1:6379"', "server.redis_url"),
+        ('[gitlab]\nurl = "gitlab.example.org"\ntoken = "t0ken-value"', "gitlab.url"),
+        ('[gitlab]\nurl = "file:///etc/passwd"\ntoken = "t0ken-value"', "gitlab.url"),
+    ],
+)
+def test_non_http_urls_are_refused(tmp_path: Path, section: str, key: str) -> None:
+    error = problems(tmp_path / "pushdeploy.toml", section + "\n" + PROJECT)
+    assert "URL" in keys(error)[key]
+
+
+def test_non_http_health_check_is_refused(tmp_path: Path) -> None:
+    error = problems(tmp_path / "pushdeploy.toml", PROJECT + 'health_check = { url = "file:///etc/x" }\n')
+    assert [str(p) for p in error.problems] == [
+        f"{tmp_path / 'pushdeploy.toml'}: projects.app.health_check.url: must be an http:// or https:// URL"]
+    missing = problems(tmp_path / "missing.toml", PROJECT + "health_check = { timeout = 3 }\n")
+    assert [(p.key, p.message) for p in missing.problems] == [
+        ("projects.app.health_check.url", "is required")]
+
+
+@pytest.mark.parametrize(
+    "repo_url",
+    ["ext::sh -c touch% /tmp/canary", "--upload-pack=touch /tmp/canary", "fd::17"],
+)
+def test_dangerous_repo_urls_are_refused(tmp_path: Path, repo_url: str) -> None:
+    error = problems(tmp_path / "pushdeploy.toml",
+                     PROJECT.replace('"https://gitlab.example.org/tools/app.git"', f'"{repo_url}"'))
+    assert "must be an https://" in keys(error)["projects.app.repo_url"]
+
+
+def test_gitlab_section_needs_a_token(tmp_path: Path) -> None:
+    error = problems(tmp_path / "pushdeploy.toml", '[gitlab]\nurl = "https://gitlab.example.org"\n' + PROJECT)
+    assert "required" in keys(error)["gitlab.token"]
+
+
+def test_step_environment_cannot_set_pushdeploy_variables_or_full_refs(tmp_path: Path) -> None:
+    error = problems(tmp_path / "pushdeploy.toml",
+                     PROJECT + 'branch = "refs/heads/main"\nenv = { PUSHDEPLOY_SHA = "x", OK = "y" }\n')
+    found = keys(error)
+    assert "set by pushdeploy" in found["projects.app.env.PUSHDEPLOY_SHA"]
+    assert "not the full ref" in found["projects.app.branch"]
+
+
+def test_unreadable_and_invalid_files_name_the_file(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.toml"
+    with pytest.raises(ConfigError) as caught:
+        load(missing, environ={})
+    assert str(caught.value).startswith(f"{missing}: ")
+    error = problems(tmp_path / "broken.toml", PROJECT + "build = [\n")
+    assert str(error).startswith(f"{tmp_path / 'broken.toml'}: ")
+    assert "not valid TOML" in str(error)
+
+
+def test_config_without_projects_is_an_error(tmp_path: Path) -> None:
+    error = problems(tmp_path / "pushdeploy.toml", "[server]\n")
+    assert "no project" in keys(error)["projects"]
+
+
+# -- server settings --------------------------------------------------------------
+
+
+def test_redis_url_environment_overrides(tmp_path: Path) -> None:
+    path = write(tmp_path / "pushdeploy.toml", '[server]\nredis_url = "redis://file-host:6379/0"\n' + PROJECT)
+    assert load(path, environ={}).server.redis_url == "redis://file-host:6379/0"
+    assert load(path, environ={"REDIS_URL": "redis://generic:6379/1"}).server.redis_url == "redis://generic:6379/1"
+    both = {"REDIS_URL": "redis://generic:6379/1", "PUSHDEPLOY_REDIS_URL": "redis://ours:6379/2"}
+    assert load(path, environ=both).server.redis_url == "redis://ours:6379/2"
+
+    unset = write(tmp_path / "unset.toml", PROJECT)
+    assert load(unset, environ={}).server.redis_url_configured is False
+    overridden = load(unset, environ={"PUSHDEPLOY_REDIS_URL": "unix:///run/redis.sock"}).server
+    assert (overridden.redis_url, overridden.redis_url_configured) == ("unix:///run/redis.sock", True)
+
+
+def test_bad_redis_override_is_reported(tmp_path: Path) -> None:
+    error = problems(tmp_path / "pushdeploy.toml", PROJECT, environ={"REDIS_URL": "http://127.0.0.1:6379"})
+    assert "redis://" in keys(error)["server.redis_url"]
+
+
+def test_relative_paths_resolve_against_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(tmp_path / "conf" / "pushdeploy.toml", """
+        [server]
+        data_dir = "state/data"
+        [projects.local]
+        gitlab_project = "tools/local"
+        repo_url = "../repos/local.git"
+        secret_token = "literal-hook-token"
+        [projects.remote]
+        gitlab_project = "42"
+        repo_url = "git@gitlab.example.org:tools/remote.git"
+        secret_token = "literal-hook-token"
+        """)
+    monkeypatch.chdir(tmp_path / "conf")
+    settings = load(Path("pushdeploy.toml"), environ={})
+    assert settings.server.data_dir == tmp_path / "conf" / "state" / "data"
+    assert settings.projects["local"].repo_url == str(tmp_path / "repos" / "local.git")
+    assert settings.projects["remote"].repo_url == "git@gitlab.example.org:tools/remote.git"
+
+
+def test_numeric_gitlab_project_id(tmp_path: Path) -> None:
+    path = write(tmp_path / "pushdeploy.toml", PROJECT.replace('"tools/app"', "42"))
+    assert load(path, environ={}).projects["app"].gitlab_project == "42"
+
+
+# -- secrets stay secret ------------------------------------------------------------
+
+
+def canary_config(tmp_path: Path) -> Path:
+    write(tmp_path / "admin-token", ADMIN_CANARY)
+    return write(tmp_path / "pushdeploy.toml", f"""
+        [server]
+        redis_url = "redis://:redispass-canary@127.0.0.1:6379/0"
+        admin_token = "file:admin-token"
+        [gitlab]
+        url = "https://gitlab.example.org"
+        token = "env:GITLAB_TOKEN"
+        [projects.app]
+        gitlab_project = "tools/app"
+        repo_url = "https://deploy:repopass-canary@gitlab.example.org/tools/app.git"
+        secret_token = ["{HOOK_TOKEN}", "env:OLD_HOOK_TOKEN"]
+        signing_token = "env:SIGNING_KEY"
+        [projects.app.environments.production]
+        branch = "main"
+        """)
+
+
+def test_no_secret_appears_in_repr_or_str_of_settings(tmp_path: Path) -> None:
+    environ = {"GITLAB_TOKEN": GITLAB_CANARY, "OLD_HOOK_TOKEN": "old-hook-canary-99",
+               "SIGNING_KEY": CANARY_KEY}
+    settings = load(canary_config(tmp_path), environ=environ)
+    project = settings.projects["app"]
+    shown = [repr(settings), str(settings), repr(project), str(project), repr(settings.server),
+             repr(settings.gitlab), repr(project.environments), repr(settings.all_secrets())]
+    canaries = [HOOK_TOKEN, "old-hook-canary-99", CANARY_KEY, CANARY_KEY.removeprefix("whsec_"), ADMIN_CANARY,
+                GITLAB_CANARY, "redispass-canary", "repopass-canary"]
+    for text in shown:
+        for canary in canaries:
+            assert canary not in text
+    assert len(settings.all_secrets()) == 5
+    # The values are still there for the code that needs them.
+    assert settings.server.redis_url == "redis://:redispass-canary@127.0.0.1:6379/0"
+    assert "repopass-canary" in project.repo_url
+
+
+def test_config_errors_never_contain_a_secret(tmp_path: Path) -> None:
+    write(tmp_path / "admin-token", ADMIN_CANARY)
+    error = problems(tmp_path / "pushdeploy.toml", f"""
+        [server]
+        admin_token = "file:admin-token"
+        admin_tokn = "{ADMIN_CANARY}"
+        [gitlab]
+        url = "https://gitlab.example.org"
+        token = "env:GITLAB_TOKEN"
+        [projects.app]
+        gitlab_project = "tools/app"
+        repo_url = "https://gitlab.example.org/tools/app.git"
+        secret_token = "env:HOOK_TOKEN"
+        signing_token = "{HOOK_TOKEN}"
+        secret_tokn = "{HOOK_TOKEN}"
+        """, environ={"HOOK": HOOK_TOKEN, "GITLAB_TOKEN_X": GITLAB_CANARY})
+    found = keys(error)
+    assert set(found) >= {"server.admin_tokn", "gitlab.token", "projects.app.secret_token",
+                          "projects.app.signing_token", "projects.app.secret_tokn"}
+    assert found["gitlab.token"] == "environment variable GITLAB_TOKEN is not set"
+    for canary in (ADMIN_CANARY, HOOK_TOKEN, GITLAB_CANARY):
+        assert canary not in str(error)
+        assert canary not in repr(error.problems)
+
+
+# -- the CLI: check and new-secret ---------------------------------------------------
+
+
+def test_check_prints_projects_environments_and_webhook_urls(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PD_TEST_HOOK_TOKEN", HOOK_TOKEN)
+    path = write(tmp_path / "pushdeploy.toml", f"""
+        [server]
+        public_url = "https://deploy.example.org"
+        [projects.app]
+        gitlab_project = "tools/app"
+        repo_url = "https://gitlab.example.org/tools/app.git"
+        secret_token = "env:PD_TEST_HOOK_TOKEN"
+        build = ["make"]
+        [projects.app.environments.staging]
+        branch = "develop"
+        [projects.app.environments.production]
+        branch = "main"
+        [projects.site]
+        gitlab_project = "web/site"
+        repo_url = "https://gitlab.example.org/web/site.git"
+        signing_token = "{SIGNING_TOKEN}"
+        """)
+    assert main(["--config", str(path), "check"]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert f"{path}: OK" in out
+    assert "project app" in out and "project site" in out
+    assert "https://deploy.example.org/hooks/gitlab/app" in out
+    assert "https://deploy.example.org/hooks/gitlab/site" in out
+    assert "environment staging: branch develop" in out
+    assert "environment production: branch main" in out
+    assert HOOK_TOKEN not in out and SIGNING_TOKEN not in out
+
+
+def test_check_reports_every_problem_on_stderr_and_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path / "pushdeploy.toml", """
+        [projects.app]
+        gitlab_project = "tools/app"
+        repo_url = "https://gitlab.example.org/tools/app.git"
+        bulid = ["make"]
+        """)
+    assert main(["--config", str(path), "check"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "2 problem(s)" in err
+    assert f"{path}: projects.app.bulid: unknown key" in err
+    assert f"{path}: projects.app: needs secret_token or signing_token" in err
+
+
+def test_new_secret_prints_a_key_that_loads_as_a_signing_token(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["new-secret"]) == 0
+    key = capsys.readouterr().out.strip()
+    assert key.startswith("whsec_")
+    assert len(base64.b64decode(key.removeprefix("whsec_"), validate=True)) == 32
+    assert main(["new-secret"]) == 0
+    assert capsys.readouterr().out.strip() != key
+
+    path = write(tmp_path / "pushdeploy.toml", f"""
+        [projects.app]
+        gitlab_project = "tools/app"
+        repo_url = "https://gitlab.example.org/tools/app.git"
+        signing_token = "{key}"
+        """)
+    settings: Settings = load(path, environ={})
+    assert settings.projects["app"].signing_keys[0].reveal() == key
+    assert len(settings.projects["app"].signing_keys[0].key) == 32

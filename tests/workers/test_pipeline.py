@@ -1,0 +1,133 @@
+"""The deployment job, run by a real RQ SimpleWorker against real Redis and real git."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from redis import Redis
+from rq import Queue, SimpleWorker
+
+from tests.helpers import GitRepo
+from workers import defaults, pipeline
+from workers.config import Settings
+from workers.deploylog import read
+from workers.deployments import Deployment, DeploymentStore, State
+from workers.outbox import recorded
+from workers.queueing import Intake, Push
+
+BUILD = "#!/bin/sh\nset -e\necho \"building $PUSHDEPLOY_SHA for $PUSHDEPLOY_ENVIRONMENT\"\ncp app.txt built.txt\n"
+
+
+@pytest.fixture
+def deploy(redis: Redis, monkeypatch: pytest.MonkeyPatch) -> Callable[[Settings, str], Deployment]:
+    """Queue a push for ``sha`` and run the queue with a real RQ worker in this process."""
+
+    def run(settings: Settings, sha: str) -> Deployment:
+        monkeypatch.setenv("PUSHDEPLOY_CONFIG", str(settings.path))
+        pipeline.worker_settings.cache_clear()
+        project = settings.projects["sample-app"]
+        environment = next(iter(project.environments.values()))
+        accepted = Intake(redis, settings.server.public_url).accept(
+            project, environment, Push(f"refs/heads/{environment.branch}", sha, "alice", "")
+        )
+        SimpleWorker([Queue(defaults.DEPLOY_QUEUE, connection=redis)], connection=redis).work(burst=True)
+        return DeploymentStore(redis).get(accepted.deployment_id)
+
+    return run
+
+
+def env_dir(settings: Settings) -> Path:
+    return settings.server.data_dir / "projects" / "sample-app" / "production"
+
+
+def test_a_push_is_built_switched_and_deployed(make_settings: Callable[..., Settings], git_repo: GitRepo,
+                                               deploy: Callable[[Settings, str], Deployment], redis: Redis) -> None:
+    settings = make_settings(deploy=["echo \"$PUSHDEPLOY_REF $PUSHDEPLOY_DEPLOYMENT_ID\" > deployed.txt"])
+    sha = git_repo.commit({"build.sh": BUILD, "app.txt": "hello\n"}, "hello")
+
+    done = deploy(settings, sha)
+
+    assert done.state is State.SUCCEEDED
+    current = env_dir(settings) / "current"
+    assert os.readlink(current) == f"releases/{done.id}"
+    assert (current / "built.txt").read_text() == "hello\n"
+    assert (current / "deployed.txt").read_text() == f"main {done.id}\n"
+    steps = DeploymentStore(redis).steps(done.id)
+    assert [(s.phase, s.index, s.command, s.exit_code) for s in steps] == [
+        ("build", 1, "./build.sh", 0),
+        ("deploy", 1, "echo \"$PUSHDEPLOY_REF $PUSHDEPLOY_DEPLOYMENT_ID\" > deployed.txt", 0),
+    ]
+    assert all(s.duration >= 0 for s in steps)
+    lines = read(redis, done.id)
+    assert f"building {sha} for production" in [line.text for line in lines if line.kind == "out"]
+    assert [r.status.state for r in recorded(redis, done.id)] == ["pending", "running", "success"]
+    assert DeploymentStore(redis).live("sample-app", "production")["sha"] == sha
+
+
+def test_failed_build_leaves_current_untouched(make_settings: Callable[..., Settings], git_repo: GitRepo,
+                                               deploy: Callable[[Settings, str], Deployment], redis: Redis) -> None:
+    settings = make_settings(deploy=["touch deployed-marker"])
+    good = deploy(settings, git_repo.commit({"build.sh": BUILD, "app.txt": "one\n"}))
+    bad_sha = git_repo.commit({"build.sh": "#!/bin/sh\necho doing\necho 'fatal: broken' >&2\nexit 7\n"})
+
+    bad = deploy(settings, bad_sha)
+
+    assert bad.state is State.FAILED
+    assert bad.reason == "build step 1 `./build.sh` exited with 7"
+    assert os.readlink(env_dir(settings) / "current") == f"releases/{good.id}"
+    assert not (env_dir(settings) / "releases" / bad.id).exists()
+    step = DeploymentStore(redis).steps(bad.id)[0]
+    assert step.exit_code == 7
+    assert step.tail[-1] == "fatal: broken"
+    assert [r.status.state for r in recorded(redis, bad.id)] == ["pending", "running", "failed"]
+    assert bad.previous_sha == good.sha
+
+
+def test_failing_deploy_step_fails_the_deployment_with_its_exit_code(
+    make_settings: Callable[..., Settings], git_repo: GitRepo, deploy: Callable[[Settings, str], Deployment]
+) -> None:
+    settings = make_settings(deploy=["true", "exit 4"])
+    done = deploy(settings, git_repo.commit({"build.sh": BUILD, "app.txt": "x\n"}))
+    assert done.state is State.FAILED
+    assert done.reason == "deploy step 2 `exit 4` exited with 4"
+
+
+def test_steps_share_the_deployment_timeout(make_settings: Callable[..., Settings], git_repo: GitRepo,
+                                            deploy: Callable[[Settings, str], Deployment]) -> None:
+    settings = make_settings(build=["sleep 1", "sleep 30"], deploy=[], timeout=2)
+    done = deploy(settings, git_repo.commit({"app.txt": "slow\n"}))
+    assert done.state is State.FAILED
+    assert "build step 2 `sleep 30` ran out of time" in done.reason
+    assert done.finished_at - done.started_at < 15
+
+
+def test_a_sha_missing_from_the_repository_fails_cleanly(make_settings: Callable[..., Settings],
+                                                         deploy: Callable[[Settings, str], Deployment]) -> None:
+    done = deploy(make_settings(), "a" * 40)
+    assert done.state is State.FAILED
+    assert "is not in 'main' or any other branch" in done.reason
+
+
+def test_a_rerun_of_a_finished_job_changes_nothing(make_settings: Callable[..., Settings], git_repo: GitRepo,
+                                                   deploy: Callable[[Settings, str], Deployment],
+                                                   redis: Redis) -> None:
+    settings = make_settings()
+    done = deploy(settings, git_repo.commit({"build.sh": BUILD, "app.txt": "x\n"}))
+    assert pipeline.Runner(settings, redis).run(done.id) == "succeeded"
+    assert len(recorded(redis, done.id)) == 3
+
+
+def test_steps_see_only_the_scrubbed_environment(make_settings: Callable[..., Settings], git_repo: GitRepo,
+                                                 deploy: Callable[[Settings, str], Deployment],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GITLAB_TOKEN", "leaky-canary-token")
+    settings = make_settings(build=["env | sort > env.txt"], deploy=[], env={"APP_ENV": "prod"})
+    done = deploy(settings, git_repo.commit({"app.txt": "x\n"}))
+    seen = (env_dir(settings) / "current" / "env.txt").read_text()
+    assert "leaky-canary-token" not in seen
+    assert "PUSHDEPLOY_CONFIG" not in seen
+    assert "APP_ENV=prod" in seen
+    assert f"PUSHDEPLOY_RELEASE_DIR={env_dir(settings) / 'releases' / done.id}" in seen
