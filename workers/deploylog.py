@@ -60,8 +60,17 @@ class LogLine:
     text: str
 
 
+FLUSH_LINES = 200
+FLUSH_SECONDS = 0.2
+"""Output is written in batches (one round trip per batch), at most this old: live, yet cheap."""
+
+
 class DeploymentLog:
-    """Appends to one deployment's log; :meth:`output` enforces the per-step cap."""
+    """Appends to one deployment's log; :meth:`output` enforces the per-step cap.
+
+    Output lines are buffered and written in batches; markers and pushdeploy's own lines flush at
+    once, so the log's order is always the order things happened.
+    """
 
     def __init__(
         self,
@@ -77,6 +86,8 @@ class DeploymentLog:
         self._step_bytes = 0
         self._truncated = False
         self.tail: collections.deque[str] = collections.deque(maxlen=defaults.LOG_TAIL_LINES)
+        self._buffer: list[dict[str, str]] = []
+        self._buffered_at = 0.0
 
     def info(self, text: str) -> None:
         self._append("info", text)
@@ -104,8 +115,22 @@ class DeploymentLog:
     def truncated(self) -> bool:
         return self._truncated
 
+    def flush(self) -> None:
+        if not self._buffer:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for entry in self._buffer:
+            pipe.xadd(self.key, entry)  # type: ignore[arg-type]
+        pipe.execute()
+        self._buffer.clear()
+
     def _append(self, kind: str, text: str, masked: bool = False) -> None:
-        self.redis.xadd(self.key, {"k": kind, "t": text if masked else self.mask(text), "at": f"{time.time():.3f}"})
+        now = time.time()
+        if not self._buffer:
+            self._buffered_at = now
+        self._buffer.append({"k": kind, "t": text if masked else self.mask(text), "at": f"{now:.3f}"})
+        if kind != "out" or len(self._buffer) >= FLUSH_LINES or now - self._buffered_at >= FLUSH_SECONDS:
+            self.flush()
 
 
 def read(redis: Redis, deployment_id: str, after: str = "-", count: int = 10_000) -> list[LogLine]:

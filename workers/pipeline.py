@@ -1,4 +1,5 @@
-"""The deployment job: fetch → export → build → switch ``current`` → deploy, reported step by step.
+"""The deployment job: claim the lane → fetch → export → build → switch ``current`` → deploy →
+health check, rolling back on failure after the switch; every step reported as it happens.
 
 RQ calls :func:`run_deployment` with the deployment id only; everything else is read from the
 record and the worker's own config, so no payload text and no secret is ever in a job's arguments.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,18 +17,23 @@ from functools import cache
 from pathlib import Path
 
 from redis import Redis
+from rq import Queue
 
-from workers import steps
+from workers import defaults, health, steps
 from workers.config import Environment, Project, Settings, load
+from workers.control import cancel_requested, supersede
 from workers.deploylog import DeploymentLog, Masker
 from workers.deployments import Deployment, DeploymentStore, State, StepResult
 from workers.forge import StatusState
-from workers.outbox import enqueue_status
-from workers.queueing import commit_status
+from workers.lanes import Lane, Verdict
+from workers.queueing import enqueue_job, report
 from workers.releases import Releases
 from workers.source import Mirror, SourceError, check_sha
 
 log = logging.getLogger(__name__)
+
+CANCEL_POLL = 0.5
+"""Seconds between looks at a deployment's cancel flag while a step runs."""
 
 
 class StepFailed(Exception):
@@ -34,30 +41,34 @@ class StepFailed(Exception):
 
     def __init__(self, result: StepResult) -> None:
         self.result = result
-        if result.timed_out:
-            what = "ran out of time (the deployment's timeout)"
-        else:
-            what = f"exited with {result.exit_code}"
+        what = "ran out of time (the deployment's timeout)" if result.timed_out else f"exited with {result.exit_code}"
         super().__init__(f"{result.phase} step {result.index} `{result.command}` {what}")
 
 
+class HealthCheckFailed(Exception):
+    """The release did not answer 2xx on its health check URL in time."""
+
+
 class Canceled(Exception):
-    """The deployment was canceled while it ran."""
+    """Someone asked for this deployment to stop; ``who`` is recorded in the reason."""
+
+    def __init__(self, who: str) -> None:
+        self.who = who
+        super().__init__(f"canceled by {who}")
 
 
 @dataclass
 class Job:
     """Everything one run needs, resolved once at the start."""
 
-    settings: Settings
     project: Project
     environment: Environment
     deployment: Deployment
-    store: DeploymentStore
-    redis: Redis
     log: DeploymentLog
     releases: Releases
     deadline: float
+    live: Mapping[str, str]  # what served before: sha, deployment, release
+    switched: bool = False
 
 
 @cache
@@ -67,14 +78,13 @@ def worker_settings() -> Settings:
 
 
 def run_deployment(deployment_id: str) -> str:
-    """RQ entry point: run one deployment to a terminal state and return that state."""
+    """RQ entry point: take one deployment as far as it can go now; returns its state."""
     from rq import get_current_job
 
     current = get_current_job()
-    redis = current.connection if current is not None else None
-    if redis is None:
+    if current is None:
         raise RuntimeError("run_deployment must run inside an RQ job")
-    return Runner(worker_settings(), redis).run(deployment_id)
+    return Runner(worker_settings(), current.connection).run(deployment_id)
 
 
 class Runner:
@@ -84,47 +94,97 @@ class Runner:
         self.store = DeploymentStore(redis)
         self.masker = Masker(settings.all_secrets())
         self.environ = dict(os.environ if environ is None else environ)
+        self._cancel_checked = 0.0
+        self._cancel_by = ""
+
+    # -- the lane ---------------------------------------------------------
 
     def run(self, deployment_id: str) -> str:
         deployment = self.store.get(deployment_id)
         if deployment.state is not State.QUEUED:
-            return str(deployment.state)  # already handled: a retried or duplicate job does nothing
+            return str(deployment.state)  # canceled meanwhile, or a duplicate job: nothing to do
         deplog = DeploymentLog(self.redis, deployment_id, self.masker)
-        try:
-            project = self.settings.projects[deployment.project]
-            environment = project.environments[deployment.environment]
-        except KeyError:
+        project = self.settings.projects.get(deployment.project)
+        environment = project.environments.get(deployment.environment) if project else None
+        if project is None or environment is None:
             return self.finish(deployment, None, None, deplog, State.FAILED,
                                "project or environment no longer in the configuration")
-        live = self.store.live(project.name, environment.name)
-        deployment = self.store.transition(deployment_id, State.RUNNING, previous_sha=live.get("sha", ""))
-        self.status(project, environment, deployment, StatusState.RUNNING, "Deploying")
-        job = Job(
-            settings=self.settings,
-            project=project,
-            environment=environment,
-            deployment=deployment,
-            store=self.store,
-            redis=self.redis,
-            log=deplog,
-            releases=Releases(self.settings.server.data_dir, project.name, environment.name),
-            deadline=deployment.started_at + environment.timeout,
-        )
+        lane = Lane(self.redis, project.name, environment.name)
+        claim = lane.claim(deployment_id)
+        if claim.verdict is Verdict.SUPERSEDED:
+            supersede(self.settings, self.redis, deployment_id, claim.other)
+            return str(State.CANCELED)
+        if claim.verdict is Verdict.WAIT:
+            if claim.other:
+                supersede(self.settings, self.redis, claim.other, deployment_id)
+            deplog.info(f"waiting: {lane.holder() or 'another deployment'} is deploying this environment")
+            return "waiting"
         try:
+            with lane.keep_alive(claim.token):
+                return self.run_claimed(deployment, project, environment, deplog, claim.token)
+        finally:
+            self.hand_over(lane, claim.token, environment)
+
+    def hand_over(self, lane: Lane, token: str, environment: Environment) -> None:
+        """Free the lane and start the deployment that waited for it."""
+        released = lane.release(token)
+        if released.waiting:
+            queue = Queue(defaults.DEPLOY_QUEUE, connection=self.redis)
+            enqueue_job(queue, released.waiting, environment, f"{released.waiting}-{os.urandom(3).hex()}")
+
+    # -- one deployment ---------------------------------------------------
+
+    def run_claimed(
+        self, deployment: Deployment, project: Project, environment: Environment, deplog: DeploymentLog, token: str
+    ) -> str:
+        live = self.store.live(project.name, environment.name)
+        try:
+            deployment = self.store.transition(
+                deployment.id, State.RUNNING, previous_sha=live.get("sha", ""), lane_token=token,
+                host=socket.gethostname(),
+            )
+        except Exception:
+            return str(self.store.get(deployment.id).state)  # canceled between claim and start
+        report(self.redis, self.settings, deployment, StatusState.RUNNING, "Deploying")
+        job = Job(project, environment, deployment, deplog,
+                  Releases(self.settings.server.data_dir, project.name, environment.name),
+                  deployment.started_at + environment.timeout, live)
+        try:
+            if self.already_live(job):
+                return self.finish(deployment, project, environment, deplog, State.SUCCEEDED, "already deployed")
             self.deploy(job)
-        except StepFailed as exc:
-            tail = "\n".join(exc.result.tail[-5:])
-            deplog.info(f"{exc}; last lines:\n{tail}" if tail else str(exc))
-            return self.finish(job.deployment, project, environment, deplog, State.FAILED, str(exc))
+        except Canceled as exc:
+            reason = self.recover(job, str(exc))
+            return self.finish(deployment, project, environment, deplog, State.CANCELED, reason)
+        except (StepFailed, HealthCheckFailed) as exc:
+            if isinstance(exc, StepFailed) and exc.result.tail:
+                deplog.info("last lines:\n" + "\n".join(exc.result.tail[-5:]))
+            reason = self.recover(job, str(exc))
+            return self.finish(deployment, project, environment, deplog, State.FAILED, reason)
         except SourceError as exc:
             deplog.info(self.masker(f"git: {exc}"))
-            return self.finish(job.deployment, project, environment, deplog, State.FAILED, self.masker(str(exc)))
+            return self.finish(deployment, project, environment, deplog, State.FAILED, self.masker(str(exc)))
         except Exception as exc:
-            log.exception("deployment %s: internal error", deployment_id)
-            reason = self.masker(f"internal error: {type(exc).__name__}: {exc}")
-            deplog.info(reason)
-            return self.finish(job.deployment, project, environment, deplog, State.FAILED, reason)
-        return self.finish(job.deployment, project, environment, deplog, State.SUCCEEDED, "")
+            log.exception("deployment %s: internal error", deployment.id)
+            reason = self.recover(job, self.masker(f"internal error: {type(exc).__name__}: {exc}"))
+            return self.finish(deployment, project, environment, deplog, State.FAILED, reason)
+        return self.finish(deployment, project, environment, deplog, State.SUCCEEDED, "")
+
+    def already_live(self, job: Job) -> bool:
+        """The same sha is live in an intact release and (if checked) healthy: nothing to rebuild."""
+        if job.live.get("sha") != job.deployment.sha or not job.live.get("release"):
+            return False
+        if job.releases.current() != job.live["release"]:
+            return False
+        if job.environment.health_check:
+            verdict = health.check(job.environment.health_check, job.deadline, job.log.info)
+            if not verdict.healthy:
+                job.log.info(f"{job.deployment.sha[:12]} is current but unhealthy ({verdict.detail}): redeploying")
+                return False
+        job.log.info(f"{job.deployment.sha[:12]} is already deployed (release {job.live['release']}): nothing to do")
+        self.store.update(job.deployment.id, release=job.live["release"])
+        job.deployment.release = job.live["release"]
+        return True
 
     def deploy(self, job: Job) -> None:
         deployment, environment = job.deployment, job.environment
@@ -135,90 +195,123 @@ class Runner:
         job.log.step(f"fetch {sha[:12]} from {environment.branch}")
         fetched = mirror.fetch(environment.branch, sha)
         job.log.info(f"{'fetched' if fetched else 'already in the mirror'} in {time.monotonic() - started:.2f} s")
+        self.check_cancel(job)
         job.releases.prepare()
         release_dir = job.releases.path(deployment.id)
         job.log.step(f"export {sha[:12]} into releases/{deployment.id}")
         mirror.export(sha, release_dir)
-        job.store.update(deployment.id, release=deployment.id)
+        self.store.update(deployment.id, release=deployment.id)
         deployment.release = deployment.id
-        variables = self.variables(job, release_dir)
+        variables = self.variables(job, deployment.id, deployment.sha, deployment.previous_sha)
         try:
             for index, command in enumerate(environment.build, start=1):
                 self.step(job, "build", index, command, release_dir, variables)
-        except StepFailed:
+            self.check_cancel(job)
+        except (StepFailed, Canceled):
             job.releases.remove(deployment.id)  # a failed build never reaches current
-            job.log.info("build failed: current is unchanged")
+            job.log.info("build did not finish: current is unchanged")
             raise
+        # No cancel is looked at between here and the end of switch(): it lands before or after.
         previous = job.releases.switch(deployment.id)
+        job.switched = True
         job.log.info(f"current → releases/{deployment.id}" + (f" (was {previous})" if previous else ""))
         for index, command in enumerate(environment.deploy, start=1):
             self.step(job, "deploy", index, command, job.releases.current_link, variables)
-        live_release = job.releases.current()
-        protect = {r for r in (live_release, previous) if r}
+        if environment.health_check:
+            job.log.step(f"health check {environment.health_check.url}")
+            verdict = health.check(environment.health_check, job.deadline, job.log.info,
+                                   should_stop=lambda: self.cancel_flag(job) != "")
+            self.check_cancel(job)
+            if not verdict.healthy:
+                raise HealthCheckFailed(f"health check failed ({verdict.detail} after {verdict.attempts} tries)")
+        protect = {r for r in (job.releases.current(), previous) if r}
         removed = job.releases.prune(environment.keep_releases, protect)
         if removed:
-            job.log.info(f"pruned {len(removed)} old release(s)")
+            job.log.info(f"pruned {len(removed)} old release(s): {', '.join(removed)}")
 
-    def step(self, job: Job, phase: str, index: int, command: str, cwd: Path, variables: dict[str, str]) -> None:
+    def recover(self, job: Job, reason: str) -> str:
+        """After a failure past the switch, put the previous release back; returns the full reason."""
+        if not job.switched:
+            return reason
+        previous_release = job.live.get("release", "")
+        previous_sha = job.live.get("sha", "")
+        if not previous_release or not job.releases.path(previous_release).is_dir():
+            what = "this is the environment's first deployment" if not previous_release else "it was pruned"
+            job.log.info(f"nothing to roll back to ({what}): releases/{job.deployment.id} stays current")
+            return f"{reason}; nothing to roll back to"
+        job.releases.switch(previous_release)
+        job.log.step(f"rollback: current → releases/{previous_release} ({previous_sha[:12]})")
+        job.deadline = time.time() + job.environment.timeout  # the rollback has a budget of its own
+        variables = self.variables(job, previous_release, previous_sha, job.deployment.sha)
+        try:
+            for index, command in enumerate(job.environment.deploy, start=1):
+                self.step(job, "rollback", index, command, job.releases.current_link, variables, cancelable=False)
+        except StepFailed as exc:
+            job.log.info(f"rollback deploy step failed too: {exc}")
+            return f"{reason}; rolled back to {previous_sha}, but its deploy step failed"
+        return f"{reason}; rolled back to {previous_sha}"
+
+    def step(self, job: Job, phase: str, index: int, command: str, cwd: Path, variables: dict[str, str],
+             cancelable: bool = True) -> None:
         job.log.step(f"{phase} {index}: $ {command}")
-        outcome = steps.run(command, cwd, variables, job.deadline, job.log.output)
-        result = StepResult(
-            phase=phase,
-            index=index,
-            command=command,
-            exit_code=outcome.exit_code,
-            duration=round(outcome.duration, 3),
-            truncated=job.log.truncated,
-            timed_out=outcome.timed_out,
-            tail=list(job.log.tail),
+        outcome = steps.run(
+            command, cwd, variables, job.deadline, job.log.output,
+            should_stop=(lambda: self.cancel_flag(job) != "") if cancelable else (lambda: False),
+            on_start=lambda pid: self.store.update(job.deployment.id, step_pgid=pid),
         )
-        job.store.add_step(job.deployment.id, result)
-        job.log.info(f"{phase} {index} exited {outcome.exit_code} in {outcome.duration:.2f} s")
+        job.log.flush()
+        result = StepResult(phase, index, command, outcome.exit_code, round(outcome.duration, 3),
+                            truncated=job.log.truncated, timed_out=outcome.timed_out, tail=list(job.log.tail))
+        self.store.add_step(job.deployment.id, result)
+        self.store.update(job.deployment.id, step_pgid="")
+        status = "timed out" if outcome.timed_out else "canceled" if outcome.canceled else f"exited {outcome.exit_code}"
+        job.log.info(f"{phase} {index} {status} after {outcome.duration:.2f} s")
+        if outcome.canceled:
+            raise Canceled(self.cancel_flag(job) or "someone")
         if not outcome.ok:
             raise StepFailed(result)
 
-    def variables(self, job: Job, release_dir: Path) -> dict[str, str]:
-        deployment = job.deployment
+    def cancel_flag(self, job: Job) -> str:
+        """Who asked to cancel, or ""; looked up at most every CANCEL_POLL seconds."""
+        now = time.monotonic()
+        if not self._cancel_by and now - self._cancel_checked >= CANCEL_POLL:
+            self._cancel_checked = now
+            self._cancel_by = cancel_requested(self.redis, job.deployment.id)
+        return self._cancel_by
+
+    def check_cancel(self, job: Job) -> None:
+        self._cancel_checked = 0.0
+        who = self.cancel_flag(job)
+        if who:
+            raise Canceled(who)
+
+    def variables(self, job: Job, release_id: str, sha: str, previous_sha: str) -> dict[str, str]:
         return steps.scrubbed_environment(
             self.environ,
             {
                 **job.environment.env,
                 "PUSHDEPLOY_PROJECT": job.project.name,
                 "PUSHDEPLOY_ENVIRONMENT": job.environment.name,
-                "PUSHDEPLOY_DEPLOYMENT_ID": deployment.id,
-                "PUSHDEPLOY_SHA": deployment.sha,
-                "PUSHDEPLOY_REF": deployment.branch,
-                "PUSHDEPLOY_PREVIOUS_SHA": deployment.previous_sha,
-                "PUSHDEPLOY_RELEASE_DIR": str(release_dir),
+                "PUSHDEPLOY_DEPLOYMENT_ID": job.deployment.id,
+                "PUSHDEPLOY_SHA": sha,
+                "PUSHDEPLOY_REF": job.deployment.branch,
+                "PUSHDEPLOY_PREVIOUS_SHA": previous_sha,
+                "PUSHDEPLOY_RELEASE_DIR": str(job.releases.path(release_id)),
                 "PUSHDEPLOY_CURRENT_DIR": str(job.releases.current_link),
             },
         )
 
-    def finish(
-        self,
-        deployment: Deployment,
-        project: Project | None,
-        environment: Environment | None,
-        deplog: DeploymentLog,
-        state: State,
-        reason: str,
-    ) -> str:
+    # -- endings ----------------------------------------------------------
+
+    def finish(self, deployment: Deployment, project: Project | None, environment: Environment | None,
+               deplog: DeploymentLog, state: State, reason: str) -> str:
         final = self.store.transition(deployment.id, state, reason)
         deplog.info(f"deployment {state}" + (f": {reason}" if reason else ""))
+        deplog.flush()
         if state is State.SUCCEEDED:
             self.store.mark_live(final)
         if project is not None and environment is not None:
-            status = StatusState.SUCCESS if state is State.SUCCEEDED else StatusState.FAILED
-            if state is State.CANCELED:
-                status = StatusState.CANCELED
-            description = "Deployed" if state is State.SUCCEEDED else reason
-            self.status(project, environment, final, status, description)
+            status = {State.SUCCEEDED: StatusState.SUCCESS, State.CANCELED: StatusState.CANCELED}.get(
+                state, StatusState.FAILED)
+            report(self.redis, self.settings, final, status, reason or "Deployed")
         return str(state)
-
-    def status(
-        self, project: Project, environment: Environment, deployment: Deployment, state: StatusState, text: str
-    ) -> None:
-        with self.redis.pipeline() as pipe:
-            status = commit_status(self.settings.server.public_url, project, environment, deployment, state, text)
-            enqueue_status(pipe, deployment.id, status)
-            pipe.execute()

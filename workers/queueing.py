@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from redis import Redis
-from rq import Queue
+from redis.client import Pipeline
+from rq import Callback, Queue
 
 from workers import defaults
-from workers.config import Environment, Project
+from workers.config import Environment, Project, Settings
 from workers.deployments import PREFIX, Deployment, DeploymentStore, new_id
 from workers.forge import CommitStatus, StatusState
 from workers.outbox import enqueue_status
@@ -45,8 +46,28 @@ def deployment_url(public_url: str, deployment_id: str) -> str:
 
 
 def job_timeout(environment: Environment) -> int:
-    """RQ's timeout outlasts ours, so our own deadline is what ends a slow deployment."""
-    return environment.timeout + defaults.JOB_TIMEOUT_MARGIN
+    """RQ's timeout outlasts ours: the deployment's own budget, a rollback's, and a margin.
+
+    So our own deadline is what ends a slow deployment, and RQ only ever kills a stuck worker.
+    """
+    return 2 * environment.timeout + defaults.JOB_TIMEOUT_MARGIN
+
+
+def enqueue_job(
+    queue: Queue, deployment_id: str, environment: Environment, job_id: str, pipe: Pipeline | None = None
+) -> None:
+    """The RQ job of a deployment: its only argument is the deployment id."""
+    queue.enqueue_call(
+        "workers.pipeline.run_deployment",
+        args=(deployment_id,),
+        job_id=job_id,
+        timeout=job_timeout(environment),
+        result_ttl=3600,
+        failure_ttl=7 * 24 * 3600,
+        description=f"deploy {environment.project}/{environment.name} ({deployment_id})",
+        on_failure=Callback("workers.recovery.job_failed"),
+        pipeline=pipe,
+    )
 
 
 class Intake:
@@ -90,16 +111,7 @@ class Intake:
                 self.public_url, project, environment, deployment, StatusState.PENDING, "Queued for deployment"
             )
             enqueue_status(pipe, deployment.id, pending, deployment.created_at)
-            self.queue.enqueue_call(
-                "workers.pipeline.run_deployment",
-                args=(deployment.id,),
-                job_id=deployment.id,
-                timeout=job_timeout(environment),
-                result_ttl=3600,
-                failure_ttl=7 * 24 * 3600,
-                description=f"deploy {project.name}/{environment.name} {deployment.sha[:12]}",
-                pipeline=pipe,
-            )
+            enqueue_job(self.queue, deployment.id, environment, deployment.id, pipe)
             pipe.execute()
 
 
@@ -121,3 +133,15 @@ def commit_status(
         target_url=deployment_url(public_url, deployment.id),
         description=(description.splitlines() or [state.value])[0][:255],
     )
+
+
+def report(redis: Redis, settings: Settings, deployment: Deployment, state: StatusState, description: str) -> None:
+    """Put a status for ``deployment`` in its outbox (the courier posts it)."""
+    project = settings.projects.get(deployment.project)
+    environment = project.environments.get(deployment.environment) if project else None
+    if project is None or environment is None:
+        return  # no longer configured: there is no GitLab project to report to
+    status = commit_status(settings.server.public_url, project, environment, deployment, state, description)
+    with redis.pipeline() as pipe:
+        enqueue_status(pipe, deployment.id, status)
+        pipe.execute()

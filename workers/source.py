@@ -15,7 +15,8 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-SHA_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+SHA_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})\Z")
+"""Anchored with an end-of-string anchor: ``$`` would also accept a sha followed by a newline."""
 ZERO_SHA_RE = re.compile(r"^0+$")
 
 HARDENING = (

@@ -54,6 +54,7 @@ def run(
     deadline: float,
     on_line: Callable[[str], None],
     should_stop: Callable[[], bool] = lambda: False,
+    on_start: Callable[[int], None] = lambda _pgid: None,
 ) -> Outcome:
     """Run ``command`` with ``/bin/sh -c`` until it exits, the deadline passes, or ``should_stop``.
 
@@ -71,6 +72,7 @@ def run(
         close_fds=True,
     )
     assert process.stdout is not None
+    on_start(process.pid)  # the process group id, so a dead worker's step can still be ended
     fd = process.stdout.fileno()
     os.set_blocking(fd, False)
     selector = selectors.DefaultSelector()

@@ -1,23 +1,33 @@
-"""A worker process: an RQ worker for deployments plus the status courier beside it."""
+"""A worker process: an RQ worker for deployments, plus the status courier and the lane janitor."""
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 
+from redis import Redis
 from rq import Queue, Worker
 
 from workers import defaults, pipeline
 from workers.config import Settings
 from workers.connection import worker_redis
 from workers.forge import forge_for
+from workers.lanes import Lane
 from workers.outbox import Courier
+from workers.queueing import enqueue_job
+from workers.recovery import horse_killed
+
+log = logging.getLogger(__name__)
 
 MAINTENANCE_INTERVAL = 30
-"""Seconds between RQ's registry clean-ups: how soon a dead worker's job is noticed."""
+"""Seconds between RQ's registry clean-ups: how soon another worker notices a dead one's job."""
 
 JOB_MONITORING_INTERVAL = 10
-"""Seconds between heartbeats of a running job."""
+"""Seconds between heartbeats of a running job; a dead worker's job expires 60 s after its last."""
+
+JANITOR_INTERVAL = 30.0
+"""Seconds between looks for a waiting deployment whose lane holder vanished unnoticed."""
 
 
 def run_worker(settings: Settings, burst: bool = False, name: str | None = None) -> bool:
@@ -28,15 +38,55 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None)
     redis = worker_redis(settings.server.redis_url)
     courier = Courier(worker_redis(settings.server.redis_url), forge_for(settings.gitlab))
     courier.start()
+    janitor = Janitor(settings, worker_redis(settings.server.redis_url))
+    janitor.start()
     worker = Worker(
         [Queue(defaults.DEPLOY_QUEUE, connection=redis)],
         connection=redis,
         name=name,
         maintenance_interval=MAINTENANCE_INTERVAL,
         job_monitoring_interval=JOB_MONITORING_INTERVAL,
+        work_horse_killed_handler=horse_killed,
     )
-    logging.getLogger(__name__).info("worker %s: deploying from queue %s", worker.name, defaults.DEPLOY_QUEUE)
+    log.info("worker %s: deploying from queue %s", worker.name, defaults.DEPLOY_QUEUE)
     try:
         return bool(worker.work(burst=burst, logging_level="INFO", with_scheduler=False))
     finally:
         courier.stop()
+        janitor.stop()
+
+
+class Janitor:
+    """Restarts deployments left waiting on a lane whose holder died without handing over."""
+
+    def __init__(self, settings: Settings, redis: Redis) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.stopping = threading.Event()
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self.run, name="lane-janitor", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def run(self) -> None:
+        while not self.stopping.wait(JANITOR_INTERVAL):
+            try:
+                self.sweep()
+            except Exception:
+                log.exception("lane janitor: sweep failed; trying again later")
+
+    def sweep(self) -> int:
+        queue = Queue(defaults.DEPLOY_QUEUE, connection=self.redis)
+        resumed = 0
+        for project in self.settings.projects.values():
+            for environment in project.environments.values():
+                waiting = Lane(self.redis, project.name, environment.name).take_stalled()
+                if waiting:
+                    log.warning("lane %s/%s: resuming %s", project.name, environment.name, waiting)
+                    enqueue_job(queue, waiting, environment, f"{waiting}-{os.urandom(3).hex()}")
+                    resumed += 1
+        return resumed

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -92,7 +92,7 @@ def test_failing_deploy_step_fails_the_deployment_with_its_exit_code(
     settings = make_settings(deploy=["true", "exit 4"])
     done = deploy(settings, git_repo.commit({"build.sh": BUILD, "app.txt": "x\n"}))
     assert done.state is State.FAILED
-    assert done.reason == "deploy step 2 `exit 4` exited with 4"
+    assert done.reason == "deploy step 2 `exit 4` exited with 4; nothing to roll back to"
 
 
 def test_steps_share_the_deployment_timeout(make_settings: Callable[..., Settings], git_repo: GitRepo,
@@ -131,3 +131,108 @@ def test_steps_see_only_the_scrubbed_environment(make_settings: Callable[..., Se
     assert "PUSHDEPLOY_CONFIG" not in seen
     assert "APP_ENV=prod" in seen
     assert f"PUSHDEPLOY_RELEASE_DIR={env_dir(settings) / 'releases' / done.id}" in seen
+
+
+# -- rollback, health check, already deployed ---------------------------------------------------
+
+class Health:
+    """A real HTTP server whose answer the test sets: the app behind a health check."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        owner = self
+        self.code = 200
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(owner.code)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/healthz"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def app_health() -> Iterator[Health]:
+    server = Health()
+    yield server
+    server.close()
+
+
+def test_failed_health_check_rolls_back_and_redeploys_the_previous_release(
+    make_settings: Callable[..., Settings], git_repo: GitRepo, deploy: Callable[[Settings, str], Deployment],
+    redis: Redis, app_health: Health,
+) -> None:
+    settings = make_settings(deploy=["echo $PUSHDEPLOY_SHA >> ../../deploy-runs.txt"],
+                             health_check={"url": app_health.url, "timeout": 2})
+    good = deploy(settings, git_repo.commit({"build.sh": BUILD, "app.txt": "good\n"}))
+    assert good.state is State.SUCCEEDED
+    app_health.code = 503
+
+    bad = deploy(settings, git_repo.commit({"app.txt": "bad\n"}))
+
+    assert bad.state is State.FAILED
+    assert bad.reason.startswith("health check failed (HTTP 503 after ")
+    assert bad.reason.endswith(f"; rolled back to {good.sha}")
+    assert os.readlink(env_dir(settings) / "current") == f"releases/{good.id}"
+    runs = (env_dir(settings) / "deploy-runs.txt").read_text().split()
+    assert runs == [good.sha, bad.sha, good.sha]  # the previous release's deploy step ran again
+    assert DeploymentStore(redis).live("sample-app", "production")["sha"] == good.sha
+    assert [r.status.state for r in recorded(redis, bad.id)] == ["pending", "running", "failed"]
+
+
+def test_first_deployment_says_there_is_nothing_to_roll_back_to(
+    make_settings: Callable[..., Settings], git_repo: GitRepo, deploy: Callable[[Settings, str], Deployment],
+    redis: Redis, app_health: Health,
+) -> None:
+    app_health.code = 500
+    settings = make_settings(health_check={"url": app_health.url, "timeout": 1})
+    done = deploy(settings, git_repo.commit({"build.sh": BUILD, "app.txt": "x\n"}))
+    assert done.state is State.FAILED
+    assert done.reason.endswith("nothing to roll back to")
+    assert any("first deployment" in line.text for line in read(redis, done.id))
+
+
+def test_a_failing_deploy_step_after_the_switch_rolls_back(
+    make_settings: Callable[..., Settings], git_repo: GitRepo, deploy: Callable[[Settings, str], Deployment],
+) -> None:
+    settings = make_settings(deploy=["test \"$(cat app.txt)\" != broken"])
+    good = deploy(settings, git_repo.commit({"build.sh": BUILD, "app.txt": "fine\n"}))
+    bad = deploy(settings, git_repo.commit({"app.txt": "broken\n"}))
+    assert bad.state is State.FAILED
+    assert bad.reason == f"deploy step 1 `test \"$(cat app.txt)\" != broken` exited with 1; rolled back to {good.sha}"
+    assert os.readlink(env_dir(settings) / "current") == f"releases/{good.id}"
+
+
+def test_the_live_sha_pushed_again_succeeds_without_rebuilding(
+    make_settings: Callable[..., Settings], git_repo: GitRepo, deploy: Callable[[Settings, str], Deployment],
+    redis: Redis,
+) -> None:
+    settings = make_settings()
+    sha = git_repo.commit({"build.sh": BUILD, "app.txt": "same\n"})
+    first = deploy(settings, sha)
+    again = deploy(settings, sha)
+    assert again.state is State.SUCCEEDED
+    assert again.reason == "already deployed"
+    assert DeploymentStore(redis).steps(again.id) == []
+    assert os.readlink(env_dir(settings) / "current") == f"releases/{first.id}"
+    assert [r.status.description for r in recorded(redis, again.id)][-1] == "already deployed"
+
+
+def test_old_releases_are_pruned_but_never_current_or_previous(
+    make_settings: Callable[..., Settings], git_repo: GitRepo, deploy: Callable[[Settings, str], Deployment],
+) -> None:
+    settings = make_settings(keep_releases=2)
+    done = [deploy(settings, git_repo.commit({"build.sh": BUILD, "app.txt": f"v{i}\n"})) for i in range(4)]
+    kept = sorted(p.name for p in (env_dir(settings) / "releases").iterdir())
+    assert kept == [done[2].id, done[3].id]

@@ -1,0 +1,77 @@
+"""Stopping deployments: cancel on request, supersede by a newer push, and read the cancel flag.
+
+A queued deployment is canceled at once. A running one gets a flag its worker looks at between
+and during steps; the worker then signals the step's process group and ends the deployment.
+"""
+
+from __future__ import annotations
+
+from redis import Redis
+
+from workers.config import Settings
+from workers.deployments import PREFIX, DeploymentStore, InvalidTransition, State
+from workers.deploylog import DeploymentLog, Masker
+from workers.forge import StatusState
+from workers.queueing import report
+
+CANCEL_TTL = 24 * 3600
+
+
+def cancel_key(deployment_id: str) -> str:
+    return f"{PREFIX}:dep:{deployment_id}:cancel"
+
+
+def cancel_requested(redis: Redis, deployment_id: str) -> str:
+    """Who asked to cancel the deployment, or ""."""
+    raw = redis.get(cancel_key(deployment_id))
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else (raw or "")
+
+
+class NotCancelable(Exception):
+    """The deployment already ended; ``state`` says how."""
+
+    def __init__(self, deployment_id: str, state: State) -> None:
+        self.state = state
+        super().__init__(f"deployment {deployment_id} already ended: {state}")
+
+
+def cancel(settings: Settings, redis: Redis, deployment_id: str, who: str) -> State:
+    """Cancel a queued deployment now, or ask a running one to stop; returns the state it is in.
+
+    Raises:
+        NotCancelable: it already succeeded, failed or was canceled.
+        UnknownDeployment: there is no such deployment.
+    """
+    store = DeploymentStore(redis)
+    deployment = store.get(deployment_id)
+    if deployment.state is State.QUEUED:
+        try:
+            ended = store.transition(deployment_id, State.CANCELED, f"canceled by {who}")
+        except InvalidTransition:
+            deployment = store.get(deployment_id)  # it started meanwhile: ask the worker below
+        else:
+            _log(settings, redis, deployment_id, f"canceled by {who} before it started")
+            report(redis, settings, ended, StatusState.CANCELED, ended.reason)
+            return State.CANCELED
+    if deployment.state is State.RUNNING:
+        redis.set(cancel_key(deployment_id), who, ex=CANCEL_TTL)
+        return State.RUNNING
+    raise NotCancelable(deployment_id, deployment.state)
+
+
+def supersede(settings: Settings, redis: Redis, deployment_id: str, newer: str) -> bool:
+    """End a waiting deployment because a newer push replaced it; False if it was no longer queued."""
+    store = DeploymentStore(redis)
+    try:
+        ended = store.transition(deployment_id, State.CANCELED, f"superseded by {newer}")
+    except InvalidTransition:
+        return False
+    _log(settings, redis, deployment_id, f"superseded by {newer}: the newest push wins")
+    report(redis, settings, ended, StatusState.CANCELED, ended.reason)
+    return True
+
+
+def _log(settings: Settings, redis: Redis, deployment_id: str, text: str) -> None:
+    deplog = DeploymentLog(redis, deployment_id, Masker(settings.all_secrets()))
+    deplog.info(text)
+    deplog.flush()
