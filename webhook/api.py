@@ -8,6 +8,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from redis import Redis
 
 from workers.config import Settings
+from workers.control import NotCancelable, cancel
 from workers.deployments import DeploymentStore, UnknownDeployment
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -37,3 +38,17 @@ def show(deployment_id: str) -> tuple[Response, int]:
     data = record.public()
     data["steps"] = [vars(step) for step in store.steps(deployment_id)]
     return jsonify(data), 200
+
+
+@api.post("/deployments/<deployment_id>/cancel")
+def cancel_deployment(deployment_id: str) -> tuple[Response, int]:
+    """202 when a running deployment was asked to stop, 200 when a queued one ended, 409 when over."""
+    settings: Settings = current_app.extensions["pushdeploy.settings"]
+    redis: Redis = current_app.extensions["pushdeploy.redis"]
+    try:
+        state = cancel(settings, redis, deployment_id, "api")
+    except UnknownDeployment:
+        return jsonify(error="no such deployment"), 404
+    except NotCancelable as exc:
+        return jsonify(error=f"deployment already {exc.state}", state=str(exc.state)), 409
+    return jsonify(deployment=deployment_id, state=str(state)), 200 if state.value == "canceled" else 202

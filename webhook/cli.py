@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = command("worker", cmd_worker, "run a deployment worker")
     sp.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     sp.add_argument("--name", help="worker name (default: generated)")
+    sp = command("cancel", cmd_cancel, "cancel a queued or running deployment")
+    sp.add_argument("deployment")
     command("check", cmd_check, "validate the configuration and print each webhook URL")
     command("new-secret", cmd_new_secret, "print a new signing token (whsec_…) for GitLab's webhook settings")
     sp = command("simulate-push", cmd_simulate, "sign and send a push delivery like GitLab does")
@@ -89,6 +91,30 @@ def cmd_check(args: argparse.Namespace) -> int:
             steps = f"{len(env.build)} build, {len(env.deploy)} deploy step(s)"
             health = f", health check {env.health_check.url}" if env.health_check else ""
             print(f"  environment {env.name}: branch {env.branch}, {steps}{health}, timeout {env.timeout} s")
+    return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    import getpass
+
+    from workers.connection import web_redis
+    from workers.control import NotCancelable, cancel
+    from workers.deployments import UnknownDeployment
+
+    settings = settings_from(args)
+    redis = web_redis(settings.server.redis_url, timeout=5)
+    try:
+        state = cancel(settings, redis, args.deployment, f"{getpass.getuser()} (cli)")
+    except UnknownDeployment:
+        print(f"pushdeploy: no deployment {args.deployment}", file=sys.stderr)
+        return EXIT_USAGE
+    except NotCancelable as exc:
+        print(f"pushdeploy: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if state.value == "canceled":
+        print(f"{args.deployment}: canceled")
+    else:
+        print(f"{args.deployment}: running; its worker was asked to stop (it ends canceled within seconds)")
     return EXIT_OK
 
 

@@ -7,6 +7,7 @@ payload differently) and every field used is type-checked before it goes anywher
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,13 +35,20 @@ class Deploy:
 
 
 def parse(body: bytes) -> dict[str, Any]:
-    """Strict JSON: an object at the top, no duplicate keys, only finite numbers."""
+    """Strict JSON: UTF-8, an object at the top, no duplicate keys, finite numbers, no lone surrogates."""
     try:
-        payload = json.loads(body, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        # Decoded as UTF-8 here: json.loads(bytes) would also guess UTF-16/32 and accept encoded surrogates.
+        text = body.decode("utf-8")
+        payload = json.loads(
+            text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants, parse_float=_finite_float
+        )
     except (ValueError, RecursionError):
         raise InvalidPayload("body is not valid JSON") from None
     if not isinstance(payload, dict):
         raise InvalidPayload("payload must be a JSON object")
+    if _has_lone_surrogate(payload):
+        # "\ud800" escapes parse to text that no UTF-8 writer (Redis, logs, pages) accepts.
+        raise InvalidPayload("payload holds an unpaired \\u surrogate escape")
     return payload
 
 
@@ -55,6 +63,30 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _no_constants(name: str) -> Any:
     raise ValueError(f"non-finite number {name}")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 overflows to inf without passing through parse_constant
+        raise ValueError("non-finite number")
+    return value
+
+
+def _has_lone_surrogate(payload: Any) -> bool:
+    pending = [payload]  # iterative: nesting is as deep as the parser allowed
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item)
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
 
 
 def check_project(payload: Mapping[str, Any], project: Project) -> None:
@@ -91,13 +123,13 @@ def classify(
     environment = project.environment_for_branch(branch)
     if environment is None:
         return Ignored(f"branch {_quote(branch)} is not deployed")
-    if ZERO_SHA_RE.match(after):
+    if ZERO_SHA_RE.fullmatch(after):
         return Ignored(f"branch {_quote(branch)} was deleted")
     checkout = payload.get("checkout_sha")
     if checkout is not None and not isinstance(checkout, str):
         raise InvalidPayload("checkout_sha must be a string or null")
     sha = (checkout or after).lower()
-    if not SHA_RE.match(sha):
+    if not SHA_RE.fullmatch(sha):  # whole string, however the pattern is anchored (no trailing "\n")
         raise InvalidPayload("checkout_sha/after is not a commit sha (40 or 64 hex characters)")
     message = _head_message(payload, after)
     if any(marker in message for marker in SKIP_MARKERS):

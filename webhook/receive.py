@@ -30,7 +30,10 @@ def receive(project: str) -> tuple[Response, int]:
         body = request.get_data(cache=False)
     except RequestEntityTooLarge:
         raise PayloadTooLarge(f"payload larger than {limit} bytes") from None
-    if len(body) > limit:  # a chunked body has no Content-Length to check up front
+    # A chunked body has no Content-Length to check up front, and werkzeug's reader stops quietly
+    # at the limit: one more byte from the (server-terminated) raw input tells "at" from "over".
+    chunked_over = request.content_length is None and len(body) >= limit and request.input_stream.read(1)
+    if len(body) > limit or chunked_over:
         raise PayloadTooLarge(f"payload larger than {limit} bytes")
     if configured.signing_keys:
         verify_signature(request.headers, body, configured.signing_keys, time.time())

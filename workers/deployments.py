@@ -79,9 +79,14 @@ def live_key(project: str, environment: str) -> str:
 
 
 def new_id(now: float | None = None) -> str:
-    """Sortable, URL-, path- and RQ-safe: ``20261126143512-3f9a1c``."""
-    stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(now if now is not None else time.time()))
-    return f"{stamp}-{secrets.token_hex(3)}"
+    """Sortable, URL-, path- and RQ-safe: ``20261126143512345-3f9a1c``.
+
+    Milliseconds are part of the stamp so that ids made within one second still sort in creation
+    order: release directories are named by id and pruned oldest first.
+    """
+    now = time.time() if now is None else now
+    stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(now))
+    return f"{stamp}{int(now * 1000) % 1000:03d}-{secrets.token_hex(3)}"
 
 
 @dataclass

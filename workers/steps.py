@@ -110,6 +110,9 @@ def run(
             if len(pending) > 65536:  # a very long line without a newline: pass it on in pieces
                 on_line(pending.decode("utf-8", "replace"))
                 pending = b""
+    except BaseException:
+        kill_group(process)  # on_line or should_stop failed (a Redis outage): never leave the step running
+        raise
     finally:
         selector.close()
         if timed_out or canceled:

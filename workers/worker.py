@@ -20,11 +20,16 @@ from workers.recovery import horse_killed
 
 log = logging.getLogger(__name__)
 
-MAINTENANCE_INTERVAL = 30
+MAINTENANCE_INTERVAL = 20
 """Seconds between RQ's registry clean-ups: how soon another worker notices a dead one's job."""
 
-JOB_MONITORING_INTERVAL = 10
+JOB_MONITORING_INTERVAL = 5
 """Seconds between heartbeats of a running job; a dead worker's job expires 60 s after its last."""
+
+WORKER_TTL = 35
+"""RQ blocks on dequeue for this less 15 s, and only cleans registries between dequeues: keeping it
+short is what makes the maintenance interval real on an idle worker. Dead-worker detection is then
+at most heartbeat (5 s) + 60 s + 20 s + the dequeue wait (20 s): under two minutes."""
 
 JANITOR_INTERVAL = 30.0
 """Seconds between looks for a waiting deployment whose lane holder vanished unnoticed."""
@@ -46,6 +51,7 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None)
         name=name,
         maintenance_interval=MAINTENANCE_INTERVAL,
         job_monitoring_interval=JOB_MONITORING_INTERVAL,
+        worker_ttl=WORKER_TTL,
         work_horse_killed_handler=horse_killed,
     )
     log.info("worker %s: deploying from queue %s", worker.name, defaults.DEPLOY_QUEUE)
