@@ -27,7 +27,14 @@ The pattern ends in an end-of-string anchor, not ``$``, which also matches befor
 
 SERVER_KEYS = {"public_url", "redis_url", "data_dir", "admin_token", "max_body_bytes"}
 GITLAB_KEYS = {"url", "token", "timeout"}
-PROJECT_ONLY_KEYS = {"gitlab_project", "repo_url", "secret_token", "signing_token", "environments"}
+PROJECT_ONLY_KEYS = {
+    "gitlab_project",
+    "repo_url",
+    "secret_token",
+    "signing_token",
+    "environments",
+    "gitlab_environments",
+}
 ENV_KEYS = {
     "branch",
     "build",
@@ -108,6 +115,7 @@ class Project:
     secret_tokens: tuple[Secret, ...]
     signing_keys: tuple[SigningKey, ...]
     environments: Mapping[str, Environment]
+    gitlab_environments: bool = False
 
     def environment_for_branch(self, branch: str) -> Environment | None:
         for environment in self.environments.values():
@@ -296,7 +304,11 @@ class _Loader:
                     f"branch {env.branch!r} is already deployed by environment {branches[env.branch]!r}",
                 )
             branches[env.branch] = env.name
-        return Project(name, gitlab_project, repo_url, secret_tokens, signing_keys, environments)
+        gitlab_environments = table.get("gitlab_environments", False)
+        if not isinstance(gitlab_environments, bool):
+            self.problem(f"{key}.gitlab_environments", "must be true or false")
+            gitlab_environments = False
+        return Project(name, gitlab_project, repo_url, secret_tokens, signing_keys, environments, gitlab_environments)
 
     def environment(self, project: str, name: str, table: dict[str, Any], key: str) -> Environment | None:
         if not NAME_RE.match(name):

@@ -9,6 +9,8 @@ Third-party errors are translated here, at the boundary, so nothing else catches
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -51,6 +53,25 @@ class CommitStatus:
         return cls(**{**data, "state": StatusState(data["state"])})
 
 
+@dataclass(frozen=True)
+class DeploymentUpdate:
+    """A GitLab deployment (Operate › Environments) created ``running`` and updated to its end."""
+
+    project: str
+    sha: str
+    ref: str
+    environment: str
+    status: str  # running | success | failed | canceled
+    kind: str = "deployment"
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DeploymentUpdate:
+        return cls(**data)
+
+
 class ForgeError(Exception):
     """A status could not be posted; the message never holds the token."""
 
@@ -74,6 +95,10 @@ class Forge(Protocol):
 
     def post_status(self, status: CommitStatus) -> str: ...
 
+    def post_deployment(self, update: DeploymentUpdate, forge_id: str) -> str:
+        """Create (no ``forge_id``) or update a forge deployment; returns its id."""
+        ...
+
 
 class NullForge:
     """No ``[gitlab]`` section: statuses are only recorded on the deployment."""
@@ -82,6 +107,9 @@ class NullForge:
 
     def post_status(self, status: CommitStatus) -> str:
         return "recorded"
+
+    def post_deployment(self, update: DeploymentUpdate, forge_id: str) -> str:
+        return forge_id
 
 
 class GitLabForge:
@@ -99,6 +127,22 @@ class GitLabForge:
             user_agent="pushdeploy",
         )
 
+    def post_deployment(self, update: DeploymentUpdate, forge_id: str) -> str:
+        project = self.client.projects.get(update.project, lazy=True)
+        with _translated():
+            if forge_id:
+                deployment = project.deployments.get(int(forge_id), lazy=True)
+                deployment.status = update.status
+                deployment.save(max_retries=self.max_retries, obey_rate_limit=True)
+                return forge_id
+            created = project.deployments.create(
+                {"environment": update.environment, "sha": update.sha, "ref": update.ref, "tag": False,
+                 "status": update.status},
+                max_retries=self.max_retries, obey_rate_limit=True,
+            )
+            return str(created.id)
+        raise AssertionError("unreachable")
+
     def post_status(self, status: CommitStatus) -> str:
         project = self.client.projects.get(status.project, lazy=True)
         commit = project.commits.get(status.sha, lazy=True)
@@ -114,22 +158,37 @@ class GitLabForge:
                 max_retries=self.max_retries,
                 obey_rate_limit=True,
             )
-        except gitlab.exceptions.GitlabAuthenticationError:
-            raise ForgeRejected(f"GitLab answered 401: the token was refused; {TOKEN_HINT}", 401) from None
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise TransientForgeError(f"GitLab unreachable: {type(exc).__name__}") from None
         except gitlab.exceptions.GitlabError as exc:
-            # GitlabCreateError and GitlabHttpError are siblings: both carry the response code.
-            code = exc.response_code or 0
-            text = str(exc.error_message)[:300]
-            if code == 400 and "Cannot transition status" in text:
+            if exc.response_code == 400 and "Cannot transition status" in str(exc.error_message):
                 return "already"
-            if code in (403, 404):
-                raise ForgeRejected(f"GitLab answered {code} ({text}): {TOKEN_HINT}", code) from None
-            if code == 409 or code == 429 or code >= 500 or code == 0:
-                raise TransientForgeError(f"GitLab answered {code or 'nothing'} ({text})") from None
-            raise ForgeRejected(f"GitLab answered {code} ({text})", code) from None
+            raise translate(exc) from None
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise translate(exc) from None
         return "posted"
+
+
+def translate(exc: Exception) -> ForgeError:
+    """python-gitlab's and requests' errors, as ours."""
+    if isinstance(exc, gitlab.exceptions.GitlabAuthenticationError):
+        return ForgeRejected(f"GitLab answered 401: the token was refused; {TOKEN_HINT}", 401)
+    if isinstance(exc, gitlab.exceptions.GitlabError):
+        # GitlabCreateError and GitlabHttpError are siblings: both carry the response code.
+        code = exc.response_code or 0
+        text = str(exc.error_message)[:300]
+        if code in (403, 404):
+            return ForgeRejected(f"GitLab answered {code} ({text}): {TOKEN_HINT}", code)
+        if code in (0, 409, 429) or code >= 500:
+            return TransientForgeError(f"GitLab answered {code or 'nothing'} ({text})")
+        return ForgeRejected(f"GitLab answered {code} ({text})", code)
+    return TransientForgeError(f"GitLab unreachable: {type(exc).__name__}")
+
+
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    try:
+        yield
+    except (gitlab.exceptions.GitlabError, requests.ConnectionError, requests.Timeout) as exc:
+        raise translate(exc) from None
 
 
 def forge_for(settings: GitLabSettings | None) -> Forge:

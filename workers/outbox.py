@@ -21,7 +21,7 @@ from redis.exceptions import RedisError, WatchError
 
 from workers import defaults
 from workers.deployments import PREFIX, key
-from workers.forge import CommitStatus, Forge, ForgeRejected, TransientForgeError
+from workers.forge import CommitStatus, DeploymentUpdate, Forge, ForgeRejected, TransientForgeError
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +31,17 @@ LOCK_TTL_MS = 120_000
 SENT_FIELD = "statuses_sent"
 ATTEMPT_FIELD = "status_attempts"
 PROBLEM_FIELD = "status_problem"
+FORGE_DEPLOYMENT_FIELD = "gitlab_deployment_id"
 
 
 def statuses_key(deployment_id: str) -> str:
     return f"{PREFIX}:dep:{deployment_id}:statuses"
 
 
-def enqueue_status(pipe: Pipeline | Redis, deployment_id: str, status: CommitStatus, now: float | None = None) -> None:
-    """Add a status to a deployment's outbox, on the caller's pipeline when it has one."""
+def enqueue_status(
+    pipe: Pipeline | Redis, deployment_id: str, status: CommitStatus | DeploymentUpdate, now: float | None = None
+) -> None:
+    """Add a status (or a GitLab deployment update) to a deployment's outbox, on the caller's pipeline."""
     pipe.rpush(statuses_key(deployment_id), json.dumps(status.to_dict()))
     pipe.zadd(DUE_KEY, {deployment_id: now if now is not None else time.time()})
     pipe.lpush(WAKE_KEY, "1")
@@ -55,7 +58,8 @@ def recorded(redis: Redis, deployment_id: str) -> list[StatusRecord]:
     """The statuses a deployment asked for, and which of them GitLab has."""
     raw = redis.lrange(statuses_key(deployment_id), 0, -1)
     sent = int(redis.hget(key(deployment_id), SENT_FIELD) or 0)
-    return [StatusRecord(CommitStatus.from_dict(json.loads(item)), index < sent) for index, item in enumerate(raw)]
+    entries = [(json.loads(item), index < sent) for index, item in enumerate(raw)]
+    return [StatusRecord(CommitStatus.from_dict(data), done) for data, done in entries if "kind" not in data]
 
 
 class Courier:
@@ -116,22 +120,32 @@ class Courier:
                 if self._close(deployment_id, sent):
                     return
                 continue
-            status = CommitStatus.from_dict(json.loads(raw))
+            data = json.loads(raw)
+            status: CommitStatus | DeploymentUpdate
             try:
-                outcome = self.forge.post_status(status)
+                if data.get("kind") == "deployment":
+                    status = DeploymentUpdate.from_dict(data)
+                    forge_id = self.redis.hget(record, FORGE_DEPLOYMENT_FIELD) or b""
+                    created = self.forge.post_deployment(status, forge_id.decode())
+                    self.redis.hset(record, FORGE_DEPLOYMENT_FIELD, created)
+                    outcome = "posted"
+                else:
+                    status = CommitStatus.from_dict(data)
+                    outcome = self.forge.post_status(status)
             except TransientForgeError as exc:
                 attempts = int(self.redis.hincrby(record, ATTEMPT_FIELD, 1))
                 delay = exc.retry_after or self.delays[min(attempts - 1, len(self.delays) - 1)]
                 self.redis.zadd(DUE_KEY, {deployment_id: time.time() + delay})
-                log.info("status %s for %s: %s; retry in %.0f s", status.state, deployment_id, exc, delay)
+                log.info("%s for %s: %s; retry in %.0f s", data.get("state") or data.get("status"), deployment_id,
+                         exc, delay)
                 return
             except ForgeRejected as exc:
                 # A configuration problem: show it on the deployment and skip this status.
                 self.redis.hset(record, mapping={PROBLEM_FIELD: str(exc)})
-                log.warning("status %s for %s refused: %s", status.state, deployment_id, exc)
+                log.warning("%s for %s refused: %s", data.get("state") or data.get("status"), deployment_id, exc)
                 outcome = "refused"
             self.redis.hset(record, mapping={SENT_FIELD: str(sent + 1), ATTEMPT_FIELD: "0"})
-            log.debug("status %s for %s: %s", status.state, deployment_id, outcome)
+            log.debug("outbox entry %d for %s: %s", sent, deployment_id, outcome)
 
     def _close(self, deployment_id: str, sent: int) -> bool:
         """Drop the deployment from the due set unless a status was appended meanwhile."""

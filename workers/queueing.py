@@ -16,7 +16,7 @@ from rq import Callback, Queue
 from workers import defaults
 from workers.config import Environment, Project, Settings
 from workers.deployments import PREFIX, Deployment, DeploymentStore, new_id
-from workers.forge import CommitStatus, StatusState
+from workers.forge import CommitStatus, DeploymentUpdate, StatusState
 from workers.outbox import enqueue_status
 
 
@@ -144,4 +144,11 @@ def report(redis: Redis, settings: Settings, deployment: Deployment, state: Stat
     status = commit_status(settings.server.public_url, project, environment, deployment, state, description)
     with redis.pipeline() as pipe:
         enqueue_status(pipe, deployment.id, status)
+        if project.gitlab_environments and (state is not StatusState.PENDING) and (
+            state is StatusState.RUNNING or deployment.started_at
+        ):
+            # GitLab deployments start at running; a push canceled before it ran never had one.
+            update = DeploymentUpdate(project.gitlab_project, deployment.sha, deployment.branch, environment.name,
+                                      str(state))
+            enqueue_status(pipe, deployment.id, update)
         pipe.execute()
