@@ -115,6 +115,11 @@ class DeploymentLog:
     def truncated(self) -> bool:
         return self._truncated
 
+    def flush_due(self) -> None:
+        """Flush output older than FLUSH_SECONDS: called while a step is quiet."""
+        if self._buffer and time.time() - self._buffered_at >= FLUSH_SECONDS:
+            self.flush()
+
     def flush(self) -> None:
         if not self._buffer:
             return

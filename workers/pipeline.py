@@ -258,6 +258,7 @@ class Runner:
             command, cwd, variables, job.deadline, job.log.output,
             should_stop=(lambda: self.cancel_flag(job) != "") if cancelable else (lambda: False),
             on_start=lambda pid: self.store.update(job.deployment.id, step_pgid=pid),
+            on_tick=job.log.flush_due,
         )
         job.log.flush()
         result = StepResult(phase, index, command, outcome.exit_code, round(outcome.duration, 3),

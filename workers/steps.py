@@ -55,6 +55,7 @@ def run(
     on_line: Callable[[str], None],
     should_stop: Callable[[], bool] = lambda: False,
     on_start: Callable[[int], None] = lambda _pgid: None,
+    on_tick: Callable[[], None] = lambda: None,
 ) -> Outcome:
     """Run ``command`` with ``/bin/sh -c`` until it exits, the deadline passes, or ``should_stop``.
 
@@ -90,6 +91,7 @@ def run(
             if exited_at is None and time.time() >= deadline:
                 timed_out = True
                 break
+            on_tick()  # at least every 0.2 s: lets the caller flush buffered output while a step is quiet
             if exited_at is None and should_stop():
                 canceled = True
                 break
