@@ -25,7 +25,15 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 
 The pattern ends in an end-of-string anchor, not ``$``, which also matches before a trailing newline."""
 
-SERVER_KEYS = {"public_url", "redis_url", "data_dir", "admin_token", "max_body_bytes"}
+SERVER_KEYS = {
+    "public_url",
+    "redis_url",
+    "data_dir",
+    "admin_token",
+    "max_body_bytes",
+    "keep_deployments",
+    "link_ttl_days",
+}
 GITLAB_KEYS = {"url", "token", "timeout"}
 PROJECT_ONLY_KEYS = {
     "gitlab_project",
@@ -145,6 +153,8 @@ class ServerSettings:
     admin_token: Secret | None = None
     max_body_bytes: int = defaults.MAX_BODY_BYTES
     redis_url_configured: bool = False
+    keep_deployments: int = defaults.KEEP_DEPLOYMENTS
+    link_ttl_days: int = defaults.LINK_TTL_DAYS
 
     def __repr__(self) -> str:
         return _repr(self, {"redis_url"})
@@ -244,7 +254,9 @@ class _Loader:
         data_dir = self.path(self.string(table, "data_dir", "server", defaults.DATA_DIR))
         admin = self.secret(table, "admin_token", "server") if "admin_token" in table else None
         max_body = self.integer(table, "max_body_bytes", "server", defaults.MAX_BODY_BYTES, minimum=1024)
-        return ServerSettings(public_url, redis_url, data_dir, admin, max_body, bool(configured))
+        keep = self.integer(table, "keep_deployments", "server", defaults.KEEP_DEPLOYMENTS, minimum=1)
+        link_days = self.integer(table, "link_ttl_days", "server", defaults.LINK_TTL_DAYS, minimum=1)
+        return ServerSettings(public_url, redis_url, data_dir, admin, max_body, bool(configured), keep, link_days)
 
     def gitlab(self, table: dict[str, Any]) -> GitLabSettings | None:
         self.unknown(table, GITLAB_KEYS, "gitlab")

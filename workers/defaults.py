@@ -41,3 +41,9 @@ DEPLOY_QUEUE = "pushdeploy-deploy"
 
 STATUS_RETRY_DELAYS = (1, 2, 5, 10, 30, 60)
 """Backoff in seconds between attempts to post a status; the last value repeats."""
+
+KEEP_DEPLOYMENTS = 100
+"""Deployment records kept per environment (with their logs); older ones are deleted."""
+
+LINK_TTL_DAYS = 90
+"""How long the signed link GitLab shows as a status's target_url opens its deployment's page."""

@@ -69,6 +69,13 @@ def log_key(deployment_id: str) -> str:
     return f"{PREFIX}:dep:{deployment_id}:log"
 
 
+OUTBOX_DUE_KEY = f"{PREFIX}:outbox"
+"""Deployments with statuses still to deliver (see workers.outbox)."""
+
+RECORD_SUFFIXES = ("", ":steps", ":log", ":statuses", ":cancel")
+"""Every key of one deployment: the record, its steps, log, status outbox and cancel flag."""
+
+
 def history_key(project: str, environment: str) -> str:
     return f"{PREFIX}:env:{project}:{environment}:history"
 
@@ -107,6 +114,7 @@ class Deployment:
     finished_at: float = 0.0
     release: str = ""
     status_problem: str = ""
+    reuse_release: str = ""  # a rollback's kept release: switched to without fetching or building
 
     def to_redis(self) -> dict[str, str]:
         return {k: str(v) for k, v in asdict(self).items()}
@@ -224,6 +232,43 @@ class DeploymentStore:
     def history(self, project: str, environment: str, limit: int = 50) -> list[Deployment]:
         ids = self.redis.zrevrange(history_key(project, environment), 0, limit - 1)
         return [d for d in self.many(_text(i) for i in ids) if d is not None]
+
+    def query(
+        self,
+        environments: Iterable[tuple[str, str]],
+        state: State | None = None,
+        sha: str = "",
+        since: float = 0.0,
+        until: float = float("inf"),
+        limit: int = 50,
+    ) -> list[Deployment]:
+        """Newest first across the given (project, environment) pairs, filtered by state, sha prefix, time."""
+        found: list[Deployment] = []
+        for project, environment in environments:
+            ids = self.redis.zrevrangebyscore(history_key(project, environment), until, since)
+            for deployment in self.many(_text(i) for i in ids):
+                if deployment is None or (state is not None and deployment.state is not state):
+                    continue
+                if sha and not deployment.sha.startswith(sha.lower()):
+                    continue
+                found.append(deployment)
+        found.sort(key=lambda d: (d.created_at, d.id), reverse=True)
+        return found[:limit]
+
+    def prune_history(self, project: str, environment: str, keep: int) -> list[str]:
+        """Delete ended deployments beyond the newest ``keep``, with their steps, logs and outboxes."""
+        history = history_key(project, environment)
+        old = [_text(i) for i in self.redis.zrevrange(history, keep, -1)]
+        removed = []
+        for deployment_id, deployment in zip(old, self.many(old), strict=True):
+            if deployment is not None and not deployment.state.terminal:
+                continue  # never drop one that may still run
+            if self.redis.zscore(OUTBOX_DUE_KEY, deployment_id) is not None:
+                continue  # nor one whose statuses GitLab does not have yet
+            self.redis.delete(*(f"{key(deployment_id)}{suffix}" for suffix in RECORD_SUFFIXES))
+            self.redis.zrem(history, deployment_id)
+            removed.append(deployment_id)
+        return removed
 
     def many(self, ids: Iterable[str]) -> list[Deployment | None]:
         pipe = self.redis.pipeline(transaction=False)

@@ -20,12 +20,12 @@ from redis.client import Pipeline
 from redis.exceptions import RedisError, WatchError
 
 from workers import defaults
-from workers.deployments import PREFIX, key
+from workers.deployments import OUTBOX_DUE_KEY, PREFIX, key
 from workers.forge import CommitStatus, DeploymentUpdate, Forge, ForgeRejected, TransientForgeError
 
 log = logging.getLogger(__name__)
 
-DUE_KEY = f"{PREFIX}:outbox"
+DUE_KEY = OUTBOX_DUE_KEY
 WAKE_KEY = f"{PREFIX}:outbox:wake"
 LOCK_TTL_MS = 120_000
 SENT_FIELD = "statuses_sent"

@@ -137,6 +137,11 @@ class Runner:
     def run_claimed(
         self, deployment: Deployment, project: Project, environment: Environment, deplog: DeploymentLog, token: str
     ) -> str:
+        if not deployment.sha:
+            try:
+                deployment = self.resolve(deployment, project, environment, deplog)
+            except SourceError as exc:
+                return self.finish(deployment, project, environment, deplog, State.FAILED, self.masker(str(exc)))
         live = self.store.live(project.name, environment.name)
         try:
             deployment = self.store.transition(
@@ -170,6 +175,21 @@ class Runner:
             return self.finish(deployment, project, environment, deplog, State.FAILED, reason)
         return self.finish(deployment, project, environment, deplog, State.SUCCEEDED, "")
 
+    def resolve(self, deployment: Deployment, project: Project, environment: Environment,
+                deplog: DeploymentLog) -> Deployment:
+        """A manual deployment of a branch or tag: find the commit it names now."""
+        deplog.step(f"resolve {deployment.branch}")
+        sha = self.mirror(project).resolve(deployment.branch)
+        deplog.info(f"{deployment.branch} is {sha}")
+        self.store.update(deployment.id, sha=sha)
+        deployment.sha = sha
+        report(self.redis, self.settings, deployment, StatusState.PENDING, "Queued for deployment")
+        return deployment
+
+    def mirror(self, project: Project) -> Mirror:
+        return Mirror(self.settings.server.data_dir / "mirrors" / f"{project.name}.git", project.repo_url,
+                      self.environ)
+
     def already_live(self, job: Job) -> bool:
         """The same sha is live in an intact release and (if checked) healthy: nothing to rebuild."""
         if job.live.get("sha") != job.deployment.sha or not job.live.get("release"):
@@ -189,8 +209,16 @@ class Runner:
     def deploy(self, job: Job) -> None:
         deployment, environment = job.deployment, job.environment
         sha = check_sha(deployment.sha)
-        mirror = Mirror(self.settings.server.data_dir / "mirrors" / f"{job.project.name}.git",
-                        job.project.repo_url, self.environ)
+        reuse = deployment.reuse_release
+        if reuse and job.releases.path(reuse).is_dir():
+            job.log.info(f"reusing release {reuse} of {sha[:12]}: nothing to fetch or build")
+            self.store.update(deployment.id, release=reuse)
+            deployment.release = reuse
+            self.switch_and_deploy(job, reuse, self.variables(job, reuse, sha, deployment.previous_sha))
+            return
+        if reuse:
+            job.log.info(f"release {reuse} was pruned: building {sha[:12]} again")
+        mirror = self.mirror(job.project)
         started = time.monotonic()
         job.log.step(f"fetch {sha[:12]} from {environment.branch}")
         fetched = mirror.fetch(environment.branch, sha)
@@ -211,10 +239,14 @@ class Runner:
             job.releases.remove(deployment.id)  # a failed build never reaches current
             job.log.info("build did not finish: current is unchanged")
             raise
-        # No cancel is looked at between here and the end of switch(): it lands before or after.
-        previous = job.releases.switch(deployment.id)
+        self.switch_and_deploy(job, deployment.id, variables)
+
+    def switch_and_deploy(self, job: Job, release_id: str, variables: dict[str, str]) -> None:
+        environment = job.environment
+        # No cancel is looked at between the build and the end of switch(): it lands before or after.
+        previous = job.releases.switch(release_id)
         job.switched = True
-        job.log.info(f"current → releases/{deployment.id}" + (f" (was {previous})" if previous else ""))
+        job.log.info(f"current → releases/{release_id}" + (f" (was {previous})" if previous else ""))
         for index, command in enumerate(environment.deploy, start=1):
             self.step(job, "deploy", index, command, job.releases.current_link, variables)
         if environment.health_check:
@@ -311,6 +343,7 @@ class Runner:
         deplog.flush()
         if state is State.SUCCEEDED:
             self.store.mark_live(final)
+        self.store.prune_history(deployment.project, deployment.environment, self.settings.server.keep_deployments)
         if project is not None and environment is not None:
             status = {State.SUCCEEDED: StatusState.SUCCESS, State.CANCELED: StatusState.CANCELED}.get(
                 state, StatusState.FAILED)

@@ -7,6 +7,7 @@ crash never leaves a record without its job or a job without its record.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from redis import Redis
@@ -15,9 +16,11 @@ from rq import Callback, Queue
 
 from workers import defaults
 from workers.config import Environment, Project, Settings
-from workers.deployments import PREFIX, Deployment, DeploymentStore, new_id
+from workers.deployments import PREFIX, Deployment, DeploymentStore, State, new_id
 from workers.forge import CommitStatus, DeploymentUpdate, StatusState
+from workers.links import LinkSigner
 from workers.outbox import enqueue_status
+from workers.source import SHA_RE
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,9 @@ class Push:
 class Accepted:
     deployment_id: str
     duplicate: bool
+
+
+REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,254}\Z")
 
 
 def seen_key(project: str, delivery_key: str) -> str:
@@ -73,9 +79,16 @@ def enqueue_job(
 class Intake:
     """Turns accepted pushes into queued deployments. One per process: it keeps its RQ queue."""
 
-    def __init__(self, redis: Redis, public_url: str, queue_name: str = defaults.DEPLOY_QUEUE) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        public_url: str,
+        queue_name: str = defaults.DEPLOY_QUEUE,
+        signer: LinkSigner | None = None,
+    ) -> None:
         self.redis = redis
         self.public_url = public_url
+        self.signer = signer
         self.queue = Queue(queue_name, connection=redis)
         self.store = DeploymentStore(redis)
 
@@ -108,9 +121,11 @@ class Intake:
             pipe.multi()
             self.store.add(deployment, pipe)
             pending = commit_status(
-                self.public_url, project, environment, deployment, StatusState.PENDING, "Queued for deployment"
+                self.public_url, project, environment, deployment, StatusState.PENDING, "Queued for deployment",
+                self.signer,
             )
-            enqueue_status(pipe, deployment.id, pending, deployment.created_at)
+            if deployment.sha:  # a ref is resolved by the worker, which reports pending then
+                enqueue_status(pipe, deployment.id, pending, deployment.created_at)
             enqueue_job(self.queue, deployment.id, environment, deployment.id, pipe)
             pipe.execute()
 
@@ -122,15 +137,20 @@ def commit_status(
     deployment: Deployment,
     state: StatusState,
     description: str,
+    signer: LinkSigner | None = None,
 ) -> CommitStatus:
-    """The status GitLab shows for this deployment: ``deploy/<env>`` on the branch, linking to our page."""
+    """The status GitLab shows for this deployment: ``deploy/<env>`` on the branch, linking to our page.
+
+    With an admin token configured the link is signed, so a maintainer can open it without an account.
+    """
+    url = signer.url(public_url, deployment.id) if signer else deployment_url(public_url, deployment.id)
     return CommitStatus(
         project=project.gitlab_project,
         sha=deployment.sha,
         state=state,
         ref=deployment.branch,
         name=environment.status_name,
-        target_url=deployment_url(public_url, deployment.id),
+        target_url=url,
         description=(description.splitlines() or [state.value])[0][:255],
     )
 
@@ -139,9 +159,10 @@ def report(redis: Redis, settings: Settings, deployment: Deployment, state: Stat
     """Put a status for ``deployment`` in its outbox (the courier posts it)."""
     project = settings.projects.get(deployment.project)
     environment = project.environments.get(deployment.environment) if project else None
-    if project is None or environment is None:
-        return  # no longer configured: there is no GitLab project to report to
-    status = commit_status(settings.server.public_url, project, environment, deployment, state, description)
+    if project is None or environment is None or not deployment.sha:
+        return  # no longer configured, or its commit never resolved: nothing GitLab could show
+    signer = LinkSigner.for_server(settings.server.admin_token, settings.server.link_ttl_days)
+    status = commit_status(settings.server.public_url, project, environment, deployment, state, description, signer)
     with redis.pipeline() as pipe:
         enqueue_status(pipe, deployment.id, status)
         if project.gitlab_environments and (state is not StatusState.PENDING) and (
@@ -152,3 +173,41 @@ def report(redis: Redis, settings: Settings, deployment: Deployment, state: Stat
                                       str(state))
             enqueue_status(pipe, deployment.id, update)
         pipe.execute()
+
+
+class OperationError(Exception):
+    """A manual deploy or rollback cannot be done; ``status_code`` is how the API answers it."""
+
+    def __init__(self, message: str, status_code: int = 400) -> None:
+        self.status_code = status_code
+        super().__init__(message)
+
+
+def manual_deploy(
+    intake: Intake, project: Project, environment: Environment, who: str, ref: str = "", sha: str = ""
+) -> Deployment:
+    """Queue a deployment of a sha, or of a branch or tag resolved by the worker when it starts."""
+    if sha:
+        sha = sha.lower()
+        if not SHA_RE.match(sha):
+            raise OperationError("sha must be 40 or 64 hex characters")
+    ref = ref or environment.branch
+    if not REF_RE.match(ref) or ".." in ref:
+        raise OperationError("ref must be a branch or tag name")
+    deployment = Deployment(id=new_id(), project=project.name, environment=environment.name,
+                            ref=f"refs/heads/{ref}", sha=sha, pusher=who[:255], trigger="manual")
+    intake.enqueue(project, environment, deployment)
+    return deployment
+
+
+def rollback(intake: Intake, project: Project, environment: Environment, target: Deployment, who: str) -> Deployment:
+    """Queue a deployment of an earlier successful one, reusing its release when it is still kept."""
+    if (target.project, target.environment) != (project.name, environment.name):
+        raise OperationError("that deployment belongs to another environment")
+    if target.state is not State.SUCCEEDED:
+        raise OperationError(f"only a succeeded deployment can be rolled back to (this one {target.state})", 409)
+    deployment = Deployment(id=new_id(), project=project.name, environment=environment.name, ref=target.ref,
+                            sha=target.sha, pusher=who[:255], trigger=f"rollback to {target.id}",
+                            reuse_release=target.release or target.id)
+    intake.enqueue(project, environment, deployment)
+    return deployment

@@ -98,6 +98,23 @@ class Mirror:
             self._git(["read-tree", "--end-of-options", sha], extra_env=env)
             self._git(["--work-tree", str(destination), "checkout-index", "--all", "--force"], extra_env=env)
 
+    def resolve(self, ref: str) -> str:
+        """Fetch branch or tag ``ref`` and return the commit it names now.
+
+        Raises:
+            SourceError: no such branch or tag in the repository.
+        """
+        if not _plain_ref(ref):
+            raise SourceError(f"not a branch or tag name: {ref[:100]!r}")
+        self.ensure()
+        for candidate in (f"refs/heads/{ref}", f"refs/tags/{ref}"):
+            self._fetch([f"+{candidate}:{candidate}"], check=False)  # a missing one is simply not there
+            found = self._git(["rev-parse", "--verify", "--quiet", "--end-of-options", f"{candidate}^{{commit}}"],
+                              check=False)
+            if found.returncode == 0:
+                return check_sha(found.stdout.strip())
+        raise SourceError(f"no branch or tag {ref!r} in the repository")
+
     def branch_head(self, branch: str) -> str | None:
         """The remote's current head of ``branch`` (``git ls-remote``), or None if it has none."""
         result = self._git(["ls-remote", "--heads", "origin", "--end-of-options", f"refs/heads/{branch}"],
@@ -108,9 +125,9 @@ class Mirror:
                 return sha
         return None
 
-    def _fetch(self, refspecs: Sequence[str]) -> None:
+    def _fetch(self, refspecs: Sequence[str], check: bool = True) -> None:
         self._git(["fetch", "--quiet", "--no-tags", "--no-recurse-submodules", "--prune", "origin",
-                   "--end-of-options", *refspecs])
+                   "--end-of-options", *refspecs], check=check)
 
     def _git(
         self,

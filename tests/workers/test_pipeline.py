@@ -236,3 +236,67 @@ def test_old_releases_are_pruned_but_never_current_or_previous(
     done = [deploy(settings, git_repo.commit({"build.sh": BUILD, "app.txt": f"v{i}\n"})) for i in range(4)]
     kept = sorted(p.name for p in (env_dir(settings) / "releases").iterdir())
     assert kept == [done[2].id, done[3].id]
+
+
+# -- manual deploys, rollbacks, history ---------------------------------------------------------
+
+def test_a_manual_deploy_of_a_branch_resolves_its_head_in_the_worker(
+    make_settings: Callable[..., Settings], git_repo: GitRepo, redis: Redis, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from workers.queueing import manual_deploy
+
+    settings = make_settings()
+    sha = git_repo.commit({"build.sh": BUILD, "app.txt": "manual\n"})
+    monkeypatch.setenv("PUSHDEPLOY_CONFIG", str(settings.path))
+    pipeline.worker_settings.cache_clear()
+    project = settings.projects["sample-app"]
+    queued = manual_deploy(Intake(redis, settings.server.public_url), project, project.environments["production"],
+                           "operator", ref="main")
+    assert queued.sha == ""
+    SimpleWorker([Queue(defaults.DEPLOY_QUEUE, connection=redis)], connection=redis).work(burst=True)
+    done = DeploymentStore(redis).get(queued.id)
+    assert (done.state, done.sha, done.trigger, done.pusher) == (State.SUCCEEDED, sha, "manual", "operator")
+    assert [r.status.state for r in recorded(redis, done.id)] == ["pending", "running", "success"]
+
+
+def test_rollback_reuses_the_kept_release_without_building(
+    make_settings: Callable[..., Settings], git_repo: GitRepo, deploy: Callable[[Settings, str], Deployment],
+    redis: Redis,
+) -> None:
+    from workers.queueing import rollback
+
+    settings = make_settings(deploy=["echo $PUSHDEPLOY_SHA > ../../live.txt"])
+    first = deploy(settings, git_repo.commit({"build.sh": BUILD, "app.txt": "one\n"}))
+    deploy(settings, git_repo.commit({"app.txt": "two\n"}))
+    project = settings.projects["sample-app"]
+    queued = rollback(Intake(redis, settings.server.public_url), project, project.environments["production"],
+                      first, "operator")
+    SimpleWorker([Queue(defaults.DEPLOY_QUEUE, connection=redis)], connection=redis).work(burst=True)
+    done = DeploymentStore(redis).get(queued.id)
+    assert done.state is State.SUCCEEDED
+    assert done.trigger == f"rollback to {first.id}"
+    assert os.readlink(env_dir(settings) / "current") == f"releases/{first.id}"
+    assert (env_dir(settings) / "live.txt").read_text() == f"{first.sha}\n"
+    assert [s.phase for s in DeploymentStore(redis).steps(done.id)] == ["deploy"]  # no build step ran
+
+
+def test_history_keeps_the_newest_deployments_per_environment(
+    make_settings: Callable[..., Settings], git_repo: GitRepo, deploy: Callable[[Settings, str], Deployment],
+    redis: Redis,
+) -> None:
+    from workers.forge import NullForge
+    from workers.outbox import Courier
+
+    settings = make_settings(server={"keep_deployments": 3}, build=[], deploy=[])
+    done = []
+    for index in range(5):
+        done.append(deploy(settings, git_repo.commit({"app.txt": f"{index}\n"})))
+        Courier(redis, NullForge()).deliver_due()  # pruning waits until GitLab has a deployment's statuses
+    store = DeploymentStore(redis)
+    kept = store.history("sample-app", "production", limit=10)
+    assert [d.id for d in kept] == [d.id for d in reversed(done[2:])]
+    assert not redis.exists(f"pd:dep:{done[0].id}", f"pd:dep:{done[0].id}:log", f"pd:dep:{done[0].id}:steps")
+    assert [d.id for d in store.query([("sample-app", "production")], sha=done[3].sha[:8])] == [done[3].id]
+    assert [d.id for d in store.query([("sample-app", "production")], state=State.SUCCEEDED, limit=2)] == [
+        done[4].id, done[3].id]
+    assert store.query([("sample-app", "production")], since=done[4].created_at + 1) == []
