@@ -1,54 +1,249 @@
-"""JSON API under ``/api/v1``: bearer ``admin_token`` (read endpoints; operations come later)."""
+"""JSON API under ``/api/v1`` (bearer ``admin_token``): deployments, logs, deploy, rollback, cancel.
+
+Errors are JSON ``{"error": "..."}`` with 400 (bad input), 401 (no or wrong token), 404 (no such
+thing) or 409 (not possible in the current state). ``/api/v1/openapi.json`` describes it all.
+"""
 
 from __future__ import annotations
 
 import hmac
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 from redis import Redis
+from werkzeug.exceptions import HTTPException
 
-from workers.config import Settings
+from webhook.openapi import document
+from workers import deploylog
+from workers.config import Environment, Project, Settings
 from workers.control import NotCancelable, cancel
-from workers.deployments import DeploymentStore, UnknownDeployment
+from workers.deployments import Deployment, DeploymentStore, State, UnknownDeployment
+from workers.queueing import Intake, OperationError, deployment_url, manual_deploy, rollback
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")
+
+FOLLOW_LIMIT = 600.0
+"""Seconds one ``?follow=1`` response streams before the client reconnects with ``after``."""
+
+MAX_LIMIT = 500
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+def _settings() -> Settings:
+    settings: Settings = current_app.extensions["pushdeploy.settings"]
+    return settings
+
+
+def _redis() -> Redis:
+    redis: Redis = current_app.extensions["pushdeploy.redis"]
+    return redis
 
 
 @api.before_request
 def authenticate() -> tuple[Response, int] | None:
-    settings: Settings = current_app.extensions["pushdeploy.settings"]
-    admin = settings.server.admin_token
+    if request.endpoint == "api.openapi":
+        return None
+    admin = _settings().server.admin_token
     if admin is None:
         return jsonify(error="the API is disabled: set server.admin_token"), 401
-    given = request.headers.get("Authorization", "")
-    scheme, _, token = given.partition(" ")
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), admin.reveal().encode()):
         return jsonify(error="missing or wrong bearer token"), 401
     return None
 
 
+@api.errorhandler(ApiError)
+def api_error(error: ApiError) -> tuple[Response, int]:
+    return jsonify(error=str(error)), error.status
+
+
+@api.errorhandler(OperationError)
+def operation_error(error: OperationError) -> tuple[Response, int]:
+    return jsonify(error=str(error)), error.status_code
+
+
+@api.errorhandler(HTTPException)
+def http_error(error: HTTPException) -> tuple[Response, int]:
+    return jsonify(error=error.description or error.name), error.code or 500
+
+
+@api.get("/openapi.json")
+def openapi() -> Response:
+    return jsonify(document(_settings().server.public_url))
+
+
+@api.get("/deployments")
+def list_deployments() -> Response:
+    settings = _settings()
+    project = request.args.get("project", "")
+    environment = request.args.get("environment", "")
+    if project and project not in settings.projects:
+        raise ApiError(404, f"no project {project!r}")
+    pairs = [(p.name, e) for p in settings.projects.values() if not project or p.name == project
+             for e in p.environments if not environment or e == environment]
+    state_text = request.args.get("state", "")
+    if state_text and state_text not in {s.value for s in State}:
+        raise ApiError(400, "state must be one of " + ", ".join(s.value for s in State))
+    limit = _int_arg("limit", 50, 1, MAX_LIMIT)
+    since, until = _float_arg("since", 0.0), _float_arg("until", float("inf"))
+    sha = request.args.get("sha", "")
+    if sha and not all(c in "0123456789abcdefABCDEF" for c in sha):
+        raise ApiError(400, "sha must be hex")
+    found = DeploymentStore(_redis()).query(pairs, State(state_text) if state_text else None, sha[:64], since,
+                                            until, limit)
+    return jsonify(deployments=[_public(d) for d in found])
+
+
 @api.get("/deployments/<deployment_id>")
-def show(deployment_id: str) -> tuple[Response, int]:
-    redis: Redis = current_app.extensions["pushdeploy.redis"]
+def show(deployment_id: str) -> Response:
+    deployment = _get(deployment_id)
+    data = _public(deployment)
+    data["steps"] = [vars(step) for step in DeploymentStore(_redis()).steps(deployment_id)]
+    return jsonify(data)
+
+
+@api.get("/deployments/<deployment_id>/log")
+def log(deployment_id: str) -> Response:
+    _get(deployment_id)
+    after = request.args.get("after", "-")
+    if after != "-" and not deploylog.valid_entry_id(after):
+        raise ApiError(400, "after must be a log entry id such as 1795704150321-0")
+    redis = _redis()
+    if request.args.get("follow") not in {"1", "true"}:
+        lines = deploylog.read(redis, deployment_id, after=after)
+        return jsonify(lines=[_line(line) for line in lines], state=str(_get(deployment_id).state))
+    return Response(stream_with_context(_follow(redis, deployment_id, after)), mimetype="application/x-ndjson")
+
+
+def _follow(redis: Redis, deployment_id: str, after: str) -> Iterator[str]:
+    """NDJSON lines as they are written, then one ``{"state": ...}`` line when the deployment ends."""
     store = DeploymentStore(redis)
-    try:
-        record = store.get(deployment_id)
-    except UnknownDeployment:
-        return jsonify(error="no such deployment"), 404
-    data = record.public()
-    data["steps"] = [vars(step) for step in store.steps(deployment_id)]
-    return jsonify(data), 200
+    end = time.monotonic() + FOLLOW_LIMIT
+    while time.monotonic() < end:
+        for line in deploylog.read(redis, deployment_id, after=after, count=1000):
+            after = line.id
+            yield json.dumps(_line(line)) + "\n"
+        state = store.get(deployment_id).state
+        if state.terminal:
+            for line in deploylog.read(redis, deployment_id, after=after):
+                yield json.dumps(_line(line)) + "\n"
+            yield json.dumps({"state": str(state)}) + "\n"
+            return
+        time.sleep(0.5)
+    yield json.dumps({"state": str(store.get(deployment_id).state), "reconnect_after": after}) + "\n"
+
+
+@api.post("/projects/<project>/environments/<environment>/deployments")
+def deploy(project: str, environment: str) -> tuple[Response, int]:
+    configured, env = _environment(project, environment)
+    body = _json_body()
+    ref, sha = body.get("ref", ""), body.get("sha", "")
+    if not isinstance(ref, str) or not isinstance(sha, str):
+        raise ApiError(400, "ref and sha must be strings")
+    who = body.get("by", "api")
+    queued = manual_deploy(_intake(), configured, env, who if isinstance(who, str) and who else "api", ref, sha)
+    return jsonify(deployment=queued.id, url=deployment_url(_settings().server.public_url, queued.id)), 202
+
+
+@api.post("/deployments/<deployment_id>/rollback")
+def rollback_to(deployment_id: str) -> tuple[Response, int]:
+    target = _get(deployment_id)
+    configured, env = _environment(target.project, target.environment)
+    queued = rollback(_intake(), configured, env, target, "api")
+    return jsonify(deployment=queued.id, url=deployment_url(_settings().server.public_url, queued.id)), 202
+
+
+@api.post("/projects/<project>/environments/<environment>/rollback")
+def rollback_previous(project: str, environment: str) -> tuple[Response, int]:
+    """Roll back to the newest successful deployment before the live one."""
+    configured, env = _environment(project, environment)
+    store = DeploymentStore(_redis())
+    live = store.live(project, environment).get("deployment", "")
+    candidates = store.query([(project, environment)], State.SUCCEEDED, limit=MAX_LIMIT)
+    older = [d for d in candidates if d.id != live and d.sha != store.live(project, environment).get("sha")]
+    if not older:
+        raise ApiError(409, "there is no earlier successful deployment to roll back to")
+    queued = rollback(_intake(), configured, env, older[0], "api")
+    return jsonify(deployment=queued.id, url=deployment_url(_settings().server.public_url, queued.id),
+                   to=older[0].id), 202
 
 
 @api.post("/deployments/<deployment_id>/cancel")
 def cancel_deployment(deployment_id: str) -> tuple[Response, int]:
-    """202 when a running deployment was asked to stop, 200 when a queued one ended, 409 when over."""
-    settings: Settings = current_app.extensions["pushdeploy.settings"]
-    redis: Redis = current_app.extensions["pushdeploy.redis"]
+    """200 when a queued deployment ended, 202 when a running one was asked to stop, 409 when over."""
+    _get(deployment_id)
     try:
-        state = cancel(settings, redis, deployment_id, "api")
-    except UnknownDeployment:
-        return jsonify(error="no such deployment"), 404
+        state = cancel(_settings(), _redis(), deployment_id, "api")
     except NotCancelable as exc:
         return jsonify(error=f"deployment already {exc.state}", state=str(exc.state)), 409
-    return jsonify(deployment=deployment_id, state=str(state)), 200 if state.value == "canceled" else 202
+    return jsonify(deployment=deployment_id, state=str(state)), 200 if state is State.CANCELED else 202
+
+
+def _get(deployment_id: str) -> Deployment:
+    try:
+        return DeploymentStore(_redis()).get(deployment_id)
+    except UnknownDeployment:
+        raise ApiError(404, "no such deployment") from None
+
+
+def _environment(project: str, environment: str) -> tuple[Project, Environment]:
+    configured = _settings().projects.get(project)
+    env = configured.environments.get(environment) if configured else None
+    if configured is None or env is None:
+        raise ApiError(404, f"no environment {project}/{environment}")
+    return configured, env
+
+
+def _intake() -> Intake:
+    intake: Intake = current_app.extensions["pushdeploy.intake"]
+    return intake
+
+
+def _json_body() -> dict[str, Any]:
+    body = request.get_json(silent=True)
+    if body is None and request.get_data():
+        raise ApiError(400, "the body must be a JSON object")
+    if body is not None and not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    return body or {}
+
+
+def _public(deployment: Deployment) -> dict[str, Any]:
+    data = deployment.public()
+    data["url"] = deployment_url(_settings().server.public_url, deployment.id)
+    return data
+
+
+def _line(line: deploylog.LogLine) -> dict[str, Any]:
+    return {"id": line.id, "at": line.at, "kind": line.kind, "text": line.text}
+
+
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    text = request.args.get(name, "")
+    if not text:
+        return default
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise ApiError(400, f"{name} must be an integer from {low} to {high}")
+    return int(text)
+
+
+def _float_arg(name: str, default: float) -> float:
+    text = request.args.get(name, "")
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ApiError(400, f"{name} must be a Unix time in seconds") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ApiError(400, f"{name} must be a Unix time in seconds")
+    return value
+

@@ -8,11 +8,13 @@ import os
 from flask import Flask
 from redis import Redis
 
+from webhook import auth
 from webhook.api import api
 from webhook.pages import pages
 from webhook.receive import hooks
 from workers.config import Settings, config_path, load
 from workers.connection import web_redis
+from workers.links import LinkSigner
 from workers.queueing import Intake
 
 
@@ -27,8 +29,10 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None) -> 
     app.config["JSON_SORT_KEYS"] = False
     app.extensions["pushdeploy.settings"] = settings
     app.extensions["pushdeploy.redis"] = redis
-    app.extensions["pushdeploy.intake"] = Intake(redis, settings.server.public_url)
+    signer = LinkSigner.for_server(settings.server.admin_token, settings.server.link_ttl_days)
+    app.extensions["pushdeploy.intake"] = Intake(redis, settings.server.public_url, signer=signer)
     app.register_blueprint(hooks)
+    auth.init_app(app, settings)
     app.register_blueprint(pages)
     app.register_blueprint(api)
     gunicorn_logger = logging.getLogger("gunicorn.error")

@@ -1,19 +1,26 @@
-"""Read-only pages: the overview, one deployment with its steps and log, and ``/healthz``."""
+"""Server-rendered pages: the overview, a project's history, one deployment with its live log."""
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
-from flask import Blueprint, Response, abort, current_app, jsonify, render_template
+from flask import Blueprint, Response, abort, current_app, flash, jsonify, redirect, render_template, request, url_for
 from redis import Redis
 from redis.exceptions import RedisError
 
+from webhook.auth import action_required, admin_required, is_admin, link_grants
 from workers import deploylog
 from workers.config import Settings
-from workers.deployments import DeploymentStore, UnknownDeployment
+from workers.control import NotCancelable, cancel
+from workers.deployments import Deployment, DeploymentStore, State, UnknownDeployment
+from workers.links import PARAMETER
 from workers.outbox import recorded
+from workers.queueing import Intake, OperationError, manual_deploy, rollback
 
 pages = Blueprint("pages", __name__)
+
+HISTORY_PAGE = 100
 
 
 def _settings() -> Settings:
@@ -26,6 +33,21 @@ def _redis() -> Redis:
     return redis
 
 
+def _deployment_or_404(deployment_id: str) -> Deployment:
+    try:
+        return DeploymentStore(_redis()).get(deployment_id)
+    except UnknownDeployment:
+        abort(404)
+
+
+def _viewable(deployment_id: str) -> None:
+    """Admins see everything; a signed link sees its own deployment; everyone else signs in."""
+    if not is_admin() and not link_grants(deployment_id):
+        if request.args.get(PARAMETER):
+            abort(403, description="this link is not valid (expired, changed, or for another deployment)")
+        abort(redirect(url_for("auth.login", next=request.full_path.rstrip("?"))))
+
+
 @pages.get("/healthz")
 def healthz() -> tuple[Response, int]:
     try:
@@ -36,6 +58,7 @@ def healthz() -> tuple[Response, int]:
 
 
 @pages.get("/")
+@admin_required
 def overview() -> str:
     settings = _settings()
     store = DeploymentStore(_redis())
@@ -45,25 +68,105 @@ def overview() -> str:
             latest = store.history(project.name, environment.name, limit=1)
             live = store.live(project.name, environment.name)
             rows.append((project, environment, latest[0] if latest else None, live))
-    return render_template("index.html", rows=rows, settings=settings, now=time.time())
+    return render_template("index.html", rows=rows)
+
+
+@pages.get("/projects/<project>")
+@admin_required
+def project_history(project: str) -> str:
+    configured = _settings().projects.get(project)
+    if configured is None:
+        abort(404)
+    wanted_state = request.args.get("state", "")
+    state = State(wanted_state) if wanted_state in {s.value for s in State} else None
+    environments = [(project, name) for name in configured.environments]
+    deployments = DeploymentStore(_redis()).query(environments, state=state, sha=request.args.get("sha", "")[:64],
+                                                  limit=HISTORY_PAGE)
+    lives = {name: DeploymentStore(_redis()).live(project, name) for name in configured.environments}
+    return render_template("project.html", project=configured, deployments=deployments, lives=lives,
+                           state=wanted_state, states=[s.value for s in State])
 
 
 @pages.get("/deployments/<deployment_id>")
 def deployment(deployment_id: str) -> str:
+    _viewable(deployment_id)
+    record = _deployment_or_404(deployment_id)
     redis = _redis()
     store = DeploymentStore(redis)
-    try:
-        record = store.get(deployment_id)
-    except UnknownDeployment:
-        abort(404)
+    live = store.live(record.project, record.environment)
     return render_template(
         "deployment.html",
         deployment=record,
         steps=store.steps(deployment_id),
         log=deploylog.read(redis, deployment_id),
         statuses=recorded(redis, deployment_id),
-        now=time.time(),
+        live=live,
+        access=request.args.get(PARAMETER, ""),
     )
+
+
+@pages.get("/deployments/<deployment_id>/log")
+def log_lines(deployment_id: str) -> tuple[Response, int]:
+    """Lines after ``after`` and the state: what the page's live log polls."""
+    _viewable(deployment_id)
+    record = _deployment_or_404(deployment_id)
+    after = request.args.get("after", "-")
+    if after != "-" and not deploylog.valid_entry_id(after):
+        abort(400, description="after must be a log entry id")
+    lines = deploylog.read(_redis(), deployment_id, after=after, count=2000)
+    body: dict[str, Any] = {
+        "state": str(record.state),
+        "lines": [{"id": line.id, "at": line.at, "kind": line.kind, "text": line.text} for line in lines],
+    }
+    return jsonify(body), 200
+
+
+@pages.post("/deployments/<deployment_id>/cancel")
+@action_required
+def cancel_action(deployment_id: str) -> Response:
+    _deployment_or_404(deployment_id)
+    try:
+        state = cancel(_settings(), _redis(), deployment_id, "operator (web)")
+        flash("Canceled." if state is State.CANCELED else "Asked the worker to stop; it ends within seconds.")
+    except NotCancelable as exc:
+        flash(str(exc))
+    return redirect(url_for("pages.deployment", deployment_id=deployment_id))
+
+
+@pages.post("/deployments/<deployment_id>/redeploy")
+@action_required
+def redeploy_action(deployment_id: str) -> Response:
+    record = _deployment_or_404(deployment_id)
+    project, environment = _environment_of(record)
+    queued = manual_deploy(_intake(), project, environment, "operator (web)", ref=record.branch, sha=record.sha)
+    return redirect(url_for("pages.deployment", deployment_id=queued.id))
+
+
+@pages.post("/deployments/<deployment_id>/rollback")
+@action_required
+def rollback_action(deployment_id: str) -> Response:
+    record = _deployment_or_404(deployment_id)
+    project, environment = _environment_of(record)
+    try:
+        queued = rollback(_intake(), project, environment, record, "operator (web)")
+    except OperationError as exc:
+        flash(str(exc))
+        return redirect(url_for("pages.deployment", deployment_id=deployment_id))
+    return redirect(url_for("pages.deployment", deployment_id=queued.id))
+
+
+def _environment_of(record: Deployment) -> tuple[Any, Any]:
+    project = _settings().projects.get(record.project)
+    environment = project.environments.get(record.environment) if project else None
+    if project is None or environment is None:
+        abort(409, description="this deployment's project or environment is no longer configured")
+    return project, environment
+
+
+def _intake() -> Intake:
+    intake: Intake = current_app.extensions["pushdeploy.intake"]
+    return intake
+
 
 
 @pages.app_template_filter("age")

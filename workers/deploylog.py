@@ -138,6 +138,12 @@ class DeploymentLog:
             self.flush()
 
 
+def valid_entry_id(text: str) -> bool:
+    """A stream entry id (``<ms>-<seq>``), as clients pass back in ``after``."""
+    first, _, second = text.partition("-")
+    return first.isdigit() and second.isdigit() and len(text) < 40
+
+
 def read(redis: Redis, deployment_id: str, after: str = "-", count: int = 10_000) -> list[LogLine]:
     """Lines after the entry id ``after`` (exclusive), oldest first."""
     start = "-" if after == "-" else f"({after}"

@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from tests.e2e.conftest import Stack
-from tests.helpers import push_body, signed_headers, wait_for
+from tests.helpers import ADMIN_TOKEN, push_body, signed_headers, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -53,7 +53,9 @@ def test_push_is_built_switched_deployed_and_reported(stack: object) -> None:
     posted = made.gitlab.statuses(sha=sha)
     assert {s["name"] for s in posted} == {"deploy/production"}
     assert {s["ref"] for s in posted} == {"main"}
-    assert {s["target_url"] for s in posted} == {accepted["url"]}
+    links = {s["target_url"] for s in posted}
+    assert all(link.startswith(f"{accepted['url']}?access=") for link in links), links
+    assert requests.get(next(iter(links)), timeout=5).status_code == 200  # a maintainer needs no account
 
     env_dir = made.data_dir / "projects" / "sample-app" / "production"
     current = env_dir / "current"
@@ -65,8 +67,13 @@ def test_push_is_built_switched_deployed_and_reported(stack: object) -> None:
     record = made.api(f"/deployments/{deployment_id}")
     assert record["state"] == "succeeded"
     assert [(s["phase"], s["exit_code"]) for s in record["steps"]] == [("build", 0), ("deploy", 0)]
-    page = requests.get(accepted["url"], timeout=5).text
+    page = requests.get(posted[-1]["target_url"], timeout=5).text
     assert f"building {sha}" in page
+    signed_in = requests.Session()
+    signed_in.post(f"{made.base_url}/login", data={"token": ADMIN_TOKEN}, timeout=5)
+    assert f"building {sha}" in signed_in.get(accepted["url"], timeout=5).text
+    anonymous = requests.get(accepted["url"], timeout=5, allow_redirects=False)
+    assert anonymous.status_code == 302 and "/login" in anonymous.headers["Location"]
 
 
 def test_failing_build_reports_failed_and_leaves_current_alone(stack: object) -> None:

@@ -1,0 +1,229 @@
+"""The OpenAPI 3.0 description of ``/api/v1``, served at ``/api/v1/openapi.json``.
+
+Kept next to the endpoints and checked against the real server by the tests (schemathesis), so the
+document and the behaviour cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"}
+DEPLOYMENT_ID = {"type": "string", "minLength": 1, "maxLength": 64}
+STATES = ["queued", "running", "succeeded", "failed", "canceled"]
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _json(description: str, schema: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
+
+
+def _path_param(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+UNAUTHORIZED = _error("missing or wrong bearer token")
+NOT_FOUND = _error("no such deployment, project or environment")
+
+
+def document(server_url: str) -> dict[str, Any]:
+    deployment_path = [_path_param("deployment_id", DEPLOYMENT_ID)]
+    environment_path = [_path_param("project", NAME), _path_param("environment", NAME)]
+    queued = _json("queued", "Queued")
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "pushdeploy API",
+            "version": "1",
+            "description": "Deployments of pushdeploy: list, show, log, deploy, roll back, cancel.",
+        },
+        "servers": [{"url": server_url}],
+        "security": [{"bearer": []}],
+        "paths": {
+            "/api/v1/deployments": {
+                "get": {
+                    "operationId": "listDeployments",
+                    "summary": "Deployments, newest first",
+                    "parameters": [
+                        {"name": "project", "in": "query", "schema": NAME},
+                        {"name": "environment", "in": "query", "schema": NAME},
+                        {"name": "state", "in": "query", "schema": {"type": "string", "enum": STATES}},
+                        {"name": "sha", "in": "query", "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{1,64}$"}},
+                        {"name": "since", "in": "query", "schema": {"type": "number", "minimum": 0, "maximum": 1e11}},
+                        {"name": "until", "in": "query", "schema": {"type": "number", "minimum": 0, "maximum": 1e11}},
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
+                    ],
+                    "responses": {
+                        "200": _json("deployments", "DeploymentList"),
+                        "400": _error("a filter is malformed"),
+                        "401": UNAUTHORIZED,
+                        "404": _error("no such project"),
+                    },
+                }
+            },
+            "/api/v1/deployments/{deployment_id}": {
+                "get": {
+                    "operationId": "showDeployment",
+                    "parameters": deployment_path,
+                    "responses": {"200": _json("the deployment with its steps", "Deployment"), "401": UNAUTHORIZED,
+                                  "404": NOT_FOUND},
+                }
+            },
+            "/api/v1/deployments/{deployment_id}/log": {
+                "get": {
+                    "operationId": "deploymentLog",
+                    "summary": "Log lines after `after`; `follow=1` streams NDJSON until the deployment ends",
+                    "parameters": [
+                        *deployment_path,
+                        {"name": "after", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]{1,20}-[0-9]{1,15}$"}},
+                        {"name": "follow", "in": "query", "schema": {"type": "string", "enum": ["0", "1"]}},
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "log lines (JSON), or an NDJSON stream with follow=1",
+                            "content": {
+                                "application/json": {"schema": {"$ref": "#/components/schemas/Log"}},
+                                "application/x-ndjson": {"schema": {"type": "string"}},
+                            },
+                        },
+                        "400": _error("after is malformed"),
+                        "401": UNAUTHORIZED,
+                        "404": NOT_FOUND,
+                    },
+                }
+            },
+            "/api/v1/deployments/{deployment_id}/cancel": {
+                "post": {
+                    "operationId": "cancelDeployment",
+                    "parameters": deployment_path,
+                    "responses": {
+                        "200": _json("a queued deployment was canceled", "Canceled"),
+                        "202": _json("a running deployment was asked to stop", "Canceled"),
+                        "401": UNAUTHORIZED,
+                        "404": NOT_FOUND,
+                        "409": _error("the deployment already ended"),
+                    },
+                }
+            },
+            "/api/v1/deployments/{deployment_id}/rollback": {
+                "post": {
+                    "operationId": "rollbackTo",
+                    "summary": "Deploy this earlier successful deployment again, reusing its release if kept",
+                    "parameters": deployment_path,
+                    "responses": {"202": queued, "400": _error("not possible"), "401": UNAUTHORIZED,
+                                  "404": NOT_FOUND, "409": _error("the deployment did not succeed")},
+                }
+            },
+            "/api/v1/projects/{project}/environments/{environment}/deployments": {
+                "post": {
+                    "operationId": "deploy",
+                    "summary": "Deploy a sha, or a branch or tag (default: the environment's branch)",
+                    "parameters": environment_path,
+                    "requestBody": {
+                        "required": False,
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DeployRequest"}}},
+                    },
+                    "responses": {"202": queued, "400": _error("bad ref or sha"), "401": UNAUTHORIZED,
+                                  "404": NOT_FOUND},
+                }
+            },
+            "/api/v1/projects/{project}/environments/{environment}/rollback": {
+                "post": {
+                    "operationId": "rollbackPrevious",
+                    "summary": "Roll back to the newest successful deployment before the live one",
+                    "parameters": environment_path,
+                    "responses": {"202": queued, "401": UNAUTHORIZED, "404": NOT_FOUND,
+                                  "409": _error("nothing earlier to roll back to")},
+                }
+            },
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+                "Deployment": {
+                    "type": "object",
+                    "required": ["id", "project", "environment", "ref", "sha", "state", "created_at", "url"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "project": {"type": "string"},
+                        "environment": {"type": "string"},
+                        "ref": {"type": "string"},
+                        "sha": {"type": "string"},
+                        "previous_sha": {"type": "string"},
+                        "pusher": {"type": "string"},
+                        "trigger": {"type": "string"},
+                        "state": {"type": "string", "enum": STATES},
+                        "reason": {"type": "string"},
+                        "created_at": {"type": "number"},
+                        "started_at": {"type": "number"},
+                        "finished_at": {"type": "number"},
+                        "release": {"type": "string"},
+                        "url": {"type": "string"},
+                        "steps": {"type": "array", "items": {"$ref": "#/components/schemas/Step"}},
+                    },
+                },
+                "Step": {
+                    "type": "object",
+                    "required": ["phase", "index", "command", "exit_code", "duration"],
+                    "properties": {
+                        "phase": {"type": "string"},
+                        "index": {"type": "integer"},
+                        "command": {"type": "string"},
+                        "exit_code": {"type": "integer", "nullable": True},
+                        "duration": {"type": "number"},
+                        "truncated": {"type": "boolean"},
+                        "timed_out": {"type": "boolean"},
+                        "tail": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+                "DeploymentList": {
+                    "type": "object",
+                    "required": ["deployments"],
+                    "properties": {"deployments": {"type": "array", "items": {"$ref": "#/components/schemas/Deployment"}}},
+                },
+                "Log": {
+                    "type": "object",
+                    "required": ["lines", "state"],
+                    "properties": {
+                        "state": {"type": "string", "enum": STATES},
+                        "lines": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["id", "at", "kind", "text"],
+                                "properties": {
+                                    "id": {"type": "string"},
+                                    "at": {"type": "number"},
+                                    "kind": {"type": "string", "enum": ["step", "out", "info"]},
+                                    "text": {"type": "string"},
+                                },
+                            },
+                        },
+                    },
+                },
+                "DeployRequest": {
+                    "type": "object",
+                    "properties": {
+                        "ref": {"type": "string", "description": "branch or tag"},
+                        "sha": {"type": "string", "description": "40 or 64 hex characters"},
+                        "by": {"type": "string", "description": "who asked, shown as the pusher"},
+                    },
+                },
+                "Queued": {
+                    "type": "object",
+                    "required": ["deployment", "url"],
+                    "properties": {"deployment": {"type": "string"}, "url": {"type": "string"},
+                                   "to": {"type": "string"}},
+                },
+                "Canceled": {
+                    "type": "object",
+                    "required": ["deployment", "state"],
+                    "properties": {"deployment": {"type": "string"}, "state": {"type": "string", "enum": STATES}},
+                },
+            },
+        },
+    }
