@@ -18,7 +18,7 @@ from werkzeug.exceptions import HTTPException
 
 from webhook.openapi import document
 from workers import deploylog
-from workers.config import Environment, Project, Settings
+from workers.config import NAME_RE, Environment, Project, Settings
 from workers.control import NotCancelable, cancel
 from workers.deployments import Deployment, DeploymentStore, State, UnknownDeployment
 from workers.queueing import Intake, OperationError, deployment_url, manual_deploy, rollback
@@ -77,7 +77,7 @@ def http_error(error: HTTPException) -> tuple[Response, int]:
 
 @api.get("/openapi.json")
 def openapi() -> Response:
-    return jsonify(document(_settings().server.public_url))
+    return jsonify(document(_settings()))
 
 
 @api.get("/deployments")
@@ -85,6 +85,9 @@ def list_deployments() -> Response:
     settings = _settings()
     project = request.args.get("project", "")
     environment = request.args.get("environment", "")
+    for name, value in (("project", project), ("environment", environment)):
+        if value and not NAME_RE.match(value):
+            raise ApiError(400, f"{name} is not a valid name")
     if project and project not in settings.projects:
         raise ApiError(404, f"no project {project!r}")
     pairs = [(p.name, e) for p in settings.projects.values() if not project or p.name == project
@@ -117,7 +120,10 @@ def log(deployment_id: str) -> Response:
     if after != "-" and not deploylog.valid_entry_id(after):
         raise ApiError(400, "after must be a log entry id such as 1795704150321-0")
     redis = _redis()
-    if request.args.get("follow") not in {"1", "true"}:
+    follow = request.args.getlist("follow")
+    if follow not in ([], ["0"], ["1"]):
+        raise ApiError(400, "follow must be 0 or 1")
+    if follow != ["1"]:
         lines = deploylog.read(redis, deployment_id, after=after)
         return jsonify(lines=[_line(line) for line in lines], state=str(_get(deployment_id).state))
     return Response(stream_with_context(_follow(redis, deployment_id, after)), mimetype="application/x-ndjson")
@@ -145,11 +151,15 @@ def _follow(redis: Redis, deployment_id: str, after: str) -> Iterator[str]:
 def deploy(project: str, environment: str) -> tuple[Response, int]:
     configured, env = _environment(project, environment)
     body = _json_body()
-    ref, sha = body.get("ref", ""), body.get("sha", "")
-    if not isinstance(ref, str) or not isinstance(sha, str):
-        raise ApiError(400, "ref and sha must be strings")
-    who = body.get("by", "api")
-    queued = manual_deploy(_intake(), configured, env, who if isinstance(who, str) and who else "api", ref, sha)
+    unknown = set(body) - {"ref", "sha", "by"}
+    if unknown:
+        raise ApiError(400, f"unknown field(s): {', '.join(sorted(unknown))[:200]}")
+    ref, sha, who = body.get("ref", ""), body.get("sha", ""), body.get("by", "")
+    if not all(isinstance(value, str) for value in (ref, sha, who)):
+        raise ApiError(400, "ref, sha and by must be strings")
+    if len(who) > 255:
+        raise ApiError(400, "by must be at most 255 characters")
+    queued = manual_deploy(_intake(), configured, env, who or "api", ref, sha)
     return jsonify(deployment=queued.id, url=deployment_url(_settings().server.public_url, queued.id)), 202
 
 
@@ -227,23 +237,23 @@ def _line(line: deploylog.LogLine) -> dict[str, Any]:
 
 
 def _int_arg(name: str, default: int, low: int, high: int) -> int:
-    text = request.args.get(name, "")
-    if not text:
+    if name not in request.args:
         return default
-    if not text.isdigit() or not low <= int(text) <= high:
+    text = request.args[name]
+    if not text.isascii() or not text.isdigit() or not low <= int(text) <= high:
         raise ApiError(400, f"{name} must be an integer from {low} to {high}")
     return int(text)
 
 
 def _float_arg(name: str, default: float) -> float:
-    text = request.args.get(name, "")
-    if not text:
+    if name not in request.args:
         return default
+    text = request.args[name]
     try:
         value = float(text)
     except ValueError:
         raise ApiError(400, f"{name} must be a Unix time in seconds") from None
-    if value != value or value in (float("inf"), float("-inf")):
+    if value != value or value in (float("inf"), float("-inf")) or value < 0:
         raise ApiError(400, f"{name} must be a Unix time in seconds")
     return value
 

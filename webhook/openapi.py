@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from workers.config import Settings
+
 NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"}
+NAME_FILTER = {"type": "string", "pattern": "^([A-Za-z0-9][A-Za-z0-9._-]{0,62})?$"}
 DEPLOYMENT_ID = {"type": "string", "minLength": 1, "maxLength": 64}
 STATES = ["queued", "running", "succeeded", "failed", "canceled"]
 
@@ -29,10 +32,19 @@ UNAUTHORIZED = _error("missing or wrong bearer token")
 NOT_FOUND = _error("no such deployment, project or environment")
 
 
-def document(server_url: str) -> dict[str, Any]:
+def document(settings: Settings) -> dict[str, Any]:
+    """The description of this server's API: project and environment names are its own."""
+    projects = sorted(settings.projects)
+    environments = sorted({e for p in settings.projects.values() for e in p.environments})
     deployment_path = [_path_param("deployment_id", DEPLOYMENT_ID)]
-    environment_path = [_path_param("project", NAME), _path_param("environment", NAME)]
+    environment_path = [_path_param("project", {**NAME, "enum": projects}),
+                        _path_param("environment", {**NAME, "enum": environments})]
     queued = _json("queued", "Queued")
+    queued["links"] = {
+        name: {"operationId": operation, "parameters": {"deployment_id": "$response.body#/deployment"}}
+        for name, operation in (("show", "showDeployment"), ("log", "deploymentLog"),
+                                ("cancel", "cancelDeployment"), ("rollback", "rollbackTo"))
+    }
     return {
         "openapi": "3.0.3",
         "info": {
@@ -40,7 +52,7 @@ def document(server_url: str) -> dict[str, Any]:
             "version": "1",
             "description": "Deployments of pushdeploy: list, show, log, deploy, roll back, cancel.",
         },
-        "servers": [{"url": server_url}],
+        "servers": [{"url": settings.server.public_url}],
         "security": [{"bearer": []}],
         "paths": {
             "/api/v1/deployments": {
@@ -48,12 +60,12 @@ def document(server_url: str) -> dict[str, Any]:
                     "operationId": "listDeployments",
                     "summary": "Deployments, newest first",
                     "parameters": [
-                        {"name": "project", "in": "query", "schema": NAME},
-                        {"name": "environment", "in": "query", "schema": NAME},
+                        {"name": "project", "in": "query", "schema": NAME_FILTER},
+                        {"name": "environment", "in": "query", "schema": NAME_FILTER},
                         {"name": "state", "in": "query", "schema": {"type": "string", "enum": STATES}},
-                        {"name": "sha", "in": "query", "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{1,64}$"}},
-                        {"name": "since", "in": "query", "schema": {"type": "number", "minimum": 0, "maximum": 1e11}},
-                        {"name": "until", "in": "query", "schema": {"type": "number", "minimum": 0, "maximum": 1e11}},
+                        {"name": "sha", "in": "query", "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{0,64}$"}},
+                        {"name": "since", "in": "query", "schema": {"type": "number", "minimum": 0}},
+                        {"name": "until", "in": "query", "schema": {"type": "number", "minimum": 0}},
                         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
                     ],
                     "responses": {
@@ -78,7 +90,7 @@ def document(server_url: str) -> dict[str, Any]:
                     "summary": "Log lines after `after`; `follow=1` streams NDJSON until the deployment ends",
                     "parameters": [
                         *deployment_path,
-                        {"name": "after", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]{1,20}-[0-9]{1,15}$"}},
+                        {"name": "after", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]{1,19}-[0-9]{1,19}$"}},
                         {"name": "follow", "in": "query", "schema": {"type": "string", "enum": ["0", "1"]}},
                     ],
                     "responses": {
@@ -207,10 +219,13 @@ def document(server_url: str) -> dict[str, Any]:
                 },
                 "DeployRequest": {
                     "type": "object",
+                    "additionalProperties": False,
                     "properties": {
-                        "ref": {"type": "string", "description": "branch or tag"},
-                        "sha": {"type": "string", "description": "40 or 64 hex characters"},
-                        "by": {"type": "string", "description": "who asked, shown as the pusher"},
+                        "ref": {"type": "string", "description": "branch or tag",
+                                "pattern": "^(?!.*[.][.])([A-Za-z0-9][A-Za-z0-9._/-]{0,254})?$"},
+                        "sha": {"type": "string", "description": "40 or 64 hex characters",
+                                "pattern": "^([0-9a-fA-F]{40}|[0-9a-fA-F]{64})?$"},
+                        "by": {"type": "string", "description": "who asked, shown as the pusher", "maxLength": 255},
                     },
                 },
                 "Queued": {

@@ -141,7 +141,8 @@ class DeploymentLog:
 def valid_entry_id(text: str) -> bool:
     """A stream entry id (``<ms>-<seq>``), as clients pass back in ``after``."""
     first, _, second = text.partition("-")
-    return first.isdigit() and second.isdigit() and len(text) < 40
+    return (first.isascii() and first.isdigit() and second.isascii() and second.isdigit()
+            and int(first) < 2**64 and int(second) < 2**64)
 
 
 def read(redis: Redis, deployment_id: str, after: str = "-", count: int = 10_000) -> list[LogLine]:

@@ -7,7 +7,9 @@ Tokens are the exception to "compare and send what differs": GitLab never return
 ``token_present`` and ``signing_token_present``. A configured token GitLab does not hold is sent; one it
 already holds is kept, and the report says it could not be compared. After rotating (a new first
 ``secret_token`` or ``signing_token`` in the config), ``rotate_tokens=True`` sends both again. A GitLab too
-old to report presence at all gets the configured tokens on every run: the only way to be sure.
+old to report presence (before 19.0) gets the secret token on every run, the only way to be sure it holds
+the configured one. A token sent again is reported as such but does not make the hook "updated": whether
+GitLab's value changed cannot be seen, and a second run must not claim a change it cannot show.
 
 The signing token is sent only where GitLab takes it (19.0+, behind the ``webhook_signing_token`` flag).
 A GitLab that answers 400/422 to it gets the request again without it; one that silently drops it (no
@@ -32,7 +34,7 @@ import gitlab.exceptions
 import requests
 from gitlab.v4.objects import Project as RemoteProject
 
-from workers.config import Project, Settings
+from workers.config import Project, Settings, redact_url
 from workers.forge import ForgeError, ForgeRejected, GitLabForge, translate
 from workers.secrets import MASK
 
@@ -57,6 +59,9 @@ OTHER_EVENTS = (
     "vulnerability_events",
 )
 """Events a project hook can have besides pushes; any other ``*_events`` GitLab reports is turned off too."""
+
+RETRIES = 2
+"""Transient errors retried inside each call: an operator waits at a prompt, not a deployment in a queue."""
 
 _Call = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -224,7 +229,16 @@ class _Writer:
         self.notes: list[str] = []
 
     def run(self) -> HookReport:
-        matches = [h for h in self.remote.hooks.list(get_all=True) if getattr(h, "url", None) == self.url]
+        hooks = self.remote.hooks.list(get_all=True, max_retries=RETRIES)
+        matches = [h for h in hooks if getattr(h, "url", None) == self.url]
+        suffix = f"/hooks/gitlab/{self.project.name}"
+        for old in hooks:
+            url = str(getattr(old, "url", ""))
+            if url != self.url and url.endswith(suffix):
+                self.notes.append(
+                    f"hook {old.id} still delivers to {redact_url(url)}, an earlier address of this webhook: "
+                    "delete it once nothing answers there"
+                )
         if len(matches) > 1:
             extra = ", ".join(str(h.id) for h in matches[1:])
             self.notes.append(
@@ -242,6 +256,7 @@ class _Writer:
         signing = TokenAction.SET if self.signing else TokenAction.NONE
         payload = {**self.desired, **self.tokens(secret, signing)}
         created, signing = self.write(self.create_call, payload, signing)
+        assert created is not None  # a create payload never shrinks to the url alone
         return self.report(int(created["id"]), Action.CREATED, (), secret, signing)
 
     def update(self, hook_id: int, current: Mapping[str, Any]) -> HookReport:
@@ -252,12 +267,17 @@ class _Writer:
         else:
             signing = self.unsupported("it does not report signing_token_present")
         to_send = self.tokens(secret, signing)
-        if not changes and not to_send:
-            return self.report(hook_id, Action.UNCHANGED, (), secret, signing)
-        # python-gitlab requires the url on every update; GitLab leaves fields we omit untouched.
-        payload = {"url": self.url, **{c.name: c.new for c in changes}, **to_send}
-        _, signing = self.write(lambda data: self.remote.hooks.update(hook_id, data), payload, signing)
-        return self.report(hook_id, Action.UPDATED, tuple(changes), secret, signing)
+        if changes or to_send:
+            # python-gitlab requires the url on every update; GitLab leaves fields we omit untouched.
+            payload = {"url": self.url, **{c.name: c.new for c in changes}, **to_send}
+            _, signing = self.write(
+                lambda data: self.remote.hooks.update(hook_id, data, max_retries=RETRIES), payload, signing
+            )
+        # A token sent again is not a change we can see: GitLab cannot say whether it held that value.
+        known = changes or {secret, signing} & {TokenAction.SET, TokenAction.CLEARED}
+        return self.report(
+            hook_id, Action.UPDATED if known else Action.UNCHANGED, tuple(changes), secret, signing
+        )
 
     def tokens(self, secret: TokenAction, signing: TokenAction) -> dict[str, str]:
         sent: dict[str, str] = {}
@@ -268,25 +288,28 @@ class _Writer:
         return sent
 
     def create_call(self, data: dict[str, Any]) -> dict[str, Any]:
-        attributes: dict[str, Any] = self.remote.hooks.create(data).attributes
+        attributes: dict[str, Any] = self.remote.hooks.create(data, max_retries=RETRIES).attributes
         return attributes
 
     def write(
         self, call: _Call, payload: dict[str, Any], signing: TokenAction
-    ) -> tuple[dict[str, Any], TokenAction]:
-        """Send ``payload``; without the signing token again when GitLab refuses the request with it."""
+    ) -> tuple[dict[str, Any] | None, TokenAction]:
+        """Send ``payload``; again without the signing token when GitLab refuses the request with it.
+
+        Returns GitLab's answer (``None`` when, the signing token refused, nothing else was left to
+        send) and what became of the signing token.
+        """
         try:
-            answer: dict[str, Any] = call(payload)
+            answer: dict[str, Any] | None = call(payload)
         except gitlab.exceptions.GitlabError as exc:
             if "signing_token" not in payload or exc.response_code not in (400, 422):
                 raise
-            payload = {k: v for k, v in payload.items() if k != "signing_token"}
-            answer = call(payload)  # still failing: the signing token was not the problem, report that
-            reason = str(exc.error_message)[:200].replace(
-                self.signing or MASK, MASK
-            )  # GitLab should not echo it
+            rest = {k: v for k, v in payload.items() if k != "signing_token"}
+            # If this fails too, the signing token was not the problem: that error is the one to show.
+            answer = call(rest) if rest.keys() - {"url"} else None
+            reason = str(exc.error_message)[:200].replace(self.signing or MASK, MASK)
             return answer, self.unsupported(f"it answered {exc.response_code} to it: {reason}")
-        if signing.sent and self.signing and not answer.get("signing_token_present"):
+        if signing.sent and self.signing and answer is not None and not answer.get("signing_token_present"):
             return answer, self.unsupported("it accepted the request but did not keep the signing token")
         return answer, signing
 
@@ -344,7 +367,11 @@ def badge_urls(settings: Settings, project: str, environment: str) -> tuple[str,
 def _ensure_badges(settings: Settings, project: Project, remote: RemoteProject) -> tuple[BadgeResult, ...]:
     """One project badge per environment, found by image URL, else by name (the public URL moved)."""
     # The list also holds the group's badges, which a project cannot change.
-    existing = [b for b in remote.badges.list(get_all=True) if getattr(b, "kind", "project") == "project"]
+    existing = [
+        b
+        for b in remote.badges.list(get_all=True, max_retries=RETRIES)
+        if getattr(b, "kind", "project") == "project"
+    ]
     results = []
     for environment in project.environments.values():
         link_url, image_url = badge_urls(settings, project.name, environment.name)
@@ -353,13 +380,13 @@ def _ensure_badges(settings: Settings, project: Project, remote: RemoteProject) 
             (b for b in existing if getattr(b, "name", None) == wanted["name"]), None
         )
         if found is None:
-            remote.badges.create(wanted)
+            remote.badges.create(wanted, max_retries=RETRIES)
             action = Action.CREATED
         else:
             # GitLab versions without badge names do not report one: compare what they do report.
             differs = {k: v for k, v in wanted.items() if k in found.attributes and found.attributes[k] != v}
             if differs:
-                remote.badges.update(found.id, differs)
+                remote.badges.update(found.id, differs, max_retries=RETRIES)
             action = Action.UPDATED if differs else Action.UNCHANGED
         results.append(BadgeResult(environment.name, action, image_url, link_url))
     return tuple(results)
