@@ -11,11 +11,11 @@ from pathlib import Path
 
 import requests
 
+from webhook import console
 from workers.config import ConfigError, Settings, config_path, load
 from workers.secrets import new_signing_key
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-TERMINAL = {"succeeded", "failed", "canceled"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,8 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp = command("worker", cmd_worker, "run a deployment worker")
     sp.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     sp.add_argument("--name", help="worker name (default: generated)")
-    sp = command("cancel", cmd_cancel, "cancel a queued or running deployment")
-    sp.add_argument("deployment")
     command("check", cmd_check, "validate the configuration and print each webhook URL")
     command("new-secret", cmd_new_secret, "print a new signing token (whsec_…) for GitLab's webhook settings")
     sp = command("simulate-push", cmd_simulate, "sign and send a push delivery like GitLab does")
@@ -64,7 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--sha", help="commit to deploy (default: the branch head of repo_url)")
     sp.add_argument("--environment", help="environment to push for (default: the first one)")
     sp.add_argument("--url", help="server base URL (default: server.public_url)")
-    sp.add_argument("--follow", action="store_true", help="wait for the deployment and print its outcome")
+    sp.add_argument("--follow", action="store_true", help="print the deployment's log until it ends")
+    sp = command("gitlab-hook", cmd_gitlab_hook, "create or update the project's webhook on GitLab")
+    sp.add_argument("project")
+    sp.add_argument("--badge", action="store_true", help="also add the deploy badge to the GitLab project")
+    console.add_commands(sub, settings_from)
     return parser
 
 
@@ -94,27 +96,24 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_cancel(args: argparse.Namespace) -> int:
-    import getpass
-
-    from workers.connection import web_redis
-    from workers.control import NotCancelable, cancel
-    from workers.deployments import UnknownDeployment
+def cmd_gitlab_hook(args: argparse.Namespace) -> int:
+    from workers import gitlab_hooks
+    from workers.forge import ForgeError
 
     settings = settings_from(args)
-    redis = web_redis(settings.server.redis_url, timeout=5)
-    try:
-        state = cancel(settings, redis, args.deployment, f"{getpass.getuser()} (cli)")
-    except UnknownDeployment:
-        print(f"pushdeploy: no deployment {args.deployment}", file=sys.stderr)
+    if args.project not in settings.projects:
+        print(f"pushdeploy: no project {args.project!r} in {settings.path}", file=sys.stderr)
         return EXIT_USAGE
-    except NotCancelable as exc:
+    if settings.gitlab is None:
+        print(f"pushdeploy: {settings.path} has no [gitlab] section (url and token)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        report = gitlab_hooks.ensure(settings, args.project, badge=args.badge)
+    except ForgeError as exc:
         print(f"pushdeploy: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    if state.value == "canceled":
-        print(f"{args.deployment}: canceled")
-    else:
-        print(f"{args.deployment}: running; its worker was asked to stop (it ends canceled within seconds)")
+    for line in gitlab_hooks.describe(report):
+        print(line)
     return EXIT_OK
 
 
@@ -166,25 +165,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def follow(settings: Settings, base_url: str, deployment_id: str, timeout: float = 600.0) -> int:
-    """Poll the deployment until it ends; print its state changes."""
-    url = f"{base_url.rstrip('/')}/api/v1/deployments/{deployment_id}"
-    token = settings.server.admin_token
-    headers = {"Authorization": f"Bearer {token.reveal()}"} if token else {}
-    deadline, last = time.monotonic() + timeout, ""
-    while time.monotonic() < deadline:
-        try:
-            state = requests.get(url, headers=headers, timeout=5).json().get("state", "")
-        except (requests.RequestException, ValueError):
-            state = ""
-        if state and state != last:
-            print(f"  {deployment_id}: {state}")
-            last = state
-        if state in TERMINAL:
-            return EXIT_OK if state == "succeeded" else EXIT_FAILURE
-        time.sleep(0.5)
-    print(f"pushdeploy: {deployment_id} did not finish within {timeout:.0f} s", file=sys.stderr)
-    return EXIT_FAILURE
+def follow(settings: Settings, base_url: str, deployment_id: str) -> int:
+    """Print the deployment's log until it ends; exit with its result."""
+    from webhook.client import ApiFailure, Client
+
+    try:
+        return console.follow_log(Client.for_settings(settings, base_url), deployment_id, as_json=False)
+    except ApiFailure as exc:
+        print(f"pushdeploy: cannot follow {deployment_id}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -216,7 +205,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"demo push of {sha[:12]} → {response.status_code} {response.text.strip()}")
         if response.status_code == 202:
             deployment_id = response.json()["deployment"]
-            follow(settings, base, deployment_id, timeout=120)
+            follow(settings, base, deployment_id)
             print(f"  open {base}/deployments/{deployment_id} to see its steps and log; Ctrl-C stops pushdeploy")
     return supervisor.wait()
 

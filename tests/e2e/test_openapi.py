@@ -35,7 +35,7 @@ def test_the_api_behaves_as_documented(tmp_path: Path, redis: object, redis_url:
             [str(Path(sys.executable).parent / "schemathesis"), "run", f"{stack.base_url}/api/v1/openapi.json",
              "--header", f"Authorization: Bearer {ADMIN_TOKEN}", "--checks", "all", "--max-examples", "25",
              "--seed", "1", "--request-timeout", "10"],
-            capture_output=True, text=True, timeout=600, check=False,
+            capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path,
         )
     finally:
         stack.stop()
