@@ -10,6 +10,7 @@ from redis import Redis
 
 from webhook import auth
 from webhook.api import api
+from webhook.badges import badges
 from webhook.pages import pages
 from webhook.receive import hooks
 from workers.config import Settings, config_path, load
@@ -35,6 +36,7 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None) -> 
     auth.init_app(app, settings)
     app.register_blueprint(pages)
     app.register_blueprint(api)
+    app.register_blueprint(badges)  # public: they show only a state
     gunicorn_logger = logging.getLogger("gunicorn.error")
     if gunicorn_logger.handlers:
         app.logger.handlers = gunicorn_logger.handlers

@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = command("gitlab-hook", cmd_gitlab_hook, "create or update the project's webhook on GitLab")
     sp.add_argument("project")
     sp.add_argument("--badge", action="store_true", help="also add the deploy badge to the GitLab project")
+    sp.add_argument("--rotate-tokens", action="store_true",
+                    help="send the secret and signing tokens again (GitLab never shows them, so changes are unseen)")
     console.add_commands(sub, settings_from)
     return parser
 
@@ -108,7 +110,7 @@ def cmd_gitlab_hook(args: argparse.Namespace) -> int:
         print(f"pushdeploy: {settings.path} has no [gitlab] section (url and token)", file=sys.stderr)
         return EXIT_USAGE
     try:
-        report = gitlab_hooks.ensure(settings, args.project, badge=args.badge)
+        report = gitlab_hooks.setup_hook(settings, args.project, badge=args.badge, rotate_tokens=args.rotate_tokens)
     except ForgeError as exc:
         print(f"pushdeploy: {exc}", file=sys.stderr)
         return EXIT_FAILURE

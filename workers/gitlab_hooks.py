@@ -410,7 +410,9 @@ def describe(report: HookReport) -> list[str]:
     """The lines ``pushdeploy gitlab-hook`` prints: what changed, then what it could not check."""
     lines = [f"webhook {report.action} on GitLab project {report.gitlab_project} (hook {report.hook_id})"]
     lines.append(f"  url: {report.url}")
-    lines.append(f"  events: push only, branches {report.branch_filter!r} ({report.branch_filter_strategy})")
+    lines.append(
+        f"  events: push only, branch filter {report.branch_filter} ({report.branch_filter_strategy})"
+    )
     lines.append("  SSL verification: on")
     for change in report.changes:
         lines.append(f"  changed {change.name}: {_shown(change.old)} -> {_shown(change.new)}")
@@ -426,7 +428,7 @@ TOKEN_LINES = {
     TokenAction.SET: "set",
     TokenAction.RESENT: "sent again (GitLab never shows tokens; it now holds the configured one)",
     TokenAction.KEPT: "present on GitLab, not compared (GitLab never shows it); "
-    "after changing {key} in the config, run again with --rotate-tokens",
+    "after changing {key}, run with --rotate-tokens",
     TokenAction.CLEARED: "removed from GitLab (the project has no {key})",
     TokenAction.NONE: "none (the project has no {key})",
     TokenAction.UNSUPPORTED: "not set: this GitLab does not support it (see the note)",
@@ -440,7 +442,7 @@ def _token_line(action: TokenAction, key: str) -> str:
 def _shown(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    return "(none)" if value in (None, "") else repr(value)
+    return "(none)" if value in (None, "") else f"'{value}'"
 
 
 __all__ = [

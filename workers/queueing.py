@@ -16,7 +16,7 @@ from rq import Callback, Queue
 
 from workers import defaults
 from workers.config import Environment, Project, Settings
-from workers.deployments import PREFIX, Deployment, DeploymentStore, State, new_id
+from workers.deployments import PREFIX, Deployment, DeploymentStore, State, key, new_id
 from workers.forge import CommitStatus, DeploymentUpdate, StatusState
 from workers.links import LinkSigner
 from workers.outbox import enqueue_status
@@ -41,6 +41,15 @@ class Accepted:
 
 
 REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,254}\Z")
+
+
+_TAKE_OVER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+  return 1
+end
+return 0
+"""
 
 
 def seen_key(project: str, delivery_key: str) -> str:
@@ -95,13 +104,9 @@ class Intake:
     def accept(self, project: Project, environment: Environment, push: Push) -> Accepted:
         deployment_id = new_id()
         if push.delivery_key:
-            claim = seen_key(project.name, push.delivery_key)
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.set(claim, deployment_id, nx=True, ex=defaults.SEEN_DELIVERY_TTL)
-            pipe.get(claim)
-            claimed, holder = pipe.execute()
-            if not claimed:
-                return Accepted(holder.decode() if isinstance(holder, bytes) else str(holder), duplicate=True)
+            holder = self.claim(project.name, push.delivery_key, deployment_id)
+            if holder != deployment_id:
+                return Accepted(holder, duplicate=True)
         deployment = Deployment(
             id=deployment_id,
             project=project.name,
@@ -114,6 +119,23 @@ class Intake:
         )
         self.enqueue(project, environment, deployment)
         return Accepted(deployment_id, duplicate=False)
+
+    def claim(self, project: str, delivery_key: str, deployment_id: str) -> str:
+        """Claim a delivery id for ``deployment_id``; returns whoever holds it now.
+
+        One round trip in the common case. A claim whose deployment was never written (Redis failed
+        between the claim and the transaction, and GitLab resends) is taken over, so the resend deploys.
+        """
+        claim = seen_key(project, delivery_key)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(claim, deployment_id, nx=True, ex=defaults.SEEN_DELIVERY_TTL)
+        pipe.get(claim)
+        claimed, raw = pipe.execute()
+        holder = raw.decode() if isinstance(raw, bytes) else str(raw)
+        if claimed or self.redis.exists(key(holder)):
+            return holder
+        taken = self.redis.eval(_TAKE_OVER, 1, claim, holder, deployment_id, defaults.SEEN_DELIVERY_TTL)
+        return deployment_id if taken else self.claim(project, delivery_key, deployment_id)
 
     def enqueue(self, project: Project, environment: Environment, deployment: Deployment) -> None:
         """Write record, ``pending`` status and job in one transaction."""
