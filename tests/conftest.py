@@ -41,7 +41,9 @@ def git_repo(tmp_path: Path) -> GitRepo:
 def make_settings(tmp_path: Path, git_repo: GitRepo, redis_url: str) -> Callable[..., Settings]:
     """Write a real config file and load it; keyword arguments override the project's keys."""
 
-    def make(gitlab: dict[str, Any] | None = None, server: dict[str, Any] | None = None, **project: Any) -> Settings:
+    def make(
+        gitlab: dict[str, Any] | None = None, server: dict[str, Any] | None = None, **project: Any
+    ) -> Settings:
         config: dict[str, Any] = {
             "server": {
                 "public_url": "http://pushdeploy.test",

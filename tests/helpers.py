@@ -29,7 +29,9 @@ GIT_ENV = {
 
 def git(*args: str, cwd: Path) -> str:
     env = {"PATH": os.environ["PATH"], "HOME": str(cwd), **GIT_ENV}
-    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 class GitRepo:
@@ -127,7 +129,9 @@ def project_config(repo_url: str, **overrides: Any) -> dict[str, Any]:
     return {k: v for k, v in base.items() if v is not None}
 
 
-def push_body(sha: str, branch: str = "main", project: str = "tools/sample-app", message: str = "change") -> bytes:
+def push_body(
+    sha: str, branch: str = "main", project: str = "tools/sample-app", message: str = "change"
+) -> bytes:
     payload = {
         "object_kind": "push",
         "event_name": "push",

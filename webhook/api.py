@@ -90,8 +90,13 @@ def list_deployments() -> Response:
             raise ApiError(400, f"{name} is not a valid name")
     if project and project not in settings.projects:
         raise ApiError(404, f"no project {project!r}")
-    pairs = [(p.name, e) for p in settings.projects.values() if not project or p.name == project
-             for e in p.environments if not environment or e == environment]
+    pairs = [
+        (p.name, e)
+        for p in settings.projects.values()
+        if not project or p.name == project
+        for e in p.environments
+        if not environment or e == environment
+    ]
     state_text = request.args.get("state", "")
     if state_text and state_text not in {s.value for s in State}:
         raise ApiError(400, "state must be one of " + ", ".join(s.value for s in State))
@@ -100,8 +105,9 @@ def list_deployments() -> Response:
     sha = request.args.get("sha", "")
     if sha and not all(c in "0123456789abcdefABCDEF" for c in sha):
         raise ApiError(400, "sha must be hex")
-    found = DeploymentStore(_redis()).query(pairs, State(state_text) if state_text else None, sha[:64], since,
-                                            until, limit)
+    found = DeploymentStore(_redis()).query(
+        pairs, State(state_text) if state_text else None, sha[:64], since, until, limit
+    )
     return jsonify(deployments=[_public(d) for d in found])
 
 
@@ -126,7 +132,9 @@ def log(deployment_id: str) -> Response:
     if follow != ["1"]:
         lines = deploylog.read(redis, deployment_id, after=after)
         return jsonify(lines=[_line(line) for line in lines], state=str(_get(deployment_id).state))
-    return Response(stream_with_context(_follow(redis, deployment_id, after)), mimetype="application/x-ndjson")
+    return Response(
+        stream_with_context(_follow(redis, deployment_id, after)), mimetype="application/x-ndjson"
+    )
 
 
 def _follow(redis: Redis, deployment_id: str, after: str) -> Iterator[str]:
@@ -182,8 +190,9 @@ def rollback_previous(project: str, environment: str) -> tuple[Response, int]:
     if not older:
         raise ApiError(409, "there is no earlier successful deployment to roll back to")
     queued = rollback(_intake(), configured, env, older[0], "api")
-    return jsonify(deployment=queued.id, url=deployment_url(_settings().server.public_url, queued.id),
-                   to=older[0].id), 202
+    return jsonify(
+        deployment=queued.id, url=deployment_url(_settings().server.public_url, queued.id), to=older[0].id
+    ), 202
 
 
 @api.post("/deployments/<deployment_id>/cancel")
@@ -256,4 +265,3 @@ def _float_arg(name: str, default: float) -> float:
     if value != value or value in (float("inf"), float("-inf")) or value < 0:
         raise ApiError(400, f"{name} must be a Unix time in seconds")
     return value
-

@@ -54,7 +54,7 @@ def link_grants(deployment_id: str) -> bool:
     """The request carries a valid signed link for this deployment."""
     key: bytes | None = current_app.extensions.get("pushdeploy.link_key")
     token = request.args.get(links.PARAMETER, "")
-    return bool(key and token) and links.verify(key, deployment_id, token)
+    return key is not None and bool(token) and links.verify(key, deployment_id, token)
 
 
 def csrf_token() -> str:

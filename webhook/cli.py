@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,7 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pushdeploy", description="Push-to-deploy for GitLab.")
-    parser.add_argument("--config", "-c", help="config file (default: $PUSHDEPLOY_CONFIG or ./pushdeploy.toml)")
+    parser.add_argument(
+        "--config", "-c", help="config file (default: $PUSHDEPLOY_CONFIG or ./pushdeploy.toml)"
+    )
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     def command(name: str, handler: object, help_text: str) -> argparse.ArgumentParser:
@@ -48,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = command("up", cmd_up, "run web, one worker and (when none answers) an embedded Redis")
     sp.add_argument("--bind", default="127.0.0.1:8000", help="HOST:PORT for the web server")
-    sp.add_argument("--demo", action="store_true", help="use examples/quickstart.toml and deploy its demo repository")
+    sp.add_argument(
+        "--demo", action="store_true", help="use examples/quickstart.toml and deploy its demo repository"
+    )
     sp = command("web", cmd_web, "run the web server (gunicorn)")
     sp.add_argument("--bind", default="127.0.0.1:8000", help="HOST:PORT to listen on")
     sp.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
@@ -66,8 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = command("gitlab-hook", cmd_gitlab_hook, "create or update the project's webhook on GitLab")
     sp.add_argument("project")
     sp.add_argument("--badge", action="store_true", help="also add the deploy badge to the GitLab project")
-    sp.add_argument("--rotate-tokens", action="store_true",
-                    help="send the secret and signing tokens again (GitLab never shows them, so changes are unseen)")
+    sp.add_argument(
+        "--rotate-tokens",
+        action="store_true",
+        help="send the secret and signing tokens again (GitLab never shows them, so changes are unseen)",
+    )
     console.add_commands(sub, settings_from)
     return parser
 
@@ -82,7 +88,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"  public URL: {settings.server.public_url}")
     print(f"  Redis:      {_redacted_url(settings.server.redis_url)}")
     print(f"  data dir:   {settings.server.data_dir}")
-    print(f"  GitLab:     {settings.gitlab.url if settings.gitlab else 'none (statuses are recorded locally only)'}")
+    gitlab = settings.gitlab.url if settings.gitlab else "none (statuses are recorded locally only)"
+    print(f"  GitLab:     {gitlab}")
     for project in settings.projects.values():
         auth = []
         if project.signing_keys:
@@ -110,7 +117,9 @@ def cmd_gitlab_hook(args: argparse.Namespace) -> int:
         print(f"pushdeploy: {settings.path} has no [gitlab] section (url and token)", file=sys.stderr)
         return EXIT_USAGE
     try:
-        report = gitlab_hooks.setup_hook(settings, args.project, badge=args.badge, rotate_tokens=args.rotate_tokens)
+        report = gitlab_hooks.setup_hook(
+            settings, args.project, badge=args.badge, rotate_tokens=args.rotate_tokens
+        )
     except ForgeError as exc:
         print(f"pushdeploy: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -130,7 +139,7 @@ def cmd_web(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     env = dict(os.environ, PUSHDEPLOY_CONFIG=str(settings.path.resolve()))
     argv = web_argv(args.bind, args.workers)
-    os.execve(argv[0], argv, env)
+    os.execve(argv[0], argv, env)  # noqa: S606 (gunicorn replaces this process; argv is ours)
     return EXIT_FAILURE  # not reached
 
 
@@ -191,7 +200,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 sha, created = demo.ensure_repository(repo)
                 print(f"demo repository {repo} {'created' if created else 'exists'} (head {sha[:12]})")
     try:
-        supervisor, redis_url, source = launcher.up(settings, args.bind)
+        supervisor, _redis_url, source = launcher.up(settings, args.bind)
     except launcher.LaunchError as exc:
         print(f"pushdeploy: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -208,7 +217,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         if response.status_code == 202:
             deployment_id = response.json()["deployment"]
             follow(settings, base, deployment_id)
-            print(f"  open {base}/deployments/{deployment_id} to see its steps and log; Ctrl-C stops pushdeploy")
+            print(
+                f"  open {base}/deployments/{deployment_id} to see its steps and log; Ctrl-C stops pushdeploy"
+            )
     return supervisor.wait()
 
 

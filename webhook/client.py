@@ -42,8 +42,9 @@ class Client:
     def stream(self, path: str, **params: Any) -> Iterator[dict[str, Any]]:
         """NDJSON records of a streaming endpoint, one dict each."""
         try:
-            with self.session.get(f"{self.base_url}/api/v1{path}", params=params, stream=True,
-                                  timeout=(self.timeout, 900)) as answer:
+            with self.session.get(
+                f"{self.base_url}/api/v1{path}", params=params, stream=True, timeout=(self.timeout, 900)
+            ) as answer:
                 self._check(answer)
                 for line in answer.iter_lines():
                     if line:
@@ -53,7 +54,9 @@ class Client:
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
-            answer = self.session.request(method, f"{self.base_url}/api/v1{path}", timeout=self.timeout, **kwargs)
+            answer = self.session.request(
+                method, f"{self.base_url}/api/v1{path}", timeout=self.timeout, **kwargs
+            )
         except requests.RequestException as exc:
             raise ApiFailure(0, f"cannot reach {self.base_url}: {type(exc).__name__}") from None
         self._check(answer)

@@ -32,7 +32,9 @@ COLOURS = {"succeeded": "32", "failed": "31", "canceled": "90", "running": "33",
 def add_commands(sub: Any, settings_from: Callable[[argparse.Namespace], Settings]) -> None:
     """Register the operator commands on the CLI's subparsers."""
 
-    def command(name: str, handler: Callable[[Client, argparse.Namespace], int], text: str) -> argparse.ArgumentParser:
+    def command(
+        name: str, handler: Callable[[Client, argparse.Namespace], int], text: str
+    ) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = sub.add_parser(name, help=text, description=text)
         parser.add_argument("--url", help="server base URL (default: server.public_url)")
         parser.add_argument("--json", action="store_true", help="machine-readable output")
@@ -65,8 +67,11 @@ def add_commands(sub: Any, settings_from: Callable[[argparse.Namespace], Setting
     sp.add_argument("deployment")
 
 
-def _run(handler: Callable[[Client, argparse.Namespace], int], args: argparse.Namespace,
-         settings_from: Callable[[argparse.Namespace], Settings]) -> int:
+def _run(
+    handler: Callable[[Client, argparse.Namespace], int],
+    args: argparse.Namespace,
+    settings_from: Callable[[argparse.Namespace], Settings],
+) -> int:
     settings = settings_from(args)
     args.settings = settings
     try:
@@ -80,13 +85,28 @@ def _run(handler: Callable[[Client, argparse.Namespace], int], args: argparse.Na
 
 
 def cmd_deployments(client: Client, args: argparse.Namespace) -> int:
-    found = client.get("/deployments", project=args.project, environment=args.environment, state=args.state,
-                       sha=args.sha, limit=args.limit)["deployments"]
+    found = client.get(
+        "/deployments",
+        project=args.project,
+        environment=args.environment,
+        state=args.state,
+        sha=args.sha,
+        limit=args.limit,
+    )["deployments"]
     if args.json:
         return _json(found)
-    rows = [[d["id"], f"{d['project']}/{d['environment']}", d["sha"][:8] or "…", _state(d["state"]),
-             _duration(d), _ago(d["created_at"]), d["trigger"] + (f" by {d['pusher']}" if d["pusher"] else "")]
-            for d in found]
+    rows = [
+        [
+            d["id"],
+            f"{d['project']}/{d['environment']}",
+            d["sha"][:8] or "…",
+            _state(d["state"]),
+            _duration(d),
+            _ago(d["created_at"]),
+            d["trigger"] + (f" by {d['pusher']}" if d["pusher"] else ""),
+        ]
+        for d in found
+    ]
     table(["ID", "ENVIRONMENT", "COMMIT", "STATE", "DURATION", "CREATED", "TRIGGER"], rows)
     return EXIT_OK
 
@@ -95,17 +115,30 @@ def cmd_show(client: Client, args: argparse.Namespace) -> int:
     deployment = client.get(f"/deployments/{args.deployment}")
     if args.json:
         return _json(deployment)
-    print(f"{deployment['id']}  {deployment['project']}/{deployment['environment']}  {_state(deployment['state'])}")
+    where = f"{deployment['project']}/{deployment['environment']}"
+    print(f"{deployment['id']}  {where}  {_state(deployment['state'])}")
     if deployment["reason"]:
         print(f"  reason:   {deployment['reason']}")
-    print(f"  commit:   {deployment['sha'] or '(resolving)'} on {deployment['ref'].removeprefix('refs/heads/')}")
-    print(f"  trigger:  {deployment['trigger']}" + (f" by {deployment['pusher']}" if deployment["pusher"] else ""))
+    print(
+        f"  commit:   {deployment['sha'] or '(resolving)'} on {deployment['ref'].removeprefix('refs/heads/')}"
+    )
+    print(
+        f"  trigger:  {deployment['trigger']}"
+        + (f" by {deployment['pusher']}" if deployment["pusher"] else "")
+    )
     print(f"  created:  {_ago(deployment['created_at'])}   duration: {_duration(deployment)}")
     print(f"  page:     {deployment['url']}")
     if deployment.get("status_problem"):
         print(f"  status:   {deployment['status_problem']}")
-    rows = [[f"{s['phase']} {s['index']}", s["command"], "timeout" if s["timed_out"] else str(s["exit_code"]),
-             f"{s['duration']:.2f} s"] for s in deployment["steps"]]
+    rows = [
+        [
+            f"{s['phase']} {s['index']}",
+            s["command"],
+            "timeout" if s["timed_out"] else str(s["exit_code"]),
+            f"{s['duration']:.2f} s",
+        ]
+        for s in deployment["steps"]
+    ]
     if rows:
         print()
         table(["STEP", "COMMAND", "EXIT", "DURATION"], rows)
@@ -191,7 +224,11 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     # Widths and padding by the visible text, so colour codes do not skew the columns.
     widths = [max(len(_visible(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
     for row in [headers, *rows]:
-        print("  ".join(cell + " " * (w - len(_visible(cell))) for cell, w in zip(row, widths, strict=True)).rstrip())
+        print(
+            "  ".join(
+                cell + " " * (w - len(_visible(cell))) for cell, w in zip(row, widths, strict=True)
+            ).rstrip()
+        )
 
 
 def _visible(text: str) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from webhook.errors import InvalidPayload, ProjectMismatch
-from webhook.verify import header
+from webhook.verify import Headers, header
 from workers.config import Environment, Project
 from workers.queueing import Push
 from workers.source import SHA_RE, ZERO_SHA_RE
@@ -109,7 +109,7 @@ def check_project(payload: Mapping[str, Any], project: Project) -> None:
 
 
 def classify(
-    headers: Mapping[str, str], payload: Mapping[str, Any], project: Project, delivery_key: str
+    headers: Headers, payload: Mapping[str, Any], project: Project, delivery_key: str
 ) -> Deploy | Ignored:
     """Decide what to do with a verified, project-checked payload."""
     event = header(headers, "X-Gitlab-Event") or ""
@@ -140,7 +140,7 @@ def classify(
     return Deploy(environment, Push(ref=ref, sha=sha, pusher=pusher[:255], delivery_key=delivery_key))
 
 
-def delivery_key(headers: Mapping[str, str]) -> str:
+def delivery_key(headers: Headers) -> str:
     """The key duplicates are recognised by: ``Idempotency-Key``, else ``webhook-id``, else the event UUID."""
     for name in ("Idempotency-Key", "webhook-id", "X-Gitlab-Event-UUID"):
         value = header(headers, name)

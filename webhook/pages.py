@@ -5,9 +5,20 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from flask import Blueprint, Response, abort, current_app, flash, jsonify, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from redis import Redis
 from redis.exceptions import RedisError
+from werkzeug.wrappers import Response
 
 from webhook.auth import action_required, admin_required, is_admin, link_grants
 from workers import deploylog
@@ -80,11 +91,18 @@ def project_history(project: str) -> str:
     wanted_state = request.args.get("state", "")
     state = State(wanted_state) if wanted_state in {s.value for s in State} else None
     environments = [(project, name) for name in configured.environments]
-    deployments = DeploymentStore(_redis()).query(environments, state=state, sha=request.args.get("sha", "")[:64],
-                                                  limit=HISTORY_PAGE)
+    deployments = DeploymentStore(_redis()).query(
+        environments, state=state, sha=request.args.get("sha", "")[:64], limit=HISTORY_PAGE
+    )
     lives = {name: DeploymentStore(_redis()).live(project, name) for name in configured.environments}
-    return render_template("project.html", project=configured, deployments=deployments, lives=lives,
-                           state=wanted_state, states=[s.value for s in State])
+    return render_template(
+        "project.html",
+        project=configured,
+        deployments=deployments,
+        lives=lives,
+        state=wanted_state,
+        states=[s.value for s in State],
+    )
 
 
 @pages.get("/deployments/<deployment_id>")
@@ -138,7 +156,9 @@ def cancel_action(deployment_id: str) -> Response:
 def redeploy_action(deployment_id: str) -> Response:
     record = _deployment_or_404(deployment_id)
     project, environment = _environment_of(record)
-    queued = manual_deploy(_intake(), project, environment, "operator (web)", ref=record.branch, sha=record.sha)
+    queued = manual_deploy(
+        _intake(), project, environment, "operator (web)", ref=record.branch, sha=record.sha
+    )
     return redirect(url_for("pages.deployment", deployment_id=queued.id))
 
 
@@ -166,7 +186,6 @@ def _environment_of(record: Deployment) -> tuple[Any, Any]:
 def _intake() -> Intake:
     intake: Intake = current_app.extensions["pushdeploy.intake"]
     return intake
-
 
 
 @pages.app_template_filter("age")

@@ -36,9 +36,15 @@ def resolve_sha(project: Project, environment: Environment) -> str:
     return head
 
 
-def push_payload(project: Project, environment: Environment, sha: str, user: str = "pushdeploy") -> dict[str, Any]:
+def push_payload(
+    project: Project, environment: Environment, sha: str, user: str = "pushdeploy"
+) -> dict[str, Any]:
     """A minimal but faithful ``Push Hook`` body (fields as GitLab's documented example)."""
-    path = project.gitlab_project if not project.gitlab_project.isdigit() else f"project-{project.gitlab_project}"
+    path = (
+        project.gitlab_project
+        if not project.gitlab_project.isdigit()
+        else f"project-{project.gitlab_project}"
+    )
     project_id = int(project.gitlab_project) if project.gitlab_project.isdigit() else 0
     return {
         "object_kind": "push",
@@ -79,7 +85,9 @@ def push_payload(project: Project, environment: Environment, sha: str, user: str
     }
 
 
-def build(settings: Settings, project: Project, environment: Environment, sha: str, base_url: str) -> Delivery:
+def build(
+    settings: Settings, project: Project, environment: Environment, sha: str, base_url: str
+) -> Delivery:
     """Headers as GitLab sends them, signed with the first configured key and token."""
     check_sha(sha)
     body = json.dumps(push_payload(project, environment, sha)).encode()

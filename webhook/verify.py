@@ -11,7 +11,8 @@ import binascii
 import contextlib
 import hashlib
 import hmac
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 from webhook.errors import InvalidSignature, InvalidToken, PayloadTooLarge, UnsupportedMediaType
 from workers import defaults
@@ -23,7 +24,15 @@ MAX_SIGNATURES = 16
 MAX_ID_LENGTH = 256
 
 
-def header(headers: Mapping[str, str], name: str) -> str | None:
+class Headers(Protocol):
+    """What verification needs of request headers: Flask's and a plain dict both fit."""
+
+    def get(self, key: str, /) -> str | None: ...
+
+    def items(self) -> Iterable[tuple[str, str]]: ...
+
+
+def header(headers: Headers, name: str) -> str | None:
     """Case-insensitive lookup that works for Flask's headers and for plain dicts alike."""
     value = headers.get(name)
     if value is not None:
@@ -35,7 +44,7 @@ def header(headers: Mapping[str, str], name: str) -> str | None:
     return None
 
 
-def check_envelope(headers: Mapping[str, str], length: int | None, limit: int) -> None:
+def check_envelope(headers: Headers, length: int | None, limit: int) -> None:
     """Size first (413), then content type (415), as the SPEC orders them."""
     if length is not None and length > limit:
         raise PayloadTooLarge(f"payload larger than {limit} bytes")
@@ -45,7 +54,7 @@ def check_envelope(headers: Mapping[str, str], length: int | None, limit: int) -
 
 
 def verify_signature(
-    headers: Mapping[str, str],
+    headers: Headers,
     body: bytes,
     keys: Sequence[SigningKey],
     now: float,
@@ -94,7 +103,7 @@ def _v1_signatures(entries: Iterable[str]) -> Iterable[bytes]:
             continue
 
 
-def verify_token(headers: Mapping[str, str], tokens: Sequence[Secret]) -> None:
+def verify_token(headers: Headers, tokens: Sequence[Secret]) -> None:
     """Check ``X-Gitlab-Token`` against each configured token (a list allows rotation).
 
     Raises:

@@ -244,7 +244,9 @@ class _Loader:
 
     def server(self, table: dict[str, Any]) -> ServerSettings:
         self.unknown(table, SERVER_KEYS, "server")
-        public_url = self.url(table, "public_url", "server", defaults.PUBLIC_URL).rstrip("/")
+        public_url = (
+            self.url(table, "public_url", "server", defaults.PUBLIC_URL) or defaults.PUBLIC_URL
+        ).rstrip("/")
         redis_env = self.environ.get("PUSHDEPLOY_REDIS_URL") or self.environ.get("REDIS_URL")
         configured = redis_env or table.get("redis_url")
         redis_url = self.string(table, "redis_url", "server", defaults.REDIS_URL)
@@ -256,7 +258,9 @@ class _Loader:
         max_body = self.integer(table, "max_body_bytes", "server", defaults.MAX_BODY_BYTES, minimum=1024)
         keep = self.integer(table, "keep_deployments", "server", defaults.KEEP_DEPLOYMENTS, minimum=1)
         link_days = self.integer(table, "link_ttl_days", "server", defaults.LINK_TTL_DAYS, minimum=1)
-        return ServerSettings(public_url, redis_url, data_dir, admin, max_body, bool(configured), keep, link_days)
+        return ServerSettings(
+            public_url, redis_url, data_dir, admin, max_body, bool(configured), keep, link_days
+        )
 
     def gitlab(self, table: dict[str, Any]) -> GitLabSettings | None:
         self.unknown(table, GITLAB_KEYS, "gitlab")
@@ -283,7 +287,9 @@ class _Loader:
         secret_tokens = tuple(self.secrets(table, "secret_token", key, Secret))
         signing_keys = tuple(self.secrets(table, "signing_token", key, SigningKey))
         if "secret_token" not in table and "signing_token" not in table:
-            self.problem(key, "needs secret_token or signing_token (or both): unauthenticated hooks are refused")
+            self.problem(
+                key, "needs secret_token or signing_token (or both): unauthenticated hooks are refused"
+            )
         environments: dict[str, Environment] = {}
         if multi:
             envs = table["environments"]
@@ -320,7 +326,9 @@ class _Loader:
         if not isinstance(gitlab_environments, bool):
             self.problem(f"{key}.gitlab_environments", "must be true or false")
             gitlab_environments = False
-        return Project(name, gitlab_project, repo_url, secret_tokens, signing_keys, environments, gitlab_environments)
+        return Project(
+            name, gitlab_project, repo_url, secret_tokens, signing_keys, environments, gitlab_environments
+        )
 
     def environment(self, project: str, name: str, table: dict[str, Any], key: str) -> Environment | None:
         if not NAME_RE.match(name):
@@ -353,7 +361,7 @@ class _Loader:
         if value is None:
             return None
         if not isinstance(value, dict):
-            self.problem(key, "must be a table like { url = \"http://…\", timeout = 30 }")
+            self.problem(key, 'must be a table like { url = "http://…", timeout = 30 }')
             return None
         self.unknown(value, {"url", "timeout"}, key)
         url = self.url(value, "url", key, None)
@@ -427,7 +435,9 @@ class _Loader:
     def repo_url(self, table: dict[str, Any], key: str) -> str:
         value = table.get("repo_url")
         if not isinstance(value, str) or not value:
-            self.problem(f"{key}.repo_url", "is required: the URL we fetch from (never taken from the payload)")
+            self.problem(
+                f"{key}.repo_url", "is required: the URL we fetch from (never taken from the payload)"
+            )
             return ""
         if value.startswith("-") or "::" in value.split("/", 1)[0]:
             self.problem(f"{key}.repo_url", "must be an https://, ssh://, git@host: or local path URL")

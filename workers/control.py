@@ -9,8 +9,8 @@ from __future__ import annotations
 from redis import Redis
 
 from workers.config import Settings
-from workers.deployments import PREFIX, DeploymentStore, InvalidTransition, State
 from workers.deploylog import DeploymentLog, Masker
+from workers.deployments import PREFIX, DeploymentStore, InvalidTransition, State
 from workers.forge import StatusState
 from workers.queueing import report
 

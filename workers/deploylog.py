@@ -125,7 +125,7 @@ class DeploymentLog:
             return
         pipe = self.redis.pipeline(transaction=False)
         for entry in self._buffer:
-            pipe.xadd(self.key, entry)  # type: ignore[arg-type]
+            pipe.xadd(self.key, entry)
         pipe.execute()
         self._buffer.clear()
 
@@ -141,14 +141,23 @@ class DeploymentLog:
 def valid_entry_id(text: str) -> bool:
     """A stream entry id (``<ms>-<seq>``), as clients pass back in ``after``."""
     first, _, second = text.partition("-")
-    return (first.isascii() and first.isdigit() and second.isascii() and second.isdigit()
-            and int(first) < 2**64 and int(second) < 2**64)
+    return (
+        first.isascii()
+        and first.isdigit()
+        and second.isascii()
+        and second.isdigit()
+        and int(first) < 2**64
+        and int(second) < 2**64
+    )
 
 
 def read(redis: Redis, deployment_id: str, after: str = "-", count: int = 10_000) -> list[LogLine]:
     """Lines after the entry id ``after`` (exclusive), oldest first."""
     start = "-" if after == "-" else f"({after}"
-    return [_line(entry_id, fields) for entry_id, fields in redis.xrange(log_key(deployment_id), start, "+", count)]
+    return [
+        _line(entry_id, fields)
+        for entry_id, fields in redis.xrange(log_key(deployment_id), start, "+", count)
+    ]
 
 
 def follow(redis: Redis, deployment_id: str, after: str = "0-0", block_ms: int = 1000) -> Iterator[LogLine]:

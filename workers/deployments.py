@@ -7,6 +7,7 @@ deployment's history must outlive them.
 
 from __future__ import annotations
 
+import calendar
 import json
 import secrets
 import time
@@ -96,6 +97,17 @@ def new_id(now: float | None = None) -> str:
     return f"{stamp}{int(now * 1000) % 1000:03d}-{secrets.token_hex(3)}"
 
 
+def created_at_of(deployment_id: str) -> float | None:
+    """The creation time written into an id by :func:`new_id`, or None for another shape."""
+    stamp = deployment_id.partition("-")[0]
+    if len(stamp) != 17 or not stamp.isdigit():
+        return None
+    try:
+        return calendar.timegm(time.strptime(stamp[:14], "%Y%m%d%H%M%S")) + int(stamp[14:]) / 1000
+    except ValueError:
+        return None
+
+
 @dataclass
 class Deployment:
     id: str
@@ -120,13 +132,13 @@ class Deployment:
         return {k: str(v) for k, v in asdict(self).items()}
 
     @classmethod
-    def from_redis(cls, raw: Mapping[bytes | str, bytes | str]) -> Deployment:
+    def from_redis(cls, raw: Mapping[Any, bytes | str]) -> Deployment:
         data = {_text(k): _text(v) for k, v in raw.items()}
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        known: dict[str, Any] = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         for stamp in ("created_at", "started_at", "finished_at"):
-            known[stamp] = float(known.get(stamp) or 0.0)  # type: ignore[assignment]
-        known["state"] = State(known.get("state", "queued"))  # type: ignore[assignment]
-        return cls(**known)  # type: ignore[arg-type]
+            known[stamp] = float(known.get(stamp) or 0.0)
+        known["state"] = State(known.get("state", "queued"))
+        return cls(**known)
 
     @property
     def branch(self) -> str:
@@ -172,7 +184,9 @@ class DeploymentStore:
     def add(self, deployment: Deployment, pipe: Pipeline) -> None:
         """Queue the commands that create a record on ``pipe`` (the caller's transaction)."""
         pipe.hset(key(deployment.id), mapping=deployment.to_redis())
-        pipe.zadd(history_key(deployment.project, deployment.environment), {deployment.id: deployment.created_at})
+        pipe.zadd(
+            history_key(deployment.project, deployment.environment), {deployment.id: deployment.created_at}
+        )
 
     def create(self, deployment: Deployment) -> None:
         pipe = self.redis.pipeline()
@@ -185,7 +199,9 @@ class DeploymentStore:
             raise UnknownDeployment(deployment_id)
         return Deployment.from_redis(raw)
 
-    def transition(self, deployment_id: str, wanted: State, reason: str = "", **fields: str | float) -> Deployment:
+    def transition(
+        self, deployment_id: str, wanted: State, reason: str = "", **fields: str | float
+    ) -> Deployment:
         """Move a deployment to ``wanted`` atomically, refusing moves the state machine forbids.
 
         Raises:
@@ -286,4 +302,3 @@ class DeploymentStore:
     def live(self, project: str, environment: str) -> dict[str, str]:
         raw = self.redis.hgetall(live_key(project, environment))
         return {_text(k): _text(v) for k, v in raw.items()}
-

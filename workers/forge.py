@@ -21,7 +21,7 @@ import requests
 
 from workers.config import GitLabSettings
 
-TOKEN_HINT = (
+ACCESS_HINT = (
     "the GitLab token needs the api scope and the Developer role on the project "
     "(Maintainer when the branch is protected)"
 )
@@ -136,9 +136,15 @@ class GitLabForge:
                 deployment.save(max_retries=self.max_retries, obey_rate_limit=True)
                 return forge_id
             created = project.deployments.create(
-                {"environment": update.environment, "sha": update.sha, "ref": update.ref, "tag": False,
-                 "status": update.status},
-                max_retries=self.max_retries, obey_rate_limit=True,
+                {
+                    "environment": update.environment,
+                    "sha": update.sha,
+                    "ref": update.ref,
+                    "tag": False,
+                    "status": update.status,
+                },
+                max_retries=self.max_retries,
+                obey_rate_limit=True,
             )
             return str(created.id)
         raise AssertionError("unreachable")
@@ -170,13 +176,13 @@ class GitLabForge:
 def translate(exc: Exception) -> ForgeError:
     """python-gitlab's and requests' errors, as ours."""
     if isinstance(exc, gitlab.exceptions.GitlabAuthenticationError):
-        return ForgeRejected(f"GitLab answered 401: the token was refused; {TOKEN_HINT}", 401)
+        return ForgeRejected(f"GitLab answered 401: the token was refused; {ACCESS_HINT}", 401)
     if isinstance(exc, gitlab.exceptions.GitlabError):
         # GitlabCreateError and GitlabHttpError are siblings: both carry the response code.
         code = exc.response_code or 0
         text = str(exc.error_message)[:300]
         if code in (403, 404):
-            return ForgeRejected(f"GitLab answered {code} ({text}): {TOKEN_HINT}", code)
+            return ForgeRejected(f"GitLab answered {code} ({text}): {ACCESS_HINT}", code)
         if code in (0, 409, 429) or code >= 500:
             return TransientForgeError(f"GitLab answered {code or 'nothing'} ({text})")
         return ForgeRejected(f"GitLab answered {code} ({text})", code)

@@ -37,8 +37,9 @@ def check(
             attempts += 1
             remaining = end - time.time()
             try:
-                answer = session.get(health.url, timeout=max(0.5, min(REQUEST_TIMEOUT, remaining)),
-                                     allow_redirects=False)
+                answer = session.get(
+                    health.url, timeout=max(0.5, min(REQUEST_TIMEOUT, remaining)), allow_redirects=False
+                )
                 detail = f"HTTP {answer.status_code}"
                 if 200 <= answer.status_code < 300:
                     on_attempt(f"health check {attempts}: {detail}")

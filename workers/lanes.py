@@ -147,7 +147,7 @@ class Renewal:
                 if not self.lane.renew(self.token):
                     self.lost.set()
                     return
-            except Exception:  # a Redis blip: try again next round, the TTL covers several misses
+            except Exception:  # noqa: S112 (a Redis blip: try again next round, the TTL covers several misses)
                 continue
 
 

@@ -51,7 +51,8 @@ class LinkSigner:
         self.ttl_days = ttl_days
 
     def url(self, public_url: str, deployment_id: str, now: float | None = None) -> str:
-        return f"{public_url}/deployments/{deployment_id}?{PARAMETER}={sign(self.key, deployment_id, self.ttl_days, now)}"
+        token = sign(self.key, deployment_id, self.ttl_days, now)
+        return f"{public_url}/deployments/{deployment_id}?{PARAMETER}={token}"
 
     @classmethod
     def for_server(cls, admin_token: Secret | None, ttl_days: int) -> LinkSigner | None:

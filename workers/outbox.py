@@ -39,7 +39,10 @@ def statuses_key(deployment_id: str) -> str:
 
 
 def enqueue_status(
-    pipe: Pipeline | Redis, deployment_id: str, status: CommitStatus | DeploymentUpdate, now: float | None = None
+    pipe: Pipeline | Redis,
+    deployment_id: str,
+    status: CommitStatus | DeploymentUpdate,
+    now: float | None = None,
 ) -> None:
     """Add a status (or a GitLab deployment update) to a deployment's outbox, on the caller's pipeline."""
     pipe.rpush(statuses_key(deployment_id), json.dumps(status.to_dict()))
@@ -65,7 +68,9 @@ def recorded(redis: Redis, deployment_id: str) -> list[StatusRecord]:
 class Courier:
     """Delivers due outboxes; several couriers (one per worker process) can run side by side."""
 
-    def __init__(self, redis: Redis, forge: Forge, delays: tuple[float, ...] = defaults.STATUS_RETRY_DELAYS) -> None:
+    def __init__(
+        self, redis: Redis, forge: Forge, delays: tuple[float, ...] = defaults.STATUS_RETRY_DELAYS
+    ) -> None:
         self.redis = redis
         self.forge = forge
         self.delays = delays
@@ -136,13 +141,20 @@ class Courier:
                 attempts = int(self.redis.hincrby(record, ATTEMPT_FIELD, 1))
                 delay = exc.retry_after or self.delays[min(attempts - 1, len(self.delays) - 1)]
                 self.redis.zadd(DUE_KEY, {deployment_id: time.time() + delay})
-                log.info("%s for %s: %s; retry in %.0f s", data.get("state") or data.get("status"), deployment_id,
-                         exc, delay)
+                log.info(
+                    "%s for %s: %s; retry in %.0f s",
+                    data.get("state") or data.get("status"),
+                    deployment_id,
+                    exc,
+                    delay,
+                )
                 return
             except ForgeRejected as exc:
                 # A configuration problem: show it on the deployment and skip this status.
                 self.redis.hset(record, mapping={PROBLEM_FIELD: str(exc)})
-                log.warning("%s for %s refused: %s", data.get("state") or data.get("status"), deployment_id, exc)
+                log.warning(
+                    "%s for %s refused: %s", data.get("state") or data.get("status"), deployment_id, exc
+                )
                 outcome = "refused"
             self.redis.hset(record, mapping={SENT_FIELD: str(sent + 1), ATTEMPT_FIELD: "0"})
             log.debug("outbox entry %d for %s: %s", sent, deployment_id, outcome)

@@ -41,7 +41,11 @@ class StepFailed(Exception):
 
     def __init__(self, result: StepResult) -> None:
         self.result = result
-        what = "ran out of time (the deployment's timeout)" if result.timed_out else f"exited with {result.exit_code}"
+        what = (
+            "ran out of time (the deployment's timeout)"
+            if result.timed_out
+            else f"exited with {result.exit_code}"
+        )
         super().__init__(f"{result.phase} step {result.index} `{result.command}` {what}")
 
 
@@ -107,8 +111,14 @@ class Runner:
         project = self.settings.projects.get(deployment.project)
         environment = project.environments.get(deployment.environment) if project else None
         if project is None or environment is None:
-            return self.finish(deployment, None, None, deplog, State.FAILED,
-                               "project or environment no longer in the configuration")
+            return self.finish(
+                deployment,
+                None,
+                None,
+                deplog,
+                State.FAILED,
+                "project or environment no longer in the configuration",
+            )
         lane = Lane(self.redis, project.name, environment.name)
         claim = lane.claim(deployment_id)
         if claim.verdict is Verdict.SUPERSEDED:
@@ -135,28 +145,46 @@ class Runner:
     # -- one deployment ---------------------------------------------------
 
     def run_claimed(
-        self, deployment: Deployment, project: Project, environment: Environment, deplog: DeploymentLog, token: str
+        self,
+        deployment: Deployment,
+        project: Project,
+        environment: Environment,
+        deplog: DeploymentLog,
+        token: str,
     ) -> str:
         if not deployment.sha:
             try:
                 deployment = self.resolve(deployment, project, environment, deplog)
             except SourceError as exc:
-                return self.finish(deployment, project, environment, deplog, State.FAILED, self.masker(str(exc)))
+                return self.finish(
+                    deployment, project, environment, deplog, State.FAILED, self.masker(str(exc))
+                )
         live = self.store.live(project.name, environment.name)
         try:
             deployment = self.store.transition(
-                deployment.id, State.RUNNING, previous_sha=live.get("sha", ""), lane_token=token,
+                deployment.id,
+                State.RUNNING,
+                previous_sha=live.get("sha", ""),
+                lane_token=token,
                 host=socket.gethostname(),
             )
         except Exception:
             return str(self.store.get(deployment.id).state)  # canceled between claim and start
         report(self.redis, self.settings, deployment, StatusState.RUNNING, "Deploying")
-        job = Job(project, environment, deployment, deplog,
-                  Releases(self.settings.server.data_dir, project.name, environment.name),
-                  deployment.started_at + environment.timeout, live)
+        job = Job(
+            project,
+            environment,
+            deployment,
+            deplog,
+            Releases(self.settings.server.data_dir, project.name, environment.name),
+            deployment.started_at + environment.timeout,
+            live,
+        )
         try:
             if self.already_live(job):
-                return self.finish(deployment, project, environment, deplog, State.SUCCEEDED, "already deployed")
+                return self.finish(
+                    deployment, project, environment, deplog, State.SUCCEEDED, "already deployed"
+                )
             self.deploy(job)
         except Canceled as exc:
             reason = self.recover(job, str(exc))
@@ -175,8 +203,9 @@ class Runner:
             return self.finish(deployment, project, environment, deplog, State.FAILED, reason)
         return self.finish(deployment, project, environment, deplog, State.SUCCEEDED, "")
 
-    def resolve(self, deployment: Deployment, project: Project, environment: Environment,
-                deplog: DeploymentLog) -> Deployment:
+    def resolve(
+        self, deployment: Deployment, project: Project, environment: Environment, deplog: DeploymentLog
+    ) -> Deployment:
         """A manual deployment of a branch or tag: find the commit it names now."""
         deplog.step(f"resolve {deployment.branch}")
         sha = self.mirror(project).resolve(deployment.branch)
@@ -187,8 +216,9 @@ class Runner:
         return deployment
 
     def mirror(self, project: Project) -> Mirror:
-        return Mirror(self.settings.server.data_dir / "mirrors" / f"{project.name}.git", project.repo_url,
-                      self.environ)
+        return Mirror(
+            self.settings.server.data_dir / "mirrors" / f"{project.name}.git", project.repo_url, self.environ
+        )
 
     def already_live(self, job: Job) -> bool:
         """The same sha is live in an intact release and (if checked) healthy: nothing to rebuild."""
@@ -199,9 +229,13 @@ class Runner:
         if job.environment.health_check:
             verdict = health.check(job.environment.health_check, job.deadline, job.log.info)
             if not verdict.healthy:
-                job.log.info(f"{job.deployment.sha[:12]} is current but unhealthy ({verdict.detail}): redeploying")
+                job.log.info(
+                    f"{job.deployment.sha[:12]} is current but unhealthy ({verdict.detail}): redeploying"
+                )
                 return False
-        job.log.info(f"{job.deployment.sha[:12]} is already deployed (release {job.live['release']}): nothing to do")
+        job.log.info(
+            f"{job.deployment.sha[:12]} is already deployed (release {job.live['release']}): nothing to do"
+        )
         self.store.update(job.deployment.id, release=job.live["release"])
         job.deployment.release = job.live["release"]
         return True
@@ -222,7 +256,9 @@ class Runner:
         started = time.monotonic()
         job.log.step(f"fetch {sha[:12]} from {environment.branch}")
         fetched = mirror.fetch(environment.branch, sha)
-        job.log.info(f"{'fetched' if fetched else 'already in the mirror'} in {time.monotonic() - started:.2f} s")
+        job.log.info(
+            f"{'fetched' if fetched else 'already in the mirror'} in {time.monotonic() - started:.2f} s"
+        )
         self.check_cancel(job)
         job.releases.prepare()
         release_dir = job.releases.path(deployment.id)
@@ -251,11 +287,17 @@ class Runner:
             self.step(job, "deploy", index, command, job.releases.current_link, variables)
         if environment.health_check:
             job.log.step(f"health check {environment.health_check.url}")
-            verdict = health.check(environment.health_check, job.deadline, job.log.info,
-                                   should_stop=lambda: self.cancel_flag(job) != "")
+            verdict = health.check(
+                environment.health_check,
+                job.deadline,
+                job.log.info,
+                should_stop=lambda: self.cancel_flag(job) != "",
+            )
             self.check_cancel(job)
             if not verdict.healthy:
-                raise HealthCheckFailed(f"health check failed ({verdict.detail} after {verdict.attempts} tries)")
+                raise HealthCheckFailed(
+                    f"health check failed ({verdict.detail} after {verdict.attempts} tries)"
+                )
         protect = {r for r in (job.releases.current(), previous) if r}
         removed = job.releases.prune(environment.keep_releases, protect)
         if removed:
@@ -277,27 +319,55 @@ class Runner:
         variables = self.variables(job, previous_release, previous_sha, job.deployment.sha)
         try:
             for index, command in enumerate(job.environment.deploy, start=1):
-                self.step(job, "rollback", index, command, job.releases.current_link, variables, cancelable=False)
+                self.step(
+                    job, "rollback", index, command, job.releases.current_link, variables, cancelable=False
+                )
         except StepFailed as exc:
             job.log.info(f"rollback deploy step failed too: {exc}")
             return f"{reason}; rolled back to {previous_sha}, but its deploy step failed"
         return f"{reason}; rolled back to {previous_sha}"
 
-    def step(self, job: Job, phase: str, index: int, command: str, cwd: Path, variables: dict[str, str],
-             cancelable: bool = True) -> None:
+    def step(
+        self,
+        job: Job,
+        phase: str,
+        index: int,
+        command: str,
+        cwd: Path,
+        variables: dict[str, str],
+        cancelable: bool = True,
+    ) -> None:
         job.log.step(f"{phase} {index}: $ {command}")
         outcome = steps.run(
-            command, cwd, variables, job.deadline, job.log.output,
+            command,
+            cwd,
+            variables,
+            job.deadline,
+            job.log.output,
             should_stop=(lambda: self.cancel_flag(job) != "") if cancelable else (lambda: False),
             on_start=lambda pid: self.store.update(job.deployment.id, step_pgid=pid),
             on_tick=job.log.flush_due,
         )
         job.log.flush()
-        result = StepResult(phase, index, command, outcome.exit_code, round(outcome.duration, 3),
-                            truncated=job.log.truncated, timed_out=outcome.timed_out, tail=list(job.log.tail))
+        result = StepResult(
+            phase,
+            index,
+            command,
+            outcome.exit_code,
+            round(outcome.duration, 3),
+            truncated=job.log.truncated,
+            timed_out=outcome.timed_out,
+            tail=list(job.log.tail),
+        )
         self.store.add_step(job.deployment.id, result)
         self.store.update(job.deployment.id, step_pgid="")
-        status = "timed out" if outcome.timed_out else "canceled" if outcome.canceled else f"exited {outcome.exit_code}"
+        status = (
+            "timed out"
+            if outcome.timed_out
+            else "canceled"
+            if outcome.canceled
+            else f"exited {outcome.exit_code}"
+        )
         job.log.info(f"{phase} {index} {status} after {outcome.duration:.2f} s")
         if outcome.canceled:
             raise Canceled(self.cancel_flag(job) or "someone")
@@ -336,16 +406,26 @@ class Runner:
 
     # -- endings ----------------------------------------------------------
 
-    def finish(self, deployment: Deployment, project: Project | None, environment: Environment | None,
-               deplog: DeploymentLog, state: State, reason: str) -> str:
+    def finish(
+        self,
+        deployment: Deployment,
+        project: Project | None,
+        environment: Environment | None,
+        deplog: DeploymentLog,
+        state: State,
+        reason: str,
+    ) -> str:
         final = self.store.transition(deployment.id, state, reason)
         deplog.info(f"deployment {state}" + (f": {reason}" if reason else ""))
         deplog.flush()
         if state is State.SUCCEEDED:
             self.store.mark_live(final)
-        self.store.prune_history(deployment.project, deployment.environment, self.settings.server.keep_deployments)
+        self.store.prune_history(
+            deployment.project, deployment.environment, self.settings.server.keep_deployments
+        )
         if project is not None and environment is not None:
             status = {State.SUCCEEDED: StatusState.SUCCESS, State.CANCELED: StatusState.CANCELED}.get(
-                state, StatusState.FAILED)
+                state, StatusState.FAILED
+            )
             report(self.redis, self.settings, final, status, reason or "Deployed")
         return str(state)

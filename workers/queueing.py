@@ -8,6 +8,7 @@ crash never leaves a record without its job or a job without its record.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 
 from redis import Redis
@@ -16,7 +17,7 @@ from rq import Callback, Queue
 
 from workers import defaults
 from workers.config import Environment, Project, Settings
-from workers.deployments import PREFIX, Deployment, DeploymentStore, State, key, new_id
+from workers.deployments import PREFIX, Deployment, DeploymentStore, State, created_at_of, key, new_id
 from workers.forge import CommitStatus, DeploymentUpdate, StatusState
 from workers.links import LinkSigner
 from workers.outbox import enqueue_status
@@ -42,6 +43,10 @@ class Accepted:
 
 REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,254}\Z")
 
+
+CLAIM_GRACE = 5.0
+"""Seconds a claim without its record counts as still being written (the web tier's Redis calls
+time out after 0.5 s); after that, a resend of the same delivery takes the claim over."""
 
 _TAKE_OVER = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -132,7 +137,9 @@ class Intake:
         pipe.get(claim)
         claimed, raw = pipe.execute()
         holder = raw.decode() if isinstance(raw, bytes) else str(raw)
-        if claimed or self.redis.exists(key(holder)):
+        claimed_at = created_at_of(holder)
+        in_flight = claimed_at is None or time.time() - claimed_at < CLAIM_GRACE
+        if claimed or in_flight or self.redis.exists(key(holder)):
             return holder
         taken = self.redis.eval(_TAKE_OVER, 1, claim, holder, deployment_id, defaults.SEEN_DELIVERY_TTL)
         return deployment_id if taken else self.claim(project, delivery_key, deployment_id)
@@ -143,7 +150,12 @@ class Intake:
             pipe.multi()
             self.store.add(deployment, pipe)
             pending = commit_status(
-                self.public_url, project, environment, deployment, StatusState.PENDING, "Queued for deployment",
+                self.public_url,
+                project,
+                environment,
+                deployment,
+                StatusState.PENDING,
+                "Queued for deployment",
                 self.signer,
             )
             if deployment.sha:  # a ref is resolved by the worker, which reports pending then
@@ -177,22 +189,29 @@ def commit_status(
     )
 
 
-def report(redis: Redis, settings: Settings, deployment: Deployment, state: StatusState, description: str) -> None:
+def report(
+    redis: Redis, settings: Settings, deployment: Deployment, state: StatusState, description: str
+) -> None:
     """Put a status for ``deployment`` in its outbox (the courier posts it)."""
     project = settings.projects.get(deployment.project)
     environment = project.environments.get(deployment.environment) if project else None
     if project is None or environment is None or not deployment.sha:
         return  # no longer configured, or its commit never resolved: nothing GitLab could show
     signer = LinkSigner.for_server(settings.server.admin_token, settings.server.link_ttl_days)
-    status = commit_status(settings.server.public_url, project, environment, deployment, state, description, signer)
+    status = commit_status(
+        settings.server.public_url, project, environment, deployment, state, description, signer
+    )
     with redis.pipeline() as pipe:
         enqueue_status(pipe, deployment.id, status)
-        if project.gitlab_environments and (state is not StatusState.PENDING) and (
-            state is StatusState.RUNNING or deployment.started_at
+        if (
+            project.gitlab_environments
+            and (state is not StatusState.PENDING)
+            and (state is StatusState.RUNNING or deployment.started_at)
         ):
             # GitLab deployments start at running; a push canceled before it ran never had one.
-            update = DeploymentUpdate(project.gitlab_project, deployment.sha, deployment.branch, environment.name,
-                                      str(state))
+            update = DeploymentUpdate(
+                project.gitlab_project, deployment.sha, deployment.branch, environment.name, str(state)
+            )
             enqueue_status(pipe, deployment.id, update)
         pipe.execute()
 
@@ -216,20 +235,38 @@ def manual_deploy(
     ref = ref or environment.branch
     if not REF_RE.match(ref) or ".." in ref:
         raise OperationError("ref must be a branch or tag name")
-    deployment = Deployment(id=new_id(), project=project.name, environment=environment.name,
-                            ref=f"refs/heads/{ref}", sha=sha, pusher=who[:255], trigger="manual")
+    deployment = Deployment(
+        id=new_id(),
+        project=project.name,
+        environment=environment.name,
+        ref=f"refs/heads/{ref}",
+        sha=sha,
+        pusher=who[:255],
+        trigger="manual",
+    )
     intake.enqueue(project, environment, deployment)
     return deployment
 
 
-def rollback(intake: Intake, project: Project, environment: Environment, target: Deployment, who: str) -> Deployment:
+def rollback(
+    intake: Intake, project: Project, environment: Environment, target: Deployment, who: str
+) -> Deployment:
     """Queue a deployment of an earlier successful one, reusing its release when it is still kept."""
     if (target.project, target.environment) != (project.name, environment.name):
         raise OperationError("that deployment belongs to another environment")
     if target.state is not State.SUCCEEDED:
-        raise OperationError(f"only a succeeded deployment can be rolled back to (this one {target.state})", 409)
-    deployment = Deployment(id=new_id(), project=project.name, environment=environment.name, ref=target.ref,
-                            sha=target.sha, pusher=who[:255], trigger=f"rollback to {target.id}",
-                            reuse_release=target.release or target.id)
+        raise OperationError(
+            f"only a succeeded deployment can be rolled back to (this one {target.state})", 409
+        )
+    deployment = Deployment(
+        id=new_id(),
+        project=project.name,
+        environment=environment.name,
+        ref=target.ref,
+        sha=target.sha,
+        pusher=who[:255],
+        trigger=f"rollback to {target.id}",
+        reuse_release=target.release or target.id,
+    )
     intake.enqueue(project, environment, deployment)
     return deployment

@@ -38,7 +38,12 @@ def job_failed(job: Job, connection: Redis, exc_type: Any, exc_value: Any, trace
 
     deployment_id = str(job.args[0]) if job.args else ""
     if deployment_id:
-        recover(worker_settings(), connection, deployment_id, f"{WORKER_LOST} ({getattr(exc_type, '__name__', exc_type)})")
+        recover(
+            worker_settings(),
+            connection,
+            deployment_id,
+            f"{WORKER_LOST} ({getattr(exc_type, '__name__', exc_type)})",
+        )
 
 
 def horse_killed(job: Job, retpid: int, ret_val: int, rusage: Any) -> None:

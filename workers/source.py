@@ -90,7 +90,7 @@ class Mirror:
         return True
 
     def export(self, sha: str, destination: Path) -> None:
-        """Write the tree of ``sha`` into ``destination`` (created), without a ``.git``, hooks or submodules."""
+        """Write the tree of ``sha`` into ``destination`` (created): no ``.git``, no hooks, no submodules."""
         check_sha(sha)
         destination.mkdir(parents=True)
         with tempfile.TemporaryDirectory(prefix=".index-", dir=self.path) as tmp:
@@ -109,16 +109,20 @@ class Mirror:
         self.ensure()
         for candidate in (f"refs/heads/{ref}", f"refs/tags/{ref}"):
             self._fetch([f"+{candidate}:{candidate}"], check=False)  # a missing one is simply not there
-            found = self._git(["rev-parse", "--verify", "--quiet", "--end-of-options", f"{candidate}^{{commit}}"],
-                              check=False)
+            found = self._git(
+                ["rev-parse", "--verify", "--quiet", "--end-of-options", f"{candidate}^{{commit}}"],
+                check=False,
+            )
             if found.returncode == 0:
                 return check_sha(found.stdout.strip())
         raise SourceError(f"no branch or tag {ref!r} in the repository")
 
     def branch_head(self, branch: str) -> str | None:
         """The remote's current head of ``branch`` (``git ls-remote``), or None if it has none."""
-        result = self._git(["ls-remote", "--heads", "origin", "--end-of-options", f"refs/heads/{branch}"],
-                           git_dir=self.path if self.path.exists() else None)
+        result = self._git(
+            ["ls-remote", "--heads", "origin", "--end-of-options", f"refs/heads/{branch}"],
+            git_dir=self.path if self.path.exists() else None,
+        )
         for line in result.stdout.splitlines():
             sha, _, ref = line.partition("\t")
             if ref == f"refs/heads/{branch}":
@@ -126,13 +130,24 @@ class Mirror:
         return None
 
     def _fetch(self, refspecs: Sequence[str], check: bool = True) -> None:
-        self._git(["fetch", "--quiet", "--no-tags", "--no-recurse-submodules", "--prune", "origin",
-                   "--end-of-options", *refspecs], check=check)
+        self._git(
+            [
+                "fetch",
+                "--quiet",
+                "--no-tags",
+                "--no-recurse-submodules",
+                "--prune",
+                "origin",
+                "--end-of-options",
+                *refspecs,
+            ],
+            check=check,
+        )
 
     def _git(
         self,
         args: list[str],
-        git_dir: Path | None | str = "default",
+        git_dir: Path | str | None = "default",
         check: bool = True,
         extra_env: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
@@ -144,8 +159,13 @@ class Mirror:
         env.update(extra_env or {})
         try:
             result = subprocess.run(
-                argv + args, env=env, capture_output=True, text=True, timeout=GIT_TIMEOUT,
-                stdin=subprocess.DEVNULL, check=False,
+                argv + args,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=GIT_TIMEOUT,
+                stdin=subprocess.DEVNULL,
+                check=False,
             )
         except subprocess.TimeoutExpired:
             raise SourceError(f"git {args[0]} took longer than {GIT_TIMEOUT:.0f} s") from None
@@ -155,8 +175,22 @@ class Mirror:
         return result
 
     def _env(self) -> dict[str, str]:
-        keep = ("PATH", "HOME", "LANG", "TZ", "SSH_AUTH_SOCK", "GIT_SSH_COMMAND", "SSL_CERT_FILE", "SSL_CERT_DIR",
-                "HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "https_proxy", "http_proxy", "no_proxy")
+        keep = (
+            "PATH",
+            "HOME",
+            "LANG",
+            "TZ",
+            "SSH_AUTH_SOCK",
+            "GIT_SSH_COMMAND",
+            "SSL_CERT_FILE",
+            "SSL_CERT_DIR",
+            "HTTPS_PROXY",
+            "HTTP_PROXY",
+            "NO_PROXY",
+            "https_proxy",
+            "http_proxy",
+            "no_proxy",
+        )
         env = {k: v for k, v in self.environ.items() if k in keep}
         config = [*HARDENING, ("remote.origin.url", self.url)]
         env.update(

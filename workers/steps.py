@@ -6,6 +6,7 @@ included; ``subprocess.run(timeout=…)`` would only kill the shell and leave it
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import signal
@@ -150,7 +151,5 @@ def group_alive(pgid: int) -> bool:
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass

@@ -48,8 +48,18 @@ class Stack:
 
     def start_web(self, workers: int = 2) -> None:
         bind = self.base_url.removeprefix("http://")
-        argv = [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(workers),
-                "--access-logfile", "-", "webhook.app:create_app()"]
+        argv = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--bind",
+            bind,
+            "--workers",
+            str(workers),
+            "--access-logfile",
+            "-",
+            "webhook.app:create_app()",
+        ]
         self._spawn("web", argv)
         wait_for(self._healthy, timeout=30, what="gunicorn to answer /healthz")
 
@@ -59,8 +69,9 @@ class Stack:
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         out = (self.logs / f"{name}.log").open("ab")
-        process = subprocess.Popen(argv, env=self.env(), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            argv, env=self.env(), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.processes[name] = process
         return process
 
@@ -77,8 +88,9 @@ class Stack:
             return False
 
     def api(self, path: str) -> Any:
-        answer = requests.get(f"{self.base_url}/api/v1{path}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-                              timeout=5)
+        answer = requests.get(
+            f"{self.base_url}/api/v1{path}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=5
+        )
         answer.raise_for_status()
         return answer.json()
 
@@ -94,7 +106,9 @@ class Stack:
                 process.wait()
 
     def log_text(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')}" for p in sorted(self.logs.glob("*.log")))
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')}" for p in sorted(self.logs.glob("*.log"))
+        )
 
 
 @pytest.fixture

@@ -12,12 +12,19 @@ from tests.e2e.conftest import ROOT, Stack
 
 pytestmark = pytest.mark.e2e
 
-BUILD = "#!/bin/sh\necho \"building $PUSHDEPLOY_SHA\"\n"
+BUILD = '#!/bin/sh\necho "building $PUSHDEPLOY_SHA"\n'
 
 
 def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "webhook.cli", "--config", str(stack.config), *args],
-                          capture_output=True, text=True, cwd=ROOT, env=stack.env(), timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "webhook.cli", "--config", str(stack.config), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=stack.env(),
+        timeout=120,
+        check=False,
+    )
 
 
 def test_operator_commands(stack: object) -> None:

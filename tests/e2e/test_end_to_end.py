@@ -13,14 +13,15 @@ from tests.helpers import ADMIN_TOKEN, push_body, signed_headers, wait_for
 
 pytestmark = pytest.mark.e2e
 
-BUILD_OK = "#!/bin/sh\nset -e\necho \"building $PUSHDEPLOY_SHA\"\nmkdir -p out && cp app.txt out/app.txt\n"
+BUILD_OK = '#!/bin/sh\nset -e\necho "building $PUSHDEPLOY_SHA"\nmkdir -p out && cp app.txt out/app.txt\n'
 BUILD_FAIL = "#!/bin/sh\necho 'compiling…'\necho 'error: missing semicolon' >&2\nexit 3\n"
 
 
 def push(stack: Stack, sha: str) -> dict[str, str]:
     body = push_body(sha)
-    answer = requests.post(f"{stack.base_url}/hooks/gitlab/sample-app", data=body, headers=signed_headers(body),
-                           timeout=5)
+    answer = requests.post(
+        f"{stack.base_url}/hooks/gitlab/sample-app", data=body, headers=signed_headers(body), timeout=5
+    )
     assert answer.status_code == 202, answer.text
     data: dict[str, str] = answer.json()
     return data
@@ -40,7 +41,7 @@ def final_status(stack: Stack, sha: str) -> list[str]:
 
 
 def test_push_is_built_switched_deployed_and_reported(stack: object) -> None:
-    made: Stack = stack(deploy=["echo \"live: $(cat out/app.txt)\" > ../../deployed.txt"])  # type: ignore[operator]
+    made: Stack = stack(deploy=['echo "live: $(cat out/app.txt)" > ../../deployed.txt'])  # type: ignore[operator]
     made.start_web()
     made.start_worker()
     sha = made.repo.commit({"build.sh": BUILD_OK, "app.txt": "release one\n"}, "release one")

@@ -21,8 +21,12 @@ def test_the_api_behaves_as_documented(tmp_path: Path, redis: object, redis_url:
     repo.commit({"app.txt": "x\n"})
     port = free_port()
     config = {
-        "server": {"public_url": f"http://127.0.0.1:{port}", "redis_url": redis_url,
-                   "data_dir": str(tmp_path / "data"), "admin_token": ADMIN_TOKEN},
+        "server": {
+            "public_url": f"http://127.0.0.1:{port}",
+            "redis_url": redis_url,
+            "data_dir": str(tmp_path / "data"),
+            "admin_token": ADMIN_TOKEN,
+        },
         "projects": {"sample-app": project_config(repo.url)},
     }
     path = write_config(tmp_path / "pushdeploy.toml", config)
@@ -32,10 +36,26 @@ def test_the_api_behaves_as_documented(tmp_path: Path, redis: object, redis_url:
     stack.start_worker()  # deployments end, so ?follow=1 streams end too
     try:
         run = subprocess.run(
-            [str(Path(sys.executable).parent / "schemathesis"), "run", f"{stack.base_url}/api/v1/openapi.json",
-             "--header", f"Authorization: Bearer {ADMIN_TOKEN}", "--checks", "all", "--max-examples", "25",
-             "--seed", "1", "--request-timeout", "10"],
-            capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path,
+            [
+                str(Path(sys.executable).parent / "schemathesis"),
+                "run",
+                f"{stack.base_url}/api/v1/openapi.json",
+                "--header",
+                f"Authorization: Bearer {ADMIN_TOKEN}",
+                "--checks",
+                "all",
+                "--max-examples",
+                "25",
+                "--seed",
+                "1",
+                "--request-timeout",
+                "10",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+            cwd=tmp_path,
         )
     finally:
         stack.stop()
@@ -45,15 +65,17 @@ def test_the_api_behaves_as_documented(tmp_path: Path, redis: object, redis_url:
 def test_the_document_lists_every_api_route() -> None:
     from flask import Flask
 
+    from tests.conftest import REDIS_URL  # noqa: F401  (documents the config the test builds)
     from webhook.api import api
     from webhook.openapi import document
-
-    from tests.conftest import REDIS_URL  # noqa: F401  (documents the config the test builds)
     from workers.config import ServerSettings, Settings
 
     documented = set(document(Settings(Path("x.toml"), ServerSettings(), None, {}))["paths"])
     routes = Flask(__name__)
     routes.register_blueprint(api)
-    served = {str(rule.rule).replace("<", "{").replace(">", "}") for rule in routes.url_map.iter_rules()
-              if str(rule.rule).startswith("/api/v1/") and not str(rule.rule).endswith("openapi.json")}
+    served = {
+        str(rule.rule).replace("<", "{").replace(">", "}")
+        for rule in routes.url_map.iter_rules()
+        if str(rule.rule).startswith("/api/v1/") and not str(rule.rule).endswith("openapi.json")
+    }
     assert served == documented

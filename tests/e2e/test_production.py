@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -21,8 +22,9 @@ TERMINAL = {"success", "failed", "canceled"}
 
 def push(stack: Stack, sha: str) -> str:
     body = push_body(sha)
-    answer = requests.post(f"{stack.base_url}/hooks/gitlab/sample-app", data=body, headers=signed_headers(body),
-                           timeout=5)
+    answer = requests.post(
+        f"{stack.base_url}/hooks/gitlab/sample-app", data=body, headers=signed_headers(body), timeout=5
+    )
     assert answer.status_code == 202, answer.text
     return str(answer.json()["deployment"])
 
@@ -61,7 +63,9 @@ def test_a_burst_while_a_slow_build_runs_deploys_only_the_first_and_the_last(sta
     made.start_worker("worker-2")
     shas = [made.repo.commit({"app.txt": f"v{i}\n"}, f"v{i}") for i in range(10)]
     ids = [push(made, shas[0])]
-    wait_for(lambda: made.api(f"/deployments/{ids[0]}")["state"] == "running", timeout=20, what="the first to run")
+    wait_for(
+        lambda: made.api(f"/deployments/{ids[0]}")["state"] == "running", timeout=20, what="the first to run"
+    )
     for sha in shas[1:]:
         ids.append(push(made, sha))
 
@@ -73,7 +77,9 @@ def test_a_burst_while_a_slow_build_runs_deploys_only_the_first_and_the_last(sta
         assert record["state"] == "canceled"
         newer = str(record["reason"]).removeprefix("superseded by ")
         assert newer in ids[index + 1 :], record["reason"]  # by a newer push, whichever was newest then
-        wait_for(lambda sha=sha: states(made, sha) == ["pending", "canceled"], timeout=20, what="canceled status")
+        wait_for(
+            lambda sha=sha: states(made, sha) == ["pending", "canceled"], timeout=20, what="canceled status"
+        )
     ran = [i for i in ids if made.api(f"/deployments/{i}")["steps"]]
     assert ran == [ids[0], ids[-1]]
     assert os.readlink(made.data_dir / "projects/sample-app/production/current") == f"releases/{ids[-1]}"
@@ -82,7 +88,8 @@ def test_a_burst_while_a_slow_build_runs_deploys_only_the_first_and_the_last(sta
 def test_a_step_over_its_time_has_its_whole_process_group_killed(stack: object) -> None:
     made: Stack = stack(  # type: ignore[operator]
         build=["sh -c 'trap \"\" TERM; sleep 600' & sleep 600 & echo $$ > ../../step.pgid; wait"],
-        deploy=[], timeout=3,
+        deploy=[],
+        timeout=3,
     )
     made.start_web()
     made.start_worker()
@@ -103,15 +110,20 @@ def test_statuses_arrive_in_order_once_through_5xx_and_429(stack: object) -> Non
     sha = made.repo.commit({"app.txt": "x\n"})
     deployment_id = push(made, sha)
     assert wait_terminal(made, deployment_id)["state"] == "succeeded"  # never waits on GitLab
-    wait_for(lambda: states(made, sha) == ["pending", "running", "success"], timeout=60,
-             what="every status to arrive")
+    wait_for(
+        lambda: states(made, sha) == ["pending", "running", "success"],
+        timeout=60,
+        what="every status to arrive",
+    )
     assert made.gitlab.pending_faults == 0
 
 
 def test_a_step_printing_50_mib_is_capped_and_decided_by_its_exit_code(stack: object, redis: Redis) -> None:
     made: Stack = stack(  # type: ignore[operator]
-        build=["head -c 52428800 /dev/zero | tr '\\0' 'x' | fold -w 100; exit 0",
-               "yes 'line of output' | head -n 200000; exit 5"],
+        build=[
+            "head -c 52428800 /dev/zero | tr '\\0' 'x' | fold -w 100; exit 0",
+            "yes 'line of output' | head -n 200000; exit 5",
+        ],
         deploy=[],
     )
     made.start_web()
@@ -161,8 +173,11 @@ def test_a_worker_killed_mid_build_ends_failed_with_one_final_status(stack: obje
     victim = made.start_worker("worker-1")
     sha = made.repo.commit({"app.txt": "x\n"})
     deployment_id = push(made, sha)
-    wait_for(lambda: made.api(f"/deployments/{deployment_id}")["state"] == "running", timeout=20,
-             what="the build to start")
+    wait_for(
+        lambda: made.api(f"/deployments/{deployment_id}")["state"] == "running",
+        timeout=20,
+        what="the build to start",
+    )
     time.sleep(1)
     step_group = int(redis.hget(f"pd:dep:{deployment_id}", "step_pgid") or 0)
     assert group_members(step_group)
@@ -170,10 +185,8 @@ def test_a_worker_killed_mid_build_ends_failed_with_one_final_status(stack: obje
     horses = [p for p in group_members(victim.pid) if p != victim.pid] + children(victim.pid)
     os.kill(victim.pid, signal.SIGKILL)
     for horse in horses:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(horse, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     victim.wait()
     del made.processes["worker-1"]
     killed_at = time.monotonic()
@@ -182,7 +195,9 @@ def test_a_worker_killed_mid_build_ends_failed_with_one_final_status(stack: obje
     assert time.monotonic() - killed_at < 120
     assert record["state"] == "failed"
     assert str(record["reason"]).startswith("worker lost")
-    wait_for(lambda: states(made, sha) == ["pending", "running", "failed"], timeout=30, what="the failed status")
+    wait_for(
+        lambda: states(made, sha) == ["pending", "running", "failed"], timeout=30, what="the failed status"
+    )
     time.sleep(2)
     assert states(made, sha) == ["pending", "running", "failed"]
     assert group_members(step_group) == []  # the orphaned build step was ended too

@@ -23,15 +23,30 @@ def client(make_settings: Callable[..., Settings], redis: Redis) -> FlaskClient:
     return create_app(make_settings(), redis).test_client()
 
 
-def add(redis: Redis, deployment_id: str, state: State, sha: str, created_at: float, release: str = "") -> None:
-    DeploymentStore(redis).create(Deployment(deployment_id, "sample-app", "production", "refs/heads/main", sha,
-                                             state=state, created_at=created_at, release=release))
+def add(
+    redis: Redis, deployment_id: str, state: State, sha: str, created_at: float, release: str = ""
+) -> None:
+    DeploymentStore(redis).create(
+        Deployment(
+            deployment_id,
+            "sample-app",
+            "production",
+            "refs/heads/main",
+            sha,
+            state=state,
+            created_at=created_at,
+            release=release,
+        )
+    )
 
 
 def test_every_endpoint_wants_the_bearer_token(client: FlaskClient) -> None:
-    for method, path in [("get", "/api/v1/deployments"), ("get", "/api/v1/deployments/x"),
-                         ("post", "/api/v1/deployments/x/cancel"),
-                         ("post", "/api/v1/projects/sample-app/environments/production/deployments")]:
+    for method, path in [
+        ("get", "/api/v1/deployments"),
+        ("get", "/api/v1/deployments/x"),
+        ("post", "/api/v1/deployments/x/cancel"),
+        ("post", "/api/v1/projects/sample-app/environments/production/deployments"),
+    ]:
         assert getattr(client, method)(path).status_code == 401
         wrong = getattr(client, method)(path, headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401 and wrong.get_json() == {"error": "missing or wrong bearer token"}
@@ -75,20 +90,40 @@ def test_show_and_log(client: FlaskClient, redis: Redis) -> None:
 
 
 def test_deploy_a_sha_or_a_ref(client: FlaskClient, redis: Redis) -> None:
-    answer = client.post("/api/v1/projects/sample-app/environments/production/deployments",
-                         json={"sha": "AB" * 20}, headers=AUTH)
+    answer = client.post(
+        "/api/v1/projects/sample-app/environments/production/deployments",
+        json={"sha": "AB" * 20},
+        headers=AUTH,
+    )
     assert answer.status_code == 202
     queued = DeploymentStore(redis).get(answer.get_json()["deployment"])
     assert (queued.sha, queued.trigger, queued.state) == ("ab" * 20, "manual", State.QUEUED)
-    by_ref = client.post("/api/v1/projects/sample-app/environments/production/deployments", json={"ref": "main"},
-                         headers=AUTH)
+    by_ref = client.post(
+        "/api/v1/projects/sample-app/environments/production/deployments", json={"ref": "main"}, headers=AUTH
+    )
     assert by_ref.status_code == 202
-    assert client.post("/api/v1/projects/sample-app/environments/production/deployments", json={"sha": "xyz"},
-                       headers=AUTH).status_code == 400
-    assert client.post("/api/v1/projects/sample-app/environments/production/deployments",
-                       json={"ref": "--upload-pack=touch /tmp/x"}, headers=AUTH).status_code == 400
-    assert client.post("/api/v1/projects/nope/environments/production/deployments", json={},
-                       headers=AUTH).status_code == 404
+    assert (
+        client.post(
+            "/api/v1/projects/sample-app/environments/production/deployments",
+            json={"sha": "xyz"},
+            headers=AUTH,
+        ).status_code
+        == 400
+    )
+    assert (
+        client.post(
+            "/api/v1/projects/sample-app/environments/production/deployments",
+            json={"ref": "--upload-pack=touch /tmp/x"},
+            headers=AUTH,
+        ).status_code
+        == 400
+    )
+    assert (
+        client.post(
+            "/api/v1/projects/nope/environments/production/deployments", json={}, headers=AUTH
+        ).status_code
+        == 404
+    )
 
 
 def test_rollback_to_a_success_and_refuse_a_failure(client: FlaskClient, redis: Redis) -> None:
@@ -103,8 +138,10 @@ def test_rollback_to_a_success_and_refuse_a_failure(client: FlaskClient, redis: 
 
 def test_rollback_to_the_previous_success(client: FlaskClient, redis: Redis) -> None:
     store = DeploymentStore(redis)
-    assert client.post("/api/v1/projects/sample-app/environments/production/rollback",
-                       headers=AUTH).status_code == 409
+    assert (
+        client.post("/api/v1/projects/sample-app/environments/production/rollback", headers=AUTH).status_code
+        == 409
+    )
     add(redis, "d1", State.SUCCEEDED, "aa" * 20, 100.0, release="d1")
     add(redis, "d2", State.SUCCEEDED, "bb" * 20, 200.0, release="d2")
     store.mark_live(store.get("d2"))
@@ -117,7 +154,9 @@ def test_cancel_answers(client: FlaskClient, redis: Redis) -> None:
     add(redis, "d2", State.RUNNING, "bb" * 20, 200.0)
     add(redis, "d3", State.SUCCEEDED, "cc" * 20, 300.0)
     assert client.post("/api/v1/deployments/d1/cancel", headers=AUTH).get_json() == {
-        "deployment": "d1", "state": "canceled"}
+        "deployment": "d1",
+        "state": "canceled",
+    }
     assert client.post("/api/v1/deployments/d2/cancel", headers=AUTH).status_code == 202
     assert redis.get("pd:dep:d2:cancel") == b"api"
     assert client.post("/api/v1/deployments/d3/cancel", headers=AUTH).status_code == 409

@@ -31,8 +31,9 @@ def client(settings: Settings, redis: Redis) -> FlaskClient:
 
 
 def make_deployment(redis: Redis, deployment_id: str = "d1", state: State = State.RUNNING) -> Deployment:
-    deployment = Deployment(deployment_id, "sample-app", "production", "refs/heads/main", SHA, pusher="alice",
-                            state=state)
+    deployment = Deployment(
+        deployment_id, "sample-app", "production", "refs/heads/main", SHA, pusher="alice", state=state
+    )
     DeploymentStore(redis).create(deployment)
     log = DeploymentLog(redis, deployment_id, Masker([]))
     log.step("build 1: $ make")
@@ -65,7 +66,9 @@ def test_a_wrong_token_does_not_sign_in(client: FlaskClient) -> None:
     assert client.get("/").status_code == 302
 
 
-def test_signed_in_operators_see_the_overview_history_and_deployment(client: FlaskClient, redis: Redis) -> None:
+def test_signed_in_operators_see_the_overview_history_and_deployment(
+    client: FlaskClient, redis: Redis
+) -> None:
     make_deployment(redis)
     sign_in(client)
     overview = client.get("/").get_data(as_text=True)

@@ -1036,8 +1036,9 @@ class CuttingProxy:
 
 
 def test_a_delivery_answered_503_midway_is_deployed_when_gitlab_resends_it(
-    settings: Settings, redis: Redis, redis_url: str, sha: str
+    settings: Settings, redis: Redis, redis_url: str, sha: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr("workers.queueing.CLAIM_GRACE", 0.5)  # a resend is manual: seconds later at least
     host, port = (
         redis.connection_pool.connection_kwargs["host"],
         redis.connection_pool.connection_kwargs["port"],
@@ -1054,6 +1055,7 @@ def test_a_delivery_answered_503_midway_is_deployed_when_gitlab_resends_it(
     finally:
         proxy.close()
     # Redis is back; GitLab resends the same delivery (same Idempotency-Key, fresh signature).
+    time.sleep(0.6)
     resend = post(client_for(settings, redis), body, signed_headers(body, delivery="resent-after-503"))
     answer = resend.get_json()
     try:

@@ -47,7 +47,9 @@ def keys(error: ConfigError) -> dict[str, str]:
 
 
 def test_flat_project_is_one_environment(tmp_path: Path) -> None:
-    path = write(tmp_path / "pushdeploy.toml", f"""
+    path = write(
+        tmp_path / "pushdeploy.toml",
+        f"""
         [server]
         public_url = "https://deploy.example.org/"
         [gitlab]
@@ -65,13 +67,17 @@ def test_flat_project_is_one_environment(tmp_path: Path) -> None:
         keep_releases = 3
         timeout = 600
         env = {{ APP_ENV = "production" }}
-        """)
+        """,
+    )
     settings = load(path, environ={"GITLAB_TOKEN": GITLAB_CANARY})
     project = settings.projects["app"]
     assert list(project.environments) == ["live"]
     live = settings.environment("app", "live")
-    assert (live.branch, live.build, live.deploy) == ("release", ("make build", "make test"),
-                                                      ("systemctl --user restart app",))
+    assert (live.branch, live.build, live.deploy) == (
+        "release",
+        ("make build", "make test"),
+        ("systemctl --user restart app",),
+    )
     assert live.health_check == HealthCheck("http://127.0.0.1:8080/healthz", 5.0)
     assert (live.keep_releases, live.timeout, dict(live.env)) == (3, 600, {"APP_ENV": "production"})
     assert live.status_name == "deploy/live"
@@ -96,7 +102,10 @@ def test_minimal_project_gets_the_documented_defaults(tmp_path: Path) -> None:
 
 
 def test_environments_inherit_project_keys_and_override_them(tmp_path: Path) -> None:
-    path = write(tmp_path / "pushdeploy.toml", PROJECT + """
+    path = write(
+        tmp_path / "pushdeploy.toml",
+        PROJECT
+        + """
         build = ["make build"]
         deploy = ["./deploy.sh"]
         timeout = 900
@@ -112,15 +121,24 @@ def test_environments_inherit_project_keys_and_override_them(tmp_path: Path) -> 
         branch = "main"
         deploy = ["./deploy.sh --prod", "./notify.sh"]
         keep_releases = 10
-        """)
+        """,
+    )
     project = load(path, environ={}).projects["app"]
     staging, production = project.environments["staging"], project.environments["production"]
     assert list(project.environments) == ["staging", "production"]
     assert (staging.branch, staging.build, staging.deploy, staging.timeout) == (
-        "develop", ("make build",), ("./deploy.sh",), 120)
+        "develop",
+        ("make build",),
+        ("./deploy.sh",),
+        120,
+    )
     assert dict(staging.env) == {"APP_ENV": "staging"}
     assert (production.branch, production.build, production.deploy, production.timeout) == (
-        "main", ("make build",), ("./deploy.sh --prod", "./notify.sh"), 900)
+        "main",
+        ("make build",),
+        ("./deploy.sh --prod", "./notify.sh"),
+        900,
+    )
     assert dict(production.env) == {"APP_ENV": "default"}
     assert (staging.keep_releases, production.keep_releases) == (5, 10)
     assert staging.health_check == production.health_check == HealthCheck("http://127.0.0.1:8080/healthz")
@@ -130,13 +148,17 @@ def test_environments_inherit_project_keys_and_override_them(tmp_path: Path) -> 
 
 
 def test_environment_table_rejects_project_only_keys_and_flat_environment(tmp_path: Path) -> None:
-    error = problems(tmp_path / "pushdeploy.toml", PROJECT + """
+    error = problems(
+        tmp_path / "pushdeploy.toml",
+        PROJECT
+        + """
         environment = "production"
         [projects.app.environments.staging]
         branch = "develop"
         bulid = ["make"]
         repo_url = "https://elsewhere.example.org/x.git"
-        """)
+        """,
+    )
     found = keys(error)
     assert "unknown key" in found["projects.app.environment"]
     assert "unknown key" in found["projects.app.environments.staging.bulid"]
@@ -156,7 +178,9 @@ def test_env_and_relative_file_references_resolve(tmp_path: Path, monkeypatch: p
     config_dir = tmp_path / "etc" / "pushdeploy"
     write(config_dir / "keys" / "signing", CANARY_KEY + "\n")
     write(config_dir / "admin", ADMIN_CANARY + "\n")
-    path = write(config_dir / "pushdeploy.toml", """
+    path = write(
+        config_dir / "pushdeploy.toml",
+        """
         [server]
         admin_token = "file:admin"
         [projects.app]
@@ -164,7 +188,8 @@ def test_env_and_relative_file_references_resolve(tmp_path: Path, monkeypatch: p
         repo_url = "https://gitlab.example.org/tools/app.git"
         secret_token = ["env:HOOK_TOKEN", "env:HOOK_TOKEN_OLD"]
         signing_token = "file:keys/signing"
-        """)
+        """,
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # relative file: paths follow the config file, not the cwd
@@ -175,8 +200,12 @@ def test_env_and_relative_file_references_resolve(tmp_path: Path, monkeypatch: p
     assert [t.reveal() for t in project.secret_tokens] == [HOOK_TOKEN, "old-hook-token"]
     assert project.signing_keys[0].key == b"signing-canary-bytes-32-long!!!!"
     assert settings.server.admin_token is not None and settings.server.admin_token.reveal() == ADMIN_CANARY
-    assert {s.reveal() for s in settings.all_secrets()} == {HOOK_TOKEN, "old-hook-token", CANARY_KEY,
-                                                           ADMIN_CANARY}
+    assert {s.reveal() for s in settings.all_secrets()} == {
+        HOOK_TOKEN,
+        "old-hook-token",
+        CANARY_KEY,
+        ADMIN_CANARY,
+    }
 
 
 def test_absolute_file_reference(tmp_path: Path) -> None:
@@ -195,13 +224,16 @@ def test_missing_variable_names_the_variable_never_a_value(tmp_path: Path) -> No
 
 
 def test_rotation_list_names_the_failing_entry(tmp_path: Path) -> None:
-    error = problems(tmp_path / "pushdeploy.toml", f"""
+    error = problems(
+        tmp_path / "pushdeploy.toml",
+        f"""
         [projects.app]
         gitlab_project = "tools/app"
         repo_url = "https://gitlab.example.org/tools/app.git"
         signing_token = ["{SIGNING_TOKEN}", "whsec_c2hvcnQ="]
         secret_token = ["literal", "file:does-not-exist"]
-        """)
+        """,
+    )
     found = keys(error)
     assert "24..64 bytes" in found["projects.app.signing_token[1]"]
     assert "does-not-exist" in found["projects.app.secret_token[1]"]
@@ -213,7 +245,9 @@ def test_rotation_list_names_the_failing_entry(tmp_path: Path) -> None:
 
 def test_every_problem_names_file_and_key_and_all_are_reported_at_once(tmp_path: Path) -> None:
     path = tmp_path / "conf" / "pushdeploy.toml"
-    error = problems(path, f"""
+    error = problems(
+        path,
+        f"""
         [server]
         public_url = "ftp://deploy.example.org"
         [projects.app]
@@ -223,7 +257,8 @@ def test_every_problem_names_file_and_key_and_all_are_reported_at_once(tmp_path:
         bulid = ["make"]
         keep_releases = 1
         timeout = "an hour"
-        """)
+        """,
+    )
     found = keys(error)
     assert set(found) >= {
         "server.public_url",
@@ -253,11 +288,14 @@ def test_unknown_key_is_rejected_by_name(tmp_path: Path) -> None:
 
 
 def test_project_without_any_token_is_refused(tmp_path: Path) -> None:
-    error = problems(tmp_path / "pushdeploy.toml", """
+    error = problems(
+        tmp_path / "pushdeploy.toml",
+        """
         [projects.app]
         gitlab_project = "tools/app"
         repo_url = "https://gitlab.example.org/tools/app.git"
-        """)
+        """,
+    )
     assert "needs secret_token or signing_token" in keys(error)["projects.app"]
 
 
@@ -270,39 +308,50 @@ def test_project_without_any_token_is_refused(tmp_path: Path) -> None:
     ],
 )
 def test_bad_signing_token_format(tmp_path: Path, value: str, complaint: str) -> None:
-    error = problems(tmp_path / "pushdeploy.toml", f"""
+    error = problems(
+        tmp_path / "pushdeploy.toml",
+        f"""
         [projects.app]
         gitlab_project = "tools/app"
         repo_url = "https://gitlab.example.org/tools/app.git"
         signing_token = "{value}"
-        """)
+        """,
+    )
     assert complaint in keys(error)["projects.app.signing_token"]
     assert value not in str(error)
 
 
 def test_two_environments_on_one_branch(tmp_path: Path) -> None:
-    error = problems(tmp_path / "pushdeploy.toml", PROJECT + """
+    error = problems(
+        tmp_path / "pushdeploy.toml",
+        PROJECT
+        + """
         [projects.app.environments.staging]
         branch = "main"
         [projects.app.environments.production]
         branch = "main"
-        """)
+        """,
+    )
     message = keys(error)["projects.app.environments.production.branch"]
     assert "'main' is already deployed by environment 'staging'" in message
 
 
 def test_environments_share_the_default_branch_conflict(tmp_path: Path) -> None:
-    error = problems(tmp_path / "pushdeploy.toml", PROJECT + """
+    error = problems(
+        tmp_path / "pushdeploy.toml",
+        PROJECT
+        + """
         [projects.app.environments.staging]
         [projects.app.environments.production]
-        """)
+        """,
+    )
     assert "already deployed" in keys(error)["projects.app.environments.production.branch"]
 
 
 @pytest.mark.parametrize(
     ("text", "key"),
     [
-        ('[projects."my app"]', 'projects.my app'),
+        ('[projects."my app"]', "projects.my app"),
         ('[projects."-app"]', "projects.-app"),
         ('[projects."../app"]', "projects.../app"),
         ('[projects."app\\n"]', "projects.app\n"),
@@ -340,10 +389,12 @@ def test_non_http_urls_are_refused(tmp_path: Path, section: str, key: str) -> No
 def test_non_http_health_check_is_refused(tmp_path: Path) -> None:
     error = problems(tmp_path / "pushdeploy.toml", PROJECT + 'health_check = { url = "file:///etc/x" }\n')
     assert [str(p) for p in error.problems] == [
-        f"{tmp_path / 'pushdeploy.toml'}: projects.app.health_check.url: must be an http:// or https:// URL"]
+        f"{tmp_path / 'pushdeploy.toml'}: projects.app.health_check.url: must be an http:// or https:// URL"
+    ]
     missing = problems(tmp_path / "missing.toml", PROJECT + "health_check = { timeout = 3 }\n")
     assert [(p.key, p.message) for p in missing.problems] == [
-        ("projects.app.health_check.url", "is required")]
+        ("projects.app.health_check.url", "is required")
+    ]
 
 
 @pytest.mark.parametrize(
@@ -351,8 +402,10 @@ def test_non_http_health_check_is_refused(tmp_path: Path) -> None:
     ["ext::sh -c touch% /tmp/canary", "--upload-pack=touch /tmp/canary", "fd::17"],
 )
 def test_dangerous_repo_urls_are_refused(tmp_path: Path, repo_url: str) -> None:
-    error = problems(tmp_path / "pushdeploy.toml",
-                     PROJECT.replace('"https://gitlab.example.org/tools/app.git"', f'"{repo_url}"'))
+    error = problems(
+        tmp_path / "pushdeploy.toml",
+        PROJECT.replace('"https://gitlab.example.org/tools/app.git"', f'"{repo_url}"'),
+    )
     assert "must be an https://" in keys(error)["projects.app.repo_url"]
 
 
@@ -362,8 +415,10 @@ def test_gitlab_section_needs_a_token(tmp_path: Path) -> None:
 
 
 def test_step_environment_cannot_set_pushdeploy_variables_or_full_refs(tmp_path: Path) -> None:
-    error = problems(tmp_path / "pushdeploy.toml",
-                     PROJECT + 'branch = "refs/heads/main"\nenv = { PUSHDEPLOY_SHA = "x", OK = "y" }\n')
+    error = problems(
+        tmp_path / "pushdeploy.toml",
+        PROJECT + 'branch = "refs/heads/main"\nenv = { PUSHDEPLOY_SHA = "x", OK = "y" }\n',
+    )
     found = keys(error)
     assert "set by pushdeploy" in found["projects.app.env.PUSHDEPLOY_SHA"]
     assert "not the full ref" in found["projects.app.branch"]
@@ -390,7 +445,10 @@ def test_config_without_projects_is_an_error(tmp_path: Path) -> None:
 def test_redis_url_environment_overrides(tmp_path: Path) -> None:
     path = write(tmp_path / "pushdeploy.toml", '[server]\nredis_url = "redis://file-host:6379/0"\n' + PROJECT)
     assert load(path, environ={}).server.redis_url == "redis://file-host:6379/0"
-    assert load(path, environ={"REDIS_URL": "redis://generic:6379/1"}).server.redis_url == "redis://generic:6379/1"
+    assert (
+        load(path, environ={"REDIS_URL": "redis://generic:6379/1"}).server.redis_url
+        == "redis://generic:6379/1"
+    )
     both = {"REDIS_URL": "redis://generic:6379/1", "PUSHDEPLOY_REDIS_URL": "redis://ours:6379/2"}
     assert load(path, environ=both).server.redis_url == "redis://ours:6379/2"
 
@@ -408,7 +466,9 @@ def test_bad_redis_override_is_reported(tmp_path: Path) -> None:
 def test_relative_paths_resolve_against_the_config_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    write(tmp_path / "conf" / "pushdeploy.toml", """
+    write(
+        tmp_path / "conf" / "pushdeploy.toml",
+        """
         [server]
         data_dir = "state/data"
         [projects.local]
@@ -419,7 +479,8 @@ def test_relative_paths_resolve_against_the_config_file(
         gitlab_project = "42"
         repo_url = "git@gitlab.example.org:tools/remote.git"
         secret_token = "literal-hook-token"
-        """)
+        """,
+    )
     monkeypatch.chdir(tmp_path / "conf")
     settings = load(Path("pushdeploy.toml"), environ={})
     assert settings.server.data_dir == tmp_path / "conf" / "state" / "data"
@@ -437,7 +498,9 @@ def test_numeric_gitlab_project_id(tmp_path: Path) -> None:
 
 def canary_config(tmp_path: Path) -> Path:
     write(tmp_path / "admin-token", ADMIN_CANARY)
-    return write(tmp_path / "pushdeploy.toml", f"""
+    return write(
+        tmp_path / "pushdeploy.toml",
+        f"""
         [server]
         redis_url = "redis://:redispass-canary@127.0.0.1:6379/0"
         admin_token = "file:admin-token"
@@ -451,18 +514,38 @@ def canary_config(tmp_path: Path) -> Path:
         signing_token = "env:SIGNING_KEY"
         [projects.app.environments.production]
         branch = "main"
-        """)
+        """,
+    )
 
 
 def test_no_secret_appears_in_repr_or_str_of_settings(tmp_path: Path) -> None:
-    environ = {"GITLAB_TOKEN": GITLAB_CANARY, "OLD_HOOK_TOKEN": "old-hook-canary-99",
-               "SIGNING_KEY": CANARY_KEY}
+    environ = {
+        "GITLAB_TOKEN": GITLAB_CANARY,
+        "OLD_HOOK_TOKEN": "old-hook-canary-99",
+        "SIGNING_KEY": CANARY_KEY,
+    }
     settings = load(canary_config(tmp_path), environ=environ)
     project = settings.projects["app"]
-    shown = [repr(settings), str(settings), repr(project), str(project), repr(settings.server),
-             repr(settings.gitlab), repr(project.environments), repr(settings.all_secrets())]
-    canaries = [HOOK_TOKEN, "old-hook-canary-99", CANARY_KEY, CANARY_KEY.removeprefix("whsec_"), ADMIN_CANARY,
-                GITLAB_CANARY, "redispass-canary", "repopass-canary"]
+    shown = [
+        repr(settings),
+        str(settings),
+        repr(project),
+        str(project),
+        repr(settings.server),
+        repr(settings.gitlab),
+        repr(project.environments),
+        repr(settings.all_secrets()),
+    ]
+    canaries = [
+        HOOK_TOKEN,
+        "old-hook-canary-99",
+        CANARY_KEY,
+        CANARY_KEY.removeprefix("whsec_"),
+        ADMIN_CANARY,
+        GITLAB_CANARY,
+        "redispass-canary",
+        "repopass-canary",
+    ]
     for text in shown:
         for canary in canaries:
             assert canary not in text
@@ -474,7 +557,9 @@ def test_no_secret_appears_in_repr_or_str_of_settings(tmp_path: Path) -> None:
 
 def test_config_errors_never_contain_a_secret(tmp_path: Path) -> None:
     write(tmp_path / "admin-token", ADMIN_CANARY)
-    error = problems(tmp_path / "pushdeploy.toml", f"""
+    error = problems(
+        tmp_path / "pushdeploy.toml",
+        f"""
         [server]
         admin_token = "file:admin-token"
         admin_tokn = "{ADMIN_CANARY}"
@@ -487,10 +572,17 @@ def test_config_errors_never_contain_a_secret(tmp_path: Path) -> None:
         secret_token = "env:HOOK_TOKEN"
         signing_token = "{HOOK_TOKEN}"
         secret_tokn = "{HOOK_TOKEN}"
-        """, environ={"HOOK": HOOK_TOKEN, "GITLAB_TOKEN_X": GITLAB_CANARY})
+        """,
+        environ={"HOOK": HOOK_TOKEN, "GITLAB_TOKEN_X": GITLAB_CANARY},
+    )
     found = keys(error)
-    assert set(found) >= {"server.admin_tokn", "gitlab.token", "projects.app.secret_token",
-                          "projects.app.signing_token", "projects.app.secret_tokn"}
+    assert set(found) >= {
+        "server.admin_tokn",
+        "gitlab.token",
+        "projects.app.secret_token",
+        "projects.app.signing_token",
+        "projects.app.secret_tokn",
+    }
     assert found["gitlab.token"] == "environment variable GITLAB_TOKEN is not set"
     for canary in (ADMIN_CANARY, HOOK_TOKEN, GITLAB_CANARY):
         assert canary not in str(error)
@@ -504,7 +596,9 @@ def test_check_prints_projects_environments_and_webhook_urls(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PD_TEST_HOOK_TOKEN", HOOK_TOKEN)
-    path = write(tmp_path / "pushdeploy.toml", f"""
+    path = write(
+        tmp_path / "pushdeploy.toml",
+        f"""
         [server]
         public_url = "https://deploy.example.org"
         [projects.app]
@@ -520,7 +614,8 @@ def test_check_prints_projects_environments_and_webhook_urls(
         gitlab_project = "web/site"
         repo_url = "https://gitlab.example.org/web/site.git"
         signing_token = "{SIGNING_TOKEN}"
-        """)
+        """,
+    )
     assert main(["--config", str(path), "check"]) == 0
     out, err = capsys.readouterr()
     assert err == ""
@@ -536,12 +631,15 @@ def test_check_prints_projects_environments_and_webhook_urls(
 def test_check_reports_every_problem_on_stderr_and_fails(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = write(tmp_path / "pushdeploy.toml", """
+    path = write(
+        tmp_path / "pushdeploy.toml",
+        """
         [projects.app]
         gitlab_project = "tools/app"
         repo_url = "https://gitlab.example.org/tools/app.git"
         bulid = ["make"]
-        """)
+        """,
+    )
     assert main(["--config", str(path), "check"]) == 1
     out, err = capsys.readouterr()
     assert out == ""
@@ -560,12 +658,15 @@ def test_new_secret_prints_a_key_that_loads_as_a_signing_token(
     assert main(["new-secret"]) == 0
     assert capsys.readouterr().out.strip() != key
 
-    path = write(tmp_path / "pushdeploy.toml", f"""
+    path = write(
+        tmp_path / "pushdeploy.toml",
+        f"""
         [projects.app]
         gitlab_project = "tools/app"
         repo_url = "https://gitlab.example.org/tools/app.git"
         signing_token = "{key}"
-        """)
+        """,
+    )
     settings: Settings = load(path, environ={})
     assert settings.projects["app"].signing_keys[0].reveal() == key
     assert len(settings.projects["app"].signing_keys[0].key) == 32

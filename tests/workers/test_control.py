@@ -24,8 +24,11 @@ from workers.queueing import Intake, Push
 def accept(redis: Redis, settings: Settings, sha: str) -> str:
     project = settings.projects["sample-app"]
     environment = project.environments["production"]
-    return Intake(redis, settings.server.public_url).accept(
-        project, environment, Push("refs/heads/main", sha, "alice", "")).deployment_id
+    return (
+        Intake(redis, settings.server.public_url)
+        .accept(project, environment, Push("refs/heads/main", sha, "alice", ""))
+        .deployment_id
+    )
 
 
 def work(redis: Redis) -> None:
@@ -40,8 +43,9 @@ def settings(make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyP
     return made
 
 
-def test_queued_pushes_behind_a_running_one_collapse_to_the_newest(settings: Settings, redis: Redis,
-                                                                  git_repo: GitRepo) -> None:
+def test_queued_pushes_behind_a_running_one_collapse_to_the_newest(
+    settings: Settings, redis: Redis, git_repo: GitRepo
+) -> None:
     store = DeploymentStore(redis)
     running = accept(redis, settings, git_repo.commit({"app.txt": "0"}))
     store.transition(running, State.RUNNING)  # as if a worker elsewhere had started it
@@ -64,8 +68,12 @@ def test_queued_pushes_behind_a_running_one_collapse_to_the_newest(settings: Set
     assert released.waiting == newest
     from workers.queueing import enqueue_job
 
-    enqueue_job(Queue(defaults.DEPLOY_QUEUE, connection=redis), newest,
-                settings.environment("sample-app", "production"), f"{newest}-again")
+    enqueue_job(
+        Queue(defaults.DEPLOY_QUEUE, connection=redis),
+        newest,
+        settings.environment("sample-app", "production"),
+        f"{newest}-again",
+    )
     work(redis)
     assert store.get(newest).state is State.SUCCEEDED
 
@@ -81,19 +89,32 @@ def test_cancel_a_queued_deployment(settings: Settings, redis: Redis, git_repo: 
         cancel(settings, redis, deployment_id, "operator")
 
 
-def test_cancel_a_running_deployment_kills_its_step(make_settings: Callable[..., Settings], redis: Redis,
-                                                   git_repo: GitRepo, monkeypatch: pytest.MonkeyPatch,
-                                                   tmp_path: object) -> None:
+def test_cancel_a_running_deployment_kills_its_step(
+    make_settings: Callable[..., Settings],
+    redis: Redis,
+    git_repo: GitRepo,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: object,
+) -> None:
     settings = make_settings(build=["sleep 600 & echo $! > ../../sleeper.pid; wait"], deploy=[])
     monkeypatch.setenv("PUSHDEPLOY_CONFIG", str(settings.path))
     pipeline.worker_settings.cache_clear()
     deployment_id = accept(redis, settings, git_repo.commit({"app.txt": "x"}))
-    worker = subprocess.Popen([sys.executable, "-m", "webhook.cli", "--config", str(settings.path), "worker",
-                               "--burst"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "webhook.cli", "--config", str(settings.path), "worker", "--burst"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     store = DeploymentStore(redis)
-    wait_for(lambda: store.steps(deployment_id) == [] and store.get(deployment_id).state is State.RUNNING
-             and (settings.server.data_dir / "projects/sample-app/production/sleeper.pid").exists(),
-             timeout=20, what="the build step to start")
+    wait_for(
+        lambda: (
+            store.steps(deployment_id) == []
+            and store.get(deployment_id).state is State.RUNNING
+            and (settings.server.data_dir / "projects/sample-app/production/sleeper.pid").exists()
+        ),
+        timeout=20,
+        what="the build step to start",
+    )
     pid = int((settings.server.data_dir / "projects/sample-app/production/sleeper.pid").read_text())
 
     assert cancel(settings, redis, deployment_id, "alice") is State.RUNNING

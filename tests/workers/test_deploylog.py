@@ -100,8 +100,12 @@ def test_markers_write_pending_output_first(redis: Redis) -> None:
     log.flush()
     lines = read(redis, "dep-1")
     assert [(line.kind, line.text) for line in lines] == [
-        ("step", "build 1"), ("out", "a"), ("out", "b"), ("info", "build 1 exited 0"),
-        ("step", "deploy 1"), ("out", "c"),
+        ("step", "build 1"),
+        ("out", "a"),
+        ("out", "b"),
+        ("info", "build 1 exited 0"),
+        ("step", "deploy 1"),
+        ("out", "c"),
     ]
     log.flush()  # nothing pending: writes nothing twice
     assert len(read(redis, "dep-1")) == 6
@@ -139,7 +143,9 @@ def test_a_new_step_resets_the_cap_and_the_tail(redis: Redis) -> None:
     log.flush()
     stored = read(redis, "dep-1")
     assert [(line.kind, line.text) for line in stored[-2:]] == [
-        ("step", "build 2"), ("out", "second step output")]
+        ("step", "build 2"),
+        ("out", "second step output"),
+    ]
     assert list(log.tail) == ["second step output"]
 
 
@@ -252,7 +258,13 @@ def test_a_quiet_step_still_shows_its_last_line_live(redis: Redis, tmp_path: obj
 
     watcher = threading.Thread(target=watch)
     watcher.start()
-    steps.run("echo hello; sleep 1.5", Path(str(tmp_path)), {"PATH": "/usr/bin:/bin"}, time.time() + 30,
-              log.output, on_tick=log.flush_due)
+    steps.run(
+        "echo hello; sleep 1.5",
+        Path(str(tmp_path)),
+        {"PATH": "/usr/bin:/bin"},
+        time.time() + 30,
+        log.output,
+        on_tick=log.flush_due,
+    )
     watcher.join()
     assert "hello" in seen[0]

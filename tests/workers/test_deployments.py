@@ -167,7 +167,10 @@ def test_transition_records_extra_fields(store: DeploymentStore, create: Callabl
     loaded = store.get(deployment.id)
     assert loaded == failed
     assert (loaded.previous_sha, loaded.release, loaded.reason) == (
-        "e" * 40, deployment.id, "build step 1 `make` exited with 2")
+        "e" * 40,
+        deployment.id,
+        "build step 1 `make` exited with 2",
+    )
 
 
 def race(redis_url: str, moves: list[tuple[str, State]]) -> tuple[list[State], list[InvalidTransition]]:
@@ -249,8 +252,16 @@ def test_steps_round_trip_in_order(store: DeploymentStore, create: Callable[...,
     deployment = create()
     results = [
         StepResult("build", 1, "make build", 0, 1.25, tail=["built"]),
-        StepResult("build", 2, "make test", None, 60.0, truncated=True, timed_out=True,
-                   tail=["line ✓", "with `quotes` and \"json\""]),
+        StepResult(
+            "build",
+            2,
+            "make test",
+            None,
+            60.0,
+            truncated=True,
+            timed_out=True,
+            tail=["line ✓", 'with `quotes` and "json"'],
+        ),
         StepResult("deploy", 1, "systemctl --user restart app", 1, 0.5),
     ]
     for result in results:
@@ -264,7 +275,10 @@ def test_live_marks_what_serves(store: DeploymentStore, create: Callable[..., De
     deployment = create(release="20261126140000-abcdef")
     store.mark_live(deployment)
     assert store.live("sample-app", "production") == {
-        "sha": SHA, "deployment": deployment.id, "release": "20261126140000-abcdef"}
+        "sha": SHA,
+        "deployment": deployment.id,
+        "release": "20261126140000-abcdef",
+    }
     assert store.live("sample-app", "staging") == {}
 
 

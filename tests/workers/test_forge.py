@@ -8,7 +8,14 @@ import pytest
 
 from tests.fakegitlab import FakeGitLab
 from workers.config import GitLabSettings
-from workers.forge import CommitStatus, ForgeRejected, GitLabForge, NullForge, StatusState, TransientForgeError
+from workers.forge import (
+    CommitStatus,
+    ForgeRejected,
+    GitLabForge,
+    NullForge,
+    StatusState,
+    TransientForgeError,
+)
 from workers.secrets import Secret
 
 SHA = "1f" * 20
@@ -26,8 +33,9 @@ def forge(fake: FakeGitLab, token: str = TOKEN, timeout: float = 2.0) -> GitLabF
 
 
 def status(state: StatusState, project: str = "tools/sample-app") -> CommitStatus:
-    return CommitStatus(project, SHA, state, "main", "deploy/production", "http://pushdeploy.test/deployments/1",
-                        "Deploying")
+    return CommitStatus(
+        project, SHA, state, "main", "deploy/production", "http://pushdeploy.test/deployments/1", "Deploying"
+    )
 
 
 def test_posts_a_status_with_name_ref_and_link(gitlab: FakeGitLab) -> None:

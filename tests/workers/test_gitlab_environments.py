@@ -30,7 +30,8 @@ def run(settings: Settings, redis: Redis, sha: str, monkeypatch: pytest.MonkeyPa
     pipeline.worker_settings.cache_clear()
     project = settings.projects["sample-app"]
     Intake(redis, settings.server.public_url).accept(
-        project, project.environments["production"], Push("refs/heads/main", sha, "alice", ""))
+        project, project.environments["production"], Push("refs/heads/main", sha, "alice", "")
+    )
     SimpleWorker([Queue(defaults.DEPLOY_QUEUE, connection=redis)], connection=redis).work(burst=True)
     courier = Courier(redis, forge_for(settings.gitlab), delays=(0.05,))
 
@@ -42,7 +43,10 @@ def run(settings: Settings, redis: Redis, sha: str, monkeypatch: pytest.MonkeyPa
 
 
 def test_a_gitlab_deployment_is_created_running_and_updated_to_success(
-    make_settings: Callable[..., Settings], git_repo: GitRepo, redis: Redis, gitlab: FakeGitLab,
+    make_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    redis: Redis,
+    gitlab: FakeGitLab,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = make_settings(gitlab={"url": gitlab.url, "token": TOKEN}, gitlab_environments=True, build=[])
@@ -55,17 +59,24 @@ def test_a_gitlab_deployment_is_created_running_and_updated_to_success(
 
 
 def test_a_failed_deployment_fails_on_gitlab_too(
-    make_settings: Callable[..., Settings], git_repo: GitRepo, redis: Redis, gitlab: FakeGitLab,
+    make_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    redis: Redis,
+    gitlab: FakeGitLab,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    settings = make_settings(gitlab={"url": gitlab.url, "token": TOKEN}, gitlab_environments=True,
-                             build=["exit 1"])
+    settings = make_settings(
+        gitlab={"url": gitlab.url, "token": TOKEN}, gitlab_environments=True, build=["exit 1"]
+    )
     run(settings, redis, git_repo.commit({"app.txt": "x\n"}), monkeypatch)
     assert gitlab.deployments[0]["history"] == ["running", "failed"]
 
 
 def test_without_the_option_no_gitlab_deployment_is_made(
-    make_settings: Callable[..., Settings], git_repo: GitRepo, redis: Redis, gitlab: FakeGitLab,
+    make_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    redis: Redis,
+    gitlab: FakeGitLab,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = make_settings(gitlab={"url": gitlab.url, "token": TOKEN}, build=[])

@@ -33,10 +33,19 @@ def courier(redis: Redis, fake: FakeGitLab, token: str = TOKEN) -> Courier:
 
 
 def queue(redis: Redis, deployment_id: str, *states: StatusState, sha: str = SHA) -> None:
-    DeploymentStore(redis).create(Deployment(deployment_id, "sample-app", "production", "refs/heads/main", sha))
+    DeploymentStore(redis).create(
+        Deployment(deployment_id, "sample-app", "production", "refs/heads/main", sha)
+    )
     for state in states:
-        status = CommitStatus("tools/sample-app", sha, state, "main", "deploy/production",
-                              f"http://pushdeploy.test/deployments/{deployment_id}", state.value)
+        status = CommitStatus(
+            "tools/sample-app",
+            sha,
+            state,
+            "main",
+            "deploy/production",
+            f"http://pushdeploy.test/deployments/{deployment_id}",
+            state.value,
+        )
         enqueue_status(redis, deployment_id, status)
 
 
@@ -64,8 +73,9 @@ def test_5xx_then_429_still_delivers_everything_in_order_once(redis: Redis, gitl
     assert gitlab.pending_faults == 0
 
 
-def test_a_refused_token_is_recorded_on_the_deployment_and_not_retried_forever(redis: Redis,
-                                                                              gitlab: FakeGitLab) -> None:
+def test_a_refused_token_is_recorded_on_the_deployment_and_not_retried_forever(
+    redis: Redis, gitlab: FakeGitLab
+) -> None:
     queue(redis, "d1", StatusState.PENDING, StatusState.RUNNING)
     drain(courier(redis, gitlab, token="not-the-token"), redis)
     problem = DeploymentStore(redis).get("d1").status_problem
@@ -79,8 +89,19 @@ def test_a_status_added_while_delivering_is_not_lost(redis: Redis, gitlab: FakeG
     queue(redis, "d1", StatusState.PENDING)
     c = courier(redis, gitlab)
     c.deliver_due()
-    enqueue_status(redis, "d1", CommitStatus("tools/sample-app", SHA, StatusState.RUNNING, "main",
-                                             "deploy/production", "http://pushdeploy.test/deployments/d1", "run"))
+    enqueue_status(
+        redis,
+        "d1",
+        CommitStatus(
+            "tools/sample-app",
+            SHA,
+            StatusState.RUNNING,
+            "main",
+            "deploy/production",
+            "http://pushdeploy.test/deployments/d1",
+            "run",
+        ),
+    )
     drain(c, redis)
     assert [s["state"] for s in gitlab.statuses(sha=SHA)] == ["pending", "running"]
 
@@ -97,7 +118,11 @@ def test_two_couriers_deliver_each_status_once(redis: Redis, gitlab: FakeGitLab)
     for t in threads:
         t.join(timeout=5)
     for index in range(10):
-        assert [s["state"] for s in gitlab.statuses(sha=f"{index:02d}" * 20)] == ["pending", "running", "success"]
+        assert [s["state"] for s in gitlab.statuses(sha=f"{index:02d}" * 20)] == [
+            "pending",
+            "running",
+            "success",
+        ]
 
 
 def test_the_courier_thread_waits_out_a_gitlab_outage(redis: Redis, gitlab: FakeGitLab) -> None:

@@ -18,7 +18,9 @@ from workers.deployments import Deployment, DeploymentStore, State
 from workers.outbox import recorded
 from workers.queueing import Intake, Push
 
-BUILD = "#!/bin/sh\nset -e\necho \"building $PUSHDEPLOY_SHA for $PUSHDEPLOY_ENVIRONMENT\"\ncp app.txt built.txt\n"
+BUILD = (
+    '#!/bin/sh\nset -e\necho "building $PUSHDEPLOY_SHA for $PUSHDEPLOY_ENVIRONMENT"\ncp app.txt built.txt\n'
+)
 
 
 @pytest.fixture
@@ -43,9 +45,13 @@ def env_dir(settings: Settings) -> Path:
     return settings.server.data_dir / "projects" / "sample-app" / "production"
 
 
-def test_a_push_is_built_switched_and_deployed(make_settings: Callable[..., Settings], git_repo: GitRepo,
-                                               deploy: Callable[[Settings, str], Deployment], redis: Redis) -> None:
-    settings = make_settings(deploy=["echo \"$PUSHDEPLOY_REF $PUSHDEPLOY_DEPLOYMENT_ID\" > deployed.txt"])
+def test_a_push_is_built_switched_and_deployed(
+    make_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    deploy: Callable[[Settings, str], Deployment],
+    redis: Redis,
+) -> None:
+    settings = make_settings(deploy=['echo "$PUSHDEPLOY_REF $PUSHDEPLOY_DEPLOYMENT_ID" > deployed.txt'])
     sha = git_repo.commit({"build.sh": BUILD, "app.txt": "hello\n"}, "hello")
 
     done = deploy(settings, sha)
@@ -58,7 +64,7 @@ def test_a_push_is_built_switched_and_deployed(make_settings: Callable[..., Sett
     steps = DeploymentStore(redis).steps(done.id)
     assert [(s.phase, s.index, s.command, s.exit_code) for s in steps] == [
         ("build", 1, "./build.sh", 0),
-        ("deploy", 1, "echo \"$PUSHDEPLOY_REF $PUSHDEPLOY_DEPLOYMENT_ID\" > deployed.txt", 0),
+        ("deploy", 1, 'echo "$PUSHDEPLOY_REF $PUSHDEPLOY_DEPLOYMENT_ID" > deployed.txt', 0),
     ]
     assert all(s.duration >= 0 for s in steps)
     lines = read(redis, done.id)
@@ -67,8 +73,12 @@ def test_a_push_is_built_switched_and_deployed(make_settings: Callable[..., Sett
     assert DeploymentStore(redis).live("sample-app", "production")["sha"] == sha
 
 
-def test_failed_build_leaves_current_untouched(make_settings: Callable[..., Settings], git_repo: GitRepo,
-                                               deploy: Callable[[Settings, str], Deployment], redis: Redis) -> None:
+def test_failed_build_leaves_current_untouched(
+    make_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    deploy: Callable[[Settings, str], Deployment],
+    redis: Redis,
+) -> None:
     settings = make_settings(deploy=["touch deployed-marker"])
     good = deploy(settings, git_repo.commit({"build.sh": BUILD, "app.txt": "one\n"}))
     bad_sha = git_repo.commit({"build.sh": "#!/bin/sh\necho doing\necho 'fatal: broken' >&2\nexit 7\n"})
@@ -95,8 +105,9 @@ def test_failing_deploy_step_fails_the_deployment_with_its_exit_code(
     assert done.reason == "deploy step 2 `exit 4` exited with 4; nothing to roll back to"
 
 
-def test_steps_share_the_deployment_timeout(make_settings: Callable[..., Settings], git_repo: GitRepo,
-                                            deploy: Callable[[Settings, str], Deployment]) -> None:
+def test_steps_share_the_deployment_timeout(
+    make_settings: Callable[..., Settings], git_repo: GitRepo, deploy: Callable[[Settings, str], Deployment]
+) -> None:
     settings = make_settings(build=["sleep 1", "sleep 30"], deploy=[], timeout=2)
     done = deploy(settings, git_repo.commit({"app.txt": "slow\n"}))
     assert done.state is State.FAILED
@@ -104,25 +115,32 @@ def test_steps_share_the_deployment_timeout(make_settings: Callable[..., Setting
     assert done.finished_at - done.started_at < 15
 
 
-def test_a_sha_missing_from_the_repository_fails_cleanly(make_settings: Callable[..., Settings],
-                                                         deploy: Callable[[Settings, str], Deployment]) -> None:
+def test_a_sha_missing_from_the_repository_fails_cleanly(
+    make_settings: Callable[..., Settings], deploy: Callable[[Settings, str], Deployment]
+) -> None:
     done = deploy(make_settings(), "a" * 40)
     assert done.state is State.FAILED
     assert "is not in 'main' or any other branch" in done.reason
 
 
-def test_a_rerun_of_a_finished_job_changes_nothing(make_settings: Callable[..., Settings], git_repo: GitRepo,
-                                                   deploy: Callable[[Settings, str], Deployment],
-                                                   redis: Redis) -> None:
+def test_a_rerun_of_a_finished_job_changes_nothing(
+    make_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    deploy: Callable[[Settings, str], Deployment],
+    redis: Redis,
+) -> None:
     settings = make_settings()
     done = deploy(settings, git_repo.commit({"build.sh": BUILD, "app.txt": "x\n"}))
     assert pipeline.Runner(settings, redis).run(done.id) == "succeeded"
     assert len(recorded(redis, done.id)) == 3
 
 
-def test_steps_see_only_the_scrubbed_environment(make_settings: Callable[..., Settings], git_repo: GitRepo,
-                                                 deploy: Callable[[Settings, str], Deployment],
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_steps_see_only_the_scrubbed_environment(
+    make_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    deploy: Callable[[Settings, str], Deployment],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("GITLAB_TOKEN", "leaky-canary-token")
     settings = make_settings(build=["env | sort > env.txt"], deploy=[], env={"APP_ENV": "prod"})
     done = deploy(settings, git_repo.commit({"app.txt": "x\n"}))
@@ -134,6 +152,7 @@ def test_steps_see_only_the_scrubbed_environment(make_settings: Callable[..., Se
 
 
 # -- rollback, health check, already deployed ---------------------------------------------------
+
 
 class Health:
     """A real HTTP server whose answer the test sets: the app behind a health check."""
@@ -170,11 +189,16 @@ def app_health() -> Iterator[Health]:
 
 
 def test_failed_health_check_rolls_back_and_redeploys_the_previous_release(
-    make_settings: Callable[..., Settings], git_repo: GitRepo, deploy: Callable[[Settings, str], Deployment],
-    redis: Redis, app_health: Health,
+    make_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    deploy: Callable[[Settings, str], Deployment],
+    redis: Redis,
+    app_health: Health,
 ) -> None:
-    settings = make_settings(deploy=["echo $PUSHDEPLOY_SHA >> ../../deploy-runs.txt"],
-                             health_check={"url": app_health.url, "timeout": 2})
+    settings = make_settings(
+        deploy=["echo $PUSHDEPLOY_SHA >> ../../deploy-runs.txt"],
+        health_check={"url": app_health.url, "timeout": 2},
+    )
     good = deploy(settings, git_repo.commit({"build.sh": BUILD, "app.txt": "good\n"}))
     assert good.state is State.SUCCEEDED
     app_health.code = 503
@@ -192,8 +216,11 @@ def test_failed_health_check_rolls_back_and_redeploys_the_previous_release(
 
 
 def test_first_deployment_says_there_is_nothing_to_roll_back_to(
-    make_settings: Callable[..., Settings], git_repo: GitRepo, deploy: Callable[[Settings, str], Deployment],
-    redis: Redis, app_health: Health,
+    make_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    deploy: Callable[[Settings, str], Deployment],
+    redis: Redis,
+    app_health: Health,
 ) -> None:
     app_health.code = 500
     settings = make_settings(health_check={"url": app_health.url, "timeout": 1})
@@ -204,18 +231,25 @@ def test_first_deployment_says_there_is_nothing_to_roll_back_to(
 
 
 def test_a_failing_deploy_step_after_the_switch_rolls_back(
-    make_settings: Callable[..., Settings], git_repo: GitRepo, deploy: Callable[[Settings, str], Deployment],
+    make_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    deploy: Callable[[Settings, str], Deployment],
 ) -> None:
-    settings = make_settings(deploy=["test \"$(cat app.txt)\" != broken"])
+    settings = make_settings(deploy=['test "$(cat app.txt)" != broken'])
     good = deploy(settings, git_repo.commit({"build.sh": BUILD, "app.txt": "fine\n"}))
     bad = deploy(settings, git_repo.commit({"app.txt": "broken\n"}))
     assert bad.state is State.FAILED
-    assert bad.reason == f"deploy step 1 `test \"$(cat app.txt)\" != broken` exited with 1; rolled back to {good.sha}"
+    assert (
+        bad.reason
+        == f'deploy step 1 `test "$(cat app.txt)" != broken` exited with 1; rolled back to {good.sha}'
+    )
     assert os.readlink(env_dir(settings) / "current") == f"releases/{good.id}"
 
 
 def test_the_live_sha_pushed_again_succeeds_without_rebuilding(
-    make_settings: Callable[..., Settings], git_repo: GitRepo, deploy: Callable[[Settings, str], Deployment],
+    make_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    deploy: Callable[[Settings, str], Deployment],
     redis: Redis,
 ) -> None:
     settings = make_settings()
@@ -230,7 +264,9 @@ def test_the_live_sha_pushed_again_succeeds_without_rebuilding(
 
 
 def test_old_releases_are_pruned_but_never_current_or_previous(
-    make_settings: Callable[..., Settings], git_repo: GitRepo, deploy: Callable[[Settings, str], Deployment],
+    make_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    deploy: Callable[[Settings, str], Deployment],
 ) -> None:
     settings = make_settings(keep_releases=2)
     done = [deploy(settings, git_repo.commit({"build.sh": BUILD, "app.txt": f"v{i}\n"})) for i in range(4)]
@@ -240,8 +276,12 @@ def test_old_releases_are_pruned_but_never_current_or_previous(
 
 # -- manual deploys, rollbacks, history ---------------------------------------------------------
 
+
 def test_a_manual_deploy_of_a_branch_resolves_its_head_in_the_worker(
-    make_settings: Callable[..., Settings], git_repo: GitRepo, redis: Redis, monkeypatch: pytest.MonkeyPatch,
+    make_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    redis: Redis,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from workers.queueing import manual_deploy
 
@@ -250,8 +290,13 @@ def test_a_manual_deploy_of_a_branch_resolves_its_head_in_the_worker(
     monkeypatch.setenv("PUSHDEPLOY_CONFIG", str(settings.path))
     pipeline.worker_settings.cache_clear()
     project = settings.projects["sample-app"]
-    queued = manual_deploy(Intake(redis, settings.server.public_url), project, project.environments["production"],
-                           "operator", ref="main")
+    queued = manual_deploy(
+        Intake(redis, settings.server.public_url),
+        project,
+        project.environments["production"],
+        "operator",
+        ref="main",
+    )
     assert queued.sha == ""
     SimpleWorker([Queue(defaults.DEPLOY_QUEUE, connection=redis)], connection=redis).work(burst=True)
     done = DeploymentStore(redis).get(queued.id)
@@ -260,7 +305,9 @@ def test_a_manual_deploy_of_a_branch_resolves_its_head_in_the_worker(
 
 
 def test_rollback_reuses_the_kept_release_without_building(
-    make_settings: Callable[..., Settings], git_repo: GitRepo, deploy: Callable[[Settings, str], Deployment],
+    make_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    deploy: Callable[[Settings, str], Deployment],
     redis: Redis,
 ) -> None:
     from workers.queueing import rollback
@@ -269,8 +316,13 @@ def test_rollback_reuses_the_kept_release_without_building(
     first = deploy(settings, git_repo.commit({"build.sh": BUILD, "app.txt": "one\n"}))
     deploy(settings, git_repo.commit({"app.txt": "two\n"}))
     project = settings.projects["sample-app"]
-    queued = rollback(Intake(redis, settings.server.public_url), project, project.environments["production"],
-                      first, "operator")
+    queued = rollback(
+        Intake(redis, settings.server.public_url),
+        project,
+        project.environments["production"],
+        first,
+        "operator",
+    )
     SimpleWorker([Queue(defaults.DEPLOY_QUEUE, connection=redis)], connection=redis).work(burst=True)
     done = DeploymentStore(redis).get(queued.id)
     assert done.state is State.SUCCEEDED
@@ -281,7 +333,9 @@ def test_rollback_reuses_the_kept_release_without_building(
 
 
 def test_history_keeps_the_newest_deployments_per_environment(
-    make_settings: Callable[..., Settings], git_repo: GitRepo, deploy: Callable[[Settings, str], Deployment],
+    make_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    deploy: Callable[[Settings, str], Deployment],
     redis: Redis,
 ) -> None:
     from workers.forge import NullForge
@@ -298,5 +352,7 @@ def test_history_keeps_the_newest_deployments_per_environment(
     assert not redis.exists(f"pd:dep:{done[0].id}", f"pd:dep:{done[0].id}:log", f"pd:dep:{done[0].id}:steps")
     assert [d.id for d in store.query([("sample-app", "production")], sha=done[3].sha[:8])] == [done[3].id]
     assert [d.id for d in store.query([("sample-app", "production")], state=State.SUCCEEDED, limit=2)] == [
-        done[4].id, done[3].id]
+        done[4].id,
+        done[3].id,
+    ]
     assert store.query([("sample-app", "production")], since=done[4].created_at + 1) == []

@@ -173,8 +173,15 @@ def test_unsafe_release_ids_are_refused(tmp_path: Path, releases: Releases, rele
 
 @pytest.mark.parametrize(
     ("project", "environment"),
-    [("../etc", "production"), ("sample-app", "../../x"), ("a/b", "production"), ("sample-app", ""),
-     (".hidden", "production"), ("sample-app", "prod\n"), ("-rf", "production")],
+    [
+        ("../etc", "production"),
+        ("sample-app", "../../x"),
+        ("a/b", "production"),
+        ("sample-app", ""),
+        (".hidden", "production"),
+        ("sample-app", "prod\n"),
+        ("-rf", "production"),
+    ],
 )
 def test_unsafe_names_are_refused(tmp_path: Path, project: str, environment: str) -> None:
     with pytest.raises(ValueError, match="unsafe name"):

@@ -123,8 +123,12 @@ def test_env_without_a_name_is_an_error(tmp_path: Path) -> None:
 
 def test_empty_or_blank_values_are_errors(tmp_path: Path) -> None:
     (tmp_path / "blank").write_text(" \n")
-    for reference, environ in [("", {}), ("env:EMPTY", {"EMPTY": ""}), ("env:EMPTY", {"EMPTY": "  "}),
-                               ("file:blank", {})]:
+    for reference, environ in [
+        ("", {}),
+        ("env:EMPTY", {"EMPTY": ""}),
+        ("env:EMPTY", {"EMPTY": "  "}),
+        ("file:blank", {}),
+    ]:
         with pytest.raises(SecretError, match="the secret is empty"):
             resolve(reference, environ, tmp_path)
 

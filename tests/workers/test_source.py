@@ -11,8 +11,15 @@ import pytest
 from tests.helpers import GIT_ENV, GitRepo, git
 from workers.source import InvalidSha, Mirror, SourceError, check_sha
 
-HOOK_NAMES = ("reference-transaction", "post-checkout", "post-merge", "post-index-change", "pre-auto-gc",
-              "post-rewrite", "fsmonitor-watchman")
+HOOK_NAMES = (
+    "reference-transaction",
+    "post-checkout",
+    "post-merge",
+    "post-index-change",
+    "pre-auto-gc",
+    "post-rewrite",
+    "fsmonitor-watchman",
+)
 
 
 @pytest.fixture

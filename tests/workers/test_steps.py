@@ -50,8 +50,14 @@ def step(tmp_path: Path) -> Iterator[Callable[..., Step]]:
                 on_line(line)
 
         begin = time.monotonic()
-        outcome = run(command, tmp_path, env if env is not None else scrubbed_environment(os.environ, {}),
-                      time.time() + timeout, collect, should_stop)
+        outcome = run(
+            command,
+            tmp_path,
+            env if env is not None else scrubbed_environment(os.environ, {}),
+            time.time() + timeout,
+            collect,
+            should_stop,
+        )
         result = Step(outcome, lines, time.monotonic() - begin)
         started.append(result)
         return result
@@ -171,7 +177,7 @@ def test_canary_in_the_worker_environment_is_invisible_to_steps(
     step: Callable[..., Step], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("GITLAB_TOKEN", CANARY)
-    result = step("env; echo \"token=${GITLAB_TOKEN:-unset}\"", env=scrubbed_environment(os.environ, {}))
+    result = step('env; echo "token=${GITLAB_TOKEN:-unset}"', env=scrubbed_environment(os.environ, {}))
     assert "token=unset" in result.lines
     assert not any(CANARY in line for line in result.lines)
 
@@ -233,8 +239,13 @@ def test_a_failing_log_writer_does_not_leave_the_step_running(tmp_path: Path) ->
 
     try:
         with pytest.raises(ConnectionError):
-            run("echo group $$; sleep 600 & echo grandchild $!; sleep 600", tmp_path,
-                scrubbed_environment(os.environ, {}), time.time() + 30, write)
+            run(
+                "echo group $$; sleep 600 & echo grandchild $!; sleep 600",
+                tmp_path,
+                scrubbed_environment(os.environ, {}),
+                time.time() + 30,
+                write,
+            )
         assert_group_gone(pids["group"], pids["grandchild"])
     finally:
         _kill_group(pids["group"])
