@@ -11,6 +11,7 @@ from redis import Redis
 from webhook import auth
 from webhook.api import api
 from webhook.badges import badges
+from webhook.metrics import metrics
 from webhook.pages import pages
 from webhook.receive import hooks
 from workers.config import Settings, config_path, load
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None) -> 
     app.register_blueprint(pages)
     app.register_blueprint(api)
     app.register_blueprint(badges)  # public: they show only a state
+    app.register_blueprint(metrics)
     gunicorn_logger = logging.getLogger("gunicorn.error")
     if gunicorn_logger.handlers:
         app.logger.handlers = gunicorn_logger.handlers

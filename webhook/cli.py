@@ -134,10 +134,10 @@ def cmd_new_secret(args: argparse.Namespace) -> int:
 
 
 def cmd_web(args: argparse.Namespace) -> int:
-    from webhook.launcher import web_argv
+    from webhook.launcher import service_env, web_argv
 
     settings = settings_from(args)
-    env = dict(os.environ, PUSHDEPLOY_CONFIG=str(settings.path.resolve()))
+    env = service_env(settings)
     argv = web_argv(args.bind, args.workers)
     os.execve(argv[0], argv, env)  # noqa: S606 (gunicorn replaces this process; argv is ours)
     return EXIT_FAILURE  # not reached

@@ -167,15 +167,28 @@ def web_argv(bind: str, workers: int = 2) -> list[str]:
         "30",
         "--access-logfile",
         "-",
+        "--config",
+        "python:webhook.gunicorn_config",
         "webhook.app:create_app()",
     ]
 
 
-def service_env(settings: Settings, redis_url: str) -> dict[str, str]:
+def service_env(settings: Settings, redis_url: str | None = None) -> dict[str, str]:
+    """The environment of the web and worker processes, with a fresh metrics directory."""
     env = dict(os.environ)
     env["PUSHDEPLOY_CONFIG"] = str(settings.path.resolve())
-    env["PUSHDEPLOY_REDIS_URL"] = redis_url
+    if redis_url:
+        env["PUSHDEPLOY_REDIS_URL"] = redis_url
+    env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir(settings)))
     return env
+
+
+def metrics_dir(settings: Settings) -> Path:
+    """prometheus_client's multiprocess files, emptied at start: old files would skew the counters."""
+    path = settings.server.data_dir / "metrics"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def up(settings: Settings, bind: str) -> tuple[Supervisor, str, str]:

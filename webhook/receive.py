@@ -9,7 +9,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from redis.exceptions import RedisError
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from webhook import events
+from webhook import events, metrics
 from webhook.errors import PayloadTooLarge, QueueUnavailable, UnknownProject, WebhookError
 from webhook.verify import check_envelope, verify_signature, verify_token
 from workers.config import Settings
@@ -43,6 +43,7 @@ def receive(project: str) -> tuple[Response, int]:
     events.check_project(payload, configured)
     decision = events.classify(request.headers, payload, configured, events.delivery_key(request.headers))
     if isinstance(decision, events.Ignored):
+        metrics.delivered("ignored")
         return jsonify(ignored=decision.reason), 200
     intake: Intake = current_app.extensions["pushdeploy.intake"]
     try:
@@ -51,12 +52,15 @@ def receive(project: str) -> tuple[Response, int]:
         current_app.logger.warning("Redis unavailable: delivery for %s answered 503", project)
         raise QueueUnavailable() from None
     if accepted.duplicate:
+        metrics.delivered("duplicate")
         return jsonify(duplicate=True, deployment=accepted.deployment_id), 200
+    metrics.delivered("accepted")
     url = deployment_url(settings.server.public_url, accepted.deployment_id)
     return jsonify(deployment=accepted.deployment_id, url=url), 202
 
 
 @hooks.errorhandler(WebhookError)
 def refused(error: WebhookError) -> tuple[Response, int]:
+    metrics.refused(error.code, error.status_code)
     body: dict[str, Any] = {"error": error.detail}
     return jsonify(body), error.status_code

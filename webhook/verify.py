@@ -70,16 +70,18 @@ def verify_signature(
     timestamp = header(headers, "webhook-timestamp")
     signatures = header(headers, "webhook-signature")
     if not msg_id or not timestamp or not signatures:
-        raise InvalidSignature("missing webhook-id, webhook-timestamp or webhook-signature header")
+        raise InvalidSignature(
+            "missing webhook-id, webhook-timestamp or webhook-signature header", "signature_missing"
+        )
     if len(msg_id) > MAX_ID_LENGTH or not msg_id.isprintable():
-        raise InvalidSignature("malformed webhook-id header")
+        raise InvalidSignature("malformed webhook-id header", "signature_malformed")
     if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:
-        raise InvalidSignature("malformed webhook-timestamp header")
+        raise InvalidSignature("malformed webhook-timestamp header", "signature_malformed")
     if abs(now - int(timestamp)) > tolerance:
-        raise InvalidSignature("webhook-timestamp outside the allowed clock skew")
+        raise InvalidSignature("webhook-timestamp outside the allowed clock skew", "signature_stale")
     candidates = list(_v1_signatures(signatures.split(" ")[:MAX_SIGNATURES]))
     if not candidates:
-        raise InvalidSignature("no v1 signature in webhook-signature")
+        raise InvalidSignature("no v1 signature in webhook-signature", "signature_malformed")
     signed = f"{msg_id}.{timestamp}.".encode() + body
     for key in keys:
         expected = hmac.new(key.key, signed, hashlib.sha256).digest()
@@ -89,7 +91,7 @@ def verify_signature(
             matched |= hmac.compare_digest(expected, candidate)
         if matched:
             return msg_id
-    raise InvalidSignature("signature does not match")
+    raise InvalidSignature("signature does not match", "signature_mismatch")
 
 
 def _v1_signatures(entries: Iterable[str]) -> Iterable[bytes]:
@@ -111,7 +113,7 @@ def verify_token(headers: Headers, tokens: Sequence[Secret]) -> None:
     """
     given = header(headers, "X-Gitlab-Token")
     if given is None:
-        raise InvalidToken("missing X-Gitlab-Token header")
+        raise InvalidToken("missing X-Gitlab-Token header", "token_missing")
     # A lone surrogate cannot arrive over HTTP but must not crash a direct caller: "surrogatepass".
     given_forms = [given.encode("utf-8", "surrogatepass")]
     if not given.isascii():
@@ -125,7 +127,7 @@ def verify_token(headers: Headers, tokens: Sequence[Secret]) -> None:
         for given_bytes in given_forms:
             matched |= hmac.compare_digest(given_bytes, expected)
     if not matched:
-        raise InvalidToken()
+        raise InvalidToken(code="token_mismatch")
 
 
 def sign(key: SigningKey | bytes, msg_id: str, timestamp: int, body: bytes) -> str:

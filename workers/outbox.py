@@ -19,7 +19,7 @@ from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import RedisError, WatchError
 
-from workers import defaults
+from workers import defaults, telemetry
 from workers.deployments import OUTBOX_DUE_KEY, PREFIX, key
 from workers.forge import CommitStatus, DeploymentUpdate, Forge, ForgeRejected, TransientForgeError
 
@@ -138,6 +138,7 @@ class Courier:
                     status = CommitStatus.from_dict(data)
                     outcome = self.forge.post_status(status)
             except TransientForgeError as exc:
+                telemetry.count(self.redis, "status_posts", "retry")
                 attempts = int(self.redis.hincrby(record, ATTEMPT_FIELD, 1))
                 delay = exc.retry_after or self.delays[min(attempts - 1, len(self.delays) - 1)]
                 self.redis.zadd(DUE_KEY, {deployment_id: time.time() + delay})
@@ -156,6 +157,7 @@ class Courier:
                     "%s for %s refused: %s", data.get("state") or data.get("status"), deployment_id, exc
                 )
                 outcome = "refused"
+            telemetry.count(self.redis, "status_posts", outcome)
             self.redis.hset(record, mapping={SENT_FIELD: str(sent + 1), ATTEMPT_FIELD: "0"})
             log.debug("outbox entry %d for %s: %s", sent, deployment_id, outcome)
 

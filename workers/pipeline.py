@@ -19,7 +19,7 @@ from pathlib import Path
 from redis import Redis
 from rq import Queue
 
-from workers import defaults, health, steps
+from workers import defaults, health, steps, telemetry
 from workers.config import Environment, Project, Settings, load
 from workers.control import cancel_requested, supersede
 from workers.deploylog import DeploymentLog, Masker
@@ -256,6 +256,7 @@ class Runner:
         started = time.monotonic()
         job.log.step(f"fetch {sha[:12]} from {environment.branch}")
         fetched = mirror.fetch(environment.branch, sha)
+        self.measure("fetch", started)
         job.log.info(
             f"{'fetched' if fetched else 'already in the mirror'} in {time.monotonic() - started:.2f} s"
         )
@@ -263,13 +264,17 @@ class Runner:
         job.releases.prepare()
         release_dir = job.releases.path(deployment.id)
         job.log.step(f"export {sha[:12]} into releases/{deployment.id}")
+        started = time.monotonic()
         mirror.export(sha, release_dir)
+        self.measure("export", started)
         self.store.update(deployment.id, release=deployment.id)
         deployment.release = deployment.id
         variables = self.variables(job, deployment.id, deployment.sha, deployment.previous_sha)
         try:
+            started = time.monotonic()
             for index, command in enumerate(environment.build, start=1):
                 self.step(job, "build", index, command, release_dir, variables)
+            self.measure("build", started)
             self.check_cancel(job)
         except (StepFailed, Canceled):
             job.releases.remove(deployment.id)  # a failed build never reaches current
@@ -283,16 +288,20 @@ class Runner:
         previous = job.releases.switch(release_id)
         job.switched = True
         job.log.info(f"current → releases/{release_id}" + (f" (was {previous})" if previous else ""))
+        started = time.monotonic()
         for index, command in enumerate(environment.deploy, start=1):
             self.step(job, "deploy", index, command, job.releases.current_link, variables)
+        self.measure("deploy", started)
         if environment.health_check:
             job.log.step(f"health check {environment.health_check.url}")
+            started = time.monotonic()
             verdict = health.check(
                 environment.health_check,
                 job.deadline,
                 job.log.info,
                 should_stop=lambda: self.cancel_flag(job) != "",
             )
+            self.measure("health_check", started)
             self.check_cancel(job)
             if not verdict.healthy:
                 raise HealthCheckFailed(
@@ -317,6 +326,7 @@ class Runner:
         job.log.step(f"rollback: current → releases/{previous_release} ({previous_sha[:12]})")
         job.deadline = time.time() + job.environment.timeout  # the rollback has a budget of its own
         variables = self.variables(job, previous_release, previous_sha, job.deployment.sha)
+        started = time.monotonic()
         try:
             for index, command in enumerate(job.environment.deploy, start=1):
                 self.step(
@@ -325,6 +335,8 @@ class Runner:
         except StepFailed as exc:
             job.log.info(f"rollback deploy step failed too: {exc}")
             return f"{reason}; rolled back to {previous_sha}, but its deploy step failed"
+        finally:
+            self.measure("rollback", started)
         return f"{reason}; rolled back to {previous_sha}"
 
     def step(
@@ -374,6 +386,9 @@ class Runner:
         if not outcome.ok:
             raise StepFailed(result)
 
+    def measure(self, phase: str, started: float) -> None:
+        telemetry.observe(self.redis, "phase", phase, time.monotonic() - started)
+
     def cancel_flag(self, job: Job) -> str:
         """Who asked to cancel, or ""; looked up at most every CANCEL_POLL seconds."""
         now = time.monotonic()
@@ -418,6 +433,13 @@ class Runner:
         final = self.store.transition(deployment.id, state, reason)
         deplog.info(f"deployment {state}" + (f": {reason}" if reason else ""))
         deplog.flush()
+        with self.redis.pipeline(transaction=False) as pipe:
+            telemetry.count(pipe, "finished", str(state))
+            if final.started_at:
+                telemetry.observe(pipe, "phase", "total", final.finished_at - final.started_at)
+            if state is State.SUCCEEDED:
+                telemetry.observe(pipe, "push_to_live", "all", final.finished_at - final.created_at)
+            pipe.execute()
         if state is State.SUCCEEDED:
             self.store.mark_live(final)
         self.store.prune_history(

@@ -44,22 +44,14 @@ class Stack:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHDEPLOY_")}
         env["PUSHDEPLOY_CONFIG"] = str(self.config)
         env["PYTHONPATH"] = str(ROOT)
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(self.logs.parent / "metrics")
         return env
 
     def start_web(self, workers: int = 2) -> None:
-        bind = self.base_url.removeprefix("http://")
-        argv = [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--bind",
-            bind,
-            "--workers",
-            str(workers),
-            "--access-logfile",
-            "-",
-            "webhook.app:create_app()",
-        ]
+        from webhook.launcher import web_argv
+
+        (self.logs.parent / "metrics").mkdir(exist_ok=True)
+        argv = web_argv(self.base_url.removeprefix("http://"), workers)
         self._spawn("web", argv)
         wait_for(self._healthy, timeout=30, what="gunicorn to answer /healthz")
 
