@@ -1,0 +1,74 @@
+"""A real headless Chromium: sign in, the overview, and a deployment's log updating live.
+
+Screenshots are kept under ``test-artifacts/screenshots/`` for people to look at.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.e2e.conftest import ROOT, Stack
+from tests.helpers import ADMIN_TOKEN, push_body, signed_headers
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SHOTS = ROOT / "test-artifacts" / "screenshots"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+SLOW_BUILD = "for i in 1 2 3 4 5 6; do echo \"compiling part $i of 6\"; sleep 1; done"
+
+
+@pytest.fixture
+def browser() -> object:
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (Debian package: chromium)")
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with playwright_api.sync_playwright() as driver:
+        launched = driver.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield launched
+        launched.close()
+
+
+def test_overview_and_a_live_log_in_a_real_browser(stack: object, browser: object) -> None:
+    made: Stack = stack(build=[SLOW_BUILD], deploy=["echo live"])  # type: ignore[operator]
+    made.start_web()
+    made.start_worker()
+    page = browser.new_page(viewport={"width": 1200, "height": 800})  # type: ignore[attr-defined]
+
+    page.goto(made.base_url + "/")
+    assert "/login" in page.url  # private until signed in
+    page.fill("input[name=token]", ADMIN_TOKEN)
+    page.click("button:has-text('Sign in')")
+    page.wait_for_selector("h1:has-text('Projects')")
+    assert "sample-app" in page.inner_text("table")
+    page.screenshot(path=str(SHOTS / "overview-empty.png"), full_page=True)
+
+    sha = made.repo.commit({"app.txt": "x\n"})
+    body = push_body(sha)
+    answer = requests.post(f"{made.base_url}/hooks/gitlab/sample-app", data=body, headers=signed_headers(body),
+                           timeout=5)
+    url = answer.json()["url"]
+    page.goto(url)
+    page.wait_for_selector("#log:has-text('compiling part 1 of 6')", timeout=20_000)
+    loaded = page.evaluate("performance.timeOrigin")
+    page.wait_for_selector("#log:has-text('compiling part 3 of 6')", timeout=20_000)
+    assert page.evaluate("performance.timeOrigin") == loaded  # new lines arrived without a reload
+    assert page.inner_text("#state") == "running"
+    page.screenshot(path=str(SHOTS / "deployment-live.png"), full_page=True)
+
+    page.wait_for_selector("#state:has-text('succeeded')", timeout=30_000)
+    page.wait_for_load_state()
+    assert "deployment succeeded" in page.inner_text("#log")
+    page.screenshot(path=str(SHOTS / "deployment-succeeded.png"), full_page=True)
+
+    page.goto(made.base_url + "/")
+    page.wait_for_selector("text=succeeded")
+    page.wait_for_function("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
+    page.screenshot(path=str(SHOTS / "overview.png"), full_page=True)
+    assert Path(SHOTS / "overview.png").stat().st_size > 1000
