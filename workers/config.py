@@ -33,6 +33,9 @@ SERVER_KEYS = {
     "max_body_bytes",
     "keep_deployments",
     "link_ttl_days",
+    "on_redis_down",
+    "reconcile_interval",
+    "reconcile_grace",
 }
 GITLAB_KEYS = {"url", "token", "timeout"}
 PROJECT_ONLY_KEYS = {
@@ -42,6 +45,8 @@ PROJECT_ONLY_KEYS = {
     "signing_token",
     "environments",
     "gitlab_environments",
+    "trigger",
+    "poll_interval",
 }
 ENV_KEYS = {
     "branch",
@@ -124,6 +129,8 @@ class Project:
     signing_keys: tuple[SigningKey, ...]
     environments: Mapping[str, Environment]
     gitlab_environments: bool = False
+    trigger: str = "webhook"  # or "poll": no webhook, the reconciler polls the branch head
+    poll_interval: int = defaults.POLL_INTERVAL
 
     def environment_for_branch(self, branch: str) -> Environment | None:
         for environment in self.environments.values():
@@ -155,6 +162,9 @@ class ServerSettings:
     redis_url_configured: bool = False
     keep_deployments: int = defaults.KEEP_DEPLOYMENTS
     link_ttl_days: int = defaults.LINK_TTL_DAYS
+    on_redis_down: str = "journal"  # or "503"
+    reconcile_interval: int = defaults.RECONCILE_INTERVAL
+    reconcile_grace: int = defaults.RECONCILE_GRACE
 
     def __repr__(self) -> str:
         return _repr(self, {"redis_url"})
@@ -258,8 +268,15 @@ class _Loader:
         max_body = self.integer(table, "max_body_bytes", "server", defaults.MAX_BODY_BYTES, minimum=1024)
         keep = self.integer(table, "keep_deployments", "server", defaults.KEEP_DEPLOYMENTS, minimum=1)
         link_days = self.integer(table, "link_ttl_days", "server", defaults.LINK_TTL_DAYS, minimum=1)
+        on_down = table.get("on_redis_down", "journal")
+        if on_down not in ("journal", "503"):
+            self.problem("server.on_redis_down", 'must be "journal" (accept and keep on disk) or "503"')
+            on_down = "journal"
+        interval = self.integer(table, "reconcile_interval", "server", defaults.RECONCILE_INTERVAL, minimum=0)
+        grace = self.integer(table, "reconcile_grace", "server", defaults.RECONCILE_GRACE, minimum=0)
         return ServerSettings(
-            public_url, redis_url, data_dir, admin, max_body, bool(configured), keep, link_days
+            public_url, redis_url, data_dir, admin, max_body, bool(configured), keep, link_days, on_down,
+            interval, grace,
         )
 
     def gitlab(self, table: dict[str, Any]) -> GitLabSettings | None:
@@ -286,7 +303,12 @@ class _Loader:
         repo_url = self.repo_url(table, key)
         secret_tokens = tuple(self.secrets(table, "secret_token", key, Secret))
         signing_keys = tuple(self.secrets(table, "signing_token", key, SigningKey))
-        if "secret_token" not in table and "signing_token" not in table:
+        trigger = table.get("trigger", "webhook")
+        if trigger not in ("webhook", "poll"):
+            self.problem(f"{key}.trigger", 'must be "webhook" or "poll"')
+            trigger = "webhook"
+        poll_interval = self.integer(table, "poll_interval", key, defaults.POLL_INTERVAL, minimum=10)
+        if trigger == "webhook" and "secret_token" not in table and "signing_token" not in table:
             self.problem(
                 key, "needs secret_token or signing_token (or both): unauthenticated hooks are refused"
             )
@@ -327,7 +349,15 @@ class _Loader:
             self.problem(f"{key}.gitlab_environments", "must be true or false")
             gitlab_environments = False
         return Project(
-            name, gitlab_project, repo_url, secret_tokens, signing_keys, environments, gitlab_environments
+            name,
+            gitlab_project,
+            repo_url,
+            secret_tokens,
+            signing_keys,
+            environments,
+            gitlab_environments,
+            trigger,
+            poll_interval,
         )
 
     def environment(self, project: str, name: str, table: dict[str, Any], key: str) -> Environment | None:

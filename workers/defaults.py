@@ -47,3 +47,15 @@ KEEP_DEPLOYMENTS = 100
 
 LINK_TTL_DAYS = 90
 """How long the signed link GitLab shows as a status's target_url opens its deployment's page."""
+
+RECONCILE_INTERVAL = 300
+"""Seconds between a worker's comparisons of each branch head with what was deployed (0: never)."""
+
+RECONCILE_GRACE = 120
+"""A branch head must differ this long before it counts as a missed webhook (pushes take a moment)."""
+
+POLL_INTERVAL = 60
+"""Seconds between looks at the branch head for projects with ``trigger = "poll"``."""
+
+JOURNAL_DRAIN_INTERVAL = 2.0
+"""Seconds between a web process's tries to move journaled deliveries into Redis."""
