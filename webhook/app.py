@@ -11,16 +11,18 @@ from redis import Redis
 from webhook import auth
 from webhook.api import api
 from webhook.badges import badges
+from webhook.drainer import Drainer
 from webhook.metrics import metrics
 from webhook.pages import pages
 from webhook.receive import hooks
 from workers.config import Settings, config_path, load
 from workers.connection import web_redis
+from workers.journal import Journal
 from workers.links import LinkSigner
 from workers.queueing import Intake
 
 
-def create_app(settings: Settings | None = None, redis: Redis | None = None) -> Flask:
+def create_app(settings: Settings | None = None, redis: Redis | None = None, drain: bool = True) -> Flask:
     """Build the web tier; without arguments it reads ``PUSHDEPLOY_CONFIG`` (as gunicorn does)."""
     if settings is None:
         settings = load(config_path(None, os.environ))
@@ -32,7 +34,12 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None) -> 
     app.extensions["pushdeploy.settings"] = settings
     app.extensions["pushdeploy.redis"] = redis
     signer = LinkSigner.for_server(settings.server.admin_token, settings.server.link_ttl_days)
-    app.extensions["pushdeploy.intake"] = Intake(redis, settings.server.public_url, signer=signer)
+    intake = Intake(redis, settings.server.public_url, signer=signer)
+    app.extensions["pushdeploy.intake"] = intake
+    journal = Journal(settings.server.data_dir)
+    app.extensions["pushdeploy.journal"] = journal
+    if settings.server.on_redis_down == "journal" and drain:
+        Drainer(settings, journal, intake).start()
     app.register_blueprint(hooks)
     auth.init_app(app, settings)
     app.register_blueprint(pages)

@@ -13,7 +13,9 @@ from webhook import events, metrics
 from webhook.errors import PayloadTooLarge, QueueUnavailable, UnknownProject, WebhookError
 from webhook.verify import check_envelope, verify_signature, verify_token
 from workers.config import Settings
-from workers.queueing import Intake, deployment_url
+from workers.deployments import new_id
+from workers.journal import Record
+from workers.queueing import Accepted, Intake, deployment_url
 
 hooks = Blueprint("hooks", __name__)
 
@@ -48,15 +50,42 @@ def receive(project: str) -> tuple[Response, int]:
     intake: Intake = current_app.extensions["pushdeploy.intake"]
     try:
         accepted = intake.accept(configured, decision.environment, decision.push)
+        outcome = "duplicate" if accepted.duplicate else "accepted"
     except RedisError:
-        current_app.logger.warning("Redis unavailable: delivery for %s answered 503", project)
-        raise QueueUnavailable() from None
+        accepted = keep_for_later(settings, configured.name, decision)
+        outcome = "journaled"
+    metrics.delivered(outcome)
     if accepted.duplicate:
-        metrics.delivered("duplicate")
         return jsonify(duplicate=True, deployment=accepted.deployment_id), 200
-    metrics.delivered("accepted")
     url = deployment_url(settings.server.public_url, accepted.deployment_id)
     return jsonify(deployment=accepted.deployment_id, url=url), 202
+
+
+def keep_for_later(settings: Settings, project: str, decision: events.Deploy) -> Accepted:
+    """Redis is unreachable: journal the delivery on local disk (or answer 503 if so configured)."""
+    if settings.server.on_redis_down != "journal":
+        current_app.logger.warning("Redis unavailable: delivery for %s answered 503", project)
+        raise QueueUnavailable()
+    deployment_id, push = new_id(), decision.push
+    record = Record(
+        deployment_id,
+        time.time(),
+        project,
+        decision.environment.name,
+        push.ref,
+        push.sha,
+        push.pusher,
+        push.delivery_key,
+    )
+    try:
+        current_app.extensions["pushdeploy.journal"].append(record)
+    except OSError:
+        current_app.logger.error(
+            "Redis unavailable and the journal unwritable: delivery for %s lost", project
+        )
+        raise QueueUnavailable() from None
+    current_app.logger.warning("Redis unavailable: delivery %s for %s journaled", deployment_id, project)
+    return Accepted(deployment_id, duplicate=False)
 
 
 @hooks.errorhandler(WebhookError)

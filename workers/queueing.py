@@ -106,12 +106,23 @@ class Intake:
         self.queue = Queue(queue_name, connection=redis)
         self.store = DeploymentStore(redis)
 
-    def accept(self, project: Project, environment: Environment, push: Push) -> Accepted:
-        deployment_id = new_id()
+    def accept(
+        self,
+        project: Project,
+        environment: Environment,
+        push: Push,
+        deployment_id: str = "",
+        created_at: float = 0.0,
+    ) -> Accepted:
+        """Queue a push; a journaled one comes with the id and time it was answered with."""
+        journaled = bool(deployment_id)
+        deployment_id = deployment_id or new_id()
         if push.delivery_key:
             holder = self.claim(project.name, push.delivery_key, deployment_id)
             if holder != deployment_id:
                 return Accepted(holder, duplicate=True)
+        if journaled and self.redis.exists(key(deployment_id)):
+            return Accepted(deployment_id, duplicate=True)  # drained before, then the drainer stopped
         deployment = Deployment(
             id=deployment_id,
             project=project.name,
@@ -121,6 +132,7 @@ class Intake:
             pusher=push.pusher,
             delivery_id=push.delivery_key,
             trigger=push.trigger,
+            created_at=created_at or time.time(),
         )
         self.enqueue(project, environment, deployment)
         return Accepted(deployment_id, duplicate=False)

@@ -18,9 +18,16 @@ pytestmark = pytest.mark.e2e
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SHOTS = ROOT / "test-artifacts" / "screenshots"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
-SLOW_BUILD = "for i in 1 2 3 4 5 6; do echo \"compiling part $i of 6\"; sleep 1; done"
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SLOW_BUILD = 'for i in 1 2 3 4 5 6; do echo "compiling part $i of 6"; sleep 1; done'
 
 
 @pytest.fixture
@@ -51,8 +58,9 @@ def test_overview_and_a_live_log_in_a_real_browser(stack: object, browser: objec
 
     sha = made.repo.commit({"app.txt": "x\n"})
     body = push_body(sha)
-    answer = requests.post(f"{made.base_url}/hooks/gitlab/sample-app", data=body, headers=signed_headers(body),
-                           timeout=5)
+    answer = requests.post(
+        f"{made.base_url}/hooks/gitlab/sample-app", data=body, headers=signed_headers(body), timeout=5
+    )
     url = answer.json()["url"]
     page.goto(url)
     page.wait_for_selector("#log:has-text('compiling part 1 of 6')", timeout=20_000)

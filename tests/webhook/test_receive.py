@@ -839,10 +839,11 @@ def refused_url() -> str:
 
 @pytest.mark.parametrize("where", ["port 1", "refused", "blackhole"])
 def test_redis_unreachable_answers_503_within_a_second(
-    settings: Settings, sha: str, blackhole: str, where: str
+    make_settings: Callable[..., Settings], sha: str, blackhole: str, where: str
 ) -> None:
     url = {"port 1": "redis://127.0.0.1:1/0", "refused": refused_url(), "blackhole": blackhole}[where]
-    client = create_app(settings, web_redis(url)).test_client()
+    settings = make_settings(server={"on_redis_down": "503"})
+    client = create_app(settings, web_redis(url), drain=False).test_client()
     body = push_body(sha)
     started = time.monotonic()
     response = post(client, body, signed_headers(body))
@@ -857,7 +858,8 @@ def test_redis_unreachable_without_a_delivery_key_is_503_too(
     make_settings: Callable[..., Settings], sha: str, blackhole: str, where: str
 ) -> None:
     url = {"port 1": "redis://127.0.0.1:1/0", "blackhole": blackhole}[where]
-    client = create_app(make_settings(signing_token=None), web_redis(url)).test_client()
+    settings = make_settings(signing_token=None, server={"on_redis_down": "503"})
+    client = create_app(settings, web_redis(url), drain=False).test_client()
     body = push_body(sha)
     headers = {
         "Content-Type": "application/json",
@@ -1036,8 +1038,13 @@ class CuttingProxy:
 
 
 def test_a_delivery_answered_503_midway_is_deployed_when_gitlab_resends_it(
-    settings: Settings, redis: Redis, redis_url: str, sha: str, monkeypatch: pytest.MonkeyPatch
+    make_settings: Callable[..., Settings],
+    redis: Redis,
+    redis_url: str,
+    sha: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    settings = make_settings(server={"on_redis_down": "503"})
     monkeypatch.setattr("workers.queueing.CLAIM_GRACE", 0.5)  # a resend is manual: seconds later at least
     host, port = (
         redis.connection_pool.connection_kwargs["host"],
