@@ -52,7 +52,7 @@ def make_settings(tmp_path: Path, git_repo: GitRepo, redis_url: str) -> Callable
                 "admin_token": "admin-token-canary-51c2e8",
                 **(server or {}),
             },
-            "projects": {"sample-app": project_config(git_repo.url, **project)},
+            "projects": {"sample-app": project_config(project.pop("repo_url", git_repo.url), **project)},
         }
         if gitlab:
             config["gitlab"] = gitlab

@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="send the secret and signing tokens again (GitLab never shows them, so changes are unseen)",
     )
+    sp = command(
+        "reconcile", cmd_reconcile, "deploy branch heads that moved without a deployment (missed webhooks)"
+    )
+    sp.add_argument("--now", action="store_true", help="ignore the grace period")
     console.add_commands(sub, settings_from)
     return parser
 
@@ -126,6 +130,21 @@ def cmd_gitlab_hook(args: argparse.Namespace) -> int:
     for line in gitlab_hooks.describe(report):
         print(line)
     return EXIT_OK
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from workers.connection import worker_redis
+    from workers.reconciler import Reconciler
+
+    settings = settings_from(args)
+    findings = Reconciler(settings, worker_redis(settings.server.redis_url)).run(
+        only_due=False, grace=0 if args.now else None
+    )
+    for finding in findings:
+        where = f"{finding.project}/{finding.environment}"
+        head = finding.head[:12] or "?"
+        print(f"{where}: {finding.verdict} (head {head})" + (f": {finding.detail}" if finding.detail else ""))
+    return EXIT_FAILURE if any(f.verdict == "unknown" for f in findings) else EXIT_OK
 
 
 def cmd_new_secret(args: argparse.Namespace) -> int:

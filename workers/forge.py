@@ -99,6 +99,10 @@ class Forge(Protocol):
         """Create (no ``forge_id``) or update a forge deployment; returns its id."""
         ...
 
+    def branch_head(self, project: str, branch: str) -> str | None:
+        """The commit a branch points at now, or None when the forge cannot tell."""
+        ...
+
 
 class NullForge:
     """No ``[gitlab]`` section: statuses are only recorded on the deployment."""
@@ -110,6 +114,9 @@ class NullForge:
 
     def post_deployment(self, update: DeploymentUpdate, forge_id: str) -> str:
         return forge_id
+
+    def branch_head(self, project: str, branch: str) -> str | None:
+        return None
 
 
 class GitLabForge:
@@ -148,6 +155,19 @@ class GitLabForge:
             )
             return str(created.id)
         raise AssertionError("unreachable")
+
+    def branch_head(self, project: str, branch: str) -> str | None:
+        remote = self.client.projects.get(project, lazy=True)
+        try:
+            found = remote.branches.get(branch, max_retries=self.max_retries, obey_rate_limit=True)
+        except gitlab.exceptions.GitlabGetError as exc:
+            if exc.response_code == 404:
+                return None
+            raise translate(exc) from None
+        except (gitlab.exceptions.GitlabError, requests.ConnectionError, requests.Timeout) as exc:
+            raise translate(exc) from None
+        sha = (found.commit or {}).get("id")
+        return str(sha) if sha else None
 
     def post_status(self, status: CommitStatus) -> str:
         project = self.client.projects.get(status.project, lazy=True)

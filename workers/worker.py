@@ -16,6 +16,7 @@ from workers.forge import forge_for
 from workers.lanes import Lane
 from workers.outbox import Courier
 from workers.queueing import enqueue_job
+from workers.reconciler import Reconciler
 from workers.recovery import horse_killed
 
 log = logging.getLogger(__name__)
@@ -31,8 +32,9 @@ WORKER_TTL = 35
 short is what makes the maintenance interval real on an idle worker. Dead-worker detection is then
 at most heartbeat (5 s) + 60 s + 20 s + the dequeue wait (20 s): under two minutes."""
 
-JANITOR_INTERVAL = 30.0
-"""Seconds between looks for a waiting deployment whose lane holder vanished unnoticed."""
+JANITOR_INTERVAL = 5.0
+"""Seconds between the janitor's rounds: resume stalled lanes, and reconcile environments that are due
+(each environment's own interval is kept in Redis, so many workers check it once)."""
 
 
 def run_worker(settings: Settings, burst: bool = False, name: str | None = None) -> bool:
@@ -63,11 +65,13 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None)
 
 
 class Janitor:
-    """Restarts deployments left waiting on a lane whose holder died without handing over."""
+    """Restarts deployments left waiting on a lane whose holder died without handing over, and runs
+    the reconciler (missed webhooks, polled projects)."""
 
     def __init__(self, settings: Settings, redis: Redis) -> None:
         self.settings = settings
         self.redis = redis
+        self.forge = forge_for(settings.gitlab)
         self.stopping = threading.Event()
 
     def start(self) -> threading.Thread:
@@ -82,8 +86,12 @@ class Janitor:
         while not self.stopping.wait(JANITOR_INTERVAL):
             try:
                 self.sweep()
+                self.reconcile()
             except Exception:
-                log.exception("lane janitor: sweep failed; trying again later")
+                log.exception("janitor: a round failed; trying again later")
+
+    def reconcile(self) -> None:
+        Reconciler(self.settings, self.redis, self.forge).run(only_due=True)
 
     def sweep(self) -> int:
         queue = Queue(defaults.DEPLOY_QUEUE, connection=self.redis)

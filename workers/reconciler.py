@@ -1,0 +1,142 @@
+"""The reconciler: a branch head that moved without a deployment gets one ("missed webhook").
+
+GitLab does not retry failed deliveries and can drop them (rate limits, a hook it disabled), so
+each environment's branch head is compared now and then with the newest deployment's commit. A
+difference that lasts longer than a grace period queues a deployment. Projects with
+``trigger = "poll"`` use the same check, with no grace, as their only trigger.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+from redis import Redis
+
+from workers.config import Environment, Project, Settings
+from workers.deployments import PREFIX, Deployment, DeploymentStore, new_id
+from workers.forge import Forge, ForgeError, forge_for
+from workers.links import LinkSigner
+from workers.queueing import Intake
+from workers.source import SHA_RE, Mirror, SourceError
+
+log = logging.getLogger(__name__)
+
+MISSED = "missed webhook"
+POLLED = "poll"
+
+
+@dataclass(frozen=True)
+class Finding:
+    project: str
+    environment: str
+    head: str  # "" when the branch head could not be read
+    verdict: str  # "in sync", "drift", "queued", "skipped", "unknown"
+    detail: str = ""
+
+
+class Reconciler:
+    def __init__(self, settings: Settings, redis: Redis, forge: Forge | None = None) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.forge = forge if forge is not None else forge_for(settings.gitlab)
+        self.store = DeploymentStore(redis)
+        signer = LinkSigner.for_server(settings.server.admin_token, settings.server.link_ttl_days)
+        self.intake = Intake(redis, settings.server.public_url, signer=signer)
+
+    def due(self, project: Project, environment: Environment) -> bool:
+        """Only one worker of many checks an environment per interval."""
+        interval = (
+            project.poll_interval if project.trigger == "poll" else self.settings.server.reconcile_interval
+        )
+        if interval <= 0:
+            return False
+        marker = f"{PREFIX}:env:{project.name}:{environment.name}:reconciled"
+        return bool(self.redis.set(marker, "1", nx=True, ex=max(1, interval - 1)))
+
+    def run(self, only_due: bool = True, grace: float | None = None) -> list[Finding]:
+        findings = []
+        for project in self.settings.projects.values():
+            for environment in project.environments.values():
+                if only_due and not self.due(project, environment):
+                    continue
+                findings.append(self.check(project, environment, grace))
+        return findings
+
+    def check(self, project: Project, environment: Environment, grace: float | None = None) -> Finding:
+        name = (project.name, environment.name)
+        head = self.head(project, environment)
+        if not head:
+            return Finding(*name, "", "unknown", "the branch head could not be read")
+        newest = self.store.history(project.name, environment.name, limit=1)
+        if (newest and newest[0].sha == head) or self.store.live(*name).get("sha") == head:
+            self.redis.delete(self._drift_key(project, environment))
+            return Finding(*name, head, "in sync")
+        wait = (
+            0.0
+            if project.trigger == "poll"
+            else (self.settings.server.reconcile_grace if grace is None else grace)
+        )
+        since = self._drift_since(project, environment, head)
+        if time.time() - since < wait:
+            return Finding(
+                *name, head, "drift", f"seen {time.time() - since:.0f} s ago; waiting {wait:.0f} s"
+            )
+        deployment = Deployment(
+            id=new_id(),
+            project=project.name,
+            environment=environment.name,
+            ref=f"refs/heads/{environment.branch}",
+            sha=head,
+            pusher="pushdeploy",
+            trigger=POLLED if project.trigger == "poll" else MISSED,
+        )
+        self.intake.enqueue(project, environment, deployment)
+        self.redis.delete(self._drift_key(project, environment))
+        log.warning(
+            "%s/%s: head %s had no deployment: queued %s (%s)",
+            *name,
+            head[:12],
+            deployment.id,
+            deployment.trigger,
+        )
+        return Finding(*name, head, "queued", deployment.id)
+
+    def head(self, project: Project, environment: Environment) -> str:
+        try:
+            head = self.forge.branch_head(project.gitlab_project, environment.branch)
+        except ForgeError as exc:
+            log.info(
+                "%s: GitLab could not tell the head of %s (%s); asking git",
+                project.name,
+                environment.branch,
+                exc,
+            )
+            head = None
+        if head is None:
+            try:
+                with TemporaryDirectory() as tmp:
+                    head = Mirror(Path(tmp) / "none.git", project.repo_url).branch_head(environment.branch)
+            except SourceError as exc:
+                log.warning("%s: git ls-remote failed: %s", project.name, exc)
+                return ""
+        return head if head and SHA_RE.match(head) else ""
+
+    def _drift_key(self, project: Project, environment: Environment) -> str:
+        return f"{PREFIX}:env:{project.name}:{environment.name}:drift"
+
+    def _drift_since(self, project: Project, environment: Environment, head: str) -> float:
+        """When this head was first seen without a deployment (kept across checks and workers)."""
+        key = self._drift_key(project, environment)
+        raw = self.redis.get(key)
+        if raw:
+            seen = json.loads(raw)
+            if seen.get("sha") == head:
+                return float(seen["since"])
+        now = time.time()
+        self.redis.set(key, json.dumps({"sha": head, "since": now}), ex=7 * 86400)
+        return now
