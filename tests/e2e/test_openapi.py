@@ -4,42 +4,28 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Stack, free_port
-from tests.fakegitlab import FakeGitLab
-from tests.helpers import ADMIN_TOKEN, GitRepo, project_config, write_config
+from tests.e2e.conftest import Stack
+from tests.helpers import ADMIN_TOKEN
 
 pytestmark = pytest.mark.e2e
 
 
-def test_the_api_behaves_as_documented(tmp_path: Path, redis: object, redis_url: str) -> None:
+def test_the_api_behaves_as_documented(stack: Callable[..., Stack], tmp_path: Path) -> None:
     """Every documented operation, with generated inputs: no 5xx, answers match the schemas."""
-    repo = GitRepo(tmp_path / "repo")
-    repo.commit({"app.txt": "x\n"})
-    port = free_port()
-    config = {
-        "server": {
-            "public_url": f"http://127.0.0.1:{port}",
-            "redis_url": redis_url,
-            "data_dir": str(tmp_path / "data"),
-            "admin_token": ADMIN_TOKEN,
-        },
-        "projects": {"sample-app": project_config(repo.url)},
-    }
-    path = write_config(tmp_path / "pushdeploy.toml", config)
-    (tmp_path / "logs").mkdir()
-    stack = Stack(path, f"http://127.0.0.1:{port}", tmp_path / "data", FakeGitLab(), repo, tmp_path / "logs")
-    stack.start_web()
-    stack.start_worker()  # deployments end, so ?follow=1 streams end too
+    made = stack()
+    made.start_web()
+    made.start_worker()  # deployments end, so ?follow=1 streams end too
     try:
         run = subprocess.run(
             [
                 str(Path(sys.executable).parent / "schemathesis"),
                 "run",
-                f"{stack.base_url}/api/v1/openapi.json",
+                f"{made.base_url}/api/v1/openapi.json",
                 "--header",
                 f"Authorization: Bearer {ADMIN_TOKEN}",
                 "--checks",
@@ -58,7 +44,7 @@ def test_the_api_behaves_as_documented(tmp_path: Path, redis: object, redis_url:
             cwd=tmp_path,
         )
     finally:
-        stack.stop()
+        made.stop()
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
 
 
