@@ -7,16 +7,17 @@ so an operator fixes a config in one pass.
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from workers import defaults
-from workers.secrets import MASK, Secret, SecretError, SigningKey, resolve
+from workers.secrets import MASK, Keyring, NoKeys, Secret, SecretError, SigningKey, resolve
 
 S = TypeVar("S", bound=Secret)
 
@@ -56,6 +57,7 @@ ENV_KEYS = {
     "keep_releases",
     "timeout",
     "env",
+    "run_as",
 }
 FLAT_ONLY_KEYS = {"environment"}
 
@@ -114,6 +116,8 @@ class Environment:
     keep_releases: int = defaults.KEEP_RELEASES
     timeout: int = defaults.DEPLOY_TIMEOUT
     env: Mapping[str, str] = field(default_factory=dict)
+    run_as: str | None = None
+    """The user the steps run as (the worker must then be root); None runs them as the worker."""
 
     @property
     def status_name(self) -> str:
@@ -195,6 +199,25 @@ class Settings:
         return f"{self.server.public_url}/hooks/gitlab/{project}"
 
 
+def secret_values(raw: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    """``(key, value)`` of each string where the loader accepts a secret, keyed like its problems."""
+    places: list[tuple[str, Any]] = []
+    for section, name in (("server", "admin_token"), ("gitlab", "token")):
+        table = raw.get(section)
+        if isinstance(table, dict) and name in table:
+            places.append((f"{section}.{name}", table[name]))
+    projects = raw.get("projects")
+    for project, table in projects.items() if isinstance(projects, dict) else ():
+        for name in ("secret_token", "signing_token"):
+            if isinstance(table, dict) and name in table:
+                places.append((f"projects.{project}.{name}", table[name]))
+    for key, value in places:
+        if isinstance(value, str):
+            yield key, value
+        elif isinstance(value, list):
+            yield from ((f"{key}[{i}]", v) for i, v in enumerate(value) if isinstance(v, str))
+
+
 def config_path(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Path:
     """The config file from ``--config``, else ``PUSHDEPLOY_CONFIG``, else ``./pushdeploy.toml``."""
     if explicit:
@@ -225,12 +248,15 @@ class _Loader:
         self.base = file.resolve().parent
         self.environ = environ
         self.problems: list[Problem] = []
+        self.keys: Keyring | None = None
+        self.keys_broken = False
 
     def problem(self, key: str, message: str) -> None:
         self.problems.append(Problem(str(self.file), key, message))
 
     def settings(self, raw: dict[str, Any]) -> Settings:
         self.unknown(raw, {"server", "gitlab", "projects"}, "")
+        self.keyring()
         server = self.server(self.table(raw, "server", ""))
         gitlab = self.gitlab(raw["gitlab"]) if isinstance(raw.get("gitlab"), dict) else None
         if "gitlab" in raw and not isinstance(raw["gitlab"], dict):
@@ -275,8 +301,17 @@ class _Loader:
         interval = self.integer(table, "reconcile_interval", "server", defaults.RECONCILE_INTERVAL, minimum=0)
         grace = self.integer(table, "reconcile_grace", "server", defaults.RECONCILE_GRACE, minimum=0)
         return ServerSettings(
-            public_url, redis_url, data_dir, admin, max_body, bool(configured), keep, link_days, on_down,
-            interval, grace,
+            public_url,
+            redis_url,
+            data_dir,
+            admin,
+            max_body,
+            bool(configured),
+            keep,
+            link_days,
+            on_down,
+            interval,
+            grace,
         )
 
     def gitlab(self, table: dict[str, Any]) -> GitLabSettings | None:
@@ -385,7 +420,21 @@ class _Loader:
             keep_releases=self.integer(table, "keep_releases", key, defaults.KEEP_RELEASES, minimum=2),
             timeout=self.integer(table, "timeout", key, defaults.DEPLOY_TIMEOUT, minimum=1),
             env=dict(env),
+            run_as=self.run_as(table, key),
         )
+
+    def run_as(self, table: dict[str, Any], key: str) -> str | None:
+        if "run_as" not in table:
+            return None
+        name = self.string(table, "run_as", key, "")
+        if not name:
+            return None
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            self.problem(f"{key}.run_as", f"no user {name!r} on this host")
+            return None
+        return name
 
     def health_check(self, value: Any, key: str) -> HealthCheck | None:
         if value is None:
@@ -478,6 +527,14 @@ class _Loader:
         # A local path (the demo, a mirror on disk): relative to the config file.
         return str(self.path(value))
 
+    def keyring(self) -> None:
+        """Read ``PUSHDEPLOY_SECRET_KEYS`` once; a malformed key is one problem, not one per value."""
+        try:
+            self.keys = Keyring.from_environ(self.environ)
+        except SecretError as exc:
+            self.problem("-", str(exc))
+            self.keys_broken = True
+
     def secret(self, table: dict[str, Any], name: str, prefix: str) -> Secret | None:
         found = self.secrets(table, name, prefix, Secret)
         return found[0] if found else None
@@ -495,7 +552,10 @@ class _Loader:
         for index, ref in enumerate(refs):
             where = f"{key}[{index}]" if isinstance(value, list) else key
             try:
-                out.append(kind(resolve(ref, self.environ, self.base)))
+                out.append(kind(resolve(ref, self.environ, self.base, self.keys)))
+            except NoKeys as exc:
+                if not self.keys_broken:  # already reported once, at the key that is malformed
+                    self.problem(where, str(exc))
             except SecretError as exc:
                 self.problem(where, str(exc))
         return out

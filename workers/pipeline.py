@@ -189,7 +189,7 @@ class Runner:
         except Canceled as exc:
             reason = self.recover(job, str(exc))
             return self.finish(deployment, project, environment, deplog, State.CANCELED, reason)
-        except (StepFailed, HealthCheckFailed) as exc:
+        except (StepFailed, HealthCheckFailed, steps.RunAsError) as exc:
             if isinstance(exc, StepFailed) and exc.result.tail:
                 deplog.info("last lines:\n" + "\n".join(exc.result.tail[-5:]))
             reason = self.recover(job, str(exc))
@@ -243,6 +243,7 @@ class Runner:
     def deploy(self, job: Job) -> None:
         deployment, environment = job.deployment, job.environment
         sha = check_sha(deployment.sha)
+        steps.switch_to(environment.run_as)  # a worker that cannot become run_as fails before any work
         reuse = deployment.reuse_release
         if reuse and job.releases.path(reuse).is_dir():
             job.log.info(f"reusing release {reuse} of {sha[:12]}: nothing to fetch or build")
@@ -266,6 +267,7 @@ class Runner:
         job.log.step(f"export {sha[:12]} into releases/{deployment.id}")
         started = time.monotonic()
         mirror.export(sha, release_dir)
+        steps.hand_over(release_dir, environment.run_as)
         self.measure("export", started)
         self.store.update(deployment.id, release=deployment.id)
         deployment.release = deployment.id
@@ -359,6 +361,7 @@ class Runner:
             should_stop=(lambda: self.cancel_flag(job) != "") if cancelable else (lambda: False),
             on_start=lambda pid: self.store.update(job.deployment.id, step_pgid=pid),
             on_tick=job.log.flush_due,
+            user=job.environment.run_as,
         )
         job.log.flush()
         result = StepResult(

@@ -2,12 +2,14 @@
 
 Each step gets a new session so a timeout or a cancel can signal the whole group, grandchildren
 included; ``subprocess.run(timeout=…)`` would only kill the shell and leave its children running.
+With ``run_as`` a root worker drops to that user (its primary group, no supplementary groups).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import selectors
 import signal
 import subprocess
@@ -26,6 +28,10 @@ PASSED_VARIABLES = ("PATH", "HOME", "LANG", "TZ")
 """The worker's own variables a step may see; ``LC_*`` is added too. Nothing else leaks in."""
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+class RunAsError(Exception):
+    """Steps cannot run as the configured user from this worker."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,37 @@ def scrubbed_environment(base: Mapping[str, str], extra: Mapping[str, str]) -> d
     return env
 
 
+def switch_to(user: str | None) -> pwd.struct_passwd | None:
+    """The account a step must switch to, or None when it runs as the worker itself.
+
+    Raises:
+        RunAsError: the user does not exist, or the worker is not root and is someone else.
+    """
+    if user is None:
+        return None
+    try:
+        account = pwd.getpwnam(user)
+    except KeyError:
+        raise RunAsError(f"run_as: no user {user!r} on this host") from None
+    if os.geteuid() == 0:
+        return account
+    if account.pw_uid == os.geteuid():
+        return None  # already that user: setgroups() would need root for nothing
+    raise RunAsError(f"run_as needs the worker to run as root (it runs as uid {os.geteuid()})")
+
+
+def hand_over(path: Path, user: str | None) -> None:
+    """Make a release directory the step user's own, so its build can write there."""
+    account = switch_to(user)
+    if account is None:
+        return
+    os.chown(path, account.pw_uid, account.pw_gid)
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            # Never follow a symlink from the repository: it may point anywhere on the host.
+            os.chown(os.path.join(root, name), account.pw_uid, account.pw_gid, follow_symlinks=False)
+
+
 def run(
     command: str,
     cwd: Path,
@@ -57,21 +94,33 @@ def run(
     should_stop: Callable[[], bool] = lambda: False,
     on_start: Callable[[int], None] = lambda _pgid: None,
     on_tick: Callable[[], None] = lambda: None,
+    user: str | None = None,
 ) -> Outcome:
     """Run ``command`` with ``/bin/sh -c`` until it exits, the deadline passes, or ``should_stop``.
 
-    Output (stdout and stderr merged) is passed to ``on_line`` a line at a time.
+    Output (stdout and stderr merged) is passed to ``on_line`` a line at a time. With ``user``
+    the step runs as that user, with ``HOME``, ``USER`` and ``LOGNAME`` set to its account.
+
+    Raises:
+        RunAsError: ``user`` cannot be switched to (see :func:`switch_to`).
     """
+    account = switch_to(user)
+    env = dict(env)
+    if account is not None:
+        env.update(HOME=account.pw_dir, USER=account.pw_name, LOGNAME=account.pw_name)
     started = time.monotonic()
     process = subprocess.Popen(
         ["/bin/sh", "-c", command],
         cwd=cwd,
-        env=dict(env),
+        env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
         close_fds=True,
+        user=account.pw_uid if account else None,
+        group=account.pw_gid if account else None,
+        extra_groups=[] if account else None,
     )
     assert process.stdout is not None
     on_start(process.pid)  # the process group id, so a dead worker's step can still be ended

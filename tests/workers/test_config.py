@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import pwd
 import textwrap
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from tests.helpers import SIGNING_TOKEN
 from webhook.cli import main
 from workers.config import ConfigError, HealthCheck, Settings, load
+from workers.secrets import Keyring, key_id, new_fernet_key
 
 HOOK_TOKEN = "hook-token-canary-0a1b2c"
 ADMIN_CANARY = "admin-canary-3d4e5f"
@@ -670,3 +672,165 @@ def test_new_secret_prints_a_key_that_loads_as_a_signing_token(
     settings: Settings = load(path, environ={})
     assert settings.projects["app"].signing_keys[0].reveal() == key
     assert len(settings.projects["app"].signing_keys[0].key) == 32
+
+
+# -- fernet: values (secrets at rest) -------------------------------------------------
+
+K1, K2 = new_fernet_key(), new_fernet_key()
+
+
+def encrypted_config(tmp_path: Path, keyring: Keyring) -> Path:
+    """Every place a secret is accepted, encrypted: literals, a list, env: and file: indirection."""
+    write(tmp_path / "admin-token", keyring.encrypt(ADMIN_CANARY) + "\n")
+    return write(
+        tmp_path / "pushdeploy.toml",
+        f"""
+        [server]
+        admin_token = "file:admin-token"
+        [gitlab]
+        url = "https://gitlab.example.org"
+        token = "{keyring.encrypt(GITLAB_CANARY)}"
+        [projects.app]
+        gitlab_project = "tools/app"
+        repo_url = "https://gitlab.example.org/tools/app.git"
+        secret_token = ["{keyring.encrypt(HOOK_TOKEN)}", "env:OLD_HOOK_TOKEN", "plain-old-token"]
+        signing_token = "{keyring.encrypt(CANARY_KEY)}"
+        """,
+    )
+
+
+def test_encrypted_secrets_load_everywhere_a_secret_is_accepted(tmp_path: Path) -> None:
+    old = Keyring([K1])
+    path = encrypted_config(tmp_path, old)
+    environ = {"PUSHDEPLOY_SECRET_KEYS": f"{K2},{K1}", "OLD_HOOK_TOKEN": old.encrypt("old-hook-canary-99")}
+    settings = load(path, environ=environ)
+    project = settings.projects["app"]
+    revealed = [t.reveal() for t in project.secret_tokens]
+    assert revealed == [HOOK_TOKEN, "old-hook-canary-99", "plain-old-token"]
+    assert project.signing_keys[0].reveal() == CANARY_KEY
+    assert project.signing_keys[0].key == b"signing-canary-bytes-32-long!!!!"
+    assert settings.gitlab is not None and settings.gitlab.token.reveal() == GITLAB_CANARY
+    assert settings.server.admin_token is not None and settings.server.admin_token.reveal() == ADMIN_CANARY
+    for canary in (HOOK_TOKEN, GITLAB_CANARY, ADMIN_CANARY, CANARY_KEY, "old-hook-canary-99", K1, K2):
+        assert canary not in repr(settings)
+
+
+def test_encrypted_secrets_without_keys_name_each_key(tmp_path: Path) -> None:
+    keyring = Keyring([K1])
+    path = encrypted_config(tmp_path, keyring)
+    with pytest.raises(ConfigError) as caught:
+        load(path, environ={"OLD_HOOK_TOKEN": keyring.encrypt("old-hook-canary-99")})
+    assert keys(caught.value) == {
+        "server.admin_token": f"the contents of {tmp_path / 'admin-token'} is encrypted but "
+        "PUSHDEPLOY_SECRET_KEYS is not set",
+        "gitlab.token": "the value is encrypted but PUSHDEPLOY_SECRET_KEYS is not set",
+        "projects.app.secret_token[0]": "the value is encrypted but PUSHDEPLOY_SECRET_KEYS is not set",
+        "projects.app.secret_token[1]": "the value of OLD_HOOK_TOKEN is encrypted but "
+        "PUSHDEPLOY_SECRET_KEYS is not set",
+        "projects.app.signing_token": "the value is encrypted but PUSHDEPLOY_SECRET_KEYS is not set",
+    }
+
+
+def test_a_wrong_key_fails_with_its_id_and_never_the_key_token_or_secret(tmp_path: Path) -> None:
+    keyring = Keyring([K1])
+    path = encrypted_config(tmp_path, keyring)
+    other = new_fernet_key()
+    with pytest.raises(ConfigError) as caught:
+        load(path, environ={"PUSHDEPLOY_SECRET_KEYS": f"{K2} {other}", "OLD_HOOK_TOKEN": "plain"})
+    expected = f"none of the keys (ids {key_id(K2)}, {key_id(other)}) decrypts it"
+    found = keys(caught.value)
+    assert found["gitlab.token"] == expected
+    assert found["projects.app.signing_token"] == expected
+    assert found["projects.app.secret_token[0]"] == expected
+    text = str(caught.value) + repr(caught.value.problems)
+    tokens = [line.split('"')[1] for line in path.read_text().splitlines() if "fernet:" in line]
+    for leak in (K1, K2, other, HOOK_TOKEN, GITLAB_CANARY, ADMIN_CANARY, CANARY_KEY, *tokens):
+        assert leak not in text
+
+
+def test_a_malformed_key_is_one_problem_naming_its_position(tmp_path: Path) -> None:
+    path = encrypted_config(tmp_path, Keyring([K1]))
+    bad = "this-is-not-a-fernet-key"
+    with pytest.raises(ConfigError) as caught:
+        load(path, environ={"PUSHDEPLOY_SECRET_KEYS": f"{K1},{bad}", "OLD_HOOK_TOKEN": "plain"})
+    assert [(p.key, p.message) for p in caught.value.problems] == [
+        ("-", "key #2 in PUSHDEPLOY_SECRET_KEYS is not a Fernet key")
+    ]
+    assert bad not in str(caught.value) and K1 not in str(caught.value)
+
+
+def test_a_malformed_key_stops_the_service_even_before_anything_is_encrypted(tmp_path: Path) -> None:
+    path = write(tmp_path / "pushdeploy.toml", PROJECT)
+    with pytest.raises(ConfigError, match="key #1 in PUSHDEPLOY_SECRET_KEYS is not a Fernet key"):
+        load(path, environ={"PUSHDEPLOY_SECRET_KEYS": "oops"})
+    assert load(path, environ={"PUSHDEPLOY_SECRET_KEYS": K1}).projects["app"]
+
+
+def test_a_tampered_value_is_a_problem_at_its_key(tmp_path: Path) -> None:
+    value = Keyring([K1]).encrypt(HOOK_TOKEN)
+    middle = len(value) // 2
+    damaged = value[:middle] + ("x" if value[middle] != "x" else "y") + value[middle + 1 :]
+    error = problems(
+        tmp_path / "pushdeploy.toml",
+        PROJECT.replace('"literal-hook-token"', f'["{value}", "{damaged}"]'),
+        environ={"PUSHDEPLOY_SECRET_KEYS": f"{K2},{K1}"},
+    )
+    assert keys(error) == {
+        "projects.app.secret_token[1]": f"none of the keys (ids {key_id(K2)}, {key_id(K1)}) decrypts it"
+    }
+
+
+def test_check_refuses_to_start_with_a_wrong_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(
+        tmp_path / "pushdeploy.toml",
+        PROJECT.replace('"literal-hook-token"', f'"{Keyring([K1]).encrypt(HOOK_TOKEN)}"'),
+    )
+    monkeypatch.setenv("PUSHDEPLOY_SECRET_KEYS", K2)
+    assert main(["--config", str(path), "check"]) == 1
+    out, err = capsys.readouterr()
+    assert f"projects.app.secret_token: none of the keys (id {key_id(K2)}) decrypts it" in err
+    assert K2 not in out + err and HOOK_TOKEN not in out + err
+    monkeypatch.setenv("PUSHDEPLOY_SECRET_KEYS", f"{K2},{K1}")
+    assert main(["--config", str(path), "check"]) == 0
+
+
+# -- run_as ----------------------------------------------------------------------------
+
+
+def test_run_as_is_a_per_environment_key_with_a_project_default(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "pushdeploy.toml",
+        PROJECT
+        + """
+        run_as = "nobody"
+        [projects.app.environments.production]
+        branch = "main"
+        [projects.app.environments.staging]
+        branch = "develop"
+        run_as = "root"
+        [projects.plain]
+        gitlab_project = "tools/plain"
+        repo_url = "https://gitlab.example.org/tools/plain.git"
+        secret_token = "literal-hook-token"
+        """,
+    )
+    settings = load(path, environ={})
+    pwd.getpwnam("nobody")  # the host has the user the test relies on
+    assert settings.environment("app", "production").run_as == "nobody"
+    assert settings.environment("app", "staging").run_as == "root"
+    assert settings.environment("plain", "production").run_as is None
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ('"no-such-user-pd7"', "no user 'no-such-user-pd7' on this host"),
+        ('""', "must be a non-empty string"),
+        ("1000", "must be a non-empty string"),
+    ],
+)
+def test_run_as_must_name_a_user_of_this_host(tmp_path: Path, value: str, message: str) -> None:
+    error = problems(tmp_path / "pushdeploy.toml", PROJECT + f"run_as = {value}\n")
+    assert keys(error) == {"projects.app.run_as": message}

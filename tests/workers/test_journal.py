@@ -21,8 +21,16 @@ SHA = "cd" * 20
 
 
 def record(delivery_key: str, deployment_id: str | None = None) -> Record:
-    return Record(deployment_id or new_id(), 1.0, "sample-app", "production", "refs/heads/main", SHA, "alice",
-                  delivery_key)
+    return Record(
+        deployment_id or new_id(),
+        1.0,
+        "sample-app",
+        "production",
+        "refs/heads/main",
+        SHA,
+        "alice",
+        delivery_key,
+    )
 
 
 def test_records_are_appended_privately_and_drained_in_order(tmp_path: Path) -> None:

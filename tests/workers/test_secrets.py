@@ -1,19 +1,26 @@
-"""Secrets print as a mask everywhere, signing keys follow GitLab's whsec_ format, references resolve."""
+"""Secrets print as a mask everywhere, signing keys follow GitLab's whsec_ format, references resolve,
+and fernet: values decrypt with the keys of PUSHDEPLOY_SECRET_KEYS, which errors name by id only."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 
 from workers.secrets import (
     MASK,
+    Keyring,
+    NoKeys,
     Secret,
     SecretError,
     SigningKey,
     decode_signing_key,
+    key_id,
+    new_fernet_key,
     new_signing_key,
     resolve,
 )
@@ -150,3 +157,132 @@ def test_unreadable_file_names_the_path_never_a_value(tmp_path: Path) -> None:
     message = str(caught.value)
     assert str(tmp_path / "missing-token") in message
     assert "No such file" in message
+
+
+# -- fernet: values -------------------------------------------------------------
+
+K1, K2 = new_fernet_key(), new_fernet_key()
+
+
+def tampered(value: str) -> str:
+    """``value`` with one byte of its token changed, in the middle of the ciphertext."""
+    middle = len(value) // 2
+    return value[:middle] + ("B" if value[middle] != "B" else "C") + value[middle + 1 :]
+
+
+def leaks(text: str, *values: str) -> list[str]:
+    return [v for v in values if v in text]
+
+
+def test_key_id_is_the_start_of_the_keys_sha256() -> None:
+    assert key_id(K1) == hashlib.sha256(K1.encode()).hexdigest()[:8]
+    assert Keyring([K2, K1]).ids == (key_id(K2), key_id(K1))
+    assert Keyring([K2, K1]).newest_id == key_id(K2)
+    assert K1 not in repr(Keyring([K1])) and key_id(K1) in repr(Keyring([K1]))
+
+
+def test_encrypt_uses_the_newest_key_and_any_key_decrypts() -> None:
+    value = Keyring([K2, K1]).encrypt(CANARY)
+    assert value.startswith("fernet:") and CANARY not in value
+    assert Fernet(K2).decrypt(value.removeprefix("fernet:")) == CANARY.encode()
+    assert Keyring([K2]).decrypt(value) == CANARY
+    old = Keyring([K1]).encrypt(CANARY)
+    assert Keyring([K2, K1]).decrypt(old) == CANARY
+    assert Keyring([K2, K1]).key_for(old) == key_id(K1)
+    assert Keyring([K2, K1]).key_for(value) == key_id(K2)
+
+
+def test_rotate_re_encrypts_under_the_newest_key() -> None:
+    old = Keyring([K1]).encrypt(CANARY)
+    new = Keyring([K2, K1]).rotate(old)
+    assert new != old
+    assert Keyring([K2]).decrypt(new) == CANARY
+    with pytest.raises(SecretError):
+        Keyring([K1]).decrypt(new)
+
+
+@pytest.mark.parametrize(
+    "environ_value",
+    [f"{K2},{K1}", f"{K2}, {K1}", f"  {K2}\n{K1}\n", f"{K2}\t{K1}", f",{K2},,{K1},"],
+)
+def test_keys_are_comma_or_whitespace_separated(environ_value: str) -> None:
+    keys = Keyring.from_environ({"PUSHDEPLOY_SECRET_KEYS": environ_value})
+    assert keys is not None and keys.ids == (key_id(K2), key_id(K1))
+
+
+@pytest.mark.parametrize("environ", [{}, {"PUSHDEPLOY_SECRET_KEYS": ""}, {"PUSHDEPLOY_SECRET_KEYS": " , "}])
+def test_no_keys_configured_is_none(environ: dict[str, str]) -> None:
+    assert Keyring.from_environ(environ) is None
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "not-a-key",
+        K1[:-2] + "=",  # too short
+        K1.rstrip("=") + "A=",  # too long
+        base64.b64encode(b"\xfb" * 32).decode(),  # standard base64, not url-safe
+        base64.urlsafe_b64encode(b"k" * 31).decode(),
+        K1.rstrip("="),  # padding missing
+    ],
+)
+def test_a_malformed_key_is_named_by_position_never_shown(bad: str) -> None:
+    with pytest.raises(SecretError) as caught:
+        Keyring.from_environ({"PUSHDEPLOY_SECRET_KEYS": f"{K1},{bad}"})
+    assert str(caught.value) == "key #2 in PUSHDEPLOY_SECRET_KEYS is not a Fernet key"
+    assert not leaks(str(caught.value), bad, K1)
+
+
+def test_fernet_literal_env_and_file_values_are_decrypted(tmp_path: Path) -> None:
+    keys = Keyring([K2, K1])
+    value = Keyring([K1]).encrypt(CANARY)
+    (tmp_path / "token").write_text(value + "\n")
+    assert resolve(value, {}, tmp_path, keys) == CANARY
+    assert resolve("env:HOOK", {"HOOK": value}, tmp_path, keys) == CANARY
+    assert resolve("file:token", {}, tmp_path, keys) == CANARY
+
+
+def test_a_decrypted_value_is_the_secret_itself_not_another_reference(tmp_path: Path) -> None:
+    keys = Keyring([K1])
+    assert resolve(keys.encrypt("env:HOOK"), {"HOOK": CANARY}, tmp_path, keys) == "env:HOOK"
+    inner = keys.encrypt(CANARY)
+    assert resolve(keys.encrypt(inner), {}, tmp_path, keys) == inner
+
+
+def test_an_encrypted_value_without_keys_says_so(tmp_path: Path) -> None:
+    value = Keyring([K1]).encrypt(CANARY)
+    with pytest.raises(NoKeys) as caught:
+        resolve(value, {}, tmp_path)
+    assert str(caught.value) == "the value is encrypted but PUSHDEPLOY_SECRET_KEYS is not set"
+    with pytest.raises(NoKeys) as caught:
+        resolve("env:HOOK", {"HOOK": value}, tmp_path)
+    assert str(caught.value) == "the value of HOOK is encrypted but PUSHDEPLOY_SECRET_KEYS is not set"
+
+
+def test_a_wrong_key_names_the_key_ids_and_nothing_secret(tmp_path: Path) -> None:
+    value = Keyring([K1]).encrypt(CANARY)
+    with pytest.raises(SecretError) as caught:
+        resolve(value, {}, tmp_path, Keyring([K2]))
+    assert str(caught.value) == f"none of the keys (id {key_id(K2)}) decrypts it"
+    with pytest.raises(SecretError) as caught:
+        resolve("env:HOOK", {"HOOK": value}, tmp_path, Keyring([K2, new_fernet_key()]))
+    assert str(caught.value).startswith(f"none of the keys (ids {key_id(K2)}, ")
+    assert str(caught.value).endswith("decrypts the value of HOOK")
+    assert not leaks(str(caught.value), K1, K2, CANARY, value.removeprefix("fernet:"))
+
+
+def test_a_tampered_token_is_refused_by_every_key(tmp_path: Path) -> None:
+    keys = Keyring([K2, K1])
+    value = keys.encrypt(CANARY)
+    with pytest.raises(SecretError) as caught:
+        resolve(tampered(value), {}, tmp_path, keys)
+    assert str(caught.value) == f"none of the keys (ids {key_id(K2)}, {key_id(K1)}) decrypts it"
+    for damaged in ("fernet:", "fernet:not base64 at all", "fernet:" + "é" * 10, value[:-10]):
+        with pytest.raises(SecretError, match="none of the keys"):
+            resolve(damaged, {}, tmp_path, keys)
+
+
+def test_an_encrypted_empty_secret_is_still_empty(tmp_path: Path) -> None:
+    keys = Keyring([K1])
+    with pytest.raises(SecretError, match="the secret is empty"):
+        resolve(keys.encrypt("  "), {}, tmp_path, keys)
