@@ -6,7 +6,7 @@ config), so they work from a laptop as well as on the server. Output is a table 
 
 Exit codes: 0 done (or the deployment succeeded), 1 the deployment failed or was canceled, or the
 operation was refused (409); 2 bad input or nothing found (400, 404); 3 the server could not be
-reached or refused the token.
+reached or refused the token, or failed itself (5xx).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def _run(
         return handler(client, args)
     except ApiFailure as exc:
         print(f"pushdeploy: {exc}", file=sys.stderr)
-        if exc.status in (0, 401):
+        if exc.status in (0, 401) or exc.status >= 500:
             return EXIT_UNREACHABLE
         return EXIT_FAILED if exc.status == 409 else EXIT_INPUT
 

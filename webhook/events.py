@@ -140,9 +140,16 @@ def classify(
     return Deploy(environment, Push(ref=ref, sha=sha, pusher=pusher[:255], delivery_key=delivery_key))
 
 
-def delivery_key(headers: Headers) -> str:
-    """The key duplicates are recognised by: ``Idempotency-Key``, else ``webhook-id``, else the event UUID."""
-    for name in ("Idempotency-Key", "webhook-id", "X-Gitlab-Event-UUID"):
+def delivery_key(headers: Headers, signed: bool = False) -> str:
+    """The key duplicates are recognised by: ``Idempotency-Key``, else ``webhook-id``, else the event UUID.
+
+    For a signed delivery ``webhook-id`` comes first: GitLab sends it equal to ``Idempotency-Key``,
+    and only it is covered by the signature, so a replay with a fresh Idempotency-Key stays a duplicate.
+    """
+    names = ("Idempotency-Key", "webhook-id", "X-Gitlab-Event-UUID")
+    if signed:
+        names = ("webhook-id", "Idempotency-Key", "X-Gitlab-Event-UUID")
+    for name in names:
         value = header(headers, name)
         if value and len(value) <= 256 and re.fullmatch(r"[\x21-\x7e]+", value):
             return value

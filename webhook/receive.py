@@ -10,7 +10,7 @@ from redis.exceptions import RedisError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from webhook import events, metrics
-from webhook.errors import PayloadTooLarge, QueueUnavailable, UnknownProject, WebhookError
+from webhook.errors import InvalidToken, PayloadTooLarge, QueueUnavailable, UnknownProject, WebhookError
 from webhook.verify import check_envelope, verify_signature, verify_token
 from workers.config import Settings
 from workers.deployments import new_id
@@ -37,13 +37,22 @@ def receive(project: str) -> tuple[Response, int]:
     chunked_over = request.content_length is None and len(body) >= limit and request.input_stream.read(1)
     if len(body) > limit or chunked_over:
         raise PayloadTooLarge(f"payload larger than {limit} bytes")
+    if not configured.signing_keys and not configured.secret_tokens:
+        raise InvalidToken(
+            "this project takes no webhooks (it has no secret_token or signing_token)", "no_tokens"
+        )
     if configured.signing_keys:
         verify_signature(request.headers, body, configured.signing_keys, time.time())
     if configured.secret_tokens:
         verify_token(request.headers, configured.secret_tokens)
     payload = events.parse(body)
     events.check_project(payload, configured)
-    decision = events.classify(request.headers, payload, configured, events.delivery_key(request.headers))
+    decision = events.classify(
+        request.headers,
+        payload,
+        configured,
+        events.delivery_key(request.headers, signed=bool(configured.signing_keys)),
+    )
     if isinstance(decision, events.Ignored):
         metrics.delivered("ignored")
         return jsonify(ignored=decision.reason), 200

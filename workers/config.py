@@ -270,6 +270,13 @@ class _Loader:
                 self.problem(key, "must be a table")
             elif (project := self.project(name, table, key)) is not None:
                 projects[name] = project
+        if gitlab is None:
+            for project in projects.values():
+                if project.gitlab_environments:
+                    self.problem(
+                        f"projects.{project.name}.gitlab_environments",
+                        "needs a [gitlab] section (url and token) to create GitLab deployments",
+                    )
         if not projects and not self.problems:
             self.problem("projects", "no project is configured")
         if self.problems:

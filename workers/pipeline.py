@@ -208,10 +208,10 @@ class Runner:
     ) -> Deployment:
         """A manual deployment of a branch or tag: find the commit it names now."""
         deplog.step(f"resolve {deployment.branch}")
-        sha = self.mirror(project).resolve(deployment.branch)
-        deplog.info(f"{deployment.branch} is {sha}")
-        self.store.update(deployment.id, sha=sha)
-        deployment.sha = sha
+        sha, ref = self.mirror(project).resolve(deployment.branch)
+        deplog.info(f"{ref} is {sha}")
+        self.store.update(deployment.id, sha=sha, ref=ref)
+        deployment.sha, deployment.ref = sha, ref
         report(self.redis, self.settings, deployment, StatusState.PENDING, "Queued for deployment")
         return deployment
 

@@ -98,8 +98,8 @@ class Mirror:
             self._git(["read-tree", "--end-of-options", sha], extra_env=env)
             self._git(["--work-tree", str(destination), "checkout-index", "--all", "--force"], extra_env=env)
 
-    def resolve(self, ref: str) -> str:
-        """Fetch branch or tag ``ref`` and return the commit it names now.
+    def resolve(self, ref: str) -> tuple[str, str]:
+        """Fetch branch or tag ``ref``; returns the commit it names now and its full ref.
 
         Raises:
             SourceError: no such branch or tag in the repository.
@@ -114,7 +114,7 @@ class Mirror:
                 check=False,
             )
             if found.returncode == 0:
-                return check_sha(found.stdout.strip())
+                return check_sha(found.stdout.strip()), candidate
         raise SourceError(f"no branch or tag {ref!r} in the repository")
 
     def branch_head(self, branch: str) -> str | None:

@@ -834,3 +834,15 @@ def test_run_as_is_a_per_environment_key_with_a_project_default(tmp_path: Path) 
 def test_run_as_must_name_a_user_of_this_host(tmp_path: Path, value: str, message: str) -> None:
     error = problems(tmp_path / "pushdeploy.toml", PROJECT + f"run_as = {value}\n")
     assert keys(error) == {"projects.app.run_as": message}
+
+
+def test_gitlab_environments_needs_a_gitlab_section(tmp_path: Path) -> None:
+    from tests.helpers import project_config, write_config
+
+    path = write_config(
+        tmp_path / "c.toml",
+        {"projects": {"app": project_config("https://gitlab.example.org/a.git", gitlab_environments=True)}},
+    )
+    with pytest.raises(ConfigError) as caught:
+        load(path, environ={})
+    assert "projects.app.gitlab_environments" in str(caught.value)

@@ -356,3 +356,30 @@ def test_history_keeps_the_newest_deployments_per_environment(
         done[3].id,
     ]
     assert store.query([("sample-app", "production")], since=done[4].created_at + 1) == []
+
+
+def test_a_manual_deploy_of_a_tag_records_the_tag(
+    make_settings: Callable[..., Settings], git_repo: GitRepo, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.helpers import git
+    from workers.queueing import manual_deploy
+
+    settings = make_settings(build=[], deploy=[])
+    sha = git_repo.commit({"app.txt": "tagged\n"})
+    git("tag", "v1.0", cwd=git_repo.work)
+    git("push", "--quiet", "origin", "v1.0", cwd=git_repo.work)
+    git_repo.commit({"app.txt": "after the tag\n"})
+    monkeypatch.setenv("PUSHDEPLOY_CONFIG", str(settings.path))
+    pipeline.worker_settings.cache_clear()
+    project = settings.projects["sample-app"]
+    queued = manual_deploy(
+        Intake(redis, settings.server.public_url),
+        project,
+        project.environments["production"],
+        "op",
+        ref="v1.0",
+    )
+    SimpleWorker([Queue(defaults.DEPLOY_QUEUE, connection=redis)], connection=redis).work(burst=True)
+    done = DeploymentStore(redis).get(queued.id)
+    assert (done.state, done.sha, done.ref, done.branch) == (State.SUCCEEDED, sha, "refs/tags/v1.0", "v1.0")
+    assert {r.status.ref for r in recorded(redis, done.id)} == {"v1.0"}
