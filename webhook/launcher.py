@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
-from redis import Redis
 from redis.exceptions import RedisError
 
 from workers.config import Settings
+from workers.connection import connect
 
 
 class LaunchError(Exception):
@@ -26,7 +26,7 @@ class LaunchError(Exception):
 
 def redis_answers(url: str, timeout: float = 0.5) -> bool:
     try:
-        return bool(Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout).ping())
+        return bool(connect(url, socket_connect_timeout=timeout, socket_timeout=timeout).ping())
     except (RedisError, OSError, ValueError):
         return False
 

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from workers import defaults
+from workers.connection import SENTINEL_SCHEMES, parse_sentinel
 from workers.secrets import MASK, Keyring, NoKeys, Secret, SecretError, SigningKey, resolve
 
 S = TypeVar("S", bound=Secret)
@@ -294,8 +295,16 @@ class _Loader:
         configured = redis_env or table.get("redis_url")
         redis_url = self.string(table, "redis_url", "server", defaults.REDIS_URL)
         redis_url = redis_env or redis_url
-        if urlsplit(redis_url).scheme not in {"redis", "rediss", "unix"}:
-            self.problem("server.redis_url", "must be a redis://, rediss:// or unix:// URL")
+        scheme = urlsplit(redis_url).scheme
+        if scheme in SENTINEL_SCHEMES:
+            try:
+                parse_sentinel(redis_url)
+            except ValueError as exc:
+                self.problem("server.redis_url", str(exc))
+        elif scheme not in {"redis", "rediss", "unix"}:
+            self.problem(
+                "server.redis_url", "must be a redis://, rediss://, unix:// or redis+sentinel:// URL"
+            )
         data_dir = self.path(self.string(table, "data_dir", "server", defaults.DATA_DIR))
         admin = self.secret(table, "admin_token", "server") if "admin_token" in table else None
         max_body = self.integer(table, "max_body_bytes", "server", defaults.MAX_BODY_BYTES, minimum=1024)

@@ -846,3 +846,19 @@ def test_gitlab_environments_needs_a_gitlab_section(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load(path, environ={})
     assert "projects.app.gitlab_environments" in str(caught.value)
+
+
+def test_a_sentinel_url_is_accepted_and_a_bad_one_named(tmp_path: Path) -> None:
+    from tests.helpers import project_config, write_config
+
+    good = {
+        "server": {"redis_url": "redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2/mymaster/2"},
+        "projects": {"app": project_config("https://gitlab.example.org/a.git")},
+    }
+    assert load(write_config(tmp_path / "good.toml", good), environ={}).server.redis_url.startswith(
+        "redis+sentinel"
+    )
+    bad = {**good, "server": {"redis_url": "redis+sentinel://10.0.0.1:26379"}}
+    with pytest.raises(ConfigError) as caught:
+        load(write_config(tmp_path / "bad.toml", bad), environ={})
+    assert "server.redis_url" in str(caught.value) and "service" in str(caught.value)
