@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -67,7 +68,13 @@ class Mirror:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".init-", dir=self.path.parent))
         self._git(["init", "--bare", "--quiet", str(tmp)], git_dir=None)
-        os.replace(tmp, self.path)
+        try:
+            os.replace(tmp, self.path)
+        except OSError:
+            # Another worker created the mirror first: theirs is as good as ours.
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (self.path / "HEAD").exists():
+                raise
 
     def has_commit(self, sha: str) -> bool:
         check_sha(sha)
@@ -161,6 +168,9 @@ class Mirror:
             result = subprocess.run(
                 argv + args,
                 env=env,
+                # Never inside someone's repository: git would read its .git/config (and its
+                # "origin") whenever no --git-dir is given. Every path we pass is absolute.
+                cwd="/",
                 capture_output=True,
                 text=True,
                 timeout=GIT_TIMEOUT,

@@ -345,3 +345,44 @@ def test_errors_never_carry_repo_credentials(tmp_path: Path, environ: dict[str, 
         assert "canarypass" not in str(error) and "canarypass" not in error.detail
         assert "canarypass" not in repr(error)
     assert "canarypass" not in (mirror.path / "config").read_text()
+
+
+def test_two_workers_creating_one_mirror_both_succeed(tmp_path: Path) -> None:
+    import threading
+
+    from workers.source import Mirror as RacingMirror
+
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(6)
+
+    def create() -> None:
+        barrier.wait()
+        try:
+            RacingMirror(tmp_path / "mirrors" / "app.git", "/nonexistent.git").ensure()
+        except BaseException as exc:  # collected for the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert (tmp_path / "mirrors" / "app.git" / "HEAD").exists()
+    assert [p.name for p in (tmp_path / "mirrors").iterdir()] == ["app.git"]
+
+
+def test_git_never_reads_the_repository_it_is_started_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run from inside a clone whose origin is another repository: the configured URL still wins."""
+    from tests.helpers import GitRepo, git
+    from workers.source import Mirror as CwdMirror
+
+    ours = GitRepo(tmp_path / "ours")
+    wanted = ours.commit({"a.txt": "ours\n"})
+    other = GitRepo(tmp_path / "other")
+    other.commit({"b.txt": "other\n"})
+    git("remote", "set-url", "origin", str(other.bare), cwd=ours.work)
+    monkeypatch.chdir(ours.work)
+    assert CwdMirror(tmp_path / "none.git", ours.url).branch_head("main") == wanted
