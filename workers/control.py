@@ -7,10 +7,12 @@ and during steps; the worker then signals the step's process group and ends the 
 from __future__ import annotations
 
 from redis import Redis
+from rq import Queue
 
+from workers import defaults
 from workers.config import Settings
 from workers.deploylog import DeploymentLog, Masker
-from workers.deployments import PREFIX, DeploymentStore, InvalidTransition, State
+from workers.deployments import PREFIX, Deployment, DeploymentStore, InvalidTransition, State, history_key
 from workers.forge import StatusState
 from workers.queueing import report
 
@@ -75,3 +77,22 @@ def _log(settings: Settings, redis: Redis, deployment_id: str, text: str) -> Non
     deplog = DeploymentLog(redis, deployment_id, Masker(settings.all_secrets()))
     deplog.info(text)
     deplog.flush()
+
+
+def supersede_older(settings: Settings, redis: Redis, newest: Deployment) -> int:
+    """End every queued deployment older than ``newest`` in its environment, and drop their jobs.
+
+    Without this a burst of pushes costs one RQ job run per push just to learn it was superseded;
+    with it, the push that claims the lane clears the rest in one pass.
+    """
+    older = redis.zrangebyscore(history_key(newest.project, newest.environment), "-inf", newest.created_at)
+    ids = [raw.decode() for raw in older if raw.decode() != newest.id]
+    queue = Queue(defaults.DEPLOY_QUEUE, connection=redis)
+    ended = 0
+    for deployment in DeploymentStore(redis).many(ids):
+        if deployment is None or deployment.state is not State.QUEUED:
+            continue
+        if supersede(settings, redis, deployment.id, newest.id):
+            queue.remove(deployment.id)
+            ended += 1
+    return ended

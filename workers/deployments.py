@@ -129,7 +129,8 @@ class Deployment:
     reuse_release: str = ""  # a rollback's kept release: switched to without fetching or building
 
     def to_redis(self) -> dict[str, str]:
-        return {k: str(v) for k, v in asdict(self).items()}
+        # Field by field: dataclasses.asdict deep-copies, eight times slower on the accept path.
+        return {name: str(getattr(self, name)) for name in self.__dataclass_fields__}
 
     @classmethod
     def from_redis(cls, raw: Mapping[Any, bytes | str]) -> Deployment:

@@ -21,7 +21,7 @@ from rq import Queue
 
 from workers import defaults, health, steps, telemetry
 from workers.config import Environment, Project, Settings, load
-from workers.control import cancel_requested, supersede
+from workers.control import cancel_requested, supersede, supersede_older
 from workers.deploylog import DeploymentLog, Masker
 from workers.deployments import Deployment, DeploymentStore, State, StepResult
 from workers.forge import StatusState
@@ -124,6 +124,9 @@ class Runner:
         if claim.verdict is Verdict.SUPERSEDED:
             supersede(self.settings, self.redis, deployment_id, claim.other)
             return str(State.CANCELED)
+        supersede_older(
+            self.settings, self.redis, deployment
+        )  # the newest push wins: the rest step aside now
         if claim.verdict is Verdict.WAIT:
             if claim.other:
                 supersede(self.settings, self.redis, claim.other, deployment_id)
