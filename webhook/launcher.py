@@ -129,6 +129,8 @@ def start_embedded_redis(supervisor: Supervisor, data_dir: Path) -> tuple[str, s
             "no",
             "--loglevel",
             "warning",
+            "--logfile",
+            str(directory / "redis.log"),
         ],
     )
     url = f"redis://127.0.0.1:{port}/0"
