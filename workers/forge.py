@@ -93,7 +93,9 @@ class Forge(Protocol):
 
     name: str
 
-    def post_status(self, status: CommitStatus) -> str: ...
+    def post_status(self, status: CommitStatus, retrying: bool = False) -> str:
+        """Post one status; ``retrying`` after an ambiguous failure (the last try may have landed)."""
+        ...
 
     def post_deployment(self, update: DeploymentUpdate, forge_id: str) -> str:
         """Create (no ``forge_id``) or update a forge deployment; returns its id."""
@@ -109,7 +111,7 @@ class NullForge:
 
     name = "none"
 
-    def post_status(self, status: CommitStatus) -> str:
+    def post_status(self, status: CommitStatus, retrying: bool = False) -> str:
         return "recorded"
 
     def post_deployment(self, update: DeploymentUpdate, forge_id: str) -> str:
@@ -169,9 +171,11 @@ class GitLabForge:
         sha = (found.commit or {}).get("id")
         return str(sha) if sha else None
 
-    def post_status(self, status: CommitStatus) -> str:
+    def post_status(self, status: CommitStatus, retrying: bool = False) -> str:
         project = self.client.projects.get(status.project, lazy=True)
         commit = project.commits.get(status.sha, lazy=True)
+        if retrying and status.state in FINAL and self._already_there(commit, status):
+            return "already"
         try:
             commit.statuses.create(
                 {
@@ -181,6 +185,9 @@ class GitLabForge:
                     "target_url": status.target_url,
                     "description": status.description[:255],
                 },
+                # A final state is never retried blind inside the call: a timeout may hide a post
+                # that landed; the outbox retries it, looking first (see FINAL).
+                retry_transient_errors=status.state not in FINAL,
                 max_retries=self.max_retries,
                 obey_rate_limit=True,
             )
@@ -191,6 +198,31 @@ class GitLabForge:
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise translate(exc) from None
         return "posted"
+
+    def _already_there(self, commit: Any, status: CommitStatus) -> bool:
+        """Whether GitLab already shows this state for this deployment (a try that landed late)."""
+        with _translated():
+            current = commit.statuses.list(
+                ref=status.ref,
+                name=status.name,
+                get_all=True,
+                max_retries=self.max_retries,
+                obey_rate_limit=True,
+            )
+        return any(
+            getattr(item, "status", "") == status.state.value
+            and _link_path(str(getattr(item, "target_url", "") or "")) == _link_path(status.target_url)
+            for item in current
+        )
+
+
+FINAL = frozenset({StatusState.SUCCESS, StatusState.FAILED, StatusState.CANCELED})
+"""GitLab refuses a repeated pending or running ("Cannot transition"), but a repeated final state
+makes a second record: so a final state is looked up before it is posted again."""
+
+
+def _link_path(url: str) -> str:
+    return url.split("?", 1)[0]  # the signed part changes between tries; the page does not
 
 
 def translate(exc: Exception) -> ForgeError:

@@ -136,7 +136,8 @@ class Courier:
                     outcome = "posted"
                 else:
                     status = CommitStatus.from_dict(data)
-                    outcome = self.forge.post_status(status)
+                    retrying = int(self.redis.hget(record, ATTEMPT_FIELD) or 0) > 0
+                    outcome = self.forge.post_status(status, retrying=retrying)
             except TransientForgeError as exc:
                 telemetry.count(self.redis, "status_posts", "retry")
                 attempts = int(self.redis.hincrby(record, ATTEMPT_FIELD, 1))
