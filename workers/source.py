@@ -8,6 +8,7 @@ mirror's ``.git/config``.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 SHA_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})\Z")
 """Anchored with an end-of-string anchor: ``$`` would also accept a sha followed by a newline."""
@@ -61,6 +63,7 @@ class Mirror:
         self.path = path
         self.url = url
         self.environ = dict(os.environ if environ is None else environ)
+        self.remote, self.auth_header = split_credentials(url)
 
     def ensure(self) -> None:
         if (self.path / "HEAD").exists():
@@ -202,7 +205,9 @@ class Mirror:
             "no_proxy",
         )
         env = {k: v for k, v in self.environ.items() if k in keep}
-        config = [*HARDENING, ("remote.origin.url", self.url)]
+        config = [*HARDENING, ("remote.origin.url", self.remote)]
+        if self.auth_header:
+            config.append(("http.extraHeader", self.auth_header))
         env.update(
             GIT_TERMINAL_PROMPT="0",
             GIT_PROTOCOL_FROM_USER="0",
@@ -215,6 +220,25 @@ class Mirror:
             env[f"GIT_CONFIG_KEY_{index}"] = name
             env[f"GIT_CONFIG_VALUE_{index}"] = value
         return env
+
+
+def split_credentials(url: str) -> tuple[str, str]:
+    """An http(s) URL without its user and password, and those as an Authorization header.
+
+    git hands the remote URL to its remote helper on the command line (``git-remote-https origin
+    URL``), where any local user can read it; a header given through ``GIT_CONFIG_*`` stays in the
+    environment, which only the same user can read.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or (parts.username is None and parts.password is None):
+        return url, ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    user, password = unquote(parts.username or ""), unquote(parts.password or "")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return urlunsplit(parts._replace(netloc=netloc)), f"Authorization: Basic {token}"
 
 
 def _plain_ref(branch: str) -> bool:

@@ -39,12 +39,15 @@ class Stack:
     repo: GitRepo
     logs: Path
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    extra_env: dict[str, str] = field(default_factory=dict)
+    """Variables added to every process's environment (after the PUSHDEPLOY_* of the test's own)."""
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHDEPLOY_")}
         env["PUSHDEPLOY_CONFIG"] = str(self.config)
         env["PYTHONPATH"] = str(ROOT)
         env["PROMETHEUS_MULTIPROC_DIR"] = str(self.logs.parent / "metrics")
+        env.update(self.extra_env)
         return env
 
     def start_web(self, workers: int = 2) -> None:
@@ -103,28 +106,53 @@ class Stack:
         )
 
 
+def make_stack(
+    root: Path,
+    gitlab: FakeGitLab,
+    repo: GitRepo,
+    redis_url: str,
+    *,
+    server: dict[str, Any] | None = None,
+    gitlab_config: dict[str, Any] | None = None,
+    projects: dict[str, dict[str, Any]] | None = None,
+    extra_env: dict[str, str] | None = None,
+    **project: Any,
+) -> Stack:
+    """Write a config under ``root`` and return its (not yet started) Stack.
+
+    ``project`` overrides the keys of the one project ``sample-app``; ``projects`` replaces the
+    whole ``[projects]`` table instead. ``server`` and ``gitlab_config`` override keys of theirs.
+    """
+    port = free_port()
+    logs = root / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    config = {
+        "server": {
+            "public_url": f"http://127.0.0.1:{port}",
+            "redis_url": redis_url,
+            "data_dir": str(root / "data"),
+            "admin_token": ADMIN_TOKEN,
+            **(server or {}),
+        },
+        "gitlab": {"url": gitlab.url, "token": GITLAB_TOKEN, "timeout": 5, **(gitlab_config or {})},
+        "projects": projects if projects is not None else {"sample-app": project_config(repo.url, **project)},
+    }
+    path = write_config(root / "pushdeploy.toml", config)
+    base_url = f"http://127.0.0.1:{port}"
+    return Stack(path, base_url, root / "data", gitlab, repo, logs, extra_env=dict(extra_env or {}))
+
+
 @pytest.fixture
 def stack(tmp_path: Path, redis: Any, redis_url: str, git_repo: GitRepo) -> Iterator[Callable[..., Stack]]:
-    """Start a stack with project overrides; every process is stopped at the end."""
+    """Start a stack with project overrides; every process is stopped at the end.
+
+    ``redis_url`` (optional) points the stack at another Redis than the tests' shared one.
+    """
     started: list[Stack] = []
     gitlab = FakeGitLab({"tools/sample-app": 42}, token=GITLAB_TOKEN).start()
 
-    def make(**project: Any) -> Stack:
-        port = free_port()
-        logs = tmp_path / "logs"
-        logs.mkdir(exist_ok=True)
-        config = {
-            "server": {
-                "public_url": f"http://127.0.0.1:{port}",
-                "redis_url": redis_url,
-                "data_dir": str(tmp_path / "data"),
-                "admin_token": ADMIN_TOKEN,
-            },
-            "gitlab": {"url": gitlab.url, "token": GITLAB_TOKEN, "timeout": 5},
-            "projects": {"sample-app": project_config(git_repo.url, **project)},
-        }
-        path = write_config(tmp_path / "pushdeploy.toml", config)
-        made = Stack(path, f"http://127.0.0.1:{port}", tmp_path / "data", gitlab, git_repo, logs)
+    def make(redis_url: str = redis_url, **project: Any) -> Stack:
+        made = make_stack(tmp_path, gitlab, git_repo, redis_url, **project)
         started.append(made)
         return made
 

@@ -6,13 +6,13 @@ import contextlib
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 import requests
 from redis import Redis
 
 from tests.e2e.conftest import Stack
+from tests.e2e.processes import children, group_members, tree_rss
 from tests.helpers import push_body, signed_headers, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -41,19 +41,6 @@ def wait_terminal(stack: Stack, deployment_id: str, timeout: float = 60) -> dict
 
     result: dict[str, object] = wait_for(done, timeout=timeout, interval=0.2, what=f"{deployment_id} to end")
     return result
-
-
-def group_members(pgid: int) -> list[int]:
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                members.append(int(entry.name))
-    return members
 
 
 def test_a_burst_while_a_slow_build_runs_deploys_only_the_first_and_the_last(stack: object) -> None:
@@ -148,25 +135,6 @@ def test_a_step_printing_50_mib_is_capped_and_decided_by_its_exit_code(stack: ob
     assert peak < 300 * 1024 * 1024, f"worker tree peaked at {peak / 2**20:.0f} MiB"
 
 
-def tree_rss(root: int) -> int:
-    """Resident memory of a process and its Python descendants (not the step's own commands)."""
-    total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            status = (entry / "status").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"python" not in cmdline.split(b"\0")[0]:
-            continue
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        if int(entry.name) == root or int(fields.get("PPid", "0").strip()) == root:
-            total += int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
-    return total
-
-
 def test_a_worker_killed_mid_build_ends_failed_with_one_final_status(stack: object, redis: Redis) -> None:
     made: Stack = stack(build=["sleep 600"], deploy=[])  # type: ignore[operator]
     made.start_web()
@@ -201,16 +169,3 @@ def test_a_worker_killed_mid_build_ends_failed_with_one_final_status(stack: obje
     time.sleep(2)
     assert states(made, sha) == ["pending", "running", "failed"]
     assert group_members(step_group) == []  # the orphaned build step was ended too
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found

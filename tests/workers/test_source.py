@@ -386,3 +386,42 @@ def test_git_never_reads_the_repository_it_is_started_in(
     git("remote", "set-url", "origin", str(other.bare), cwd=ours.work)
     monkeypatch.chdir(ours.work)
     assert CwdMirror(tmp_path / "none.git", ours.url).branch_head("main") == wanted
+
+
+def test_repo_url_credentials_travel_as_a_header_not_in_any_command_line(tmp_path: Path) -> None:
+    """git hands the remote URL to git-remote-https on its command line: the password must not be in it."""
+    import base64
+    import http.server
+    import threading
+
+    from workers.source import Mirror as HttpMirror
+    from workers.source import SourceError as FetchError
+    from workers.source import split_credentials
+
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization", ""))
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://deploy:s3cret%2Fpw@127.0.0.1:{server.server_address[1]}/x.git"
+    try:
+        remote, header = split_credentials(url)
+        assert remote == f"http://127.0.0.1:{server.server_address[1]}/x.git"
+        mirror = HttpMirror(tmp_path / "m.git", url)
+        with pytest.raises(FetchError) as caught:
+            mirror.fetch("main", "a" * 40)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen and seen[0] == "Basic " + base64.b64encode(b"deploy:s3cret/pw").decode()
+    assert header == f"Authorization: {seen[0]}"
+    assert "s3cret" not in str(caught.value)
+    assert "s3cret" not in (tmp_path / "m.git" / "config").read_text()
