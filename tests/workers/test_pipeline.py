@@ -23,19 +23,29 @@ BUILD = (
 )
 
 
+def use_config(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point the worker code at this config, as `pushdeploy worker` does for its work-horses."""
+    monkeypatch.setenv("PUSHDEPLOY_CONFIG", str(settings.path))
+    pipeline.worker_settings.cache_clear()
+
+
+def work(redis: Redis) -> None:
+    """Run every queued job with a real RQ worker in this process."""
+    SimpleWorker([Queue(defaults.DEPLOY_QUEUE, connection=redis)], connection=redis).work(burst=True)
+
+
 @pytest.fixture
 def deploy(redis: Redis, monkeypatch: pytest.MonkeyPatch) -> Callable[[Settings, str], Deployment]:
     """Queue a push for ``sha`` and run the queue with a real RQ worker in this process."""
 
     def run(settings: Settings, sha: str) -> Deployment:
-        monkeypatch.setenv("PUSHDEPLOY_CONFIG", str(settings.path))
-        pipeline.worker_settings.cache_clear()
+        use_config(settings, monkeypatch)
         project = settings.projects["sample-app"]
         environment = next(iter(project.environments.values()))
         accepted = Intake(redis, settings.server.public_url).accept(
             project, environment, Push(f"refs/heads/{environment.branch}", sha, "alice", "")
         )
-        SimpleWorker([Queue(defaults.DEPLOY_QUEUE, connection=redis)], connection=redis).work(burst=True)
+        work(redis)
         return DeploymentStore(redis).get(accepted.deployment_id)
 
     return run
@@ -287,8 +297,7 @@ def test_a_manual_deploy_of_a_branch_resolves_its_head_in_the_worker(
 
     settings = make_settings()
     sha = git_repo.commit({"build.sh": BUILD, "app.txt": "manual\n"})
-    monkeypatch.setenv("PUSHDEPLOY_CONFIG", str(settings.path))
-    pipeline.worker_settings.cache_clear()
+    use_config(settings, monkeypatch)
     project = settings.projects["sample-app"]
     queued = manual_deploy(
         Intake(redis, settings.server.public_url),
@@ -298,7 +307,7 @@ def test_a_manual_deploy_of_a_branch_resolves_its_head_in_the_worker(
         ref="main",
     )
     assert queued.sha == ""
-    SimpleWorker([Queue(defaults.DEPLOY_QUEUE, connection=redis)], connection=redis).work(burst=True)
+    work(redis)
     done = DeploymentStore(redis).get(queued.id)
     assert (done.state, done.sha, done.trigger, done.pusher) == (State.SUCCEEDED, sha, "manual", "operator")
     assert [r.status.state for r in recorded(redis, done.id)] == ["pending", "running", "success"]
@@ -323,7 +332,7 @@ def test_rollback_reuses_the_kept_release_without_building(
         first,
         "operator",
     )
-    SimpleWorker([Queue(defaults.DEPLOY_QUEUE, connection=redis)], connection=redis).work(burst=True)
+    work(redis)
     done = DeploymentStore(redis).get(queued.id)
     assert done.state is State.SUCCEEDED
     assert done.trigger == f"rollback to {first.id}"
@@ -369,8 +378,7 @@ def test_a_manual_deploy_of_a_tag_records_the_tag(
     git("tag", "v1.0", cwd=git_repo.work)
     git("push", "--quiet", "origin", "v1.0", cwd=git_repo.work)
     git_repo.commit({"app.txt": "after the tag\n"})
-    monkeypatch.setenv("PUSHDEPLOY_CONFIG", str(settings.path))
-    pipeline.worker_settings.cache_clear()
+    use_config(settings, monkeypatch)
     project = settings.projects["sample-app"]
     queued = manual_deploy(
         Intake(redis, settings.server.public_url),
@@ -379,7 +387,7 @@ def test_a_manual_deploy_of_a_tag_records_the_tag(
         "op",
         ref="v1.0",
     )
-    SimpleWorker([Queue(defaults.DEPLOY_QUEUE, connection=redis)], connection=redis).work(burst=True)
+    work(redis)
     done = DeploymentStore(redis).get(queued.id)
     assert (done.state, done.sha, done.ref, done.branch) == (State.SUCCEEDED, sha, "refs/tags/v1.0", "v1.0")
     assert {r.status.ref for r in recorded(redis, done.id)} == {"v1.0"}
