@@ -105,34 +105,23 @@ class Supervisor:
                 process.wait()
 
 
+def redis_server_argv(binary: str, port: int, directory: Path) -> list[str]:
+    """A private redis-server on 127.0.0.1 with AOF in ``directory``, logging there, in the foreground."""
+    return [
+        binary,
+        *("--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)),
+        *("--appendonly", "yes", "--save", "", "--daemonize", "no"),
+        *("--loglevel", "warning", "--logfile", str(directory / "redis.log")),
+    ]
+
+
 def start_embedded_redis(supervisor: Supervisor, data_dir: Path) -> tuple[str, str]:
     """Start a private Redis with AOF under ``data_dir/redis``; returns (url, which binary)."""
     binary, source = redis_server_binary()
     port = free_port()
     directory = data_dir / "redis"
     directory.mkdir(parents=True, exist_ok=True)
-    supervisor.start(
-        "redis",
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(directory),
-            "--appendonly",
-            "yes",
-            "--save",
-            "",
-            "--daemonize",
-            "no",
-            "--loglevel",
-            "warning",
-            "--logfile",
-            str(directory / "redis.log"),
-        ],
-    )
+    supervisor.start("redis", redis_server_argv(binary, port, directory))
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 10
     while not redis_answers(url):

@@ -35,7 +35,7 @@ from tests.faults.harness import (
     status_states,
 )
 from tests.helpers import GitRepo, project_config, push_body, signed_headers
-from webhook.launcher import redis_server_binary
+from webhook.launcher import redis_server_argv, redis_server_binary
 
 pytestmark = [pytest.mark.fault, pytest.mark.e2e]
 
@@ -59,25 +59,7 @@ class PrivateRedis:
     def start(self) -> None:
         binary, _source = redis_server_binary()
         self.process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.directory),
-                "--appendonly",
-                "yes",
-                "--save",
-                "",
-                "--daemonize",
-                "no",
-                "--loglevel",
-                "warning",
-                "--logfile",
-                str(self.directory / "redis.log"),
-            ],
+            redis_server_argv(binary, self.port, self.directory),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
