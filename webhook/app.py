@@ -14,7 +14,7 @@ from webhook.badges import badges
 from webhook.drainer import Drainer
 from webhook.metrics import metrics
 from webhook.pages import pages
-from webhook.receive import hooks
+from webhook.receive import HookEndpoint
 from workers.config import Settings, config_path, load
 from workers.connection import web_redis
 from workers.journal import Journal
@@ -40,7 +40,6 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None, dra
     app.extensions["pushdeploy.journal"] = journal
     if settings.server.on_redis_down == "journal" and drain:
         Drainer(settings, journal, intake).start()
-    app.register_blueprint(hooks)
     auth.init_app(app, settings)
     app.register_blueprint(pages)
     app.register_blueprint(api)
@@ -50,4 +49,6 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None, dra
     if gunicorn_logger.handlers:
         app.logger.handlers = gunicorn_logger.handlers
         app.logger.setLevel(gunicorn_logger.level)
+    # The webhook is answered in front of Flask (webhook/receive.py says why).
+    app.wsgi_app = HookEndpoint(app.wsgi_app, settings, intake, journal, app.logger)  # type: ignore[method-assign]
     return app

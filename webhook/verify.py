@@ -14,6 +14,8 @@ import hmac
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
+import werkzeug.datastructures
+
 from webhook.errors import InvalidSignature, InvalidToken, PayloadTooLarge, UnsupportedMediaType
 from workers import defaults
 from workers.secrets import Secret, SigningKey
@@ -35,8 +37,8 @@ class Headers(Protocol):
 def header(headers: Headers, name: str) -> str | None:
     """Case-insensitive lookup that works for Flask's headers and for plain dicts alike."""
     value = headers.get(name)
-    if value is not None:
-        return value
+    if value is not None or isinstance(headers, werkzeug.datastructures.Headers):
+        return value  # werkzeug's headers (Flask's, WSGI's) already look up case-insensitively
     lowered = name.lower()
     for key, candidate in headers.items():
         if key.lower() == lowered:

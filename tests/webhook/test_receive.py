@@ -147,6 +147,48 @@ def test_a_signed_push_to_the_branch_answers_202_with_the_deployment_and_its_url
     assert record.delivery_id == headers["Idempotency-Key"]
 
 
+def test_the_answer_is_small_json(client: FlaskClient, sha: str) -> None:
+    body = push_body(sha)
+    response = post(client, body, signed_headers(body))
+    assert response.content_type == "application/json"
+    assert response.headers["Content-Length"] == str(len(response.get_data()))
+    assert len(response.get_data()) < 160
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
+def test_other_methods_on_the_hook_are_405_with_allow(client: FlaskClient, redis: Redis, method: str) -> None:
+    response = client.open(HOOK, method=method)
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "POST"
+    assert "error" in response.get_json()
+    assert nothing_was_queued(redis)
+
+
+@pytest.mark.parametrize("path", ["/hooks/gitlab/", "/hooks/gitlab/sample-app/extra", "/hooks/gitlab"])
+def test_paths_beside_the_hook_are_flasks_404(client: FlaskClient, sha: str, path: str) -> None:
+    body = push_body(sha)
+    assert post(client, body, signed_headers(body), path=path).status_code == 404
+
+
+def test_the_rest_of_the_app_is_served_by_flask_behind_the_hook(client: FlaskClient) -> None:
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/api/v1/openapi.json").status_code == 200
+
+
+def test_an_unexpected_error_is_a_logged_500_without_details(
+    app: Flask, redis: Redis, sha: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("canary-internal-detail")
+
+    monkeypatch.setattr(app.extensions["pushdeploy.intake"], "accept", broken)
+    body = push_body(sha)
+    response = post(app.test_client(), body, signed_headers(body))
+    assert response.status_code == 500
+    assert response.get_json() == {"error": "internal error"}
+    assert "canary-internal-detail" in caplog.text  # in the log, for the operator; never in the answer
+
+
 def test_the_queued_job_carries_only_the_deployment_id(client: FlaskClient, redis: Redis, sha: str) -> None:
     body = push_body(sha)
     deployment_id = post(client, body, signed_headers(body)).get_json()["deployment"]
@@ -1045,7 +1087,6 @@ def test_a_delivery_answered_503_midway_is_deployed_when_gitlab_resends_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = make_settings(server={"on_redis_down": "503"})
-    monkeypatch.setattr("workers.queueing.CLAIM_GRACE", 0.5)  # a resend is manual: seconds later at least
     host, port = (
         redis.connection_pool.connection_kwargs["host"],
         redis.connection_pool.connection_kwargs["port"],
