@@ -28,9 +28,7 @@ from webhook.verify import verify_signature, verify_token
 from workers.config import load
 from workers.connection import web_redis
 from workers.deployments import Deployment, new_id
-from workers.forge import StatusState
-from workers.outbox import enqueue_status
-from workers.queueing import Intake, Push, commit_status, enqueue_job
+from workers.queueing import Intake, Push
 
 PROJECT = "bench-app"
 GITLAB_PROJECT = "bench/accept"
@@ -71,16 +69,12 @@ def run(plan: Plan, workdir: Path, bench_redis: Redis, redis_url: str) -> dict[s
         return intake.accept(project, environment, push)
 
     def build_transaction() -> None:
-        # What Intake.enqueue puts on its pipeline, without sending it: the CPU side of round trip 2.
+        # What Intake.enqueue puts on its pipeline, without sending it: the CPU side of the round trip.
         deployment = Deployment(id=new_id(), project=PROJECT, environment="production", ref="refs/heads/main",
                                 sha=SHA, pusher="bench", delivery_id=uuid.uuid4().hex)
         with redis.pipeline() as pipe:
             pipe.multi()
-            intake.store.add(deployment, pipe)
-            pending = commit_status(settings.server.public_url, project, environment, deployment,
-                                    StatusState.PENDING, "Queued for deployment")
-            enqueue_status(pipe, deployment.id, pending, deployment.created_at)
-            enqueue_job(intake.queue, deployment.id, environment, deployment.id, pipe)
+            intake.add(pipe, project, environment, deployment, deployment.delivery_id)
             pipe.reset()
 
     # No journal drainer thread in this process: it would outlive the measurement.

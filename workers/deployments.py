@@ -12,7 +12,7 @@ import json
 import secrets
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -129,8 +129,13 @@ class Deployment:
     reuse_release: str = ""  # a rollback's kept release: switched to without fetching or building
 
     def to_redis(self) -> dict[str, str]:
-        # Field by field: dataclasses.asdict deep-copies, eight times slower on the accept path.
-        return {name: str(getattr(self, name)) for name in self.__dataclass_fields__}
+        """The fields a new record is written with: empty ones are left out, ``from_redis`` restores them.
+
+        Field by field (``dataclasses.asdict`` deep-copies), and only what is set: every field is a
+        command argument redis-py encodes on the accept path.
+        """
+        values = ((name, getattr(self, name)) for name in self.__dataclass_fields__)
+        return {name: str(v) for name, v in values if name in _REQUIRED or (v != "" and v != 0.0)}
 
     @classmethod
     def from_redis(cls, raw: Mapping[Any, bytes | str]) -> Deployment:
@@ -156,6 +161,12 @@ class Deployment:
         data = asdict(self)
         data["state"] = str(self.state)
         return data
+
+
+_REQUIRED = frozenset(
+    f.name for f in fields(Deployment) if f.default is MISSING and f.default_factory is MISSING
+)
+"""Fields without a default: always written, even empty (a manual deploy's ``sha`` before it resolves)."""
 
 
 @dataclass

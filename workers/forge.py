@@ -46,7 +46,8 @@ class CommitStatus:
     description: str
 
     def to_dict(self) -> dict[str, str]:
-        return {k: str(v) for k, v in asdict(self).items()}
+        # Field by field: dataclasses.asdict deep-copies, and this runs for every accepted push.
+        return {name: str(getattr(self, name)) for name in self.__dataclass_fields__}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CommitStatus:

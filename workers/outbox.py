@@ -38,6 +38,11 @@ def statuses_key(deployment_id: str) -> str:
     return f"{PREFIX}:dep:{deployment_id}:statuses"
 
 
+def entry(status: CommitStatus | DeploymentUpdate) -> str:
+    """How a status is kept in an outbox list."""
+    return json.dumps(status.to_dict())
+
+
 def enqueue_status(
     pipe: Pipeline | Redis,
     deployment_id: str,
@@ -45,7 +50,7 @@ def enqueue_status(
     now: float | None = None,
 ) -> None:
     """Add a status (or a GitLab deployment update) to a deployment's outbox, on the caller's pipeline."""
-    pipe.rpush(statuses_key(deployment_id), json.dumps(status.to_dict()))
+    pipe.rpush(statuses_key(deployment_id), entry(status))
     pipe.zadd(DUE_KEY, {deployment_id: now if now is not None else time.time()})
     pipe.lpush(WAKE_KEY, "1")
     pipe.ltrim(WAKE_KEY, 0, 0)

@@ -23,7 +23,7 @@ from workers import defaults, health, steps, telemetry
 from workers.config import Environment, Project, Settings, load
 from workers.control import cancel_requested, supersede, supersede_older
 from workers.deploylog import DeploymentLog, Masker
-from workers.deployments import Deployment, DeploymentStore, State, StepResult
+from workers.deployments import Deployment, DeploymentStore, State, StepResult, UnknownDeployment
 from workers.forge import StatusState
 from workers.lanes import Lane, Verdict
 from workers.queueing import enqueue_job, report
@@ -104,7 +104,12 @@ class Runner:
     # -- the lane ---------------------------------------------------------
 
     def run(self, deployment_id: str) -> str:
-        deployment = self.store.get(deployment_id)
+        try:
+            deployment = self.store.get(deployment_id)
+        except UnknownDeployment:
+            # The job queued beside a duplicate delivery's refused claim, taken before it was deleted.
+            log.info("deployment %s: no record (a duplicate delivery's job); discarded", deployment_id)
+            return "discarded"
         if deployment.state is not State.QUEUED:
             return str(deployment.state)  # canceled meanwhile, or a duplicate job: nothing to do
         deplog = DeploymentLog(self.redis, deployment_id, self.masker)

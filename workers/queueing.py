@@ -1,8 +1,11 @@
 """Accepting a push: duplicate check, deployment record, ``pending`` status and RQ job.
 
-Two Redis round trips, whatever happens: one to claim the delivery id, one transaction that writes
-the record, the outbox entry and the job together (RQ's own ``enqueue(pipeline=…)``), so a
-crash never leaves a record without its job or a job without its record.
+One Redis round trip: a transaction holding one script, which claims the delivery id and writes
+the record and its outbox entry, and the job that RQ's own ``enqueue(pipeline=…)`` adds. Claim,
+record and job are written together or not at all, so a crash or a Redis outage mid-way leaves
+nothing behind that a resend of the delivery would trip on. A duplicate costs a second round trip:
+the job queued beside the refused claim is deleted (a worker that takes it first finds no record
+and discards it).
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ from dataclasses import dataclass
 from redis import Redis
 from redis.client import Pipeline
 from rq import Callback, Queue
+from rq.job import Job
 
-from workers import defaults
+from workers import defaults, outbox
 from workers.config import Environment, Project, Settings
-from workers.deployments import PREFIX, Deployment, DeploymentStore, State, created_at_of, key, new_id
+from workers.deployments import PREFIX, Deployment, DeploymentStore, State, history_key, key, new_id
 from workers.forge import CommitStatus, DeploymentUpdate, StatusState
 from workers.links import LinkSigner
 from workers.outbox import enqueue_status
@@ -44,16 +48,24 @@ class Accepted:
 REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,254}\Z")
 
 
-CLAIM_GRACE = 5.0
-"""Seconds a claim without its record counts as still being written (the web tier's Redis calls
-time out after 0.5 s); after that, a resend of the same delivery takes the claim over."""
-
-_TAKE_OVER = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
-  return 1
+_ACCEPT = """
+-- KEYS: claim, record, history, statuses, outbox due, outbox wake
+-- ARGV: deployment id, claim ttl ('0': no delivery id to claim), created_at, pending status ('' for
+--       none), then the record's fields and values.
+-- Writes what DeploymentStore.add and outbox.enqueue_status write; returns the holder of a claim
+-- already taken (nothing written), else false.
+if ARGV[2] ~= '0' and not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  return redis.call('GET', KEYS[1])
 end
-return 0
+redis.call('HSET', KEYS[2], unpack(ARGV, 5))
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+if ARGV[4] ~= '' then
+  redis.call('RPUSH', KEYS[4], ARGV[4])
+  redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
+  redis.call('LPUSH', KEYS[6], '1')
+  redis.call('LTRIM', KEYS[6], 0, 0)
+end
+return false
 """
 
 
@@ -75,9 +87,9 @@ def job_timeout(environment: Environment) -> int:
 
 def enqueue_job(
     queue: Queue, deployment_id: str, environment: Environment, job_id: str, pipe: Pipeline | None = None
-) -> None:
+) -> Job:
     """The RQ job of a deployment: its only argument is the deployment id."""
-    queue.enqueue_call(
+    return queue.enqueue_call(
         "workers.pipeline.run_deployment",
         args=(deployment_id,),
         job_id=job_id,
@@ -117,10 +129,6 @@ class Intake:
         """Queue a push; a journaled one comes with the id and time it was answered with."""
         journaled = bool(deployment_id)
         deployment_id = deployment_id or new_id()
-        if push.delivery_key:
-            holder = self.claim(project.name, push.delivery_key, deployment_id)
-            if holder != deployment_id:
-                return Accepted(holder, duplicate=True)
         if journaled and self.redis.exists(key(deployment_id)):
             return Accepted(deployment_id, duplicate=True)  # drained before, then the drainer stopped
         deployment = Deployment(
@@ -134,34 +142,43 @@ class Intake:
             trigger=push.trigger,
             created_at=created_at or time.time(),
         )
-        self.enqueue(project, environment, deployment)
-        return Accepted(deployment_id, duplicate=False)
+        holder = self.enqueue(project, environment, deployment, push.delivery_key)
+        return Accepted(holder, duplicate=True) if holder else Accepted(deployment_id, duplicate=False)
 
-    def claim(self, project: str, delivery_key: str, deployment_id: str) -> str:
-        """Claim a delivery id for ``deployment_id``; returns whoever holds it now.
+    def enqueue(
+        self, project: Project, environment: Environment, deployment: Deployment, delivery_key: str = ""
+    ) -> str:
+        """Claim ``delivery_key``, write record, ``pending`` status and job in one transaction.
 
-        One round trip in the common case. A claim whose deployment was never written (Redis failed
-        between the claim and the transaction, and GitLab resends) is taken over, so the resend deploys.
+        Returns "" when queued, or the deployment that already holds the delivery id (and nothing
+        of this one is kept).
         """
-        claim = seen_key(project, delivery_key)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.set(claim, deployment_id, nx=True, ex=defaults.SEEN_DELIVERY_TTL)
-        pipe.get(claim)
-        claimed, raw = pipe.execute()
-        holder = raw.decode() if isinstance(raw, bytes) else str(raw)
-        claimed_at = created_at_of(holder)
-        in_flight = claimed_at is None or time.time() - claimed_at < CLAIM_GRACE
-        if claimed or in_flight or self.redis.exists(key(holder)):
-            return holder
-        taken = self.redis.eval(_TAKE_OVER, 1, claim, holder, deployment_id, defaults.SEEN_DELIVERY_TTL)
-        return deployment_id if taken else self.claim(project, delivery_key, deployment_id)
-
-    def enqueue(self, project: Project, environment: Environment, deployment: Deployment) -> None:
-        """Write record, ``pending`` status and job in one transaction."""
         with self.redis.pipeline() as pipe:
             pipe.multi()
-            self.store.add(deployment, pipe)
-            pending = commit_status(
+            job = self.add(pipe, project, environment, deployment, delivery_key)
+            raw = pipe.execute()[0]
+        if not raw:
+            return ""
+        holder = raw.decode() if isinstance(raw, bytes) else str(raw)
+        if holder != deployment.id:  # (a journaled delivery drained twice holds its own claim)
+            with self.redis.pipeline() as pipe:  # never started: out of its queue, and its hash gone
+                self.queue.remove(job, pipeline=pipe)
+                pipe.delete(job.key)
+                pipe.execute()
+        return holder
+
+    def add(
+        self,
+        pipe: Pipeline,
+        project: Project,
+        environment: Environment,
+        deployment: Deployment,
+        delivery_key: str,
+    ) -> Job:
+        """Put :meth:`enqueue`'s transaction on ``pipe``: the accept script's call, then RQ's job."""
+        pending = ""
+        if deployment.sha:  # a ref is resolved by the worker, which reports pending then
+            status = commit_status(
                 self.public_url,
                 project,
                 environment,
@@ -170,10 +187,19 @@ class Intake:
                 "Queued for deployment",
                 self.signer,
             )
-            if deployment.sha:  # a ref is resolved by the worker, which reports pending then
-                enqueue_status(pipe, deployment.id, pending, deployment.created_at)
-            enqueue_job(self.queue, deployment.id, environment, deployment.id, pipe)
-            pipe.execute()
+            pending = outbox.entry(status)
+        keys = (
+            seen_key(project.name, delivery_key) if delivery_key else key(deployment.id),
+            key(deployment.id),
+            history_key(deployment.project, deployment.environment),
+            outbox.statuses_key(deployment.id),
+            outbox.DUE_KEY,
+            outbox.WAKE_KEY,
+        )
+        ttl = defaults.SEEN_DELIVERY_TTL if delivery_key else 0
+        fields = [part for pair in deployment.to_redis().items() for part in pair]
+        pipe.eval(_ACCEPT, len(keys), *keys, deployment.id, ttl, deployment.created_at, pending, *fields)
+        return enqueue_job(self.queue, deployment.id, environment, deployment.id, pipe)
 
 
 def commit_status(
