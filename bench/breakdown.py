@@ -74,7 +74,7 @@ def run(plan: Plan, workdir: Path, bench_redis: Redis, redis_url: str) -> dict[s
                                 sha=SHA, pusher="bench", delivery_id=uuid.uuid4().hex)
         with redis.pipeline() as pipe:
             pipe.multi()
-            intake.add(pipe, project, environment, deployment, deployment.delivery_id)
+            intake.add(pipe, project, environment, deployment, deployment.delivery_id, deployment.id)
             pipe.reset()
 
     # No journal drainer thread in this process: it would outlive the measurement.

@@ -5,17 +5,22 @@ the record and its outbox entry, and the job that RQ's own ``enqueue(pipeline=â€
 record and job are written together or not at all, so a crash or a Redis outage mid-way leaves
 nothing behind that a resend of the delivery would trip on. A duplicate costs a second round trip:
 the job queued beside the refused claim is deleted (a worker that takes it first finds no record
-and discards it).
+and discards it). That job always has an id no other job has, so the deletion can only ever
+touch it: a fresh deployment id, or for a journaled delivery (whose id was given out while Redis
+was down, and may already have a job) the id with a random suffix.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 import time
 from dataclasses import dataclass
 
 from redis import Redis
 from redis.client import Pipeline
+from redis.exceptions import RedisError
 from rq import Callback, Queue
 from rq.job import Job
 
@@ -45,6 +50,8 @@ class Accepted:
     duplicate: bool
 
 
+log = logging.getLogger(__name__)
+
 REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,254}\Z")
 
 
@@ -52,8 +59,11 @@ _ACCEPT = """
 -- KEYS: claim, record, history, statuses, outbox due, outbox wake
 -- ARGV: deployment id, claim ttl ('0': no delivery id to claim), created_at, pending status ('' for
 --       none), then the record's fields and values.
--- Writes what DeploymentStore.add and outbox.enqueue_status write; returns the holder of a claim
--- already taken (nothing written), else false.
+-- Writes what DeploymentStore.add and outbox.enqueue_status write; returns the deployment that
+-- already holds the claim or the record (nothing written), else false.
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return ARGV[1]
+end
 if ARGV[2] ~= '0' and not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   return redis.call('GET', KEYS[1])
 end
@@ -127,10 +137,10 @@ class Intake:
         created_at: float = 0.0,
     ) -> Accepted:
         """Queue a push; a journaled one comes with the id and time it was answered with."""
-        journaled = bool(deployment_id)
+        # A journaled id may already have a job (drained before, then the drainer stopped): this
+        # attempt's job gets an id of its own, so refusing it can never delete that one.
+        job_id = f"{deployment_id}-{os.urandom(3).hex()}" if deployment_id else ""
         deployment_id = deployment_id or new_id()
-        if journaled and self.redis.exists(key(deployment_id)):
-            return Accepted(deployment_id, duplicate=True)  # drained before, then the drainer stopped
         deployment = Deployment(
             id=deployment_id,
             project=project.name,
@@ -142,30 +152,36 @@ class Intake:
             trigger=push.trigger,
             created_at=created_at or time.time(),
         )
-        holder = self.enqueue(project, environment, deployment, push.delivery_key)
+        holder = self.enqueue(project, environment, deployment, push.delivery_key, job_id)
         return Accepted(holder, duplicate=True) if holder else Accepted(deployment_id, duplicate=False)
 
     def enqueue(
-        self, project: Project, environment: Environment, deployment: Deployment, delivery_key: str = ""
+        self,
+        project: Project,
+        environment: Environment,
+        deployment: Deployment,
+        delivery_key: str = "",
+        job_id: str = "",
     ) -> str:
         """Claim ``delivery_key``, write record, ``pending`` status and job in one transaction.
 
-        Returns "" when queued, or the deployment that already holds the delivery id (and nothing
-        of this one is kept).
+        Returns "" when queued, or the deployment that already holds the delivery id or the record
+        (and nothing of this one is kept). ``job_id`` must be new (default: the deployment's id).
         """
         with self.redis.pipeline() as pipe:
             pipe.multi()
-            job = self.add(pipe, project, environment, deployment, delivery_key)
+            job = self.add(pipe, project, environment, deployment, delivery_key, job_id or deployment.id)
             raw = pipe.execute()[0]
         if not raw:
             return ""
-        holder = raw.decode() if isinstance(raw, bytes) else str(raw)
-        if holder != deployment.id:  # (a journaled delivery drained twice holds its own claim)
+        try:
             with self.redis.pipeline() as pipe:  # never started: out of its queue, and its hash gone
                 self.queue.remove(job, pipeline=pipe)
                 pipe.delete(job.key)
                 pipe.execute()
-        return holder
+        except RedisError as exc:  # a worker that takes it finds no record of its own and discards it
+            log.warning("duplicate delivery: its unused job %s stays queued (%s)", job.id, type(exc).__name__)
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
 
     def add(
         self,
@@ -174,6 +190,7 @@ class Intake:
         environment: Environment,
         deployment: Deployment,
         delivery_key: str,
+        job_id: str,
     ) -> Job:
         """Put :meth:`enqueue`'s transaction on ``pipe``: the accept script's call, then RQ's job."""
         pending = ""
@@ -199,7 +216,7 @@ class Intake:
         ttl = defaults.SEEN_DELIVERY_TTL if delivery_key else 0
         fields = [part for pair in deployment.to_redis().items() for part in pair]
         pipe.eval(_ACCEPT, len(keys), *keys, deployment.id, ttl, deployment.created_at, pending, *fields)
-        return enqueue_job(self.queue, deployment.id, environment, deployment.id, pipe)
+        return enqueue_job(self.queue, deployment.id, environment, job_id, pipe)
 
 
 def commit_status(

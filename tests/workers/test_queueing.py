@@ -6,6 +6,9 @@ only tallies what it sends.
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,12 +17,13 @@ import pytest
 from redis import Redis
 from redis.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue
-from rq.job import Job
+from rq.job import Job, JobStatus
 
 from workers import defaults
 from workers.config import Settings
-from workers.deployments import Deployment, DeploymentStore, UnknownDeployment, history_key, key
+from workers.deployments import Deployment, DeploymentStore, State, UnknownDeployment, history_key, key
 from workers.forge import StatusState
 from workers.outbox import DUE_KEY, recorded
 from workers.pipeline import Runner
@@ -125,25 +129,62 @@ def test_delivery_ids_are_per_project(make_settings: Callable[..., Settings], re
     assert not accept(intake, settings, "shared").duplicate
 
 
-def test_a_transaction_cut_midway_keeps_nothing_so_the_resend_deploys(
-    settings: Settings, redis: Redis, redis_url: str
+class WithoutExec:
+    """A TCP proxy to Redis that forwards a transaction without its EXEC, then hangs up.
+
+    Redis has then received MULTI and every queued command of the accept, and must drop them all.
+    """
+
+    EXEC = b"*1\r\n$4\r\nEXEC\r\n"
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.withheld = threading.Event()
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        client, _ = self.listener.accept()
+        upstream = socket.create_connection(self.target)
+        back = threading.Thread(target=self.copy, args=(upstream, client), daemon=True)
+        back.start()
+        with client, upstream:
+            while data := client.recv(65536):
+                if self.EXEC in data:
+                    upstream.sendall(data.replace(self.EXEC, b""))
+                    time.sleep(0.2)  # let Redis queue everything before the hang-up
+                    self.withheld.set()
+                    break
+                upstream.sendall(data)
+
+    @staticmethod
+    def copy(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_transaction_without_its_exec_keeps_nothing_so_the_resend_deploys(
+    settings: Settings, redis: Redis
 ) -> None:
-    """Redis never runs a transaction it did not receive whole: no claim is left to refuse the resend."""
-    broken = Redis.from_url(redis_url, socket_timeout=0.5)
-    intake = Intake(broken, settings.server.public_url)
-    original = broken.connection_pool.get_connection
-
-    def dropping(*args: Any, **kwargs: Any) -> Any:
-        connection = original(*args, **kwargs)
-        connection.connect()
-        connection._sock.close()  # the socket dies before the transaction is sent
-        return connection
-
-    broken.connection_pool.get_connection = dropping  # type: ignore[method-assign]
-    broken.connection_pool.connection_kwargs["retry_on_error"] = []
-    with pytest.raises((RedisConnectionError, OSError)):
-        accept(intake, settings, "cut")
+    """Claim, record and job are one transaction: no claim is left behind to refuse the resend."""
+    options = redis.connection_pool.connection_kwargs
+    proxy = WithoutExec((options["host"], options["port"]))
+    cut = Redis(port=proxy.port, db=options.get("db", 0), socket_timeout=1.0, retry_on_error=[])
+    cut.connection_pool.connection_kwargs["retry"] = None
+    try:
+        with pytest.raises((RedisConnectionError, RedisTimeoutError, OSError)):
+            accept(Intake(cut, settings.server.public_url), settings, "cut")
+        assert proxy.withheld.is_set()
+    finally:
+        proxy.close()
     assert redis.get(seen_key("sample-app", "cut")) is None
+    assert redis.zcard(history_key("sample-app", "production")) == 0
     assert queued(redis) == []
     resend = accept(Intake(redis, settings.server.public_url), settings, "cut")
     assert not resend.duplicate and queued(redis) == [resend.deployment_id]
@@ -155,8 +196,60 @@ def test_a_journaled_delivery_drained_twice_is_one_deployment(settings: Settings
     first = accept(intake, settings, deployment_id="20261126120000000-aaaaaa", created_at=answered)
     again = accept(intake, settings, deployment_id="20261126120000000-aaaaaa", created_at=answered)
     assert not first.duplicate and again.duplicate
-    assert queued(redis) == ["20261126120000000-aaaaaa"]
+    [job_id] = queued(redis)
+    assert Job.fetch(job_id, connection=redis).args == ("20261126120000000-aaaaaa",)
     assert DeploymentStore(redis).get(first.deployment_id).created_at == pytest.approx(answered)
+
+
+def test_a_journaled_delivery_without_an_id_is_refused_once_its_record_exists(
+    settings: Settings, redis: Redis
+) -> None:
+    intake = Intake(redis, settings.server.public_url)
+    first = accept(intake, settings, "", deployment_id="20261126120000000-cccccc")
+    DeploymentStore(redis).transition(first.deployment_id, State.RUNNING)
+    again = accept(intake, settings, "", deployment_id="20261126120000000-cccccc")
+    assert again.duplicate
+    assert DeploymentStore(redis).get(first.deployment_id).state is State.RUNNING  # not reset to queued
+    assert len(queued(redis)) == 1
+
+
+def test_refusing_a_pruned_deliverys_resend_leaves_its_old_job_alone(
+    settings: Settings, redis: Redis
+) -> None:
+    """The record is gone (pruned), the claim is not: the refused attempt must not revive the old job."""
+    intake = Intake(redis, settings.server.public_url)
+    first = accept(intake, settings, "kept-claim", deployment_id="20261126120000000-dddddd")
+    [job_id] = queued(redis)
+    job = Job.fetch(job_id, connection=redis)
+    Queue(defaults.DEPLOY_QUEUE, connection=redis).remove(job)
+    job.set_status(JobStatus.FAILED)
+    redis.delete(key(first.deployment_id))
+    again = accept(intake, settings, "kept-claim", deployment_id="20261126120000000-dddddd")
+    assert again.duplicate and again.deployment_id == first.deployment_id
+    assert queued(redis) == []
+    assert Job.fetch(job_id, connection=redis).get_status() == JobStatus.FAILED
+
+
+class FailingCleanup(Connection):
+    """A real connection that fails the round trip removing a job, as if Redis went away just then."""
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        packed = b"".join(command) if isinstance(command, list) else bytes(command)
+        if b"LREM" in packed:
+            raise RedisConnectionError("Redis went away")
+        super().send_packed_command(command, check_health)
+
+
+def test_a_duplicate_is_still_a_duplicate_when_its_cleanup_fails(
+    settings: Settings, redis: Redis, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    intake = Intake(redis, settings.server.public_url)
+    first = accept(intake, settings, "twice")
+    flaky = Redis.from_url(redis_url, connection_class=FailingCleanup, retry_on_error=[])
+    again = accept(Intake(flaky, settings.server.public_url), settings, "twice")
+    assert again.duplicate and again.deployment_id == first.deployment_id
+    assert "stays queued" in caplog.text
+    assert len(queued(redis)) == 2  # the unused one is discarded by the worker that takes it
 
 
 def test_a_worker_discards_a_job_without_a_record(settings: Settings, redis: Redis) -> None:
