@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 PATH_PREFIX = "/hooks/gitlab/"
+ALLOW = "OPTIONS, POST"
 
 STATUS_LINES = {
     200: "200 OK",
@@ -71,10 +72,14 @@ class HookEndpoint:
         project = path[len(PATH_PREFIX) :] if path.startswith(PATH_PREFIX) else ""
         if not project or "/" in project:
             return self.app(environ, start_response)
+        method = str(environ.get("REQUEST_METHOD", "")).upper()
         extra: list[tuple[str, str]] = []
-        if environ.get("REQUEST_METHOD") != "POST":
+        if method == "OPTIONS":
+            start_response("200 OK", [("Allow", ALLOW), ("Content-Length", "0")])
+            return [b""]
+        if method != "POST":
             status, body = 405, {"error": "method not allowed; GitLab delivers with POST"}
-            extra.append(("Allow", "POST"))
+            extra.append(("Allow", ALLOW))
         else:
             try:
                 status, body = self.receive(project, environ)

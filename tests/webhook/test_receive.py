@@ -155,13 +155,21 @@ def test_the_answer_is_small_json(client: FlaskClient, sha: str) -> None:
     assert len(response.get_data()) < 160
 
 
-@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
+@pytest.mark.parametrize("method", ["GET", "HEAD", "PUT", "DELETE", "PATCH"])
 def test_other_methods_on_the_hook_are_405_with_allow(client: FlaskClient, redis: Redis, method: str) -> None:
     response = client.open(HOOK, method=method)
     assert response.status_code == 405
-    assert response.headers["Allow"] == "POST"
-    assert "error" in response.get_json()
+    assert response.headers["Allow"] == "OPTIONS, POST"
+    if method != "HEAD":
+        assert "error" in response.get_json()
     assert nothing_was_queued(redis)
+
+
+def test_options_on_the_hook_answers_what_it_allows(client: FlaskClient) -> None:
+    response = client.options(HOOK)
+    assert response.status_code == 200
+    assert response.headers["Allow"] == "OPTIONS, POST"
+    assert response.get_data() == b""
 
 
 @pytest.mark.parametrize("path", ["/hooks/gitlab/", "/hooks/gitlab/sample-app/extra", "/hooks/gitlab"])
