@@ -20,7 +20,7 @@ from typing import Any
 import requests
 from redis import Redis
 
-from bench.cpu import CpuMeter
+from bench.cpu import CpuMeter, wait_for_quiet
 from bench.loadgen import LoadResult, run_wrk, wrk_binary
 from bench.payloads import (
     ADNANH_HEADER,
@@ -174,6 +174,7 @@ def load(plan: Plan, target: Target, body: bytes, workdir: Path, redis: Redis) -
     to ``plan.noisy_retries`` times; the least disturbed try is kept, its foreign CPU share beside it.
     """
     redis.flushdb()
+    settled = wait_for_quiet(timeout=30.0 if plan.accept_warmup > 0 else 2.0)
     if plan.accept_warmup > 0:
         warmup = write_wrk_inputs(workdir / "wrk", body, int(plan.max_rps * plan.accept_warmup) + 1000)
         run_wrk(target.url, warmup, plan.accept_warmup, plan.wrk_connections, plan.wrk_threads)
@@ -185,7 +186,8 @@ def load(plan: Plan, target: Target, body: bytes, workdir: Path, redis: Redis) -
         meter.start()
         outcome = run_wrk(target.url, inputs, plan.accept_duration, plan.wrk_connections, plan.wrk_threads)
         share = meter.stop()
-        outcome.extra.update(foreign_cpu=share.foreign, ours_cpu=share.ours, attempt=attempt)
+        outcome.extra.update(foreign_cpu=share.foreign, ours_cpu=share.ours, attempt=attempt,
+                             settled_s=settled)
         if target.name == "pushdeploy":
             # Each 202 must be a deployment on record with its job queued, or the figure is no accept.
             outcome.extra["recorded"] = int(redis.zcard(history_key(PROJECT, "production")))

@@ -9,6 +9,7 @@ else's, so a noisy round can be flagged and run again instead of silently skewin
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,22 @@ def _machine() -> tuple[int, int]:
     # Interrupt time is left out of "busy": loopback traffic we cause is handled there, and no
     # process is charged for it. Steal (another VM on the host) counts as someone else's.
     return user + nice + system + steal, user + nice + system + idle + iowait + irq + softirq + steal
+
+
+def wait_for_quiet(limit: float = 0.10, window: float = 1.0, timeout: float = 30.0) -> float:
+    """Wait until the whole machine is at most ``limit`` busy over ``window``; returns the wait.
+
+    A receiver that answers before its work is done (adnanh/webhook starts its command after the
+    202) leaves that work running past its round: the next round must not start under it.
+    """
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        busy, total = _machine()
+        time.sleep(window)
+        busy2, total2 = _machine()
+        if (busy2 - busy) / max(1, total2 - total) <= limit:
+            break
+    return round(time.monotonic() - started, 1)
 
 
 def _process_jiffies(pgids: set[int], pids: set[int]) -> int:
