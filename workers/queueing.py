@@ -26,7 +26,7 @@ from rq.job import Job
 
 from workers import defaults, outbox
 from workers.config import Environment, Project, Settings
-from workers.deployments import PREFIX, Deployment, DeploymentStore, State, history_key, key, new_id
+from workers.deployments import PREFIX, Deployment, State, history_key, key, new_id
 from workers.forge import CommitStatus, DeploymentUpdate, StatusState
 from workers.links import LinkSigner
 from workers.outbox import enqueue_status
@@ -126,7 +126,6 @@ class Intake:
         self.public_url = public_url
         self.signer = signer
         self.queue = Queue(queue_name, connection=redis)
-        self.store = DeploymentStore(redis)
 
     def accept(
         self,
@@ -179,7 +178,7 @@ class Intake:
                 self.queue.remove(job, pipeline=pipe)
                 pipe.delete(job.key)
                 pipe.execute()
-        except RedisError as exc:  # a worker that takes it finds no record of its own and discards it
+        except RedisError as exc:  # harmless: its worker finds no record, or one that runs only once
             log.warning("duplicate delivery: its unused job %s stays queued (%s)", job.id, type(exc).__name__)
         return raw.decode() if isinstance(raw, bytes) else str(raw)
 
