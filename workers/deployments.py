@@ -7,7 +7,6 @@ deployment's history must outlive them.
 
 from __future__ import annotations
 
-import calendar
 import json
 import secrets
 import time
@@ -95,17 +94,6 @@ def new_id(now: float | None = None) -> str:
     now = time.time() if now is None else now
     stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(now))
     return f"{stamp}{int(now * 1000) % 1000:03d}-{secrets.token_hex(3)}"
-
-
-def created_at_of(deployment_id: str) -> float | None:
-    """The creation time written into an id by :func:`new_id`, or None for another shape."""
-    stamp = deployment_id.partition("-")[0]
-    if len(stamp) != 17 or not stamp.isdigit():
-        return None
-    try:
-        return calendar.timegm(time.strptime(stamp[:14], "%Y%m%d%H%M%S")) + int(stamp[14:]) / 1000
-    except ValueError:
-        return None
 
 
 @dataclass
