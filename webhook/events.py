@@ -20,7 +20,8 @@ from workers.queueing import Push
 from workers.source import SHA_RE, ZERO_SHA_RE
 
 SKIP_MARKERS = ("[skip deploy]", "[deploy skip]")
-PUSH_EVENTS = ("Push Hook",)
+PUSH_EVENT = "Push Hook"
+TAG_PUSH_EVENT = "Tag Push Hook"
 
 
 @dataclass(frozen=True)
@@ -118,8 +119,11 @@ def classify(
 ) -> Deploy | Ignored:
     """Decide what to do with a verified, project-checked payload."""
     event = header(headers, "X-Gitlab-Event") or ""
-    if event not in PUSH_EVENTS:
-        return Ignored(f"event {_quote(event)} is not deployed (only Push Hook)")
+    if event == TAG_PUSH_EVENT and project.deploys_tags:
+        return _classify_tag(payload, project, delivery_key)
+    if event != PUSH_EVENT:
+        deployed = "Push Hook and Tag Push Hook" if project.deploys_tags else "only Push Hook"
+        return Ignored(f"event {_quote(event)} is not deployed ({deployed})")
     ref = _string(payload, "ref")
     after = _string(payload, "after")
     if not ref.startswith("refs/heads/"):
@@ -130,19 +134,54 @@ def classify(
         return Ignored(f"branch {_quote(branch)} is not deployed")
     if ZERO_SHA_RE.fullmatch(after):
         return Ignored(f"branch {_quote(branch)} was deleted")
+    sha = _commit_sha(payload, after)
+    if _skips(_head_message(payload, after)):
+        return Ignored("head commit asks to skip the deployment ([skip deploy])")
+    return Deploy(environment, Push(ref=ref, sha=sha, pusher=_pusher(payload), delivery_key=delivery_key))
+
+
+def _classify_tag(payload: Mapping[str, Any], project: Project, delivery_key: str) -> Deploy | Ignored:
+    """A tag push: deployed where an environment's ``tags`` glob matches the tag's name.
+
+    For an annotated tag ``after`` is the tag object, not a commit: the commit is ``checkout_sha``.
+    """
+    ref = _string(payload, "ref")
+    after = _string(payload, "after")
+    if not ref.startswith("refs/tags/"):
+        return Ignored(f"ref {_quote(ref)} is not a tag")
+    tag = ref.removeprefix("refs/tags/")
+    environment = project.environment_for_tag(tag)
+    if environment is None:
+        return Ignored(f"tag {_quote(tag)} matches no environment's tags")
+    if ZERO_SHA_RE.fullmatch(after):
+        return Ignored(f"tag {_quote(tag)} was deleted")
+    if payload.get("checkout_sha") is None:
+        return Ignored(f"tag {_quote(tag)} does not point to a commit")
+    sha = _commit_sha(payload, after)
+    if _skips(_head_message(payload, sha)):
+        return Ignored("tagged commit asks to skip the deployment ([skip deploy])")
+    return Deploy(environment, Push(ref=ref, sha=sha, pusher=_pusher(payload), delivery_key=delivery_key))
+
+
+def _commit_sha(payload: Mapping[str, Any], after: str) -> str:
     checkout = payload.get("checkout_sha")
     if checkout is not None and not isinstance(checkout, str):
         raise InvalidPayload("checkout_sha must be a string or null")
     sha = (checkout or after).lower()
     if not SHA_RE.fullmatch(sha):  # whole string, however the pattern is anchored (no trailing "\n")
         raise InvalidPayload("checkout_sha/after is not a commit sha (40 or 64 hex characters)")
-    message = _head_message(payload, after)
-    if any(marker in message for marker in SKIP_MARKERS):
-        return Ignored("head commit asks to skip the deployment ([skip deploy])")
+    return sha
+
+
+def _pusher(payload: Mapping[str, Any]) -> str:
     pusher = payload.get("user_username") or payload.get("user_name") or ""
     if not isinstance(pusher, str):
         raise InvalidPayload("user_username must be a string")
-    return Deploy(environment, Push(ref=ref, sha=sha, pusher=pusher[:255], delivery_key=delivery_key))
+    return pusher[:255]
+
+
+def _skips(message: str) -> bool:
+    return any(marker in message for marker in SKIP_MARKERS)
 
 
 def delivery_key(headers: Headers, signed: bool = False) -> str:

@@ -6,6 +6,7 @@ so an operator fixes a config in one pass.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import pwd
 import re
@@ -18,6 +19,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from workers import defaults
 from workers.connection import SENTINEL_SCHEMES, parse_sentinel
+from workers.deployments import new_id
+from workers.links import LinkSigner
 from workers.secrets import MASK, Keyring, NoKeys, Secret, SecretError, SigningKey, resolve
 
 S = TypeVar("S", bound=Secret)
@@ -43,6 +46,7 @@ GITLAB_KEYS = {"url", "token", "timeout"}
 PROJECT_ONLY_KEYS = {
     "gitlab_project",
     "repo_url",
+    "repo_token",
     "secret_token",
     "signing_token",
     "environments",
@@ -52,6 +56,7 @@ PROJECT_ONLY_KEYS = {
 }
 ENV_KEYS = {
     "branch",
+    "tags",
     "build",
     "deploy",
     "health_check",
@@ -106,7 +111,11 @@ class HealthCheck:
 
 @dataclass(frozen=True)
 class Environment:
-    """One project environment: the unit that is deployed, locked and reported."""
+    """One project environment: the unit that is deployed, locked and reported.
+
+    It follows either a branch or the tags matching a glob (``tags = "v*"``), never both: a tags
+    environment has ``branch == ""``.
+    """
 
     project: str
     name: str
@@ -119,10 +128,21 @@ class Environment:
     env: Mapping[str, str] = field(default_factory=dict)
     run_as: str | None = None
     """The user the steps run as (the worker must then be root); None runs them as the worker."""
+    tags: str = ""
+    """A glob on tag names (``v*``): the environment deploys matching tag pushes instead of a branch."""
 
     @property
     def status_name(self) -> str:
         return f"deploy/{self.name}"
+
+    def deploys_tag(self, tag: str) -> bool:
+        """Whether a push of tag ``tag`` (its name, not ``refs/tags/…``) deploys here."""
+        return bool(self.tags) and fnmatch.fnmatchcase(tag, self.tags)
+
+    @property
+    def follows(self) -> str:
+        """What the environment deploys, for people: ``branch main`` or ``tags v*``."""
+        return f"tags {self.tags}" if self.tags else f"branch {self.branch}"
 
 
 @dataclass(frozen=True)
@@ -136,15 +156,33 @@ class Project:
     gitlab_environments: bool = False
     trigger: str = "webhook"  # or "poll": no webhook, the reconciler polls the branch head
     poll_interval: int = defaults.POLL_INTERVAL
+    repo_token: Secret | None = None
+    """The HTTPS credential for ``repo_url`` (``token`` or ``user:token``), sent as a header."""
 
     def environment_for_branch(self, branch: str) -> Environment | None:
         for environment in self.environments.values():
-            if environment.branch == branch:
+            if environment.branch and environment.branch == branch:
                 return environment
         return None
 
+    def repo_credential(self) -> str:
+        """``repo_token``'s value for git, or "" (then any credential in ``repo_url`` is used)."""
+        return self.repo_token.reveal() if self.repo_token is not None else ""
+
+    def environment_for_tag(self, tag: str) -> Environment | None:
+        """The first environment, in the config's order, whose ``tags`` glob matches ``tag``."""
+        for environment in self.environments.values():
+            if environment.deploys_tag(tag):
+                return environment
+        return None
+
+    @property
+    def deploys_tags(self) -> bool:
+        return any(environment.tags for environment in self.environments.values())
+
     def secrets(self) -> tuple[Secret, ...]:
-        return self.secret_tokens + self.signing_keys
+        token = (self.repo_token,) if self.repo_token is not None else ()
+        return self.secret_tokens + self.signing_keys + token
 
     def __repr__(self) -> str:
         return _repr(self, {"repo_url"})
@@ -200,6 +238,19 @@ class Settings:
         return f"{self.server.public_url}/hooks/gitlab/{project}"
 
 
+TARGET_URL_LIMIT = 255
+"""GitLab's limit on a commit status's ``target_url`` (GenericCommitStatus validates its length)."""
+
+
+def longest_target_url(public_url: str, signed: bool, ttl_days: int) -> str:
+    """The longest link to a deployment page we may post: a signed one expiring late, for the longest id."""
+    deployment_id = "9" * len(new_id(0))
+    if not signed:
+        return f"{public_url}/deployments/{deployment_id}"
+    far = 10**10 - 1 - ttl_days * 86400  # the longest expiry stamp sign() can write: ten digits
+    return LinkSigner(bytes(32), ttl_days).url(public_url, deployment_id, now=far)
+
+
 def secret_values(raw: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
     """``(key, value)`` of each string where the loader accepts a secret, keyed like its problems."""
     places: list[tuple[str, Any]] = []
@@ -209,7 +260,7 @@ def secret_values(raw: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
             places.append((f"{section}.{name}", table[name]))
     projects = raw.get("projects")
     for project, table in projects.items() if isinstance(projects, dict) else ():
-        for name in ("secret_token", "signing_token"):
+        for name in ("secret_token", "signing_token", "repo_token"):
             if isinstance(table, dict) and name in table:
                 places.append((f"projects.{project}.{name}", table[name]))
     for key, value in places:
@@ -316,6 +367,7 @@ class _Loader:
             on_down = "journal"
         interval = self.integer(table, "reconcile_interval", "server", defaults.RECONCILE_INTERVAL, minimum=0)
         grace = self.integer(table, "reconcile_grace", "server", defaults.RECONCILE_GRACE, minimum=0)
+        self.target_url_length(public_url, admin is not None, link_days)
         return ServerSettings(
             public_url,
             redis_url,
@@ -329,6 +381,18 @@ class _Loader:
             interval,
             grace,
         )
+
+    def target_url_length(self, public_url: str, signed: bool, ttl_days: int) -> None:
+        """GitLab refuses a status whose ``target_url`` is over 255 characters: every status would fail."""
+        longest = longest_target_url(public_url, signed, ttl_days)
+        if len(longest) > TARGET_URL_LIMIT:
+            self.problem(
+                "server.public_url",
+                f"is {len(public_url)} characters: the deployment links posted to GitLab would be "
+                f"{len(longest)}, over GitLab's limit of {TARGET_URL_LIMIT} for a commit status's "
+                f"target_url; use a shorter public_url "
+                f"(at most {len(public_url) - len(longest) + TARGET_URL_LIMIT} characters)",
+            )
 
     def gitlab(self, table: dict[str, Any]) -> GitLabSettings | None:
         self.unknown(table, GITLAB_KEYS, "gitlab")
@@ -352,6 +416,9 @@ class _Loader:
             self.problem(f"{key}.gitlab_project", "is required: the GitLab path_with_namespace or numeric id")
             gitlab_project = ""
         repo_url = self.repo_url(table, key)
+        repo_token = self.secret(table, "repo_token", key)
+        if repo_token is not None and urlsplit(repo_url).scheme not in ("http", "https"):
+            self.problem(f"{key}.repo_token", "is an HTTPS credential: repo_url must be an http(s):// URL")
         secret_tokens = tuple(self.secrets(table, "secret_token", key, Secret))
         signing_keys = tuple(self.secrets(table, "signing_token", key, SigningKey))
         trigger = table.get("trigger", "webhook")
@@ -375,7 +442,13 @@ class _Loader:
                     self.problem(env_key, "must be a table")
                     continue
                 self.unknown(env_table, ENV_KEYS, env_key)
-                merged = {k: v for k, v in table.items() if k in ENV_KEYS} | env_table
+                inherited = {k: v for k, v in table.items() if k in ENV_KEYS}
+                if "tags" in env_table or "branch" in env_table:
+                    # What an environment follows is its own: a project-wide branch or tags is a
+                    # default for environments that name neither.
+                    inherited.pop("branch", None)
+                    inherited.pop("tags", None)
+                merged = inherited | env_table
                 env = self.environment(name, env_name, merged, env_key)
                 if env:
                     environments[env_name] = env
@@ -389,6 +462,8 @@ class _Loader:
                 environments[env_name] = env
         branches: dict[str, str] = {}
         for env in environments.values():
+            if not env.branch:
+                continue
             if env.branch in branches:
                 self.problem(
                     f"{key}.environments.{env.name}.branch",
@@ -409,13 +484,17 @@ class _Loader:
             gitlab_environments,
             trigger,
             poll_interval,
+            repo_token,
         )
 
     def environment(self, project: str, name: str, table: dict[str, Any], key: str) -> Environment | None:
         if not NAME_RE.match(name):
             self.problem(key, f"environment name {name!r} may hold letters, digits, '.', '_' and '-' only")
             return None
-        branch = self.string(table, "branch", key, "main")
+        tags = self.tag_glob(table, key)
+        if tags and "branch" in table:
+            self.problem(key, "an environment deploys a branch or tags, never both: remove one")
+        branch = "" if tags else self.string(table, "branch", key, "main")
         if branch.startswith("refs/"):
             self.problem(f"{key}.branch", "give the branch name ('main'), not the full ref")
         health = self.health_check(table.get("health_check"), f"{key}.health_check")
@@ -437,7 +516,23 @@ class _Loader:
             timeout=self.integer(table, "timeout", key, defaults.DEPLOY_TIMEOUT, minimum=1),
             env=dict(env),
             run_as=self.run_as(table, key),
+            tags=tags,
         )
+
+    def tag_glob(self, table: dict[str, Any], key: str) -> str:
+        if "tags" not in table:
+            return ""
+        value = table["tags"]
+        if not isinstance(value, str) or not value.strip():
+            self.problem(f"{key}.tags", 'must be a glob on tag names, like "v*"')
+            return ""
+        if value.startswith("refs/"):
+            self.problem(f"{key}.tags", "give a glob on the tag name ('v*'), not on the full ref")
+            return ""
+        if any(ord(c) < 0x21 or c in "~^:\\" for c in value):
+            self.problem(f"{key}.tags", "holds a character no tag name can have (space, ~, ^, :, \\)")
+            return ""
+        return value
 
     def run_as(self, table: dict[str, Any], key: str) -> str | None:
         if "run_as" not in table:

@@ -216,7 +216,7 @@ class Runner:
     ) -> Deployment:
         """A manual deployment of a branch or tag: find the commit it names now."""
         deplog.step(f"resolve {deployment.branch}")
-        sha, ref = self.mirror(project).resolve(deployment.branch)
+        sha, ref = self.mirror(project).resolve(deployment.ref)
         deplog.info(f"{ref} is {sha}")
         self.store.update(deployment.id, sha=sha, ref=ref)
         deployment.sha, deployment.ref = sha, ref
@@ -225,7 +225,10 @@ class Runner:
 
     def mirror(self, project: Project) -> Mirror:
         return Mirror(
-            self.settings.server.data_dir / "mirrors" / f"{project.name}.git", project.repo_url, self.environ
+            self.settings.server.data_dir / "mirrors" / f"{project.name}.git",
+            project.repo_url,
+            self.environ,
+            project.repo_credential(),
         )
 
     def already_live(self, job: Job) -> bool:
@@ -263,8 +266,8 @@ class Runner:
             job.log.info(f"release {reuse} was pruned: building {sha[:12]} again")
         mirror = self.mirror(job.project)
         started = time.monotonic()
-        job.log.step(f"fetch {sha[:12]} from {environment.branch}")
-        fetched = mirror.fetch(environment.branch, sha)
+        job.log.step(f"fetch {sha[:12]} from {deployment.branch}")
+        fetched = mirror.fetch(deployment.ref, sha)
         self.measure("fetch", started)
         job.log.info(
             f"{'fetched' if fetched else 'already in the mirror'} in {time.monotonic() - started:.2f} s"

@@ -287,19 +287,35 @@ def manual_deploy(
         if not SHA_RE.match(sha):
             raise OperationError("sha must be 40 or 64 hex characters")
     ref = ref or environment.branch
-    if not REF_RE.match(ref) or ".." in ref:
-        raise OperationError("ref must be a branch or tag name")
+    if not ref:
+        raise OperationError(
+            f"environment {environment.name!r} deploys tags ({environment.tags}): name the tag to deploy"
+        )
     deployment = Deployment(
         id=new_id(),
         project=project.name,
         environment=environment.name,
-        ref=f"refs/heads/{ref}",
+        ref=full_ref(ref, environment),
         sha=sha,
         pusher=who[:255],
         trigger="manual",
     )
     intake.enqueue(project, environment, deployment)
     return deployment
+
+
+def full_ref(ref: str, environment: Environment) -> str:
+    """``refs/heads/…`` or ``refs/tags/…`` for a name an operator gave.
+
+    A full ref is kept as it is. A bare name is taken as a tag in an environment that deploys tags
+    and as a branch elsewhere; a worker resolving it without a sha falls back to the other kind.
+    """
+    name = ref.removeprefix("refs/heads/").removeprefix("refs/tags/")
+    if not REF_RE.match(name) or ".." in name:
+        raise OperationError("ref must be a branch or tag name")
+    if ref != name:
+        return ref
+    return f"refs/tags/{name}" if environment.tags else f"refs/heads/{name}"
 
 
 def rollback(

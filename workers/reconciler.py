@@ -62,6 +62,8 @@ class Reconciler:
         findings = []
         for project in self.settings.projects.values():
             for environment in project.environments.values():
+                if not environment.branch:
+                    continue  # a tags environment: which tag is "the newest" is for people to say
                 if only_due and not self.due(project, environment):
                     continue
                 findings.append(self.check(project, environment, grace))
@@ -120,7 +122,9 @@ class Reconciler:
         if head is None:
             try:
                 with TemporaryDirectory() as tmp:
-                    head = Mirror(Path(tmp) / "none.git", project.repo_url).branch_head(environment.branch)
+                    head = Mirror(
+                        Path(tmp) / "none.git", project.repo_url, token=project.repo_credential()
+                    ).branch_head(environment.branch)
             except SourceError as exc:
                 log.warning("%s: git ls-remote failed: %s", project.name, exc)
                 return ""

@@ -36,6 +36,9 @@ HARDENING = (
     ("credential.interactive", "false"),
 )
 GIT_TIMEOUT = 600.0
+TOKEN_USER = "oauth2"  # noqa: S105 - a user name, not a password
+"""The user name sent with a bare ``repo_token``: GitLab ignores it for personal, project and group
+access tokens and takes it for OAuth tokens; a deploy token needs its own (``user:token``)."""
 
 
 class SourceError(Exception):
@@ -59,11 +62,17 @@ def check_sha(sha: str) -> str:
 class Mirror:
     """A bare mirror of one project's repository under ``data_dir/mirrors``."""
 
-    def __init__(self, path: Path, url: str, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, path: Path, url: str, environ: Mapping[str, str] | None = None, token: str = ""
+    ) -> None:
+        """``token`` (``repo_token``: ``token`` or ``user:token``) replaces any credential in ``url``."""
         self.path = path
         self.url = url
         self.environ = dict(os.environ if environ is None else environ)
         self.remote, self.auth_header = split_credentials(url)
+        if token:
+            user, _, password = token.rpartition(":")
+            self.auth_header = basic_auth(user or TOKEN_USER, password)
 
     def ensure(self) -> None:
         if (self.path / "HEAD").exists():
@@ -84,19 +93,26 @@ class Mirror:
         result = self._git(["cat-file", "-e", "--end-of-options", f"{sha}^{{commit}}"], check=False)
         return result.returncode == 0
 
-    def fetch(self, branch: str, sha: str) -> bool:
-        """Make ``sha`` present, fetching only what is missing. Returns whether a fetch ran."""
+    def fetch(self, ref: str, sha: str) -> bool:
+        """Make ``sha`` present, fetching only what is missing. Returns whether a fetch ran.
+
+        ``ref`` is the full ref the commit was pushed to (``refs/heads/main``, ``refs/tags/v1``);
+        fetching it alone is the incremental case.
+        """
         check_sha(sha)
         self.ensure()
         if self.has_commit(sha):
             return False
-        refspecs = [f"+refs/heads/{branch}:refs/heads/{branch}"] if _plain_ref(branch) else []
-        self._fetch(refspecs)
+        if not ref.startswith("refs/"):
+            ref = f"refs/heads/{ref}"  # a bare name is a branch
+        kind, _, name = ref.removeprefix("refs/").partition("/")
+        known = kind in ("heads", "tags") and _plain_ref(name)
+        self._fetch([f"+{ref}:{ref}"] if known else [])
         if not self.has_commit(sha):
             # Pushed, then force-pushed away, or on another branch: look at every branch and tag.
             self._fetch(["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"])
         if not self.has_commit(sha):
-            raise SourceError(f"commit {sha} is not in {branch!r} or any other branch of the repository")
+            raise SourceError(f"commit {sha} is not in {name!r} or any other branch or tag of the repository")
         return True
 
     def export(self, sha: str, destination: Path) -> None:
@@ -111,13 +127,17 @@ class Mirror:
     def resolve(self, ref: str) -> tuple[str, str]:
         """Fetch branch or tag ``ref``; returns the commit it names now and its full ref.
 
+        A full ``refs/tags/…`` ref is looked up as a tag first, anything else as a branch first.
+
         Raises:
             SourceError: no such branch or tag in the repository.
         """
-        if not _plain_ref(ref):
-            raise SourceError(f"not a branch or tag name: {ref[:100]!r}")
+        name = ref.removeprefix("refs/heads/").removeprefix("refs/tags/")
+        if not _plain_ref(name):
+            raise SourceError(f"not a branch or tag name: {name[:100]!r}")
         self.ensure()
-        for candidate in (f"refs/heads/{ref}", f"refs/tags/{ref}"):
+        kinds = ("tags", "heads") if ref.startswith("refs/tags/") else ("heads", "tags")
+        for candidate in (f"refs/{kind}/{name}" for kind in kinds):
             self._fetch([f"+{candidate}:{candidate}"], check=False)  # a missing one is simply not there
             found = self._git(
                 ["rev-parse", "--verify", "--quiet", "--end-of-options", f"{candidate}^{{commit}}"],
@@ -125,7 +145,7 @@ class Mirror:
             )
             if found.returncode == 0:
                 return check_sha(found.stdout.strip()), candidate
-        raise SourceError(f"no branch or tag {ref!r} in the repository")
+        raise SourceError(f"no branch or tag {name!r} in the repository")
 
     def branch_head(self, branch: str) -> str | None:
         """The remote's current head of ``branch`` (``git ls-remote``), or None if it has none."""
@@ -237,8 +257,13 @@ def split_credentials(url: str) -> tuple[str, str]:
         host = f"[{host}]"
     netloc = host + (f":{parts.port}" if parts.port else "")
     user, password = unquote(parts.username or ""), unquote(parts.password or "")
+    return urlunsplit(parts._replace(netloc=netloc)), basic_auth(user, password)
+
+
+def basic_auth(user: str, password: str) -> str:
+    """The ``Authorization`` header git sends for ``user:password`` (given through http.extraHeader)."""
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return urlunsplit(parts._replace(netloc=netloc)), f"Authorization: Basic {token}"
+    return f"Authorization: Basic {token}"
 
 
 def _plain_ref(branch: str) -> bool:

@@ -353,6 +353,73 @@ def test_gitlabs_tag_push_sample_is_ignored(make_settings: Callable[..., Setting
     assert "Tag Push Hook" in decision.reason
 
 
+# -- tags ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def tagged(make_settings: Callable[..., Settings]) -> Project:
+    """GitLab's tag sample project, with a production environment deploying ``v*`` tags."""
+    settings = make_settings(
+        gitlab_project="jsmith/example",
+        branch=None,
+        environment=None,
+        environments={"staging": {"branch": "master"}, "production": {"tags": "v*"}},
+    )
+    return settings.projects["sample-app"]
+
+
+def test_gitlabs_tag_push_sample_deploys_the_tagged_commit_where_tags_match(tagged: Project) -> None:
+    decision = decide(sample("tag_push_hook"), tagged, sample_headers("tag_push_hook"))
+    assert isinstance(decision, Deploy)
+    assert decision.environment.name == "production"
+    assert (decision.push.ref, decision.push.sha) == ("refs/tags/v1.0.0", TAG_SHA)
+    assert decision.push.pusher == "John Smith"
+
+
+def test_an_annotated_tag_deploys_its_commit_not_the_tag_object(tagged: Project) -> None:
+    payload = sample("tag_push_hook")
+    payload["after"] = "1" * 40  # the tag object GitLab reports for an annotated tag
+    decision = decide(payload, tagged, sample_headers("tag_push_hook"))
+    assert isinstance(decision, Deploy)
+    assert decision.push.sha == TAG_SHA
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"ref": "refs/tags/release-1"}, "tag 'release-1' matches no environment's tags"),
+        ({"after": ZERO_SHA, "checkout_sha": None}, "tag 'v1.0.0' was deleted"),
+        ({"checkout_sha": None}, "tag 'v1.0.0' does not point to a commit"),
+        ({"ref": "refs/heads/v1.0.0"}, "ref 'refs/heads/v1.0.0' is not a tag"),
+    ],
+)
+def test_tags_that_are_not_deployed_are_ignored_with_a_reason(
+    tagged: Project, change: dict[str, Any], reason: str
+) -> None:
+    payload = sample("tag_push_hook") | change
+    decision = decide(payload, tagged, sample_headers("tag_push_hook"))
+    assert decision == Ignored(reason)
+
+
+def test_a_branch_push_still_deploys_its_own_environment_beside_a_tags_one(tagged: Project) -> None:
+    payload = sample("push_hook")
+    payload["project"]["path_with_namespace"] = "jsmith/example"
+    payload["project_id"] = payload["project"]["id"] = 1
+    decision = decide(payload, tagged, sample_headers("push_hook"))
+    assert isinstance(decision, Deploy)
+    assert decision.environment.name == "staging"
+
+
+def test_a_tags_environment_is_not_deployed_by_a_branch_named_like_its_glob(
+    make_settings: Callable[..., Settings],
+) -> None:
+    project = make_settings(gitlab_project="jsmith/example", branch=None, tags="*").projects["sample-app"]
+    payload = sample("push_hook")
+    payload["project"]["path_with_namespace"] = "jsmith/example"
+    decision = decide(payload, project, sample_headers("push_hook"))
+    assert decision == Ignored("branch 'master' is not deployed")
+
+
 def test_a_tag_ref_under_a_push_hook_header_is_ignored(make_settings: Callable[..., Settings]) -> None:
     project = make_settings(gitlab_project="jsmith/example", branch="v1.0.0").projects["sample-app"]
     decision = decide(sample("tag_push_hook"), project, {"X-Gitlab-Event": "Push Hook"})

@@ -862,3 +862,83 @@ def test_a_sentinel_url_is_accepted_and_a_bad_one_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load(write_config(tmp_path / "bad.toml", bad), environ={})
     assert "server.redis_url" in str(caught.value) and "service" in str(caught.value)
+
+
+# -- tags, repo_token, target_url ---------------------------------------------------
+
+
+def test_an_environment_deploys_tags_matching_a_glob(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "pushdeploy.toml",
+        PROJECT
+        + """
+        branch = "main"
+        [projects.app.environments.staging]
+        [projects.app.environments.production]
+        tags = "v*"
+        """,
+    )
+    project = load(path, environ={}).projects["app"]
+    staging, production = project.environments["staging"], project.environments["production"]
+    assert (staging.branch, staging.tags, staging.follows) == ("main", "", "branch main")
+    assert (production.branch, production.tags, production.follows) == ("", "v*", "tags v*")
+    assert project.environment_for_tag("v1.2.0") is production
+    assert project.environment_for_tag("release-1") is None
+    assert project.environment_for_branch("main") is staging
+    assert project.environment_for_branch("") is None
+    assert project.deploys_tags
+
+
+def test_tags_match_case_sensitively_like_git(tmp_path: Path) -> None:
+    path = write(tmp_path / "pushdeploy.toml", PROJECT + 'tags = "v[0-9]*"\n')
+    project = load(path, environ={}).projects["app"]
+    assert project.environment_for_tag("v2") is not None
+    assert project.environment_for_tag("V2") is None
+    assert project.environment_for_tag("vx") is None
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('tags = "v*"\nbranch = "main"', "a branch or tags, never both"),
+        ('tags = ""', 'like "v*"'),
+        ("tags = 1", 'like "v*"'),
+        ('tags = "refs/tags/v*"', "not on the full ref"),
+        ('tags = "v *"', "no tag name can have"),
+    ],
+)
+def test_bad_tags_name_the_key(tmp_path: Path, line: str, message: str) -> None:
+    found = keys(problems(tmp_path / "pushdeploy.toml", PROJECT + line + "\n"))
+    assert any(message in text for text in found.values()), found
+    assert all(key.startswith("projects.app") for key in found)
+
+
+def test_repo_token_is_a_secret_sent_only_over_https(tmp_path: Path) -> None:
+    path = write(tmp_path / "pushdeploy.toml", PROJECT + 'repo_token = "env:REPO_TOKEN"\n')
+    project = load(path, environ={"REPO_TOKEN": "glpat-repo-canary-91ab"}).projects["app"]
+    assert project.repo_credential() == "glpat-repo-canary-91ab"
+    assert any(s.reveal() == "glpat-repo-canary-91ab" for s in project.secrets())
+    assert "glpat-repo-canary-91ab" not in repr(project)
+    found = keys(
+        problems(
+            tmp_path / "ssh.toml",
+            PROJECT.replace("https://gitlab.example.org/", "git@gitlab.example.org:")
+            + 'repo_token = "literal"\n',
+        )
+    )
+    assert "repo_url must be an http(s):// URL" in found["projects.app.repo_token"]
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_a_public_url_too_long_for_gitlabs_target_url_is_refused(tmp_path: Path, signed: bool) -> None:
+    admin = 'admin_token = "literal-admin"\n' if signed else ""
+    fits = 255 - len("/deployments/") - 24 - (len("?access=") + 10 + 1 + 22 if signed else 0)
+    base = "https://deploy.example.org/"
+    for length, ok in ((fits, True), (fits + 1, False)):
+        url = base + "p" * (length - len(base))
+        text = f'[server]\npublic_url = "{url}"\n{admin}' + PROJECT
+        if ok:
+            load(write(tmp_path / "ok.toml", text), environ={})
+            continue
+        message = keys(problems(tmp_path / "long.toml", text))["server.public_url"]
+        assert "255" in message and f"at most {fits} characters" in message, message

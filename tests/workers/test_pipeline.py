@@ -391,3 +391,52 @@ def test_a_manual_deploy_of_a_tag_records_the_tag(
     done = DeploymentStore(redis).get(queued.id)
     assert (done.state, done.sha, done.ref, done.branch) == (State.SUCCEEDED, sha, "refs/tags/v1.0", "v1.0")
     assert {r.status.ref for r in recorded(redis, done.id)} == {"v1.0"}
+
+
+def test_a_pushed_tag_on_no_branch_is_fetched_by_its_tag_and_reported_with_its_name(
+    make_settings: Callable[..., Settings], git_repo: GitRepo, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tag push deploys the tagged commit even when no branch holds it; the status ref is the tag."""
+    from tests.helpers import git
+
+    settings = make_settings(branch=None, tags="v*", deploy=['echo "$PUSHDEPLOY_REF" > ref.txt'])
+    sha = git_repo.commit({"build.sh": BUILD, "app.txt": "tagged only\n"}, "release", branch="release")
+    git("tag", "-a", "-m", "release 2", "v2.0", cwd=git_repo.work)
+    git("push", "--quiet", "origin", "v2.0", ":refs/heads/release", cwd=git_repo.work)
+    use_config(settings, monkeypatch)
+    project = settings.projects["sample-app"]
+    accepted = Intake(redis, settings.server.public_url).accept(
+        project, project.environments["production"], Push("refs/tags/v2.0", sha, "alice", "")
+    )
+    work(redis)
+    done = DeploymentStore(redis).get(accepted.deployment_id)
+    assert done.state is State.SUCCEEDED, done.reason
+    assert (env_dir(settings) / "current" / "built.txt").read_text() == "tagged only\n"
+    assert (env_dir(settings) / "current" / "ref.txt").read_text() == "v2.0\n"
+    assert {r.status.ref for r in recorded(redis, done.id)} == {"v2.0"}
+
+
+def test_a_manual_deploy_of_a_tag_with_a_sha_is_recorded_as_the_tag(
+    make_settings: Callable[..., Settings], git_repo: GitRepo, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.helpers import git
+    from workers.queueing import OperationError, manual_deploy
+
+    settings = make_settings(branch=None, tags="v*", build=[], deploy=[])
+    sha = git_repo.commit({"app.txt": "tagged\n"})
+    git("tag", "v3.0", cwd=git_repo.work)
+    git("push", "--quiet", "origin", "v3.0", cwd=git_repo.work)
+    use_config(settings, monkeypatch)
+    project = settings.projects["sample-app"]
+    environment = project.environments["production"]
+    intake = Intake(redis, settings.server.public_url)
+    with pytest.raises(OperationError, match="deploys tags"):
+        manual_deploy(intake, project, environment, "op")
+    queued = manual_deploy(intake, project, environment, "op", ref="v3.0", sha=sha)
+    assert queued.ref == "refs/tags/v3.0"
+    work(redis)
+    done = DeploymentStore(redis).get(queued.id)
+    assert (done.state, done.ref) == (State.SUCCEEDED, "refs/tags/v3.0")
+    assert {r.status.ref for r in recorded(redis, done.id)} == {"v3.0"}
+    explicit = manual_deploy(intake, project, environment, "op", ref="refs/heads/main", sha=sha)
+    assert explicit.ref == "refs/heads/main"

@@ -425,3 +425,51 @@ def test_repo_url_credentials_travel_as_a_header_not_in_any_command_line(tmp_pat
     assert header == f"Authorization: {seen[0]}"
     assert "s3cret" not in str(caught.value)
     assert "s3cret" not in (tmp_path / "m.git" / "config").read_text()
+
+
+def test_a_commit_only_a_tag_holds_is_fetched_through_that_tag(
+    mirror: Mirror, git_repo: GitRepo
+) -> None:
+    sha = git_repo.commit({"app.txt": "released\n"}, "release", branch="release")
+    git("tag", "v9", cwd=git_repo.work)
+    git("push", "--quiet", "origin", "v9", ":refs/heads/release", cwd=git_repo.work)
+    assert mirror.fetch("refs/tags/v9", sha) is True
+    assert mirror.has_commit(sha)
+    assert git("--git-dir", str(mirror.path), "rev-parse", "refs/tags/v9", cwd=git_repo.work) == sha
+    assert mirror.resolve("refs/tags/v9") == (sha, "refs/tags/v9")
+
+
+@pytest.mark.parametrize(
+    ("token", "sent"),
+    [("glpat-repo-canary", "oauth2:glpat-repo-canary"), ("deployer:gldt-canary", "deployer:gldt-canary")],
+)
+def test_repo_token_is_the_https_credential_and_replaces_the_urls(
+    tmp_path: Path, token: str, sent: str
+) -> None:
+    import base64
+    import http.server
+    import threading
+
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization", ""))
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://old:urlpass@127.0.0.1:{server.server_address[1]}/x.git"
+    try:
+        with pytest.raises(SourceError) as caught:
+            Mirror(tmp_path / "m.git", url, token=token).fetch("main", "a" * 40)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen and set(seen) == {"Basic " + base64.b64encode(sent.encode()).decode()}
+    assert token not in str(caught.value)
+    assert token not in (tmp_path / "m.git" / "config").read_text()
