@@ -9,12 +9,9 @@ from __future__ import annotations
 from redis import Redis
 from rq import Queue
 
-from workers import defaults
+from workers import defaults, lifecycle
 from workers.config import Settings
-from workers.deploylog import DeploymentLog, Masker
-from workers.deployments import PREFIX, Deployment, DeploymentStore, InvalidTransition, State, history_key
-from workers.forge import StatusState
-from workers.queueing import report
+from workers.deployments import PREFIX, Deployment, DeploymentStore, State, history_key
 
 CANCEL_TTL = 24 * 3600
 
@@ -47,14 +44,12 @@ def cancel(settings: Settings, redis: Redis, deployment_id: str, who: str) -> St
     store = DeploymentStore(redis)
     deployment = store.get(deployment_id)
     if deployment.state is State.QUEUED:
-        try:
-            ended = store.transition(deployment_id, State.CANCELED, f"canceled by {who}")
-        except InvalidTransition:
-            deployment = store.get(deployment_id)  # it started meanwhile: ask the worker below
-        else:
-            _log(settings, redis, deployment_id, f"canceled by {who} before it started")
-            report(redis, settings, ended, StatusState.CANCELED, ended.reason)
+        reason = f"canceled by {who}"
+        if lifecycle.end(
+            settings, redis, deployment_id, State.CANCELED, reason, note=f"{reason} before it started"
+        ):
             return State.CANCELED
+        deployment = store.get(deployment_id)  # it started meanwhile: ask its worker below
     if deployment.state is State.RUNNING:
         redis.set(cancel_key(deployment_id), who, ex=CANCEL_TTL)
         return State.RUNNING
@@ -63,20 +58,15 @@ def cancel(settings: Settings, redis: Redis, deployment_id: str, who: str) -> St
 
 def supersede(settings: Settings, redis: Redis, deployment_id: str, newer: str) -> bool:
     """End a waiting deployment because a newer push replaced it; False if it was no longer queued."""
-    store = DeploymentStore(redis)
-    try:
-        ended = store.transition(deployment_id, State.CANCELED, f"superseded by {newer}")
-    except InvalidTransition:
-        return False
-    _log(settings, redis, deployment_id, f"superseded by {newer}: the newest push wins")
-    report(redis, settings, ended, StatusState.CANCELED, ended.reason)
-    return True
-
-
-def _log(settings: Settings, redis: Redis, deployment_id: str, text: str) -> None:
-    deplog = DeploymentLog(redis, deployment_id, Masker(settings.all_secrets()))
-    deplog.info(text)
-    deplog.flush()
+    ended = lifecycle.end(
+        settings,
+        redis,
+        deployment_id,
+        State.CANCELED,
+        f"superseded by {newer}",
+        note=f"superseded by {newer}: the newest push wins",
+    )
+    return ended is not None
 
 
 def supersede_older(settings: Settings, redis: Redis, newest: Deployment) -> int:

@@ -72,6 +72,9 @@ def log_key(deployment_id: str) -> str:
 OUTBOX_DUE_KEY = f"{PREFIX}:outbox"
 """Deployments with statuses still to deliver (see workers.outbox)."""
 
+RUNTIME_FIELDS = ("host", "step_pgid", "lane_token")
+"""Hash fields of a record that are not part of :class:`Deployment`: set while it runs."""
+
 RECORD_SUFFIXES = ("", ":steps", ":log", ":statuses", ":cancel")
 """Every key of one deployment: the record, its steps, log, status outbox and cancel flag."""
 
@@ -171,6 +174,15 @@ class StepResult:
     tail: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """Where a running deployment runs: its worker's host and the process group of its step."""
+
+    host: str
+    step_pgid: str
+    lane_token: str
+
+
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
@@ -234,6 +246,12 @@ class DeploymentStore:
                     return Deployment.from_redis({**{_text(k): _text(v) for k, v in raw.items()}, **update})
                 except WatchError:
                     continue
+
+    def runtime(self, deployment_id: str) -> Runtime:
+        """The record's runtime fields, written by the worker that runs it ("" where unset)."""
+        raw = self.redis.hmget(key(deployment_id), *RUNTIME_FIELDS)
+        host, pgid, token = (_text(v) if v is not None else "" for v in raw)
+        return Runtime(host, pgid, token)
 
     def update(self, deployment_id: str, **fields: str | float) -> None:
         """Set informational fields that are not state (release dir, status problem)."""

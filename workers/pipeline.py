@@ -11,22 +11,29 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
 from functools import cache
 from pathlib import Path
 
 from redis import Redis
-from rq import Queue
 
-from workers import defaults, health, steps, telemetry
+from workers import health, lifecycle, steps, telemetry
 from workers.config import Environment, Project, Settings, load
 from workers.control import cancel_requested, supersede, supersede_older
 from workers.deploylog import DeploymentLog, Masker
-from workers.deployments import Deployment, DeploymentStore, State, StepResult, UnknownDeployment
+from workers.deployments import (
+    Deployment,
+    DeploymentStore,
+    InvalidTransition,
+    State,
+    StepResult,
+    UnknownDeployment,
+)
 from workers.forge import StatusState
-from workers.lanes import Lane, Verdict
-from workers.queueing import enqueue_job, report
+from workers.lanes import Lane, Renewal, Verdict
+from workers.queueing import report
 from workers.releases import Releases
 from workers.source import Mirror, SourceError, check_sha
 
@@ -53,6 +60,46 @@ class HealthCheckFailed(Exception):
     """The release did not answer 2xx on its health check URL in time."""
 
 
+class LaneLost(Exception):
+    """The lane's lock expired under this deployment: another one may run, so this one stops now."""
+
+    def __init__(self, switched: bool) -> None:
+        where = "after switching current: it stays as it is" if switched else "before switching current"
+        super().__init__(
+            "lost the environment's lane (its lock expired: Redis unreachable or the worker stalled); "
+            f"stopped {where}, so that two deployments never run at once"
+        )
+
+
+class Outcome(StrEnum):
+    """What :meth:`Runner.run` did with a job: a deployment state, or why the job had nothing to do."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    WAITING = "waiting"
+    DISCARDED = "discarded"
+
+    @classmethod
+    def of(cls, state: State) -> Outcome:
+        return cls(state.value)
+
+
+@dataclass
+class Hold:
+    """This runner's hold on its environment's lane: the fenced token and its renewal."""
+
+    lane: Lane
+    token: str
+    lease: Renewal
+
+    @property
+    def lost(self) -> bool:
+        return self.lease.lost.is_set()
+
+
 class Canceled(Exception):
     """Someone asked for this deployment to stop; ``who`` is recorded in the reason."""
 
@@ -69,9 +116,10 @@ class Job:
     environment: Environment
     deployment: Deployment
     log: DeploymentLog
+    hold: Hold
     releases: Releases
-    deadline: float
-    live: Mapping[str, str]  # what served before: sha, deployment, release
+    deadline: float = 0.0
+    live: Mapping[str, str] = field(default_factory=dict)  # what served before: sha, deployment, release
     switched: bool = False
 
 
@@ -81,7 +129,7 @@ def worker_settings() -> Settings:
     return load(os.environ["PUSHDEPLOY_CONFIG"])
 
 
-def run_deployment(deployment_id: str) -> str:
+def run_deployment(deployment_id: str) -> Outcome:
     """RQ entry point: take one deployment as far as it can go now; returns its state."""
     from rq import get_current_job
 
@@ -100,128 +148,115 @@ class Runner:
         self.environ = dict(os.environ if environ is None else environ)
         self._cancel_checked = 0.0
         self._cancel_by = ""
+        self.handed_over = False
 
     # -- the lane ---------------------------------------------------------
 
-    def run(self, deployment_id: str) -> str:
+    def run(self, deployment_id: str) -> Outcome:
         try:
             deployment = self.store.get(deployment_id)
         except UnknownDeployment:
             # The job queued beside a duplicate delivery's refused claim, taken before it was deleted.
             log.info("deployment %s: no record (a duplicate delivery's job); discarded", deployment_id)
-            return "discarded"
+            return Outcome.DISCARDED
         if deployment.state is not State.QUEUED:
-            return str(deployment.state)  # canceled meanwhile, or a duplicate job: nothing to do
-        deplog = DeploymentLog(self.redis, deployment_id, self.masker)
+            return Outcome.of(deployment.state)  # canceled meanwhile, or a duplicate job: nothing to do
         project = self.settings.projects.get(deployment.project)
         environment = project.environments.get(deployment.environment) if project else None
         if project is None or environment is None:
-            return self.finish(
-                deployment,
-                None,
-                None,
-                deplog,
-                State.FAILED,
-                "project or environment no longer in the configuration",
-            )
+            reason = "project or environment no longer in the configuration"
+            return self.end(deployment_id, State.FAILED, reason)
         lane = Lane(self.redis, project.name, environment.name)
         claim = lane.claim(deployment_id)
         if claim.verdict is Verdict.SUPERSEDED:
             supersede(self.settings, self.redis, deployment_id, claim.other)
-            return str(State.CANCELED)
-        supersede_older(
-            self.settings, self.redis, deployment
-        )  # the newest push wins: the rest step aside now
+            return Outcome.CANCELED
+        supersede_older(self.settings, self.redis, deployment)  # the newest push wins: the rest step aside
         if claim.verdict is Verdict.WAIT:
             if claim.other:
                 supersede(self.settings, self.redis, claim.other, deployment_id)
+            deplog = DeploymentLog(self.redis, deployment_id, self.masker)
             deplog.info(f"waiting: {lane.holder() or 'another deployment'} is deploying this environment")
-            return "waiting"
-        try:
-            with lane.keep_alive(claim.token):
-                return self.run_claimed(deployment, project, environment, deplog, claim.token)
-        finally:
-            self.hand_over(lane, claim.token, environment)
-
-    def hand_over(self, lane: Lane, token: str, environment: Environment) -> None:
-        """Free the lane and start the deployment that waited for it."""
-        released = lane.release(token)
-        if released.waiting:
-            queue = Queue(defaults.DEPLOY_QUEUE, connection=self.redis)
-            enqueue_job(queue, released.waiting, environment, f"{released.waiting}-{os.urandom(3).hex()}")
+            return Outcome.WAITING
+        with lane.keep_alive(claim.token) as lease:
+            hold = Hold(lane, claim.token, lease)
+            try:
+                return self.run_claimed(deployment, project, environment, hold)
+            finally:
+                if not self.handed_over:  # ended elsewhere, or an error before the end
+                    lifecycle.hand_over(
+                        self.settings, self.redis, project.name, environment.name, claim.token
+                    )
 
     # -- one deployment ---------------------------------------------------
 
     def run_claimed(
-        self,
-        deployment: Deployment,
-        project: Project,
-        environment: Environment,
-        deplog: DeploymentLog,
-        token: str,
-    ) -> str:
+        self, deployment: Deployment, project: Project, environment: Environment, hold: Hold
+    ) -> Outcome:
+        deplog = DeploymentLog(self.redis, deployment.id, self.masker)
+        releases = Releases(self.settings.server.data_dir, project.name, environment.name)
+        job = Job(project, environment, deployment, deplog, hold, releases)
         if not deployment.sha:
             try:
-                deployment = self.resolve(deployment, project, environment, deplog)
+                self.resolve(job)
             except SourceError as exc:
-                return self.finish(
-                    deployment, project, environment, deplog, State.FAILED, self.masker(str(exc))
-                )
-        live = self.store.live(project.name, environment.name)
+                return self.end(deployment.id, State.FAILED, self.masker(str(exc)), hold)
+        if not self.start(job):
+            return Outcome.of(self.store.get(deployment.id).state)  # canceled between claim and start
+        state, reason = self.attempt(job)
+        return self.end(deployment.id, state, reason, hold)
+
+    def start(self, job: Job) -> bool:
+        """Move to ``running`` and say so; False when it was canceled between its claim and now."""
+        job.live = self.store.live(job.project.name, job.environment.name)
         try:
-            deployment = self.store.transition(
-                deployment.id,
+            job.deployment = self.store.transition(
+                job.deployment.id,
                 State.RUNNING,
-                previous_sha=live.get("sha", ""),
-                lane_token=token,
+                previous_sha=job.live.get("sha", ""),
+                lane_token=job.hold.token,
                 host=socket.gethostname(),
             )
-        except Exception:
-            return str(self.store.get(deployment.id).state)  # canceled between claim and start
-        report(self.redis, self.settings, deployment, StatusState.RUNNING, "Deploying")
-        job = Job(
-            project,
-            environment,
-            deployment,
-            deplog,
-            Releases(self.settings.server.data_dir, project.name, environment.name),
-            deployment.started_at + environment.timeout,
-            live,
-        )
+        except InvalidTransition:
+            return False
+        job.deadline = job.deployment.started_at + job.environment.timeout
+        report(self.redis, self.settings, job.deployment, StatusState.RUNNING, "Deploying")
+        return True
+
+    def attempt(self, job: Job) -> tuple[State, str]:
+        """Deploy, rolling back where it failed after the switch: the state it ends in, and why."""
         try:
             if self.already_live(job):
-                return self.finish(
-                    deployment, project, environment, deplog, State.SUCCEEDED, "already deployed"
-                )
+                return State.SUCCEEDED, "already deployed"
             self.deploy(job)
+        except LaneLost as exc:
+            job.log.info(str(exc))
+            return State.FAILED, str(exc)  # current is not touched again: another deployment may own it
         except Canceled as exc:
-            reason = self.recover(job, str(exc))
-            return self.finish(deployment, project, environment, deplog, State.CANCELED, reason)
+            return State.CANCELED, self.recover(job, str(exc))
         except (StepFailed, HealthCheckFailed, steps.RunAsError) as exc:
             if isinstance(exc, StepFailed) and exc.result.tail:
-                deplog.info("last lines:\n" + "\n".join(exc.result.tail[-5:]))
-            reason = self.recover(job, str(exc))
-            return self.finish(deployment, project, environment, deplog, State.FAILED, reason)
+                job.log.info("last lines:\n" + "\n".join(exc.result.tail[-5:]))
+            return State.FAILED, self.recover(job, str(exc))
         except SourceError as exc:
-            deplog.info(self.masker(f"git: {exc}"))
-            return self.finish(deployment, project, environment, deplog, State.FAILED, self.masker(str(exc)))
+            job.log.info(self.masker(f"git: {exc}"))
+            return State.FAILED, self.masker(str(exc))
         except Exception as exc:
-            log.exception("deployment %s: internal error", deployment.id)
-            reason = self.recover(job, self.masker(f"internal error: {type(exc).__name__}: {exc}"))
-            return self.finish(deployment, project, environment, deplog, State.FAILED, reason)
-        return self.finish(deployment, project, environment, deplog, State.SUCCEEDED, "")
+            log.exception("deployment %s: internal error", job.deployment.id)
+            return State.FAILED, self.recover(
+                job, self.masker(f"internal error: {type(exc).__name__}: {exc}")
+            )
+        return State.SUCCEEDED, ""
 
-    def resolve(
-        self, deployment: Deployment, project: Project, environment: Environment, deplog: DeploymentLog
-    ) -> Deployment:
+    def resolve(self, job: Job) -> None:
         """A manual deployment of a branch or tag: find the commit it names now."""
-        deplog.step(f"resolve {deployment.branch}")
-        sha, ref = self.mirror(project).resolve(deployment.ref)
-        deplog.info(f"{ref} is {sha}")
+        deployment = job.deployment
+        job.log.step(f"resolve {deployment.branch}")
+        sha, ref = self.mirror(job.project).resolve(deployment.ref)
+        job.log.info(f"{ref} is {sha}")
         self.store.update(deployment.id, sha=sha, ref=ref)
         deployment.sha, deployment.ref = sha, ref
         report(self.redis, self.settings, deployment, StatusState.PENDING, "Queued for deployment")
-        return deployment
 
     def mirror(self, project: Project) -> Mirror:
         return Mirror(
@@ -297,6 +332,7 @@ class Runner:
 
     def switch_and_deploy(self, job: Job, release_id: str, variables: dict[str, str]) -> None:
         environment = job.environment
+        self.check_lane(job)  # still ours, renewed now: nobody else can be switching meanwhile
         # No cancel is looked at between the build and the end of switch(): it lands before or after.
         previous = job.releases.switch(release_id)
         job.switched = True
@@ -369,7 +405,9 @@ class Runner:
             variables,
             job.deadline,
             job.log.output,
-            should_stop=(lambda: self.cancel_flag(job) != "") if cancelable else (lambda: False),
+            should_stop=(lambda: job.hold.lost or self.cancel_flag(job) != "")
+            if cancelable
+            else job_lost(job),
             on_start=lambda pid: self.store.update(job.deployment.id, step_pgid=pid),
             on_tick=job.log.flush_due,
             user=job.environment.run_as,
@@ -395,6 +433,8 @@ class Runner:
             else f"exited {outcome.exit_code}"
         )
         job.log.info(f"{phase} {index} {status} after {outcome.duration:.2f} s")
+        if outcome.canceled and job.hold.lost:
+            raise LaneLost(job.switched)
         if outcome.canceled:
             raise Canceled(self.cancel_flag(job) or "someone")
         if not outcome.ok:
@@ -412,10 +452,18 @@ class Runner:
         return self._cancel_by
 
     def check_cancel(self, job: Job) -> None:
+        if job.hold.lost:
+            raise LaneLost(job.switched)
         self._cancel_checked = 0.0
         who = self.cancel_flag(job)
         if who:
             raise Canceled(who)
+
+    def check_lane(self, job: Job) -> None:
+        """Renew the lane now; a lease lost in the background or refused now stops the deployment."""
+        if job.hold.lost or not job.hold.lane.renew(job.hold.token):
+            job.hold.lease.lost.set()
+            raise LaneLost(job.switched)
 
     def variables(self, job: Job, release_id: str, sha: str, previous_sha: str) -> dict[str, str]:
         return steps.scrubbed_environment(
@@ -435,33 +483,16 @@ class Runner:
 
     # -- endings ----------------------------------------------------------
 
-    def finish(
-        self,
-        deployment: Deployment,
-        project: Project | None,
-        environment: Environment | None,
-        deplog: DeploymentLog,
-        state: State,
-        reason: str,
-    ) -> str:
-        final = self.store.transition(deployment.id, state, reason)
-        deplog.info(f"deployment {state}" + (f": {reason}" if reason else ""))
-        deplog.flush()
-        with self.redis.pipeline(transaction=False) as pipe:
-            telemetry.count(pipe, "finished", str(state))
-            if final.started_at:
-                telemetry.observe(pipe, "phase", "total", final.finished_at - final.started_at)
-            if state is State.SUCCEEDED:
-                telemetry.observe(pipe, "push_to_live", "all", final.finished_at - final.created_at)
-            pipe.execute()
-        if state is State.SUCCEEDED:
-            self.store.mark_live(final)
-        self.store.prune_history(
-            deployment.project, deployment.environment, self.settings.server.keep_deployments
-        )
-        if project is not None and environment is not None:
-            status = {State.SUCCEEDED: StatusState.SUCCESS, State.CANCELED: StatusState.CANCELED}.get(
-                state, StatusState.FAILED
-            )
-            report(self.redis, self.settings, final, status, reason or "Deployed")
-        return str(state)
+    def end(self, deployment_id: str, state: State, reason: str, hold: Hold | None = None) -> Outcome:
+        """End through the one lifecycle; with ``hold``, the lane goes to whoever waits for it."""
+        token = hold.token if hold is not None else ""
+        ended = lifecycle.end(self.settings, self.redis, deployment_id, state, reason, lane_token=token)
+        if ended is None:  # ended elsewhere meanwhile (a cancel, a recovery): its state stands
+            return Outcome.of(self.store.get(deployment_id).state)
+        self.handed_over = bool(token)
+        return Outcome.of(state)
+
+
+def job_lost(job: Job) -> Callable[[], bool]:
+    """A rollback step ignores cancel requests, but never runs on after the lane was lost."""
+    return lambda: job.hold.lost

@@ -19,13 +19,9 @@ from typing import Any
 from redis import Redis
 from rq.job import Job
 
-from workers import steps
+from workers import lifecycle, steps
 from workers.config import Settings
-from workers.deploylog import DeploymentLog, Masker
-from workers.deployments import DeploymentStore, InvalidTransition, State, UnknownDeployment
-from workers.forge import StatusState
-from workers.lanes import Lane
-from workers.queueing import enqueue_job, report
+from workers.deployments import DeploymentStore, Runtime, State, UnknownDeployment
 
 log = logging.getLogger(__name__)
 
@@ -65,36 +61,26 @@ def recover(settings: Settings, redis: Redis, deployment_id: str, reason: str) -
         return False
     if deployment.state.terminal:
         return False
-    raw = redis.hgetall(f"pd:dep:{deployment_id}")
-    fields = {k.decode(): v.decode() for k, v in raw.items()}
-    _kill_leftover_step(fields)
-    try:
-        ended = store.transition(deployment_id, State.FAILED, reason)
-    except InvalidTransition:
+    _kill_leftover_step(store.runtime(deployment_id))
+    ended = lifecycle.end(
+        settings,
+        redis,
+        deployment_id,
+        State.FAILED,
+        reason,
+        note=f"deployment failed: {reason}; `current` was left as it was, a complete release",
+        lane_token=f"{deployment_id}:",
+    )
+    if ended is None:
         return False
-    deplog = DeploymentLog(redis, deployment_id, Masker(settings.all_secrets()))
-    deplog.info(f"deployment failed: {reason}; `current` was left as it was, a complete release")
-    deplog.flush()
-    report(redis, settings, ended, StatusState.FAILED, reason)
-    environment = settings.projects.get(ended.project)
-    env = environment.environments.get(ended.environment) if environment else None
-    if env is not None:
-        released = Lane(redis, ended.project, ended.environment).release_for(deployment_id)
-        if released.waiting:
-            from rq import Queue
-
-            from workers import defaults
-
-            queue = Queue(defaults.DEPLOY_QUEUE, connection=redis)
-            enqueue_job(queue, released.waiting, env, f"{released.waiting}-{os.urandom(3).hex()}")
     log.warning("deployment %s: %s", deployment_id, reason)
     return True
 
 
-def _kill_leftover_step(fields: dict[str, str]) -> None:
+def _kill_leftover_step(runtime: Runtime) -> None:
     """A dead horse leaves its step's process group running: end it, when it is on this host."""
-    pgid = fields.get("step_pgid", "")
-    if not pgid.isdigit() or fields.get("host") != socket.gethostname():
+    pgid = runtime.step_pgid
+    if not pgid.isdigit() or runtime.host != socket.gethostname():
         return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(int(pgid), signal.SIGTERM)

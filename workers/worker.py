@@ -14,8 +14,8 @@ from workers.config import Settings
 from workers.connection import worker_redis
 from workers.forge import forge_for
 from workers.lanes import Lane
+from workers.lifecycle import start_waiting
 from workers.outbox import Courier
-from workers.queueing import enqueue_job
 from workers.reconciler import Reconciler
 from workers.recovery import horse_killed
 
@@ -94,13 +94,12 @@ class Janitor:
         Reconciler(self.settings, self.redis, self.forge).run(only_due=True)
 
     def sweep(self) -> int:
-        queue = Queue(defaults.DEPLOY_QUEUE, connection=self.redis)
         resumed = 0
         for project in self.settings.projects.values():
             for environment in project.environments.values():
                 waiting = Lane(self.redis, project.name, environment.name).take_stalled()
                 if waiting:
                     log.warning("lane %s/%s: resuming %s", project.name, environment.name, waiting)
-                    enqueue_job(queue, waiting, environment, f"{waiting}-{os.urandom(3).hex()}")
+                    start_waiting(self.settings, self.redis, project.name, environment.name, waiting)
                     resumed += 1
         return resumed
