@@ -154,11 +154,13 @@ def cmd_new_secret(args: argparse.Namespace) -> int:
 
 
 def cmd_web(args: argparse.Namespace) -> int:
-    from webhook.launcher import service_env, web_argv
+    from webhook.launcher import service_env, service_home, web_argv
 
     settings = settings_from(args)
     env = service_env(settings)
-    argv = web_argv(args.bind, args.workers)
+    home = service_home(settings)
+    argv = web_argv(args.bind, args.workers, home=home)
+    os.chdir(home)  # gunicorn's sys.path[0]: never the directory the operator happened to be in
     os.execve(argv[0], argv, env)  # noqa: S606 (gunicorn replaces this process; argv is ours)
     return EXIT_FAILURE  # not reached
 

@@ -1,4 +1,12 @@
-"""``pushdeploy up``: Redis (embedded when none answers), gunicorn and one worker, supervised together."""
+"""``pushdeploy up``: Redis (embedded when none answers), gunicorn and one worker, supervised together.
+
+Every Python child runs the installed pushdeploy, never code that happens to sit in the directory it
+was started from: ``python -m`` puts the working directory first on ``sys.path``, and gunicorn puts
+its own working directory there too. An application repository (or an old checkout of pushdeploy)
+holding a ``webhook/`` or ``workers/`` folder would otherwise replace the server's code silently.
+So children run with ``-P`` and ``PYTHONSAFEPATH`` (nothing unsafe prepended to ``sys.path``) and
+start in the data directory, which holds no Python code.
+"""
 
 from __future__ import annotations
 
@@ -64,9 +72,9 @@ class Supervisor:
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def start(
-        self, name: str, argv: list[str], env: Mapping[str, str] | None = None
+        self, name: str, argv: list[str], env: Mapping[str, str] | None = None, cwd: Path | None = None
     ) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(argv, env=dict(env) if env is not None else None)
+        process = subprocess.Popen(argv, env=dict(env) if env is not None else None, cwd=cwd)
         self.children[name] = process
         return process
 
@@ -143,11 +151,21 @@ def wait_for_http(url: str, timeout: float = 20.0) -> None:
     raise LaunchError(f"the web server did not answer at {url}")
 
 
-def web_argv(bind: str, workers: int = 2) -> list[str]:
+def python_argv(*args: str) -> list[str]:
+    """A child interpreter that never puts its working directory (or a script's) first on sys.path."""
+    return [sys.executable, "-P", *args]
+
+
+def web_argv(bind: str, workers: int = 2, home: Path | None = None) -> list[str]:
+    """gunicorn serving the app; ``home`` (see ``service_home``) becomes its directory and sys.path[0].
+
+    gunicorn imports its config module before it applies ``--chdir``, so the process must also be
+    started in ``home``: ``--chdir`` alone would leave the starting directory on sys.path.
+    """
+    chdir = ["--chdir", str(home)] if home is not None else []
     return [
-        sys.executable,
-        "-m",
-        "gunicorn",
+        *python_argv("-m", "gunicorn"),
+        *chdir,
         "--bind",
         bind,
         "--workers",
@@ -164,9 +182,27 @@ def web_argv(bind: str, workers: int = 2) -> list[str]:
     ]
 
 
+def worker_argv() -> list[str]:
+    return python_argv("-m", "webhook.cli", "worker")
+
+
+def service_home(settings: Settings) -> Path:
+    """The directory web and worker processes start in: the data directory, which holds no Python code."""
+    home = settings.server.data_dir
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
 def service_env(settings: Settings, redis_url: str | None = None) -> dict[str, str]:
-    """The environment of the web and worker processes, with a fresh metrics directory."""
+    """The environment of the web and worker processes, with a fresh metrics directory.
+
+    ``PYTHONSAFEPATH`` keeps ``-P``'s promise for interpreters started without it: gunicorn
+    re-executes itself on USR2 as ``python .../gunicorn/__main__.py``, which would put gunicorn's
+    own package directory first on sys.path. Build and deploy steps never see it (their
+    environment is rebuilt from scratch).
+    """
     env = dict(os.environ)
+    env["PYTHONSAFEPATH"] = "1"
     env["PUSHDEPLOY_CONFIG"] = str(settings.path.resolve())
     if redis_url:
         env["PUSHDEPLOY_REDIS_URL"] = redis_url
@@ -193,8 +229,9 @@ def up(settings: Settings, bind: str) -> tuple[Supervisor, str, str]:
             print(f"pushdeploy: no Redis answers at {redis_url}; starting an embedded one", file=sys.stderr)
             redis_url, source = start_embedded_redis(supervisor, settings.server.data_dir)
         env = service_env(settings, redis_url)
-        supervisor.start("web", web_argv(bind), env)
-        supervisor.start("worker", [sys.executable, "-m", "webhook.cli", "worker"], env)
+        home = service_home(settings)
+        supervisor.start("web", web_argv(bind, home=home), env, cwd=home)
+        supervisor.start("worker", worker_argv(), env, cwd=home)
         host, _, port = bind.rpartition(":")
         wait_for_http(f"http://{host or '127.0.0.1'}:{port}/healthz")
     except BaseException:
