@@ -3,7 +3,9 @@
 Two sources: per-request counters of this web tier (prometheus_client, in multiprocess mode when
 ``PROMETHEUS_MULTIPROC_DIR`` is set, as ``pushdeploy web`` does), and the engine's measurements,
 read from Redis at scrape time by a collector (queue depth, deployments by state, phase durations,
-push to live, status posts), so every web node reports the same engine-wide numbers.
+push to live, status posts), so every web node reports the same engine-wide numbers. Every one of
+them is a counter or gauge kept up to date when it changes: a scrape reads a few hashes per
+environment, however long the histories are.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from rq import Queue
 
 from workers import defaults, telemetry
 from workers.config import Settings
-from workers.deployments import DeploymentStore, State
+from workers.deployments import DeploymentStore
 from workers.outbox import DUE_KEY
 
 metrics = Blueprint("metrics", __name__)
@@ -72,16 +74,10 @@ class EngineCollector(Collector):
         states = GaugeMetricFamily(
             "pushdeploy_deployments", "Kept deployments by state", labels=["project", "environment", "state"]
         )
-        store = DeploymentStore(self.redis)
-        for project in self.settings.projects.values():
-            for environment in project.environments:
-                tally = {state.value: 0 for state in State}
-                for deployment in store.history(
-                    project.name, environment, limit=self.settings.server.keep_deployments
-                ):
-                    tally[deployment.state.value] += 1
-                for state, number in tally.items():
-                    states.add_metric([project.name, environment, state], number)
+        environments = [(p.name, e) for p in self.settings.projects.values() for e in p.environments]
+        for (project, environment), tally in DeploymentStore(self.redis).kept(environments).items():
+            for state, number in tally.items():
+                states.add_metric([project, environment, state], number)
         yield states
         finished = CounterMetricFamily(
             "pushdeploy_deployments_finished", "Deployments ended, by state", labels=["state"]

@@ -19,6 +19,8 @@ from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import WatchError
 
+from workers import schema
+
 
 class State(StrEnum):
     QUEUED = "queued"
@@ -54,38 +56,15 @@ class UnknownDeployment(KeyError):
     """No record exists under that id (never created, or pruned from history)."""
 
 
-PREFIX = "pd"
-
-
-def key(deployment_id: str) -> str:
-    return f"{PREFIX}:dep:{deployment_id}"
-
-
-def steps_key(deployment_id: str) -> str:
-    return f"{PREFIX}:dep:{deployment_id}:steps"
-
-
-def log_key(deployment_id: str) -> str:
-    return f"{PREFIX}:dep:{deployment_id}:log"
-
-
-OUTBOX_DUE_KEY = f"{PREFIX}:outbox"
-"""Deployments with statuses still to deliver (see workers.outbox)."""
-
-RUNTIME_FIELDS = ("host", "step_pgid", "lane_token")
-"""Hash fields of a record that are not part of :class:`Deployment`: set while it runs."""
-
-RECORD_SUFFIXES = ("", ":steps", ":log", ":statuses", ":cancel")
-"""Every key of one deployment: the record, its steps, log, status outbox and cancel flag."""
-
-
-def history_key(project: str, environment: str) -> str:
-    return f"{PREFIX}:env:{project}:{environment}:history"
-
-
-def live_key(project: str, environment: str) -> str:
-    """Hash of what serves now: sha and deployment id of the last successful deployment."""
-    return f"{PREFIX}:env:{project}:{environment}:live"
+# Kept for modules not yet reading the layout from workers.schema directly.
+PREFIX = schema.PREFIX
+OUTBOX_DUE_KEY = schema.OUTBOX_DUE
+RUNTIME_FIELDS = schema.RUNTIME_FIELDS
+key = schema.record
+steps_key = schema.steps
+log_key = schema.log
+history_key = schema.history
+live_key = schema.live
 
 
 def new_id(now: float | None = None) -> str:
@@ -199,6 +178,7 @@ class DeploymentStore:
         pipe.zadd(
             history_key(deployment.project, deployment.environment), {deployment.id: deployment.created_at}
         )
+        pipe.hincrby(schema.kept(deployment.project, deployment.environment), str(deployment.state), 1)
 
     def create(self, deployment: Deployment) -> None:
         pipe = self.redis.pipeline()
@@ -242,6 +222,9 @@ class DeploymentStore:
                         update["finished_at"] = str(now)
                     pipe.multi()
                     pipe.hset(record_key, mapping=update)
+                    kept = schema.kept(current.project, current.environment)
+                    pipe.hincrby(kept, str(current.state), -1)
+                    pipe.hincrby(kept, str(wanted), 1)
                     pipe.execute()
                     return Deployment.from_redis({**{_text(k): _text(v) for k, v in raw.items()}, **update})
                 except WatchError:
@@ -293,16 +276,35 @@ class DeploymentStore:
         """Delete ended deployments beyond the newest ``keep``, with their steps, logs and outboxes."""
         history = history_key(project, environment)
         old = [_text(i) for i in self.redis.zrevrange(history, keep, -1)]
+        if not old:
+            return []
+        due = self.redis.zmscore(OUTBOX_DUE_KEY, old)
         removed = []
-        for deployment_id, deployment in zip(old, self.many(old), strict=True):
-            if deployment is not None and not deployment.state.terminal:
-                continue  # never drop one that may still run
-            if self.redis.zscore(OUTBOX_DUE_KEY, deployment_id) is not None:
-                continue  # nor one whose statuses GitLab does not have yet
-            self.redis.delete(*(f"{key(deployment_id)}{suffix}" for suffix in RECORD_SUFFIXES))
-            self.redis.zrem(history, deployment_id)
-            removed.append(deployment_id)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for deployment_id, deployment, pending in zip(old, self.many(old), due, strict=True):
+                if deployment is not None and not deployment.state.terminal:
+                    continue  # never drop one that may still run
+                if pending is not None:
+                    continue  # nor one whose statuses GitLab does not have yet
+                pipe.delete(*schema.deployment_keys(deployment_id))
+                pipe.zrem(history, deployment_id)
+                if deployment is not None:
+                    pipe.hincrby(schema.kept(project, environment), str(deployment.state), -1)
+                removed.append(deployment_id)
+            pipe.execute()
         return removed
+
+    def kept(self, environments: Iterable[tuple[str, str]]) -> dict[tuple[str, str], dict[str, int]]:
+        """How many kept deployments each environment has, by state: counted as they change."""
+        wanted = list(environments)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for project, environment in wanted:
+                pipe.hgetall(schema.kept(project, environment))
+            replies = pipe.execute()
+        return {
+            env: {str(state): max(0, int(raw.get(state.value.encode(), 0))) for state in State}
+            for env, raw in zip(wanted, replies, strict=True)
+        }
 
     def many(self, ids: Iterable[str]) -> list[Deployment | None]:
         pipe = self.redis.pipeline(transaction=False)

@@ -24,9 +24,9 @@ from redis.exceptions import RedisError
 from rq import Callback, Queue
 from rq.job import Job
 
-from workers import defaults, outbox
+from workers import defaults, outbox, schema
 from workers.config import Environment, Project, Settings
-from workers.deployments import PREFIX, Deployment, State, history_key, key, new_id
+from workers.deployments import Deployment, State, new_id
 from workers.forge import CommitStatus, DeploymentUpdate, StatusState
 from workers.links import LinkSigner
 from workers.outbox import enqueue_status
@@ -56,31 +56,49 @@ REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,254}\Z")
 
 
 _ACCEPT = """
--- KEYS: claim, record, history, statuses, outbox due, outbox wake
--- ARGV: deployment id, claim ttl ('0': no delivery id to claim), created_at, pending status ('' for
---       none), then the record's fields and values.
+-- KEYS: seen, seen at, version 1 seen key, record, history, statuses, outbox due, outbox wake, kept
+-- ARGV: deployment id, window in seconds ('0': no delivery id to claim), created_at, pending
+--       status ('' for none), delivery id, then the record's fields and values.
 -- Writes what DeploymentStore.add and outbox.enqueue_status write; returns the deployment that
--- already holds the claim or the record (nothing written), else false.
-if redis.call('EXISTS', KEYS[2]) == 1 then
+-- already holds the delivery id or the record (nothing written), else false.
+if redis.call('EXISTS', KEYS[4]) == 1 then
   return ARGV[1]
 end
-if ARGV[2] ~= '0' and not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
-  return redis.call('GET', KEYS[1])
+if ARGV[2] ~= '0' then
+  local now, window = tonumber(ARGV[3]), tonumber(ARGV[2])
+  local first = redis.call('ZSCORE', KEYS[2], ARGV[5])
+  if first and tonumber(first) > now - window then
+    return redis.call('HGET', KEYS[1], ARGV[5]) or ARGV[1]
+  end
+  local before = redis.call('GET', KEYS[3])
+  if before then
+    return before
+  end
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - window, 'LIMIT', 0, 32)
+  if #expired > 0 then
+    redis.call('ZREM', KEYS[2], unpack(expired))
+    redis.call('HDEL', KEYS[1], unpack(expired))
+  end
+  redis.call('ZADD', KEYS[2], now, ARGV[5])
+  redis.call('HSET', KEYS[1], ARGV[5], ARGV[1])
 end
-redis.call('HSET', KEYS[2], unpack(ARGV, 5))
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+redis.call('HSET', KEYS[4], unpack(ARGV, 6))
+redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
+redis.call('HINCRBY', KEYS[9], 'queued', 1)
 if ARGV[4] ~= '' then
-  redis.call('RPUSH', KEYS[4], ARGV[4])
-  redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
-  redis.call('LPUSH', KEYS[6], '1')
-  redis.call('LTRIM', KEYS[6], 0, 0)
+  redis.call('RPUSH', KEYS[6], ARGV[4])
+  redis.call('ZADD', KEYS[7], ARGV[3], ARGV[1])
+  redis.call('LPUSH', KEYS[8], '1')
+  redis.call('LTRIM', KEYS[8], 0, 0)
 end
 return false
 """
 
 
-def seen_key(project: str, delivery_key: str) -> str:
-    return f"{PREFIX}:seen:{project}:{delivery_key}"
+def seen_deployment(redis: Redis, project: str, delivery_key: str) -> str | None:
+    """The deployment a delivery id created while it is remembered, or None."""
+    raw = redis.hget(schema.seen(project), delivery_key)
+    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 def deployment_url(public_url: str, deployment_id: str) -> str:
@@ -205,16 +223,29 @@ class Intake:
             )
             pending = outbox.entry(status)
         keys = (
-            seen_key(project.name, delivery_key) if delivery_key else key(deployment.id),
-            key(deployment.id),
-            history_key(deployment.project, deployment.environment),
-            outbox.statuses_key(deployment.id),
-            outbox.DUE_KEY,
-            outbox.WAKE_KEY,
+            schema.seen(project.name),
+            schema.seen_at(project.name),
+            schema.seen_v1(project.name, delivery_key),
+            schema.record(deployment.id),
+            schema.history(deployment.project, deployment.environment),
+            schema.statuses(deployment.id),
+            schema.OUTBOX_DUE,
+            schema.OUTBOX_WAKE,
+            schema.kept(deployment.project, deployment.environment),
         )
-        ttl = defaults.SEEN_DELIVERY_TTL if delivery_key else 0
+        window = defaults.SEEN_DELIVERY_TTL if delivery_key else 0
         fields = [part for pair in deployment.to_redis().items() for part in pair]
-        pipe.eval(_ACCEPT, len(keys), *keys, deployment.id, ttl, deployment.created_at, pending, *fields)
+        pipe.eval(
+            _ACCEPT,
+            len(keys),
+            *keys,
+            deployment.id,
+            window,
+            deployment.created_at,
+            pending,
+            delivery_key,
+            *fields,
+        )
         return enqueue_job(self.queue, deployment.id, environment, job_id, pipe)
 
 

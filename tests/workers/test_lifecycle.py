@@ -93,7 +93,9 @@ class Env:
         found: dict[str, str] = {}
 
         def wait_then_claim() -> None:
-            wait_for(lambda: self.store.get(deployment_id).state is State.RUNNING, what="it to run")
+            wait_for(
+                lambda: self.store.runtime(deployment_id).lane_token != "", what="it to run", interval=0.02
+            )
             waiter = Deployment(new_waiter_id(), "sample-app", "production", "refs/heads/main", "a" * 40)
             self.store.create(waiter)
             assert Lane(self.redis, "sample-app", "production").claim(waiter.id).verdict is lanes.Verdict.WAIT
@@ -119,7 +121,7 @@ def env(
     overrides = getattr(request, "param", {})
     settings = make_settings(
         server={"keep_deployments": KEEP},
-        build=overrides.get("build", ["true"]),
+        build=overrides.get("build", ["sleep 0.5"]),  # long enough for a test to see it running
         deploy=["true"],
         timeout=overrides.get("timeout", 60),
         health_check={"url": health.url, "timeout": 1},
@@ -272,7 +274,7 @@ def test_a_lane_lost_during_the_build_stops_before_current_is_switched(env: Env)
     deployment_id = env.accept()
 
     def steal_when_running() -> None:
-        wait_for(lambda: env.store.get(deployment_id).state is State.RUNNING, what="it to run")
+        wait_for(lambda: env.store.runtime(deployment_id).lane_token != "", what="it to run", interval=0.02)
         steal_lane(env)
 
     threading.Thread(target=steal_when_running, daemon=True).start()
@@ -291,7 +293,7 @@ def test_a_lease_lost_mid_step_kills_the_step(env: Env, monkeypatch: pytest.Monk
     deployment_id = env.accept()
 
     def steal_when_running() -> None:
-        wait_for(lambda: env.store.get(deployment_id).state is State.RUNNING, what="it to run")
+        wait_for(lambda: env.store.runtime(deployment_id).lane_token != "", what="it to run", interval=0.02)
         time.sleep(0.5)
         steal_lane(env)
 

@@ -21,13 +21,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue
 from rq.job import Job, JobStatus
 
-from workers import defaults
+from workers import defaults, schema
 from workers.config import Settings
 from workers.deployments import Deployment, DeploymentStore, State, UnknownDeployment, history_key, key
 from workers.forge import StatusState
 from workers.outbox import DUE_KEY, recorded
 from workers.pipeline import Runner
-from workers.queueing import Intake, Push, seen_key
+from workers.queueing import Accepted, Intake, Push, seen_deployment
 
 SHA = "4b" * 20
 
@@ -90,8 +90,8 @@ def test_claim_record_history_status_and_job_are_written_together(settings: Sett
     deployment = DeploymentStore(redis).get(accepted.deployment_id)
     assert (deployment.sha, deployment.pusher, deployment.delivery_id) == (SHA, "ada lovelace", "d-1")
     assert (deployment.previous_sha, deployment.release, deployment.started_at) == ("", "", 0.0)
-    assert redis.get(seen_key("sample-app", "d-1")) == accepted.deployment_id.encode()
-    assert redis.ttl(seen_key("sample-app", "d-1")) > 24 * 3600
+    assert seen_deployment(redis, "sample-app", "d-1") == accepted.deployment_id
+    assert redis.zscore(schema.seen_at("sample-app"), "d-1") == pytest.approx(deployment.created_at)
     score = redis.zscore(history_key("sample-app", "production"), accepted.deployment_id)
     assert score == pytest.approx(deployment.created_at)
     assert [r.status.state for r in recorded(redis, accepted.deployment_id)] == [StatusState.PENDING]
@@ -117,15 +117,16 @@ def test_deliveries_without_an_id_are_never_duplicates(settings: Settings, redis
     first, second = accept(intake, settings, ""), accept(intake, settings, "")
     assert not first.duplicate and not second.duplicate
     assert len(queued(redis)) == 2
-    assert not redis.keys(seen_key("sample-app", "*"))
+    assert not redis.exists(schema.seen("sample-app"), schema.seen_at("sample-app"))
 
 
 def test_delivery_ids_are_per_project(make_settings: Callable[..., Settings], redis: Redis) -> None:
     settings = make_settings()
     intake = Intake(redis, settings.server.public_url)
     accept(intake, settings, "shared")
-    redis.delete(seen_key("sample-app", "shared"))
-    redis.set(seen_key("other-app", "shared"), "20261126120000000-000000")
+    redis.delete(schema.seen("sample-app"), schema.seen_at("sample-app"))
+    redis.hset(schema.seen("other-app"), "shared", "20261126120000000-000000")
+    redis.zadd(schema.seen_at("other-app"), {"shared": time.time()})
     assert not accept(intake, settings, "shared").duplicate
 
 
@@ -183,7 +184,7 @@ def test_a_transaction_without_its_exec_keeps_nothing_so_the_resend_deploys(
         assert proxy.withheld.is_set()
     finally:
         proxy.close()
-    assert redis.get(seen_key("sample-app", "cut")) is None
+    assert seen_deployment(redis, "sample-app", "cut") is None
     assert redis.zcard(history_key("sample-app", "production")) == 0
     assert queued(redis) == []
     resend = accept(Intake(redis, settings.server.public_url), settings, "cut")
@@ -257,3 +258,34 @@ def test_a_worker_discards_a_job_without_a_record(settings: Settings, redis: Red
     with pytest.raises(UnknownDeployment):
         DeploymentStore(redis).get("20261126120000000-bbbbbb")
     assert Runner(settings, redis).run("20261126120000000-bbbbbb") == "discarded"
+
+
+def test_a_delivery_id_is_remembered_for_its_window_then_forgotten(settings: Settings, redis: Redis) -> None:
+    """One hash and one sorted set per project hold the ids: expired ones go as new ones come."""
+    intake = Intake(redis, settings.server.public_url)
+    project, environment = settings.projects["sample-app"], settings.environment("sample-app", "production")
+    window = defaults.SEEN_DELIVERY_TTL
+    old = time.time() - window - 10
+    first = intake.accept(project, environment, Push("refs/heads/main", SHA, "a", "old-id"), created_at=old)
+    again = intake.accept(project, environment, Push("refs/heads/main", SHA, "a", "old-id"))
+    assert not first.duplicate and not again.duplicate  # past the window: a new delivery
+    recent = intake.accept(project, environment, Push("refs/heads/main", SHA, "a", "recent-id"))
+    assert intake.accept(project, environment, Push("refs/heads/main", SHA, "a", "recent-id")) == Accepted(
+        recent.deployment_id, duplicate=True
+    )
+    for index in range(40):
+        intake.accept(
+            project, environment, Push("refs/heads/main", SHA, "a", f"stale-{index}"), created_at=old
+        )
+    intake.accept(project, environment, Push("refs/heads/main", SHA, "a", "newest"))
+    remembered = {k.decode() for k in redis.hkeys(schema.seen("sample-app"))}
+    assert {"old-id", "recent-id", "newest"} <= remembered
+    assert len(remembered) <= 3 + 40 - 32  # each accept drops up to 32 expired ids
+    assert redis.zcard(schema.seen_at("sample-app")) == len(remembered)
+
+
+def test_a_version_1_delivery_key_still_counts_as_seen(settings: Settings, redis: Redis) -> None:
+    """During an upgrade an older web node may still write one string key per delivery id."""
+    redis.set(schema.seen_v1("sample-app", "from-v1"), "20261126120000000-000001", ex=3600)
+    intake = Intake(redis, settings.server.public_url)
+    assert accept(intake, settings, "from-v1") == Accepted("20261126120000000-000001", duplicate=True)

@@ -1,0 +1,161 @@
+"""The Redis layout: every key pushdeploy writes, and the fields of its hashes, in one place.
+
+The layout is a contract between releases (web nodes and workers of two versions meet during an
+upgrade), so it has a version (:data:`VERSION`, kept under :data:`VERSION_KEY`) and changes only
+with a migration in :mod:`workers.migrations`. Owners hold their keys (a store its records, a lane
+its lock), but build them only from here; pruning deletes a deployment's keys from
+:func:`deployment_keys`, so a key added to a deployment can never be left behind.
+
+Version 1 (no version key) is the layout before versions. Version 2 keeps delivery ids in one
+hash and one sorted set per project instead of a key per delivery, and counts each environment's
+kept deployments by state as they change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+PREFIX = "pd"
+VERSION = 2
+VERSION_KEY = f"{PREFIX}:schema"
+"""The layout's version; absent before version 2 (that layout is version 1)."""
+MIGRATION_LOCK = f"{PREFIX}:schema:lock"
+
+
+# -- one deployment ---------------------------------------------------------------------------
+
+
+def record(deployment_id: str) -> str:
+    """Hash: the deployment's fields (:class:`workers.deployments.Deployment`, :data:`RUNTIME_FIELDS`)."""
+    return f"{PREFIX}:dep:{deployment_id}"
+
+
+def steps(deployment_id: str) -> str:
+    """List: one JSON step result per build, deploy or rollback command."""
+    return f"{PREFIX}:dep:{deployment_id}:steps"
+
+
+def log(deployment_id: str) -> str:
+    """Stream: the deployment's log lines."""
+    return f"{PREFIX}:dep:{deployment_id}:log"
+
+
+def statuses(deployment_id: str) -> str:
+    """List: the deployment's status outbox, in the order GitLab must receive them."""
+    return f"{PREFIX}:dep:{deployment_id}:statuses"
+
+
+def cancel(deployment_id: str) -> str:
+    """String: who asked a running deployment to stop."""
+    return f"{PREFIX}:dep:{deployment_id}:cancel"
+
+
+DEPLOYMENT_KEYS: tuple[Callable[[str], str], ...] = (record, steps, log, statuses, cancel)
+"""Every key of one deployment: pruning deletes exactly these."""
+
+
+def deployment_keys(deployment_id: str) -> list[str]:
+    return [make(deployment_id) for make in DEPLOYMENT_KEYS]
+
+
+RUNTIME_FIELDS = ("host", "step_pgid", "lane_token")
+"""Record fields that are not part of the Deployment dataclass: written while it runs."""
+SENT_FIELD = "statuses_sent"
+"""Record field: how many entries of the status outbox GitLab has."""
+
+
+# -- one environment --------------------------------------------------------------------------
+
+
+def _env(project: str, environment: str, what: str) -> str:
+    return f"{PREFIX}:env:{project}:{environment}:{what}"
+
+
+def history(project: str, environment: str) -> str:
+    """Sorted set: deployment ids by creation time."""
+    return _env(project, environment, "history")
+
+
+def live(project: str, environment: str) -> str:
+    """Hash: sha, deployment and release of what serves now."""
+    return _env(project, environment, "live")
+
+
+def kept(project: str, environment: str) -> str:
+    """Hash: state → number of deployments of that state in the history (kept as they change)."""
+    return _env(project, environment, "kept")
+
+
+def lock(project: str, environment: str) -> str:
+    """String: the lane's holder, ``<deployment id>:<token>``, with an expiry the holder renews."""
+    return _env(project, environment, "lock")
+
+
+def waiting(project: str, environment: str) -> str:
+    """String: the one deployment waiting for the lane."""
+    return _env(project, environment, "waiting")
+
+
+def reconciled(project: str, environment: str) -> str:
+    """String with an expiry: the reconciler looked at this environment recently."""
+    return _env(project, environment, "reconciled")
+
+
+def drift(project: str, environment: str) -> str:
+    """String: since when the branch head differs from the deployed commit."""
+    return _env(project, environment, "drift")
+
+
+ENVIRONMENT_KEYS: tuple[Callable[[str, str], str], ...] = (
+    history,
+    live,
+    kept,
+    lock,
+    waiting,
+    reconciled,
+    drift,
+)
+
+
+# -- one project ------------------------------------------------------------------------------
+
+
+def seen(project: str) -> str:
+    """Hash: delivery id → the deployment it created."""
+    return f"{PREFIX}:seen:{project}"
+
+
+def seen_at(project: str) -> str:
+    """Sorted set: delivery id → when it was first seen; ids older than the window are dropped."""
+    return f"{PREFIX}:seen:{project}:at"
+
+
+def seen_v1(project: str, delivery_key: str) -> str:
+    """Version 1's string key per delivery (with a 48 h expiry); migrated into :func:`seen`."""
+    return f"{PREFIX}:seen:{project}:{delivery_key}"
+
+
+# -- the whole engine -------------------------------------------------------------------------
+
+OUTBOX_DUE = f"{PREFIX}:outbox"
+"""Sorted set: deployments with statuses still to deliver, by when they are due."""
+OUTBOX_WAKE = f"{PREFIX}:outbox:wake"
+"""List: a nudge for couriers blocked waiting for work."""
+
+
+def outbox_lock(deployment_id: str) -> str:
+    """String with an expiry: the courier delivering this deployment's outbox."""
+    return f"{PREFIX}:outbox:lock:{deployment_id}"
+
+
+METRICS = f"{PREFIX}:metrics"
+
+
+def histogram(name: str, label: str) -> str:
+    """Hash: cumulative bucket counts, count and sum of one engine histogram."""
+    return f"{METRICS}:hist:{name}:{label}"
+
+
+def counter(name: str) -> str:
+    """Hash: label → count of one engine counter."""
+    return f"{METRICS}:count:{name}"
