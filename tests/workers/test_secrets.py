@@ -72,7 +72,10 @@ def test_signing_key_decodes_the_bytes_after_whsec() -> None:
 
 def test_the_key_from_gitlabs_merge_request_is_accepted() -> None:
     # GitLab's own example: "whsec_" + Base64.strict_encode64 of 32 bytes.
-    assert decode_signing_key("whsec_dGVzdHRlc3R0ZXN0dGVzdHRlc3R0ZXN0dGVzdHRlc3Q=") == b"testtesttesttesttesttesttesttest"
+    assert (
+        decode_signing_key("whsec_dGVzdHRlc3R0ZXN0dGVzdHRlc3R0ZXN0dGVzdHRlc3Q=")
+        == b"testtesttesttesttesttesttesttest"
+    )
 
 
 @pytest.mark.parametrize(
