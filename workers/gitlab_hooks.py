@@ -325,22 +325,24 @@ class _Writer:
             return answer, self.not_kept(why)
         return answer, signing
 
-    def refused(self, exc: gitlab.exceptions.GitlabError) -> ForgeError:
-        """GitLab's refusal in its own words, with what it was about when it says no more than "invalid"."""
-        error = translate(exc)
-        if not isinstance(error, ForgeRejected):
-            return error
-        message = str(error)
-        if exc.response_code == 422 and "Invalid url given" in message:
-            message += (
-                f" for {redact_url(self.url)}: GitLab takes only http(s) URLs, and none on localhost or a "
+    def refused(self, exc: gitlab.exceptions.GitlabError) -> Exception:
+        """GitLab's refusal as it is, but with what it was about where it says only "Invalid … given".
+
+        Any other error goes back unchanged, for ``_translated`` to word (with the role hint on 403).
+        """
+        text = str(exc.error_message)
+        if exc.response_code == 422 and "Invalid url given" in text:
+            about = (
+                f"{redact_url(self.url)}: GitLab takes only http(s) URLs, and none on localhost or a "
                 "private network unless an administrator allows local requests from webhooks "
                 "(Admin area > Settings > Network > Outbound requests)"
             )
-        elif exc.response_code == 422 and "Invalid branch filter given" in message:
-            filter_ = self.desired["push_events_branch_filter"]
-            message += f" for {filter_!r} ({self.desired['branch_filter_strategy']})"
-        return ForgeRejected(message, error.status_code)
+        elif exc.response_code == 422 and "Invalid branch filter given" in text:
+            desired = self.desired
+            about = f"{desired['push_events_branch_filter']!r} ({desired['branch_filter_strategy']})"
+        else:
+            return exc
+        return ForgeRejected(f"{translate(exc)} for {about}", 422)
 
     def not_kept(self, why: str) -> TokenAction:
         """Record that GitLab holds no signing token although the project requires signatures."""

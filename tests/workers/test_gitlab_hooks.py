@@ -450,6 +450,21 @@ def test_a_refused_token_names_the_scope_and_role(
     assert "wrong-token-canary-77" not in message
 
 
+class Developer(FakeGitLab):
+    """The API token's user may read the project but not manage its hooks."""
+
+    def _create_hook(self, project_id: int, project_path: str, params: dict[str, Any]) -> dict[str, Any]:
+        raise _HttpError(403, {"message": "403 Forbidden"})
+
+
+def test_a_write_refused_for_the_role_says_which_role(make_settings: Callable[..., Settings]) -> None:
+    with Developer({PROJECT: 42}, token=TOKEN) as fake, pytest.raises(ForgeRejected) as caught:
+        setup_hook(configured(make_settings, fake), "sample-app")
+
+    assert caught.value.status_code == 403
+    assert "Maintainer role" in str(caught.value) and "signing" not in str(caught.value)
+
+
 def test_an_unknown_gitlab_project_names_it(make_settings: Callable[..., Settings], fake: FakeGitLab) -> None:
     with pytest.raises(ForgeRejected) as caught:
         setup_hook(configured(make_settings, fake, gitlab_project="tools/missing"), "sample-app")
