@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import ipaddress
 import json
 import math
 import re
@@ -122,6 +123,85 @@ def _valid_signing_token(token: str) -> bool:
         return len(base64.b64decode(token[len("whsec_") :], validate=True)) == 32
     except (binascii.Error, ValueError):
         return False
+
+
+SigningSupport = Literal["enabled", "flag_off", "unsupported"]
+"""How a GitLab treats a hook's ``signing_token``: 19.0+ with the ``webhook_signing_token`` flag on
+(kept, ``signing_token_present`` reported), 19.0+ with the flag off (silently ignored, presence still
+reported), or a GitLab before 19.0 (the parameter dropped as undeclared, no presence fields at all)."""
+
+# GitLab's UrlBlocker for hook URLs, when local requests are not allowed: (network, its message).
+# Each message is the model's ("Url is blocked: …"); the REST API answers only "Invalid url given".
+_BLOCKED_NETWORKS: tuple[tuple[str, str], ...] = (
+    ("0.0.0.0/32", "Requests to localhost are not allowed"),
+    ("::/128", "Requests to localhost are not allowed"),
+    ("127.0.0.0/8", "Requests to loopback addresses are not allowed"),
+    ("::1/128", "Requests to loopback addresses are not allowed"),
+    ("10.0.0.0/8", "Requests to the local network are not allowed"),
+    ("172.16.0.0/12", "Requests to the local network are not allowed"),
+    ("192.168.0.0/16", "Requests to the local network are not allowed"),
+    ("fc00::/7", "Requests to the local network are not allowed"),
+    ("fec0::/10", "Requests to the local network are not allowed"),
+    ("169.254.0.0/16", "Requests to the link local network are not allowed"),
+    ("fe80::/10", "Requests to the link local network are not allowed"),
+    ("100.64.0.0/10", "Requests to the shared address space are not allowed"),
+    ("255.255.255.255/32", "Requests to the limited broadcast address are not allowed"),
+)
+# What git check-ref-format forbids anywhere in a branch name (GitLab's GitRefValidator).
+_REF_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f ~^:?*\[\\]|\.\.|@\{|//")
+# RE2 (GitLab's UntrustedRegexp) has no lookaround and no backreferences; Python's re has both.
+_NOT_RE2 = re.compile(r"\(\?<?[=!]|\\[1-9]|\(\?P[=>]|\\k<")
+
+
+def _url_blocked(url: str) -> str | None:
+    """Why GitLab's UrlBlocker refuses ``url`` as a hook URL, or None.
+
+    Like GitLab, an address literal is checked against the local ranges and ``localhost`` counts as a
+    local address. Unlike GitLab, other host names are not resolved (a test must not depend on DNS):
+    a name that resolves to a private address passes here and would be refused by GitLab.
+    """
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return "Requests to localhost are not allowed"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    for network, message in _BLOCKED_NETWORKS:
+        if address in ipaddress.ip_network(network):
+            return message
+    return None
+
+
+def _valid_branch_name(name: str) -> bool:
+    """GitLab's GitRefValidator: ``refs/heads/<name>`` must be a valid git ref, and not a full ref."""
+    if not name or name == "HEAD" or name.startswith(("refs/heads/", "refs/remotes/", "-")):
+        return False
+    if _REF_FORBIDDEN.search(name) or name.endswith(("/", ".")) or name == "@":
+        return False
+    return all(part and not part.startswith(".") and not part.endswith(".lock") for part in name.split("/"))
+
+
+def _branch_filter_error(strategy: str, pattern: str | None) -> str | None:
+    """The model's complaint about ``push_events_branch_filter`` under ``strategy``, or None."""
+    if not pattern:
+        return None
+    if strategy == "regex":
+        if _NOT_RE2.search(pattern):
+            return "not valid RE2 syntax"
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            return f"not valid RE2 syntax: {exc}"
+        return None
+    if strategy == "wildcard":
+        if not _valid_branch_name(pattern.replace("*", "x")):
+            return "is not a valid branch name"
+        if len(pattern) > 4000:
+            return "is longer than the allowed length of 4000 characters."
+    return None
 
 
 @dataclass
@@ -823,9 +903,18 @@ class FakeGitLab:
 
     # ------------------------------------------------------------------ hooks
 
+    allow_local_requests_from_web_hooks_and_services: bool = False
+    """GitLab's admin setting, off by default: a hook URL on localhost or a private network is refused
+    (422 "Invalid url given") unless a test turns this on."""
+    signing_support: SigningSupport = "enabled"
+    """What this GitLab does with a hook's ``signing_token`` (see :data:`SigningSupport`)."""
+
     def _hook_values(self, params: dict[str, Any], *, creating: bool) -> dict[str, Any]:
+        """The declared parameters, typed as Grape types them (400 for a value of the wrong type)."""
         if creating and not params.get("url"):
             raise _HttpError(400, {"error": "url is missing"})
+        if self.signing_support != "enabled":
+            params = {k: v for k, v in params.items() if k != "signing_token"}
         values: dict[str, Any] = {}
         for key in HOOK_BOOL_FIELDS:
             if key in params:
@@ -839,19 +928,28 @@ class FakeGitLab:
         strategy = values.get("branch_filter_strategy")
         if strategy is not None and strategy not in BRANCH_FILTER_STRATEGIES:
             raise _HttpError(400, {"error": "branch_filter_strategy does not have a valid value"})
-        if values.get("signing_token") and not _valid_signing_token(values["signing_token"]):
-            # GitLab (18.x MR 231325) only accepts Standard Webhooks secrets: whsec_ + base64(32 bytes).
-            raise _message(
-                422, {"signing_token": ["must be in whsec_<base64> format encoding a 32-byte key"]}
-            )
-        if "url" in values and not URL_RE.fullmatch(values["url"] or ""):
-            raise _message(422, "Invalid url given")
-        if values.get("branch_filter_strategy") == "regex" and values.get("push_events_branch_filter"):
-            try:
-                re.compile(values["push_events_branch_filter"])
-            except re.error as exc:
-                raise _message(422, "Invalid branch filter given") from exc
+        if "signing_token" in values:
+            # "" (or null) removes it, as it does the secret token: the format applies to a value only.
+            values["signing_token"] = values["signing_token"] or None
+            if values["signing_token"] and not _valid_signing_token(values["signing_token"]):
+                raise _message(
+                    422, {"signing_token": ["must be in whsec_<base64> format encoding a 32-byte key"]}
+                )
         return values
+
+    def _validate_hook(self, hook: dict[str, Any]) -> None:
+        """The model's validations of the whole record, answered as the API answers them."""
+        hook["url"] = (hook["url"] or "").strip()
+        if hook["branch_filter_strategy"] == "all_branches":
+            hook["push_events_branch_filter"] = None
+        elif hook["branch_filter_strategy"] == "wildcard" and hook["push_events_branch_filter"]:
+            hook["push_events_branch_filter"] = " ".join(hook["push_events_branch_filter"].split())
+        blocked = None if self.allow_local_requests_from_web_hooks_and_services else _url_blocked(hook["url"])
+        if not URL_RE.fullmatch(hook["url"]) or blocked:
+            # The model says "Url is blocked: <why>"; the API replaces any url error with this.
+            raise _message(422, "Invalid url given")
+        if _branch_filter_error(hook["branch_filter_strategy"], hook["push_events_branch_filter"]):
+            raise _message(422, "Invalid branch filter given")
 
     def _create_hook(self, project_id: int, project_path: str, params: dict[str, Any]) -> dict[str, Any]:
         values = self._hook_values(params, creating=True)
@@ -871,7 +969,7 @@ class FakeGitLab:
             "signing_token": None,
         }
         hook.update(values)
-        self._normalise_hook(hook)
+        self._validate_hook(hook)
         with self.lock:
             self.hooks.append(hook)
             return self._hook_entity(hook)
@@ -881,29 +979,22 @@ class FakeGitLab:
         if not values:
             raise _message(400, "No parameters provided")
         with self.lock:
-            hook.update(values)
-            self._normalise_hook(hook)
+            updated = {**hook, **values}
+            if updated["url"] != hook["url"] and "token" not in values:
+                updated["token"] = None  # WebHooks::Hook#reset_token: a new URL drops the old secret token
+            self._validate_hook(updated)
+            hook.update(updated)
             return self._hook_entity(hook)
 
-    @staticmethod
-    def _normalise_hook(hook: dict[str, Any]) -> None:
-        if hook["branch_filter_strategy"] == "all_branches":
-            hook["push_events_branch_filter"] = None
-
-    @staticmethod
-    def _hook_entity(hook: dict[str, Any]) -> dict[str, Any]:
-        """Like GitLab 18.x: secrets are never returned, only token_present/signing_token_present."""
+    def _hook_entity(self, hook: dict[str, Any]) -> dict[str, Any]:
+        """Secrets are never returned; 19.0+ reports token_present and signing_token_present instead."""
         entity = {k: v for k, v in hook.items() if k not in ("token", "signing_token")}
         entity.update(
-            {
-                "alert_status": "executable",
-                "disabled_until": None,
-                "url_variables": [],
-                "custom_headers": [],
-                "token_present": bool(hook.get("token")),
-                "signing_token_present": bool(hook.get("signing_token")),
-            }
+            {"alert_status": "executable", "disabled_until": None, "url_variables": [], "custom_headers": []}
         )
+        if self.signing_support != "unsupported":
+            entity["token_present"] = bool(hook.get("token"))
+            entity["signing_token_present"] = bool(hook.get("signing_token"))
         return entity
 
     # ------------------------------------------------------------------ badges

@@ -7,6 +7,7 @@ If python-gitlab changes its retry or error mapping, these tests say so before p
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from gitlab.exceptions import (
     GitlabCreateError,
     GitlabGetError,
     GitlabHttpError,
+    GitlabUpdateError,
 )
 
 try:
@@ -386,7 +388,7 @@ def test_hooks_create_update_list_delete(gl: gitlab.Gitlab, fake: FakeGitLab) ->
 
 def test_hook_defaults_and_validation(gl: gitlab.Gitlab) -> None:
     project = gl.projects.get(PROJECT, lazy=True)
-    hook = project.hooks.create({"url": "http://127.0.0.1:9/hook"})
+    hook = project.hooks.create({"url": "https://deploy.example.com/hook"})
     assert (hook.push_events, hook.enable_ssl_verification, hook.branch_filter_strategy) == (
         True,
         True,
@@ -399,9 +401,169 @@ def test_hook_defaults_and_validation(gl: gitlab.Gitlab) -> None:
     with pytest.raises(GitlabCreateError) as excinfo:
         project.hooks.create({"url": "https://example.com/hook", "branch_filter_strategy": "glob"})
     assert excinfo.value.response_code == 400
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/hook",
+        "http://127.8.9.10/hook",
+        "http://localhost:8000/hook",
+        "http://app.localhost/hook",
+        "http://0.0.0.0/hook",
+        "http://10.1.2.3/hook",
+        "http://172.20.0.5:8000/hook",
+        "http://192.168.1.10/hook",
+        "http://169.254.169.254/latest",
+        "http://100.64.0.1/hook",
+        "http://[::1]:8000/hook",
+        "http://[fd00::1]/hook",
+        "http://[::ffff:10.0.0.1]/hook",
+    ],
+)
+def test_local_and_private_hook_urls_are_refused_unless_the_admin_allows_them(
+    gl: gitlab.Gitlab, fake: FakeGitLab, url: str
+) -> None:
+    project = gl.projects.get(PROJECT, lazy=True)
     with pytest.raises(GitlabCreateError) as excinfo:
-        project.hooks.create({"url": "https://example.com/hook", "signing_token": "not-whsec"})
+        project.hooks.create({"url": url})
+    assert (excinfo.value.response_code, excinfo.value.error_message) == (422, "Invalid url given")
+    assert fake.hooks == []
+
+    fake.allow_local_requests_from_web_hooks_and_services = True
+    assert project.hooks.create({"url": url}).url == url
+
+
+def test_public_addresses_pass_and_an_update_revalidates_the_url(gl: gitlab.Gitlab, fake: FakeGitLab) -> None:
+    project = gl.projects.get(PROJECT, lazy=True)
+    for url in ("http://8.8.8.8/hook", "http://172.32.0.1/hook", "https://[2001:db8::1]/hook"):
+        assert project.hooks.create({"url": url}).url == url
+    hook = project.hooks.create({"url": "https://deploy.example.com/hook", "token": "s3cret"})
+
+    with pytest.raises(GitlabUpdateError) as excinfo:
+        project.hooks.update(hook.id, {"url": "http://127.0.0.1/hook"})
+    assert (excinfo.value.response_code, excinfo.value.error_message) == (422, "Invalid url given")
+    assert fake.hooks[-1]["url"] == "https://deploy.example.com/hook"  # nothing stored
+
+    project.hooks.update(hook.id, {"url": "https://moved.example.com/hook"})
+    assert fake.hooks[-1]["token"] is None  # a new URL drops the secret token unless one is sent with it
+
+
+@pytest.mark.parametrize(
+    ("strategy", "pattern", "valid"),
+    [
+        ("wildcard", "main", True),
+        ("wildcard", "release/*", True),
+        ("wildcard", "feature/**", True),
+        ("wildcard", "", True),
+        ("wildcard", "main..x", False),
+        ("wildcard", "ma in", False),
+        ("wildcard", "main~1", False),
+        ("wildcard", "refs/heads/main", False),
+        ("wildcard", "-main", False),
+        ("wildcard", "HEAD", False),
+        ("wildcard", "a/.hidden", False),
+        ("wildcard", "topic.lock", False),
+        ("wildcard", "x@{1}", False),
+        ("wildcard", "main/", False),
+        ("wildcard", "a" * 4001, False),
+        ("regex", "^(?:main|release/1\\.x)$", True),
+        ("regex", "(unclosed", False),
+        ("regex", "^(?!main)", False),  # lookahead: not RE2
+        ("regex", "(a)\\1", False),  # backreference: not RE2
+        ("all_branches", "anything (ignored)", True),
+    ],
+)
+def test_branch_filters_are_validated_per_strategy(
+    gl: gitlab.Gitlab, fake: FakeGitLab, strategy: str, pattern: str, valid: bool
+) -> None:
+    project = gl.projects.get(PROJECT, lazy=True)
+    data = {"url": "https://deploy.example.com/hook", "push_events_branch_filter": pattern}
+    data["branch_filter_strategy"] = strategy
+    if valid:
+        hook = project.hooks.create(data)
+        assert hook.push_events_branch_filter == (None if strategy == "all_branches" else pattern)
+        return
+    with pytest.raises(GitlabCreateError) as excinfo:
+        project.hooks.create(data)
+    assert (excinfo.value.response_code, excinfo.value.error_message) == (422, "Invalid branch filter given")
+    assert fake.hooks == []
+
+
+def test_a_wildcard_filter_is_squished_and_checked_after_a_strategy_change(gl: gitlab.Gitlab) -> None:
+    project = gl.projects.get(PROJECT, lazy=True)
+    hook = project.hooks.create(
+        {
+            "url": "https://deploy.example.com/hook",
+            "push_events_branch_filter": "^ma(in)$",
+            "branch_filter_strategy": "regex",
+        }
+    )
+    with pytest.raises(GitlabUpdateError) as excinfo:  # the stored regex is not a branch name
+        project.hooks.update(hook.id, {"url": hook.url, "branch_filter_strategy": "wildcard"})
+    assert excinfo.value.error_message == "Invalid branch filter given"
+    updated = project.hooks.update(
+        hook.id,
+        {"url": hook.url, "push_events_branch_filter": "  main  ", "branch_filter_strategy": "wildcard"},
+    )
+    assert updated["push_events_branch_filter"] == "main"
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "not-whsec",
+        "whsec_" + base64.b64encode(b"k" * 24).decode(),  # Standard Webhooks allows it; GitLab does not
+        "whsec_" + base64.b64encode(b"k" * 64).decode(),
+        "whsec_" + base64.b64encode(b"k" * 32).decode().rstrip("="),
+        "whsec_" + base64.urlsafe_b64encode(b"\xfb" * 32).decode(),
+    ],
+)
+def test_a_signing_token_must_be_whsec_and_32_bytes(gl: gitlab.Gitlab, fake: FakeGitLab, token: str) -> None:
+    project = gl.projects.get(PROJECT, lazy=True)
+    with pytest.raises(GitlabCreateError) as excinfo:
+        project.hooks.create({"url": "https://example.com/hook", "signing_token": token})
     assert excinfo.value.response_code == 422
+    assert list(excinfo.value.error_message) == ["signing_token"]
+    assert fake.hooks == []
+
+
+def test_an_empty_signing_token_removes_it(gl: gitlab.Gitlab, fake: FakeGitLab) -> None:
+    project = gl.projects.get(PROJECT, lazy=True)
+    hook = project.hooks.create(
+        {"url": "https://example.com/hook", "token": "s3cret", "signing_token": SIGNING_TOKEN}
+    )
+
+    cleared = project.hooks.update(hook.id, {"url": hook.url, "signing_token": ""})
+
+    assert (cleared["signing_token_present"], cleared["token_present"]) == (False, True)
+    assert fake.hooks[0]["signing_token"] is None
+
+
+def test_a_gitlab_with_the_flag_off_ignores_the_signing_token(gl: gitlab.Gitlab, fake: FakeGitLab) -> None:
+    fake.signing_support = "flag_off"
+    project = gl.projects.get(PROJECT, lazy=True)
+
+    hook = project.hooks.create(
+        {"url": "https://example.com/hook", "token": "s3cret", "signing_token": "junk"}
+    )
+
+    assert (hook.token_present, hook.signing_token_present) == (True, False)
+    assert fake.hooks[0]["signing_token"] is None
+
+
+def test_a_gitlab_before_19_knows_neither_the_field_nor_its_presence(
+    gl: gitlab.Gitlab, fake: FakeGitLab
+) -> None:
+    fake.signing_support = "unsupported"
+    project = gl.projects.get(PROJECT, lazy=True)
+
+    hook = project.hooks.create(
+        {"url": "https://example.com/hook", "token": "s3cret", "signing_token": SIGNING_TOKEN}
+    )
+
+    assert "signing_token_present" not in hook.attributes and "token_present" not in hook.attributes
+    assert (fake.hooks[0]["token"], fake.hooks[0]["signing_token"]) == ("s3cret", None)
 
 
 def test_list_pagination_follows_link_headers(gl: gitlab.Gitlab, fake: FakeGitLab) -> None:

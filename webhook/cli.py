@@ -15,6 +15,7 @@ from workers.config import ConfigError, Settings, config_path, load
 from workers.secrets import new_signing_key
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+CONFIG_HELP = "config file (default: $PUSHDEPLOY_CONFIG or ./pushdeploy.toml)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,9 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pushdeploy", description="Push-to-deploy for GitLab.")
-    parser.add_argument(
-        "--config", "-c", help="config file (default: $PUSHDEPLOY_CONFIG or ./pushdeploy.toml)"
-    )
+    parser.add_argument("--config", "-c", metavar="FILE", help=CONFIG_HELP)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     def command(name: str, handler: object, help_text: str) -> argparse.ArgumentParser:
@@ -80,7 +79,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--now", action="store_true", help="ignore the grace period")
     console.add_commands(sub, settings_from)
     secrets_cli.add_commands(sub)
+    _config_after_commands(parser)
     return parser
+
+
+def _config_after_commands(parser: argparse.ArgumentParser) -> None:
+    """Accept ``--config``/``-c`` after any command too (``pushdeploy worker -c FILE``), as rq does.
+
+    The default is suppressed, so a command without it keeps the one given before the command; given
+    after, it wins, since argparse copies the command's options over the global ones.
+    """
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                command.add_argument(
+                    "--config", "-c", metavar="FILE", default=argparse.SUPPRESS, help=CONFIG_HELP
+                )
+                _config_after_commands(command)
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -88,6 +103,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from workers.gitlab_projects import credential_in_url, lookup_projects
+
     settings = settings_from(args)
     print(f"{settings.path}: OK")
     print(f"  public URL: {settings.server.public_url}")
@@ -95,6 +112,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"  data dir:   {settings.server.data_dir}")
     gitlab = settings.gitlab.url if settings.gitlab else "none (statuses are recorded locally only)"
     print(f"  GitLab:     {gitlab}")
+    found = {lookup.project: lookup for lookup in lookup_projects(settings)}
     for project in settings.projects.values():
         auth = []
         if project.signing_keys:
@@ -103,11 +121,28 @@ def cmd_check(args: argparse.Namespace) -> int:
             auth.append(f"secret token ×{len(project.secret_tokens)}")
         print(f"project {project.name} (GitLab {project.gitlab_project}; {', '.join(auth)})")
         print(f"  webhook URL: {settings.webhook_url(project.name)}")
+        print(f"  deliveries:  {_delivery_rule(project.signing_keys != ())}")
+        lookup = found.get(project.name)
+        if lookup is not None and lookup.project_id is not None:
+            print(f"  on GitLab:   {lookup.path} (id {lookup.project_id})")
         for env in project.environments.values():
             steps = f"{len(env.build)} build, {len(env.deploy)} deploy step(s)"
             health = f", health check {env.health_check.url}" if env.health_check else ""
             print(f"  environment {env.name}: branch {env.branch}, {steps}{health}, timeout {env.timeout} s")
+        if lookup is not None and lookup.warning:
+            print(f"  warning: {lookup.warning}")
+        if credential_in_url(project.repo_url):
+            print(
+                "  warning: repo_url carries a password or token, which sits in the configuration as "
+                "written: drop it from the URL and give it as repo_token (env:, file: or fernet:)"
+            )
     return EXIT_OK
+
+
+def _delivery_rule(signed: bool) -> str:
+    if signed:
+        return "signed deliveries required: GitLab must sign (19.0+, flag webhook_signing_token)"
+    return "token only (X-Gitlab-Token)"
 
 
 def cmd_gitlab_hook(args: argparse.Namespace) -> int:
@@ -130,7 +165,9 @@ def cmd_gitlab_hook(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     for line in gitlab_hooks.describe(report):
         print(line)
-    return EXIT_OK
+    for problem in report.problems:
+        print(f"pushdeploy: {problem}", file=sys.stderr)
+    return EXIT_FAILURE if report.problems else EXIT_OK
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:

@@ -23,7 +23,16 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from workers.config import config_path, secret_values
-from workers.secrets import FERNET_PREFIX, KEYS_VARIABLE, Keyring, SecretError, key_id, new_fernet_key
+from workers.secrets import (
+    FERNET_PREFIX,
+    KEYS_VARIABLE,
+    SIGNING_PREFIX,
+    Keyring,
+    SecretError,
+    decode_signing_key,
+    key_id,
+    new_fernet_key,
+)
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -154,7 +163,8 @@ def read_secret(stream: TextIO) -> str:
     """The plaintext from a pipe (trailing newline removed, like ``file:``) or typed twice at a prompt.
 
     Raises:
-        ValueError: nothing was given, or the two typed values differ.
+        ValueError: nothing was given, the two typed values differ, or a ``whsec_`` value is not a
+            signing token GitLab accepts (``SecretError`` is a ValueError).
     """
     if stream.isatty():
         value = getpass.getpass("secret to encrypt: ")
@@ -164,6 +174,9 @@ def read_secret(stream: TextIO) -> str:
         value = stream.read().rstrip("\r\n")
     if not value.strip():
         raise ValueError("nothing to encrypt: the secret is empty")
+    if value.startswith(SIGNING_PREFIX):
+        # A signing token GitLab would refuse is better refused before it is hidden in ciphertext.
+        decode_signing_key(value)
     return value
 
 
@@ -174,7 +187,8 @@ def rotate_text(text: str, keys: Keyring) -> Rotation:
     ``signing_token``); a ``fernet:`` string anywhere else is left alone, as the loader leaves it.
 
     Raises:
-        RotationError: a value no key decrypts, not valid TOML, or a value the text spells oddly.
+        RotationError: a value no key decrypts, a ``signing_token`` GitLab would refuse, not valid
+            TOML, or a value the text spells oddly.
     """
     try:
         raw = tomllib.loads(text)
@@ -189,6 +203,12 @@ def rotate_text(text: str, keys: Keyring) -> Rotation:
             problems.append(f"{where}: none of the keys ({keys.described()}) decrypts it")
             continue
         rotation.before[where] = kid
+        if _is_signing_token(where):
+            try:
+                decode_signing_key(keys.decrypt(value, where))
+            except SecretError as exc:
+                problems.append(f"{where}: {exc}")
+                continue
         if kid != keys.newest_id and value not in replacements:
             replacements[value] = keys.rotate(value)
     if problems:
@@ -239,6 +259,11 @@ def replace_file(path: Path, data: bytes) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def _is_signing_token(where: str) -> bool:
+    """``projects.shop.signing_token`` or one of its list entries, ``…signing_token[1]``."""
+    return re.search(r"\.signing_token(\[\d+\])?$", where) is not None
 
 
 def _encrypted_values(raw: Mapping[str, Any]) -> Iterator[tuple[str, str]]:

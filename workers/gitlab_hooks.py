@@ -11,9 +11,12 @@ old to report presence (before 19.0) gets the secret token on every run, the onl
 the configured one. A token sent again is reported as such but does not make the hook "updated": whether
 GitLab's value changed cannot be seen, and a second run must not claim a change it cannot show.
 
-The signing token is sent only where GitLab takes it (19.0+, behind the ``webhook_signing_token`` flag).
-A GitLab that answers 400/422 to it gets the request again without it; one that silently drops it (no
-``signing_token_present`` in its answer) is noticed too. Either way the report says "not supported".
+The signing token is sent like the secret token, but GitLab keeps it only from 19.0 on, with the
+``webhook_signing_token`` feature flag enabled: before 19.0 the parameter is dropped (the answer has no
+``signing_token_present``), with the flag off it is ignored (``signing_token_present`` false). Either
+way, and when GitLab answers 400/422 naming the field, the report carries a *problem*: pushdeploy will
+refuse every delivery with 401 until GitLab signs, and ``gitlab-hook`` exits non-zero. A 400/422 about
+anything else (a URL GitLab refuses, a branch filter) is GitLab's own message, raised as it is.
 
 Errors are ``workers.forge.ForgeError``; :class:`HookSetupError` when the configuration has no
 ``[gitlab]`` section or no such project.
@@ -84,7 +87,7 @@ class TokenAction(StrEnum):
     KEPT = "kept"  # GitLab holds one; not compared, since GitLab never shows it
     CLEARED = "cleared"  # GitLab held one the configuration no longer has
     NONE = "none"  # neither configured nor on GitLab
-    UNSUPPORTED = "unsupported"  # signing token only: this GitLab does not take it
+    NOT_KEPT = "not kept"  # signing token only: sent, but this GitLab did not keep it
 
     @property
     def sent(self) -> bool:
@@ -122,6 +125,8 @@ class HookReport:
     signing_token: TokenAction = TokenAction.NONE
     notes: tuple[str, ...] = ()
     badges: tuple[BadgeResult, ...] = ()
+    problems: tuple[str, ...] = ()
+    """What leaves the project unable to receive deliveries although the hook was written: exit non-zero."""
 
     @property
     def changed(self) -> bool:
@@ -227,6 +232,7 @@ class _Writer:
         self.secret = project.secret_tokens[0].reveal() if project.secret_tokens else None
         self.signing = project.signing_keys[0].reveal() if project.signing_keys else None
         self.notes: list[str] = []
+        self.problems: list[str] = []
 
     def run(self) -> HookReport:
         hooks = self.remote.hooks.list(get_all=True, max_retries=RETRIES)
@@ -262,10 +268,7 @@ class _Writer:
     def update(self, hook_id: int, current: Mapping[str, Any]) -> HookReport:
         changes = diff(current, self.desired)
         secret = plan_token(self.secret, _presence(current, "token_present"), self.rotate)
-        if "signing_token_present" in current:
-            signing = plan_token(self.signing, bool(current["signing_token_present"]), self.rotate)
-        else:
-            signing = self.unsupported("it does not report signing_token_present")
+        signing = plan_token(self.signing, _presence(current, "signing_token_present"), self.rotate)
         to_send = self.tokens(secret, signing)
         if changes or to_send:
             # python-gitlab requires the url on every update; GitLab leaves fields we omit untouched.
@@ -294,38 +297,67 @@ class _Writer:
     def write(
         self, call: _Call, payload: dict[str, Any], signing: TokenAction
     ) -> tuple[dict[str, Any] | None, TokenAction]:
-        """Send ``payload``; again without the signing token when GitLab refuses the request with it.
+        """Send ``payload`` and check that GitLab kept the signing token it carried.
 
-        Returns GitLab's answer (``None`` when, the signing token refused, nothing else was left to
-        send) and what became of the signing token.
+        A 400/422 that names ``signing_token`` is this GitLab refusing the field: the rest is sent
+        again without it, and the report gets a problem. Any other refusal is raised with GitLab's own
+        message. Returns GitLab's answer (``None`` when nothing but the url was left to send) and what
+        became of the signing token.
         """
         try:
             answer: dict[str, Any] | None = call(payload)
         except gitlab.exceptions.GitlabError as exc:
-            if "signing_token" not in payload or exc.response_code not in (400, 422):
-                raise
+            if "signing_token" not in payload or not _about_signing_token(exc):
+                raise self.refused(exc) from None
             rest = {k: v for k, v in payload.items() if k != "signing_token"}
-            # If this fails too, the signing token was not the problem: that error is the one to show.
-            answer = call(rest) if rest.keys() - {"url"} else None
+            try:
+                answer = call(rest) if rest.keys() - {"url"} else None
+            except gitlab.exceptions.GitlabError as again:
+                raise self.refused(again) from None
             reason = str(exc.error_message)[:200].replace(self.signing or MASK, MASK)
-            return answer, self.unsupported(f"it answered {exc.response_code} to it: {reason}")
+            return answer, self.not_kept(f"it answered {exc.response_code} to it: {reason}")
         if signing.sent and self.signing and answer is not None and not answer.get("signing_token_present"):
-            return answer, self.unsupported("it accepted the request but did not keep the signing token")
+            why = (
+                "it ignored the signing token: its webhook_signing_token feature flag is off"
+                if "signing_token_present" in answer
+                else "it dropped the signing token and reports no signing_token_present: a GitLab before 19.0"
+            )
+            return answer, self.not_kept(why)
         return answer, signing
 
-    def unsupported(self, why: str) -> TokenAction:
-        if not self.signing:
-            return TokenAction.NONE
-        self.notes.append(
-            f"signing token not supported by this GitLab ({why}); GitLab signs deliveries "
-            "from 19.0 on, with the webhook_signing_token feature enabled"
-        )
-        if not self.secret:
-            self.notes.append(
-                "this project has no secret_token, so every delivery will be refused until GitLab "
-                "signs them: add a secret_token to the project and run this again"
+    def refused(self, exc: gitlab.exceptions.GitlabError) -> Exception:
+        """GitLab's refusal as it is, but with what it was about where it says only "Invalid … given".
+
+        Any other error goes back unchanged, for ``_translated`` to word (with the role hint on 403).
+        """
+        text = str(exc.error_message)
+        if exc.response_code == 422 and "Invalid url given" in text:
+            about = (
+                f"{redact_url(self.url)}: GitLab takes only http(s) URLs, and none on localhost or a "
+                "private network unless an administrator allows local requests from webhooks "
+                "(Admin area > Settings > Network > Outbound requests)"
             )
-        return TokenAction.UNSUPPORTED
+        elif exc.response_code == 422 and "Invalid branch filter given" in text:
+            desired = self.desired
+            about = f"{desired['push_events_branch_filter']!r} ({desired['branch_filter_strategy']})"
+        else:
+            return exc
+        return ForgeRejected(f"{translate(exc)} for {about}", 422)
+
+    def not_kept(self, why: str) -> TokenAction:
+        """Record that GitLab holds no signing token although the project requires signatures."""
+        path = self.settings.path
+        remedy = f"remove signing_token from [projects.{self.project.name}] in {path}"
+        if not self.secret:
+            remedy += " and give the project a secret_token (set on the hook by running this again)"
+        self.problems.append(
+            f"GitLab did not keep the signing token ({why}). pushdeploy requires signed deliveries for "
+            f"{self.project.name}, so it will refuse every delivery with 401 (and GitLab pauses a hook "
+            "that keeps failing) until GitLab signs them: GitLab 19.0 or later, the "
+            "webhook_signing_token feature flag enabled, and this hook's signing token set (run this "
+            f"again then). Or {remedy}."
+        )
+        return TokenAction.NOT_KEPT
 
     def report(
         self,
@@ -347,7 +379,13 @@ class _Writer:
             secret_token=secret,
             signing_token=signing,
             notes=tuple(self.notes),
+            problems=tuple(self.problems),
         )
+
+
+def _about_signing_token(exc: gitlab.exceptions.GitlabError) -> bool:
+    """A 400/422 naming the field: the model's ``{"signing_token": [...]}``, Grape's "signing_token is …"."""
+    return exc.response_code in (400, 422) and "signing_token" in str(exc.error_message)
 
 
 def _presence(current: Mapping[str, Any], name: str) -> bool | None:
@@ -407,7 +445,10 @@ def _translated(gitlab_project: str) -> Iterator[None]:
 
 
 def describe(report: HookReport) -> list[str]:
-    """The lines ``pushdeploy gitlab-hook`` prints: what changed, then what it could not check."""
+    """The lines ``pushdeploy gitlab-hook`` prints: what changed, then what it could not check.
+
+    ``report.problems`` are not among them: the command prints those on standard error and fails.
+    """
     lines = [f"webhook {report.action} on GitLab project {report.gitlab_project} (hook {report.hook_id})"]
     lines.append(f"  url: {report.url}")
     lines.append(
@@ -431,7 +472,7 @@ TOKEN_LINES = {
     "after changing {key}, run with --rotate-tokens",
     TokenAction.CLEARED: "removed from GitLab (the project has no {key})",
     TokenAction.NONE: "none (the project has no {key})",
-    TokenAction.UNSUPPORTED: "not set: this GitLab does not support it (see the note)",
+    TokenAction.NOT_KEPT: "NOT KEPT by GitLab: deliveries will be refused until it signs (see below)",
 }
 
 

@@ -19,6 +19,8 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 MASK = "**********"
 SIGNING_PREFIX = "whsec_"
+SIGNING_KEY_BYTES = 32
+"""GitLab accepts a webhook signing token only as ``whsec_`` + base64 of exactly this many bytes."""
 FERNET_PREFIX = "fernet:"
 KEYS_VARIABLE = "PUSHDEPLOY_SECRET_KEYS"
 
@@ -73,22 +75,30 @@ class SigningKey(Secret):
 
 
 def decode_signing_key(value: str) -> bytes:
-    """Return the HMAC key bytes of a ``whsec_`` secret, as GitLab and Standard Webhooks define them."""
+    """Return the HMAC key bytes of a ``whsec_`` secret, in the one form GitLab accepts.
+
+    Standard Webhooks allows 24 to 64 bytes, but GitLab refuses a signing token of any length but 32:
+    a key GitLab cannot hold would leave every delivery unsigned, so it is refused here already.
+    """
+    make = "make one with `pushdeploy new-secret`"
     if not value.startswith(SIGNING_PREFIX):
-        raise SecretError("a signing token must start with 'whsec_' (make one with `pushdeploy new-secret`)")
+        raise SecretError(f"a signing token must start with 'whsec_' ({make})")
     encoded = value[len(SIGNING_PREFIX) :]
     try:
         key = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
-        raise SecretError("a signing token must be 'whsec_' followed by standard base64") from None
-    if not 24 <= len(key) <= 64:
-        raise SecretError(f"a signing token must decode to 24..64 bytes, this one has {len(key)}")
+        raise SecretError(f"a signing token must be 'whsec_' followed by standard base64 ({make})") from None
+    if len(key) != SIGNING_KEY_BYTES:
+        raise SecretError(
+            f"a signing token must decode to exactly {SIGNING_KEY_BYTES} bytes, the only length GitLab "
+            f"accepts; this one has {len(key)} ({make})"
+        )
     return key
 
 
 def new_signing_key() -> str:
     """A fresh signing key in GitLab's format: ``whsec_`` + base64 of 32 random bytes."""
-    return SIGNING_PREFIX + base64.b64encode(os.urandom(32)).decode("ascii")
+    return SIGNING_PREFIX + base64.b64encode(os.urandom(SIGNING_KEY_BYTES)).decode("ascii")
 
 
 def key_id(key: str) -> str:

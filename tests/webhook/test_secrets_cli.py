@@ -7,6 +7,7 @@ through the process environment, the secret through stdin.
 from __future__ import annotations
 
 import argparse
+import base64
 import io
 import os
 import pty
@@ -178,6 +179,19 @@ def test_encrypt_refuses_an_empty_secret(keys: Keyring, capsys: pytest.CaptureFi
     assert out == "" and "nothing to encrypt" in err
 
 
+def test_encrypt_refuses_a_signing_token_gitlab_would_refuse(
+    keys: Keyring, capsys: pytest.CaptureFixture[str]
+) -> None:
+    short = "whsec_" + base64.b64encode(b"k" * 24).decode()
+
+    assert pushdeploy(["secrets", "encrypt"], stdin=short + "\n") == 2
+
+    out, err = capsys.readouterr()
+    assert out == "" and "exactly 32 bytes, the only length GitLab accepts; this one has 24" in err
+    assert short not in err
+    assert pushdeploy(["secrets", "encrypt"], stdin=SIGNING_TOKEN) == 0  # 32 bytes: encrypted
+
+
 SCRIPT = (
     "import argparse, sys\n"
     "from webhook import secrets_cli\n"
@@ -317,6 +331,24 @@ def test_rotate_refuses_a_value_no_key_decrypts_and_writes_nothing(
     )
     for leak in (K1, K2, stranger, values["hook"], "hook-canary-7a8b9c"):
         assert leak not in out + err
+
+
+def test_rotate_refuses_an_encrypted_signing_token_gitlab_would_refuse(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    short = "whsec_" + base64.b64encode(b"k" * 24).decode()
+    path = tmp_path / "pushdeploy.toml"
+    text = config_text(encrypted(Keyring([K1])))
+    path.write_text(text.replace(f'"{SIGNING_TOKEN}"', f'"{Keyring([K1]).encrypt(short)}"'))
+    before = path.read_bytes()
+    monkeypatch.setenv("PUSHDEPLOY_SECRET_KEYS", f"{K2},{K1}")
+
+    assert pushdeploy(["--config", str(path), "secrets", "rotate"]) == 1
+
+    out, err = capsys.readouterr()
+    assert path.read_bytes() == before
+    assert "projects.app.signing_token: a signing token must decode to exactly 32 bytes" in err
+    assert "this one has 24" in err and short not in out + err
 
 
 def test_rotate_refuses_a_value_spelled_with_escapes(

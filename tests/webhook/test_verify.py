@@ -37,11 +37,15 @@ from webhook.verify import check_envelope, header, sign, verify_signature, verif
 from workers.secrets import Secret, SigningKey
 
 # The Standard Webhooks known-answer vector (libraries/python/tests/test_webhooks.py::test_sign_function).
-KAT_KEY = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+# Its key has 24 bytes, which GitLab refuses, and so does SigningKey: its raw bytes are signed directly.
+SPEC_KEY_BYTES = base64.b64decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+SPEC_SIGNATURE = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
 KAT_ID = "msg_p5jXN8AQM9LWM0D4loKWxJek"
 KAT_TS = 1614265330
 KAT_BODY = b'{"test": 2432232314}'
-KAT_SIGNATURE = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+# The same message under a key in GitLab's format (32 bytes); the reference library agrees (see below).
+KAT_KEY = "whsec_c3RhbmRhcmQtd2ViaG9va3Mta2F0LTMyLWJ5dGUtayE="
+KAT_SIGNATURE = "v1,cPJuIhVVf8jlfl4Q5Uefg0LZ2JMeVIn46TIzVxV/vUY="
 
 OTHER_KEY = "whsec_" + base64.b64encode(b"another-32-byte-signing-key-0001").decode()
 
@@ -75,6 +79,7 @@ def test_sign_reproduces_the_standard_webhooks_known_answer() -> None:
 def test_sign_accepts_raw_key_bytes_like_a_signing_key() -> None:
     raw = base64.b64decode(KAT_KEY.removeprefix("whsec_"))
     assert sign(raw, KAT_ID, KAT_TS, KAT_BODY) == KAT_SIGNATURE
+    assert sign(SPEC_KEY_BYTES, KAT_ID, KAT_TS, KAT_BODY) == SPEC_SIGNATURE
 
 
 def test_known_answer_verifies_and_returns_the_webhook_id() -> None:

@@ -237,7 +237,7 @@ def test_rotation_list_names_the_failing_entry(tmp_path: Path) -> None:
         """,
     )
     found = keys(error)
-    assert "24..64 bytes" in found["projects.app.signing_token[1]"]
+    assert "exactly 32 bytes" in found["projects.app.signing_token[1]"]
     assert "does-not-exist" in found["projects.app.secret_token[1]"]
     assert "projects.app.signing_token[0]" not in found
 
@@ -306,7 +306,7 @@ def test_project_without_any_token_is_refused(tmp_path: Path) -> None:
     [
         ("not-a-whsec-key-canary", "must start with 'whsec_'"),
         ("whsec_***", "standard base64"),
-        ("whsec_" + base64.b64encode(b"short").decode(), "24..64 bytes"),
+        ("whsec_" + base64.b64encode(b"short").decode(), "exactly 32 bytes, the only length GitLab accepts"),
     ],
 )
 def test_bad_signing_token_format(tmp_path: Path, value: str, complaint: str) -> None:

@@ -17,6 +17,7 @@ from workers.forge import ForgeRejected, TransientForgeError
 from workers.gitlab_hooks import (
     OTHER_EVENTS,
     Action,
+    HookReport,
     HookSetupError,
     TokenAction,
     branch_filter,
@@ -32,23 +33,8 @@ HOOK_URL = "http://pushdeploy.test/hooks/gitlab/sample-app"
 ROTATED_TOKEN = "hook-secret-rotated-canary-2d61"
 
 
-class GitLab18(FakeGitLab):
-    """A GitLab from before signing tokens: like Grape, it drops the parameter it does not declare, and
-    it reports neither ``token_present`` nor ``signing_token_present``."""
-
-    def _hook_values(self, params: dict[str, Any], *, creating: bool) -> dict[str, Any]:
-        known = {k: v for k, v in params.items() if k != "signing_token"}
-        return super()._hook_values(known, creating=creating)
-
-    @staticmethod
-    def _hook_entity(hook: dict[str, Any]) -> dict[str, Any]:
-        entity = FakeGitLab._hook_entity(hook)
-        del entity["token_present"], entity["signing_token_present"]
-        return entity
-
-
 class SigningRefused(FakeGitLab):
-    """A GitLab that knows the field but refuses it (a feature flag off): 400 for the whole request."""
+    """A GitLab that declares the field but refuses it: 400 naming signing_token, for the whole request."""
 
     def _hook_values(self, params: dict[str, Any], *, creating: bool) -> dict[str, Any]:
         if "signing_token" in params:
@@ -267,7 +253,16 @@ def test_branch_filters() -> None:
 # -- GitLabs that do not sign -------------------------------------------------
 
 
-def test_a_gitlab_refusing_the_signing_token_gets_the_hook_without_it(
+def assert_refusal_explained(report: HookReport, why: str) -> None:
+    [problem] = report.problems
+    assert problem.startswith(f"GitLab did not keep the signing token ({why}")
+    for words in ("refuse every delivery with 401", "19.0", "webhook_signing_token", "remove signing_token"):
+        assert words in problem
+    assert SIGNING_TOKEN not in problem and SECRET_TOKEN not in problem
+    assert "  signing token: NOT KEPT by GitLab" in "\n".join(describe(report))
+
+
+def test_a_gitlab_refusing_the_signing_token_gets_the_hook_without_it_and_a_problem(
     make_settings: Callable[..., Settings],
 ) -> None:
     with SigningRefused({PROJECT: 42}, token=TOKEN) as fake:
@@ -278,42 +273,107 @@ def test_a_gitlab_refusing_the_signing_token_gets_the_hook_without_it(
         assert (first.action, first.secret_token, first.signing_token) == (
             Action.CREATED,
             TokenAction.SET,
-            TokenAction.UNSUPPORTED,
+            TokenAction.NOT_KEPT,
         )
         [hook] = fake.hooks
         assert (hook["token"], hook["signing_token"]) == (SECRET_TOKEN, None)
-        [note] = first.notes
-        assert note.startswith("signing token not supported by this GitLab (it answered 400 to it:")
-        assert "  signing token: not set: this GitLab does not support it (see the note)" in describe(first)
+        assert_refusal_explained(first, "it answered 400 to it: signing_token does not have a valid value")
 
         second = setup_hook(settings, "sample-app")  # tries once more, is refused, changes nothing
-        assert (second.action, second.signing_token) == (Action.UNCHANGED, TokenAction.UNSUPPORTED)
-        assert fake.hooks[0]["signing_token"] is None
+        assert (second.action, second.signing_token) == (Action.UNCHANGED, TokenAction.NOT_KEPT)
+        assert second.problems and fake.hooks[0]["signing_token"] is None
 
 
-def test_a_gitlab_before_signing_tokens(make_settings: Callable[..., Settings]) -> None:
-    with GitLab18({PROJECT: 42}, token=TOKEN) as fake:
-        settings = configured(make_settings, fake)
-
-        first = setup_hook(settings, "sample-app")
-        assert (first.action, first.signing_token) == (Action.CREATED, TokenAction.UNSUPPORTED)
-        assert "did not keep the signing token" in first.notes[0]
-
-        fake.clear()
-        second = setup_hook(settings, "sample-app")
-        # It cannot say whether the hook has a token: the token goes again, which changes nothing we can see.
-        assert (second.action, second.secret_token) == (Action.UNCHANGED, TokenAction.RESENT)
-        assert [json.loads(w["body"]) for w in writes(fake)] == [{"url": HOOK_URL, "token": SECRET_TOKEN}]
-        assert fake.hooks[0]["token"] == SECRET_TOKEN
-
-
-def test_a_signing_only_project_on_a_gitlab_that_cannot_sign_is_warned(
-    make_settings: Callable[..., Settings],
+def test_a_gitlab_before_19_drops_the_signing_token(
+    make_settings: Callable[..., Settings], fake: FakeGitLab
 ) -> None:
-    with GitLab18({PROJECT: 42}, token=TOKEN) as fake:
-        report = setup_hook(configured(make_settings, fake, secret_token=None), "sample-app")
+    fake.signing_support = "unsupported"
+    settings = configured(make_settings, fake)
 
-    assert any("every delivery will be refused" in note for note in report.notes)
+    first = setup_hook(settings, "sample-app")
+    assert (first.action, first.signing_token) == (Action.CREATED, TokenAction.NOT_KEPT)
+    assert_refusal_explained(first, "it dropped the signing token and reports no signing_token_present")
+
+    fake.clear()
+    second = setup_hook(settings, "sample-app")
+    # It cannot say whether the hook has either token: both go again, which changes nothing we can see.
+    assert (second.action, second.secret_token) == (Action.UNCHANGED, TokenAction.RESENT)
+    assert [json.loads(w["body"]) for w in writes(fake)] == [
+        {"url": HOOK_URL, "token": SECRET_TOKEN, "signing_token": SIGNING_TOKEN}
+    ]
+    assert second.problems and fake.hooks[0]["token"] == SECRET_TOKEN
+
+
+def test_a_gitlab_with_the_flag_off_ignores_the_signing_token(
+    make_settings: Callable[..., Settings], fake: FakeGitLab
+) -> None:
+    fake.signing_support = "flag_off"
+
+    report = setup_hook(configured(make_settings, fake), "sample-app")
+
+    assert report.signing_token is TokenAction.NOT_KEPT
+    assert_refusal_explained(
+        report, "it ignored the signing token: its webhook_signing_token feature flag is off"
+    )
+    assert fake.hooks[0]["signing_token"] is None
+
+    fake.signing_support = "enabled"  # the administrator turned the flag on: a second run sets it
+    again = setup_hook(configured(make_settings, fake), "sample-app")
+    assert (again.action, again.signing_token, again.problems) == (Action.UPDATED, TokenAction.SET, ())
+    assert fake.hooks[0]["signing_token"] == SIGNING_TOKEN
+
+
+def test_a_signing_only_project_on_a_gitlab_that_cannot_sign_is_told_to_add_a_secret_token(
+    make_settings: Callable[..., Settings], fake: FakeGitLab
+) -> None:
+    fake.signing_support = "unsupported"
+
+    report = setup_hook(configured(make_settings, fake, secret_token=None), "sample-app")
+
+    [problem] = report.problems
+    assert "give the project a secret_token" in problem
+
+
+def test_a_project_without_a_signing_token_has_no_problem_on_any_gitlab(
+    make_settings: Callable[..., Settings], fake: FakeGitLab
+) -> None:
+    fake.signing_support = "unsupported"
+
+    report = setup_hook(configured(make_settings, fake, signing_token=None), "sample-app")
+
+    assert (report.signing_token, report.problems) == (TokenAction.NONE, ())
+
+
+@pytest.mark.parametrize("public_url", ["http://127.0.0.1:8000", "http://10.0.0.7", "http://localhost:8000"])
+def test_a_local_url_gitlab_refuses_is_reported_in_its_words_without_blaming_the_version(
+    make_settings: Callable[..., Settings], fake: FakeGitLab, public_url: str
+) -> None:
+    settings = make_settings(gitlab={"url": fake.url, "token": TOKEN}, server={"public_url": public_url})
+
+    with pytest.raises(ForgeRejected) as caught:
+        setup_hook(settings, "sample-app")
+
+    message = str(caught.value)
+    assert caught.value.status_code == 422
+    assert message.startswith(
+        f"GitLab answered 422 (Invalid url given) for {public_url}/hooks/gitlab/sample-app"
+    )
+    assert "allows local requests from webhooks" in message
+    assert "19.0" not in message and "signing" not in message
+    assert fake.hooks == []
+
+    fake.allow_local_requests_from_web_hooks_and_services = True
+    assert setup_hook(settings, "sample-app").action is Action.CREATED
+
+
+def test_a_branch_gitlab_refuses_as_a_filter_is_named(
+    make_settings: Callable[..., Settings], fake: FakeGitLab
+) -> None:
+    # git refuses "release..1" as a branch name, so GitLab refuses it as a wildcard filter.
+    settings = configured(make_settings, fake, branch="release..1")
+
+    with pytest.raises(ForgeRejected, match=r"Invalid branch filter given\) for 'release\.\.1' \(wildcard\)"):
+        setup_hook(settings, "sample-app")
 
 
 # -- badges -------------------------------------------------------------------
@@ -388,6 +448,21 @@ def test_a_refused_token_names_the_scope_and_role(
     message = str(caught.value)
     assert "api scope" in message and "Maintainer" in message
     assert "wrong-token-canary-77" not in message
+
+
+class Developer(FakeGitLab):
+    """The API token's user may read the project but not manage its hooks."""
+
+    def _create_hook(self, project_id: int, project_path: str, params: dict[str, Any]) -> dict[str, Any]:
+        raise _HttpError(403, {"message": "403 Forbidden"})
+
+
+def test_a_write_refused_for_the_role_says_which_role(make_settings: Callable[..., Settings]) -> None:
+    with Developer({PROJECT: 42}, token=TOKEN) as fake, pytest.raises(ForgeRejected) as caught:
+        setup_hook(configured(make_settings, fake), "sample-app")
+
+    assert caught.value.status_code == 403
+    assert "Maintainer role" in str(caught.value) and "signing" not in str(caught.value)
 
 
 def test_an_unknown_gitlab_project_names_it(make_settings: Callable[..., Settings], fake: FakeGitLab) -> None:
