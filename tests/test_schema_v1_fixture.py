@@ -1,0 +1,169 @@
+"""Data written by the release at 83260a9 (schema "1") reads back the same with today's code.
+
+The fixture (``tests/fixtures/schema_v1``) was made by running that release; these tests load it
+into the test database and read it through today's stores. A change of the Redis layout must keep
+them passing: after its migration, everything here still reads back as the old release wrote it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+from redis import Redis
+from rq import Queue
+from rq.registry import StartedJobRegistry
+
+from tests.fixtures import schema_v1
+from tests.fixtures.schema_v1 import redisjson, repo
+from workers import defaults, deploylog
+from workers.config import load
+from workers.deployments import DeploymentStore, Runtime, State
+from workers.lanes import Lane
+from workers.outbox import DUE_KEY, recorded, statuses_key
+from workers.queueing import seen_key
+
+FIXTURE = schema_v1.expected()
+
+
+@pytest.fixture
+def loaded(redis: Redis) -> Redis:
+    schema_v1.load(redis)
+    return redis
+
+
+def test_the_fixture_holds_every_kind_of_deployment_an_upgrade_meets() -> None:
+    states = {state: [d.label for d in FIXTURE.in_state(state)] for state in State}
+    assert states == {
+        State.QUEUED: ["S4", "A5", "W6"],
+        State.RUNNING: ["S2"],
+        State.SUCCEEDED: ["W1", "W2", "W5", "A1", "A3", "A4", "S1"],
+        State.FAILED: ["W3"],
+        State.CANCELED: ["W4", "A2", "S3"],
+    }
+    deployments = FIXTURE.deployments
+    assert deployments["W4"].record["reason"] == f"superseded by {deployments['W5'].id}"
+    assert deployments["S3"].record["reason"] == f"superseded by {deployments['S4'].id}"
+    assert deployments["A2"].record["reason"] == "canceled by alice"
+    assert deployments["A4"].record["reuse_release"] == deployments["A1"].id
+    assert {d.label for d in deployments.values() if d.queued_job} == {"A5", "W6"}
+    assert deployments["W6"].queued_job.startswith(f"{deployments['W6'].id}-")  # drained from the journal
+    staging = FIXTURE.lanes[("web", "staging")]
+    assert (staging.holder, staging.waiting) == (deployments["S2"].id, deployments["S4"].id)
+    assert set(FIXTURE.undelivered()) == {
+        deployments[label].id for label in ("W1", "S2", "S3", "S4", "A5", "W6")
+    }
+
+
+def test_every_key_comes_back_with_its_type_value_and_ttl(loaded: Redis) -> None:
+    started = time.monotonic()
+    original = {_name(e): e for e in redisjson.read(schema_v1.DUMP)["keys"]}
+    restored = {_name(e): e for e in redisjson.dump(loaded)["keys"]}
+    elapsed_ms = (time.monotonic() - started) * 1000 + 1000
+
+    assert len(restored) == FIXTURE.key_count
+    assert set(restored) == set(original)
+    for name, entry in original.items():
+        again = restored[name]
+        assert (again["type"], again["value"]) == (entry["type"], entry["value"]), name
+        if entry["ttl_ms"] is None:
+            assert again["ttl_ms"] is None, name
+        else:
+            assert entry["ttl_ms"] - elapsed_ms <= again["ttl_ms"] <= entry["ttl_ms"], name
+
+
+def test_records_steps_and_logs_read_back_as_written(loaded: Redis) -> None:
+    store = DeploymentStore(loaded)
+    for deployment in FIXTURE.deployments.values():
+        assert store.get(deployment.id).public() == deployment.record, deployment.label
+        assert [asdict(s) for s in store.steps(deployment.id)] == deployment.steps, deployment.label
+        lines = [asdict(line) for line in deploylog.read(loaded, deployment.id)]
+        assert lines == deployment.log, deployment.label
+    failed = FIXTURE.deployments["W3"]
+    [build] = store.steps(failed.id)
+    assert (build.phase, build.exit_code) == ("build", 3)
+    assert "error: app.txt:1: unexpected end of input" in build.tail
+
+
+def test_the_running_deployment_keeps_its_worker_fields(loaded: Redis) -> None:
+    running = FIXTURE.deployments["S2"]
+    extra = running.extra_fields
+    assert DeploymentStore(loaded).runtime(running.id) == Runtime(
+        extra["host"], extra["step_pgid"], extra["lane_token"]
+    )
+    assert extra["step_pgid"].isdigit()
+    assert extra["lane_token"] == FIXTURE.lanes[("web", "staging")].token
+    queue = Queue(defaults.DEPLOY_QUEUE, connection=loaded)
+    assert running.id in StartedJobRegistry(queue=queue).get_job_ids(cleanup=False)
+
+
+def test_statuses_and_what_is_left_to_deliver(loaded: Redis) -> None:
+    for deployment in FIXTURE.deployments.values():
+        got = [
+            {"state": str(r.status.state), "description": r.status.description, "delivered": r.delivered}
+            for r in recorded(loaded, deployment.id)
+        ]
+        assert got == deployment.statuses, deployment.label
+        assert (loaded.zscore(DUE_KEY, deployment.id) is not None) == deployment.outbox_due, deployment.label
+    first = FIXTURE.deployments["W1"]  # its first POST got a 503: all five entries wait
+    assert FIXTURE.undelivered()[first.id] == ["pending", "running", "success"]
+    kinds = [json.loads(raw).get("kind", "status") for raw in loaded.lrange(statuses_key(first.id), 0, -1)]
+    assert kinds == ["status", "status", "deployment", "status", "deployment"] and first.statuses_sent == 0
+    assert _text(loaded.hget(f"pd:dep:{first.id}", "status_attempts")) == "1"
+
+
+def test_lanes_histories_and_live_markers(loaded: Redis) -> None:
+    store = DeploymentStore(loaded)
+    for (project, environment), lane in FIXTURE.lanes.items():
+        real = Lane(loaded, project, environment)
+        assert real.holder() == lane.holder
+        assert _text(loaded.get(real.lock_key)) == lane.token
+        assert _text(loaded.get(real.waiting_key)) == lane.waiting
+        assert [d.id for d in store.history(project, environment)] == lane.history[::-1]
+        assert store.live(project, environment) == lane.live
+    live = FIXTURE.lanes[("api", "production")].live
+    assert (live["deployment"], live["release"]) == (
+        FIXTURE.deployments["A4"].id,
+        FIXTURE.deployments["A1"].id,
+    )
+    assert loaded.pttl(Lane(loaded, "web", "staging").lock_key) > 0  # held, as by a worker mid-deploy
+
+
+def test_queued_jobs_are_still_queued_with_their_arguments(loaded: Redis) -> None:
+    jobs = Queue(defaults.DEPLOY_QUEUE, connection=loaded).get_jobs()
+    assert {
+        job.id: {"args": list(job.args), "func_name": job.func_name} for job in jobs
+    } == FIXTURE.queued_jobs
+    for job in jobs:
+        assert job.get_status(refresh=False) == "queued"
+        assert job.timeout == 2 * 120 + defaults.JOB_TIMEOUT_MARGIN
+
+
+def test_delivery_ids_are_still_claimed(loaded: Redis) -> None:
+    for delivery, deployment_id in FIXTURE.seen.items():
+        project = next(d.record["project"] for d in FIXTURE.deployments.values() if d.id == deployment_id)
+        assert _text(loaded.get(seen_key(project, delivery))) == deployment_id
+        assert loaded.ttl(seen_key(project, delivery)) > 0
+
+
+def test_the_config_and_repositories_make_again(tmp_path: Path, redis_url: str) -> None:
+    assert repo.make(tmp_path / "repos") == FIXTURE.shas
+    path = schema_v1.write_config(
+        tmp_path, redis_url, tmp_path / "data", tmp_path / "repos", "http://gitlab.test"
+    )
+    settings = load(path, environ={})
+    environments = {(p.name, e.name) for p in settings.projects.values() for e in p.environments.values()}
+    assert environments == set(FIXTURE.lanes)
+
+
+def _name(entry: dict[str, object]) -> bytes:
+    key = entry["key"]
+    assert isinstance(key, str | dict)
+    return redisjson.decode(key)
+
+
+def _text(raw: bytes | None) -> str:
+    return raw.decode() if raw else ""
