@@ -128,7 +128,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         for env in project.environments.values():
             steps = f"{len(env.build)} build, {len(env.deploy)} deploy step(s)"
             health = f", health check {env.health_check.url}" if env.health_check else ""
-            print(f"  environment {env.name}: branch {env.branch}, {steps}{health}, timeout {env.timeout} s")
+            print(f"  environment {env.name}: {env.follows}, {steps}{health}, timeout {env.timeout} s")
         if lookup is not None and lookup.warning:
             print(f"  warning: {lookup.warning}")
         if credential_in_url(project.repo_url):

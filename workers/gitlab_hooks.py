@@ -147,12 +147,16 @@ def branch_filter(branches: Sequence[str]) -> tuple[str, str]:
 
 
 def desired_hook(settings: Settings, project: Project) -> dict[str, Any]:
-    """Every hook field we manage except the tokens: push events only, on the configured branches."""
-    pattern, strategy = branch_filter([env.branch for env in project.environments.values()])
+    """Every hook field we manage except the tokens: push events on the configured branches, and
+    tag push events where an environment deploys tags (GitLab never applies the branch filter to
+    tag pushes); every other event off."""
+    branches = [env.branch for env in project.environments.values() if env.branch]
+    pattern, strategy = branch_filter(branches) if branches else ("", "all_branches")
     return {
         "url": settings.webhook_url(project.name),
-        "push_events": True,
         **dict.fromkeys(OTHER_EVENTS, False),
+        "push_events": bool(branches),
+        "tag_push_events": project.deploys_tags,
         "push_events_branch_filter": pattern,
         "branch_filter_strategy": strategy,
         "enable_ssl_verification": True,
@@ -168,7 +172,7 @@ def diff(current: Mapping[str, Any], desired: Mapping[str, Any]) -> list[FieldCh
     """
     wanted = dict(desired)
     for name, value in current.items():
-        if name.endswith("_events") and name != "push_events" and value:
+        if name.endswith("_events") and value:
             wanted.setdefault(name, False)
     changes = []
     for name, new in wanted.items():

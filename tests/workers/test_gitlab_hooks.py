@@ -135,6 +135,33 @@ def test_several_environments_filter_on_an_anchored_regex_of_their_branches(
     assert setup_hook(settings, "sample-app").action is Action.UNCHANGED
 
 
+def test_a_tags_environment_turns_tag_push_events_on_beside_the_branch_filter(
+    make_settings: Callable[..., Settings], fake: FakeGitLab
+) -> None:
+    environments = {"staging": {"branch": "main"}, "production": {"tags": "v*"}}
+    settings = configured(make_settings, fake, branch=None, environment=None, environments=environments)
+
+    setup_hook(settings, "sample-app")
+
+    [hook] = fake.hooks
+    assert (hook["push_events"], hook["tag_push_events"]) == (True, True)
+    assert (hook["push_events_branch_filter"], hook["branch_filter_strategy"]) == ("main", "wildcard")
+    assert setup_hook(settings, "sample-app").action is Action.UNCHANGED
+
+
+def test_a_project_deploying_only_tags_takes_no_push_events(
+    make_settings: Callable[..., Settings], fake: FakeGitLab
+) -> None:
+    settings = configured(make_settings, fake, branch=None, tags="v*")
+
+    setup_hook(settings, "sample-app")
+
+    [hook] = fake.hooks
+    assert (hook["push_events"], hook["tag_push_events"]) == (False, True)
+    assert hook["branch_filter_strategy"] == "all_branches"
+    assert setup_hook(settings, "sample-app").action is Action.UNCHANGED
+
+
 # -- updating a hook that drifted ---------------------------------------------
 
 
