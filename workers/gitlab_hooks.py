@@ -127,6 +127,8 @@ class HookReport:
     badges: tuple[BadgeResult, ...] = ()
     problems: tuple[str, ...] = ()
     """What leaves the project unable to receive deliveries although the hook was written: exit non-zero."""
+    push_events: bool = True
+    tag_push_events: bool = False
 
     @property
     def changed(self) -> bool:
@@ -384,6 +386,8 @@ class _Writer:
             signing_token=signing,
             notes=tuple(self.notes),
             problems=tuple(self.problems),
+            push_events=self.desired["push_events"],
+            tag_push_events=self.desired["tag_push_events"],
         )
 
 
@@ -455,9 +459,12 @@ def describe(report: HookReport) -> list[str]:
     """
     lines = [f"webhook {report.action} on GitLab project {report.gitlab_project} (hook {report.hook_id})"]
     lines.append(f"  url: {report.url}")
-    lines.append(
-        f"  events: push only, branch filter {report.branch_filter} ({report.branch_filter_strategy})"
-    )
+    events = []
+    if report.push_events:
+        events.append(f"push (branch filter {report.branch_filter}, {report.branch_filter_strategy})")
+    if report.tag_push_events:
+        events.append("tag push")
+    lines.append(f"  events: {' and '.join(events)}, nothing else")
     lines.append("  SSL verification: on")
     for change in report.changes:
         lines.append(f"  changed {change.name}: {_shown(change.old)} -> {_shown(change.new)}")

@@ -108,7 +108,7 @@ def test_what_the_cli_prints_for_a_new_hook_holds_no_secret(
 
     assert lines[0].startswith(f"webhook created on GitLab project {PROJECT} (hook ")
     assert f"  url: {HOOK_URL}" in lines
-    assert "  events: push only, branch filter main (wildcard)" in lines
+    assert "  events: push (branch filter main, wildcard), nothing else" in lines
     assert "  secret token: set" in lines and "  signing token: set" in lines
     assert not [line for line in lines if SECRET_TOKEN in line or SIGNING_TOKEN in line or TOKEN in line]
 
@@ -159,7 +159,9 @@ def test_a_project_deploying_only_tags_takes_no_push_events(
     [hook] = fake.hooks
     assert (hook["push_events"], hook["tag_push_events"]) == (False, True)
     assert hook["branch_filter_strategy"] == "all_branches"
-    assert setup_hook(settings, "sample-app").action is Action.UNCHANGED
+    again = setup_hook(settings, "sample-app")
+    assert again.action is Action.UNCHANGED
+    assert "  events: tag push, nothing else" in describe(again)
 
 
 # -- updating a hook that drifted ---------------------------------------------
