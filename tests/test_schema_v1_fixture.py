@@ -1,13 +1,16 @@
-"""Data written by the release at 83260a9 (schema "1") reads back the same with today's code.
+"""Data written by the release at 83260a9 (layout 1) reads back the same after today's migration.
 
 The fixture (``tests/fixtures/schema_v1``) was made by running that release; these tests load it
-into the test database and read it through today's stores. A change of the Redis layout must keep
-them passing: after its migration, everything here still reads back as the old release wrote it.
+into the test database, migrate it as a starting web process or worker would, and read it through
+today's stores: everything still reads back as the old release wrote it.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -19,20 +22,30 @@ from rq.registry import StartedJobRegistry
 
 from tests.fixtures import schema_v1
 from tests.fixtures.schema_v1 import redisjson, repo
-from workers import defaults, deploylog
+from webhook.app import create_app
+from workers import defaults, deploylog, migrations, schema
 from workers.config import load
 from workers.deployments import DeploymentStore, Runtime, State
 from workers.lanes import Lane
 from workers.outbox import DUE_KEY, recorded, statuses_key
-from workers.queueing import seen_key
+from workers.queueing import Intake, Push, seen_deployment
 
 FIXTURE = schema_v1.expected()
 
 
 @pytest.fixture
-def loaded(redis: Redis) -> Redis:
+def raw(redis: Redis) -> Redis:
     schema_v1.load(redis)
     return redis
+
+
+@pytest.fixture
+def loaded(raw: Redis) -> Redis:
+    """The fixture after the migration every process runs at start."""
+    assert migrations.version(raw) == 1
+    assert migrations.ensure(raw) == 1
+    assert migrations.version(raw) == schema.VERSION
+    return raw
 
 
 def test_the_fixture_holds_every_kind_of_deployment_an_upgrade_meets() -> None:
@@ -58,10 +71,10 @@ def test_the_fixture_holds_every_kind_of_deployment_an_upgrade_meets() -> None:
     }
 
 
-def test_every_key_comes_back_with_its_type_value_and_ttl(loaded: Redis) -> None:
+def test_every_key_comes_back_with_its_type_value_and_ttl(raw: Redis) -> None:
     started = time.monotonic()
     original = {_name(e): e for e in redisjson.read(schema_v1.DUMP)["keys"]}
-    restored = {_name(e): e for e in redisjson.dump(loaded)["keys"]}
+    restored = {_name(e): e for e in redisjson.dump(raw)["keys"]}
     elapsed_ms = (time.monotonic() - started) * 1000 + 1000
 
     assert len(restored) == FIXTURE.key_count
@@ -142,11 +155,68 @@ def test_queued_jobs_are_still_queued_with_their_arguments(loaded: Redis) -> Non
         assert job.timeout == 2 * 120 + defaults.JOB_TIMEOUT_MARGIN
 
 
-def test_delivery_ids_are_still_claimed(loaded: Redis) -> None:
+def test_delivery_ids_are_still_claimed(loaded: Redis, tmp_path: Path, redis_url: str) -> None:
+    """Each version 1 key moved into its project's hash and sorted set; a resend is still a duplicate."""
+    settings = load(
+        schema_v1.write_config(tmp_path, redis_url, tmp_path / "data", tmp_path / "repos"), environ={}
+    )
+    intake = Intake(loaded, settings.server.public_url)
     for delivery, deployment_id in FIXTURE.seen.items():
-        project = next(d.record["project"] for d in FIXTURE.deployments.values() if d.id == deployment_id)
-        assert _text(loaded.get(seen_key(project, delivery))) == deployment_id
-        assert loaded.ttl(seen_key(project, delivery)) > 0
+        record = next(d.record for d in FIXTURE.deployments.values() if d.id == deployment_id)
+        project = record["project"]
+        assert seen_deployment(loaded, project, delivery) == deployment_id
+        assert not loaded.exists(schema.seen_v1(project, delivery))
+        first_seen = loaded.zscore(schema.seen_at(project), delivery)
+        assert record["created_at"] - 5 <= first_seen <= time.time()
+        configured = settings.projects[project]
+        push = Push(record["ref"], record["sha"], "resend", delivery)
+        resend = intake.accept(configured, configured.environments[record["environment"]], push)
+        assert (resend.deployment_id, resend.duplicate) == (deployment_id, True)
+
+
+def test_kept_deployments_are_counted_by_state(loaded: Redis) -> None:
+    store = DeploymentStore(loaded)
+    for project, environment in FIXTURE.lanes:
+        tally = {state.value: 0 for state in State}
+        for deployment in FIXTURE.deployments.values():
+            if (deployment.record["project"], deployment.record["environment"]) == (project, environment):
+                tally[deployment.state] += 1
+        assert store.kept([(project, environment)]) == {(project, environment): tally}
+
+
+def test_the_migration_runs_once_however_many_processes_start_together(raw: Redis) -> None:
+    """Web processes and workers starting at once: one migrates, the rest wait, then find it done."""
+    found: list[int] = []
+    threads = [threading.Thread(target=lambda: found.append(migrations.ensure(raw))) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(found) == [1] + [schema.VERSION] * 5
+    assert migrations.ensure(raw) == schema.VERSION  # and again: nothing to do
+
+
+def test_an_older_release_refuses_a_newer_layout_and_changes_nothing(
+    raw: Redis, tmp_path: Path, redis_url: str
+) -> None:
+    raw.set(schema.VERSION_KEY, str(schema.VERSION + 1))
+    before = redisjson.dump(raw)["keys"]
+    with pytest.raises(migrations.SchemaError, match="newer than this release"):
+        migrations.ensure(raw)
+    path = schema_v1.write_config(tmp_path, redis_url, tmp_path / "data", tmp_path / "repos")
+    worker = subprocess.run(
+        [sys.executable, "-m", "webhook.cli", "worker", "--burst", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert worker.returncode == 1
+    assert f"layout version {schema.VERSION + 1}, newer than this release's {schema.VERSION}" in worker.stderr
+    assert "Traceback" not in worker.stderr
+    with pytest.raises(migrations.SchemaError):
+        create_app(load(path, environ={}), raw, drain=False)
+    after = redisjson.dump(raw)["keys"]
+    assert [_name(e) for e in after] == [_name(e) for e in before]
 
 
 def test_the_config_and_repositories_make_again(tmp_path: Path, redis_url: str) -> None:

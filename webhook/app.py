@@ -7,6 +7,7 @@ import os
 
 from flask import Flask
 from redis import Redis
+from redis.exceptions import RedisError
 
 from webhook import auth
 from webhook.api import api
@@ -15,11 +16,31 @@ from webhook.drainer import Drainer
 from webhook.metrics import metrics
 from webhook.pages import pages
 from webhook.receive import HookEndpoint
+from workers import migrations
 from workers.config import Settings, config_path, load
 from workers.connection import web_redis
 from workers.journal import Journal
 from workers.links import LinkSigner
 from workers.queueing import Intake
+
+
+def _check_layout(redis: Redis, app: Flask) -> None:
+    """Migrate or refuse Redis's layout before serving; a web tier started while Redis is down
+    checks as soon as it answers (a newer layout then stops the process: gunicorn halts on exit 3)."""
+    try:
+        migrations.ensure(redis)
+    except RedisError:
+        app.logger.warning("Redis unreachable at start: its layout is checked as soon as it answers")
+        migrations.ensure_later(redis, _halt)
+
+
+def _halt(error: migrations.SchemaError) -> None:
+    logging.getLogger(__name__).critical("%s", error)
+    os._exit(WORKER_BOOT_ERROR)
+
+
+WORKER_BOOT_ERROR = 3
+"""The exit code that makes gunicorn's arbiter stop instead of starting the worker again."""
 
 
 def create_app(settings: Settings | None = None, redis: Redis | None = None, drain: bool = True) -> Flask:
@@ -31,6 +52,7 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None, dra
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.server.max_body_bytes
     app.config["JSON_SORT_KEYS"] = False
+    _check_layout(redis, app)
     app.extensions["pushdeploy.settings"] = settings
     app.extensions["pushdeploy.redis"] = redis
     signer = LinkSigner.for_server(settings.server.admin_token, settings.server.link_ttl_days)

@@ -12,6 +12,7 @@ import requests
 
 from webhook import console, secrets_cli
 from workers.config import ConfigError, Settings, config_path, load
+from workers.migrations import SchemaError
 from workers.secrets import new_signing_key
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -31,6 +32,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pushdeploy: the configuration has {len(exc.problems)} problem(s):", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
+        return EXIT_FAILURE
+    except SchemaError as exc:
+        print(f"pushdeploy: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
@@ -171,13 +175,14 @@ def cmd_gitlab_hook(args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
+    from workers import migrations
     from workers.connection import worker_redis
     from workers.reconciler import Reconciler
 
     settings = settings_from(args)
-    findings = Reconciler(settings, worker_redis(settings.server.redis_url)).run(
-        only_due=False, grace=0 if args.now else None
-    )
+    redis = worker_redis(settings.server.redis_url)
+    migrations.ensure(redis)
+    findings = Reconciler(settings, redis).run(only_due=False, grace=0 if args.now else None)
     for finding in findings:
         where = f"{finding.project}/{finding.environment}"
         head = finding.head[:12] or "?"

@@ -9,7 +9,7 @@ import threading
 from redis import Redis
 from rq import Queue, Worker
 
-from workers import defaults, pipeline
+from workers import defaults, migrations, pipeline
 from workers.config import Settings
 from workers.connection import worker_redis
 from workers.forge import forge_for
@@ -43,6 +43,7 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None)
     pipeline.worker_settings.cache_clear()
     pipeline.worker_settings()  # read once here, so forked work-horses inherit it
     redis = worker_redis(settings.server.redis_url)
+    migrations.ensure(redis)  # before anything is read or written: migrate, or refuse a newer layout
     courier = Courier(worker_redis(settings.server.redis_url), forge_for(settings.gitlab))
     courier.start()
     janitor = Janitor(settings, worker_redis(settings.server.redis_url))
