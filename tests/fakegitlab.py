@@ -344,6 +344,7 @@ class FakeGitLab:
         self._commits: dict[str, list[str]] = {}
         self._tags: dict[str, str] = {}
         self._repositories: list[Path] = []
+        self._found_in_repositories: set[str] = set()
         self._next_id = 1000
 
     # ------------------------------------------------------------------ lifecycle
@@ -835,8 +836,14 @@ class FakeGitLab:
         with self.lock:
             if sha in self._commits or sha in self.branch_heads.values() or sha in self._tags.values():
                 return True
+            if sha in self._found_in_repositories:
+                return True
             repositories = list(self._repositories)
-        return any(_git(repo, "cat-file", "-e", f"{sha}^{{commit}}") is not None for repo in repositories)
+        if not any(_git(repo, "cat-file", "-e", f"{sha}^{{commit}}") is not None for repo in repositories):
+            return False
+        with self.lock:
+            self._found_in_repositories.add(sha)  # a commit stays a commit: ask git once
+        return True
 
     def _branches_containing(self, sha: str) -> list[str]:
         """``repository.branch_names_contains(sha)``: registered branches first, then the repositories'."""
