@@ -76,7 +76,7 @@ class DeploymentUpdate:
     kind: str = "deployment"
     tag: bool = False  # ``ref`` is a tag
 
-    def to_dict(self) -> dict[str, str]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod

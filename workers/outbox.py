@@ -205,8 +205,8 @@ class Courier:
             self._log(
                 deployment_id,
                 f"GitLab pipeline {gone.pipeline_id}, which held this deployment's statuses, no longer "
-                f"exists (deleted?); {status.state} was posted without it, so GitLab put it in the newest "
-                f"pipeline of {status.ref}, and this deployment's later statuses follow it there",
+                f"exists (deleted?): {status.state} and the statuses after it go to the newest "
+                f"pipeline of {status.ref} instead",
             )
             posted = self.forge.post_status(status, retrying=retrying)
         if posted.pipeline_id and posted.pipeline_id != pinned:
