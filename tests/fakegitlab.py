@@ -304,6 +304,11 @@ class FakeGitLab:
 
     State is kept in plain attributes (``hooks``, ``badges``, ``deployments``, ``branch_heads``)
     so tests can arrange and inspect it directly; every mutation goes through ``lock``.
+
+    Like GitLab, it knows only the commits of its repository: those given to ``add_commit``, the
+    ``branch_heads``, and those of any git repository given to ``use_repository``. A status or a
+    deployment for another commit is refused as GitLab refuses it. Statuses live in pipelines per
+    (sha, ref) (``pipelines()``); ``start_pipeline`` stands for a schedule or a manual run.
     """
 
     def __init__(
