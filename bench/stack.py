@@ -171,6 +171,8 @@ def start_stack(workdir: Path, redis: Redis, redis_url: str, projects: dict[str,
     """
     processes = Processes(workdir / "logs")
     gitlab = TimedGitLab(gitlab_projects)
+    for table in projects.values():
+        gitlab.use_repository(table["repo_url"])  # the commits GitLab knows: it refuses others
     gitlab.start()
     try:
         port = free_port()

@@ -21,13 +21,16 @@ import math
 import re
 import socket
 import struct
+import subprocess
 import threading
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from ipaddress import ip_address
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, cast
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
@@ -60,6 +63,12 @@ EVENT_ALLOWED_FROM = {
 }
 TERMINAL_STATES = ("success", "failed", "canceled", "skipped")
 DEPLOYMENT_STATUSES = ("running", "success", "failed", "canceled")
+# The Deployment state machine's event for each status the API takes, and the states it leaves
+# from (app/models/deployment.rb): run only from created or blocked, the others from any state
+# but their own, so an update to the status a deployment already has is a 400.
+DEPLOYMENT_EVENT = {"running": "run", "success": "succeed", "failed": "drop", "canceled": "cancel"}
+DEPLOYMENT_STATES = ("created", "running", "success", "failed", "canceled", "skipped", "blocked")
+DEPLOYMENT_SORTS = ("id", "iid", "created_at", "updated_at", "ref", "finished_at")
 BRANCH_FILTER_STRATEGIES = ("wildcard", "regex", "all_branches")
 HOOK_EVENT_DEFAULTS: dict[str, bool] = {
     "push_events": True,  # GitLab's column default; every other event defaults to false
@@ -97,6 +106,7 @@ SHA_RE = re.compile(r"(?:[0-9a-fA-F]{40}|[0-9a-fA-F]{64})")
 URL_RE = re.compile(r"https?://[^\s/?#]+[^\s]*")
 
 FaultKind = Literal["fail", "stall", "reset"]
+FaultRoute = Literal["statuses", "deployments"]
 
 
 def _now() -> str:
@@ -202,6 +212,48 @@ def _branch_filter_error(strategy: str, pattern: str | None) -> str | None:
         if len(pattern) > 4000:
             return "is longer than the allowed length of 4000 characters."
     return None
+def _integer(params: Mapping[str, Any], key: str) -> int | None:
+    """An optional Integer parameter as Grape coerces it; anything else is its 400."""
+    value = params.get(key)
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not str(value).lstrip("-").isdigit():
+        raise _HttpError(400, {"error": f"{key} is invalid"})
+    return int(value)
+
+
+def _target_url_problems(url: str) -> list[str]:
+    """GenericCommitStatus's target_url validators: an http(s) URL (the URL blocker's words), <= 255."""
+    problems = []
+    split = urlsplit(url.strip())
+    if "\n" in unquote(url) or "\r" in unquote(url):
+        problems.append("is blocked: URI is invalid")
+    elif split.scheme not in ("http", "https"):
+        problems.append("is blocked: Only allowed schemes are http, https")
+    elif split.hostname and not (_is_ip(split.hostname) or split.hostname[0].isalnum()):
+        problems.append("is blocked: Hostname or IP address invalid")
+    if len(url) > 255:
+        problems.append("is too long (maximum is 255 characters)")
+    return problems
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _git(repository: Path, *args: str) -> str | None:
+    """A git command's output in a repository the fake reads, or None when git says no."""
+    done = subprocess.run(
+        ["git", "--git-dir", str(repository), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return done.stdout if done.returncode == 0 else None
 
 
 @dataclass
@@ -225,6 +277,7 @@ class _Fault:
     headers: Mapping[str, str] | None = None
     seconds: float = 0.0
     process: bool = True
+    route: FaultRoute = "statuses"
 
 
 class _HttpError(Exception):
@@ -329,6 +382,11 @@ class FakeGitLab:
 
     State is kept in plain attributes (``hooks``, ``badges``, ``deployments``, ``branch_heads``)
     so tests can arrange and inspect it directly; every mutation goes through ``lock``.
+
+    Like GitLab, it knows only the commits of its repository: those given to ``add_commit``, the
+    ``branch_heads``, and those of any git repository given to ``use_repository``. A status or a
+    deployment for another commit is refused as GitLab refuses it. Statuses live in pipelines per
+    (sha, ref) (``pipelines()``); ``start_pipeline`` stands for a schedule or a manual run.
     """
 
     def __init__(
@@ -342,8 +400,12 @@ class FakeGitLab:
     ) -> None:
         self.projects: dict[str, int] = dict(projects if projects is not None else {"tools/sample-app": 42})
         self.token = token
-        # branch name -> head sha, shared by all projects (enough for single-project tests).
+        # branch name -> head sha, shared by all projects (enough for single-project tests); each
+        # head is a known commit on its branch.
         self.branch_heads: dict[str, str] = dict(branch_heads or {})
+        # Refs the token's user may not push or merge to (a Developer on a protected branch):
+        # GitLab answers a status for them with 403, as the pipeline may not be updated.
+        self.protected_refs: set[str] = set()
         self.hooks: list[dict[str, Any]] = []
         self.badges: list[dict[str, Any]] = []
         self.deployments: list[dict[str, Any]] = []
@@ -359,7 +421,13 @@ class FakeGitLab:
         self._requests: list[dict[str, Any]] = []
         self._accepted: list[dict[str, Any]] = []
         self._records: list[dict[str, Any]] = []  # commit-status entities (the state machine)
-        self._pipelines: dict[tuple[int, str, str], int] = {}
+        self._pipelines: list[dict[str, Any]] = []  # oldest first, as GitLab's ids grow
+        # What the repository holds, like GitLab's: registered commits (sha -> branches, and tag
+        # name -> sha), plus any real git repositories the fake reads (see use_repository).
+        self._commits: dict[str, list[str]] = {}
+        self._tags: dict[str, str] = {}
+        self._repositories: list[Path] = []
+        self._found_in_repositories: set[str] = set()
         self._next_id = 1000
 
     # ------------------------------------------------------------------ lifecycle
@@ -423,12 +491,21 @@ class FakeGitLab:
         status: int = 503,
         body: str | bytes | Mapping[str, Any] | list[Any] | None = None,
         headers: Mapping[str, str] | None = None,
+        *,
+        route: FaultRoute = "statuses",
     ) -> None:
-        """Answer the next n status POSTs with a canned response (not recorded as accepted)."""
-        with self.lock:
-            self._faults.extend(_Fault("fail", status=status, body=body, headers=headers) for _ in range(n))
+        """Answer the next n status POSTs with a canned response (not recorded as accepted).
 
-    def stall_next(self, n: int, seconds: float, *, process: bool = True) -> None:
+        ``route="deployments"`` aims at the Deployments API's creates and updates instead.
+        """
+        with self.lock:
+            self._faults.extend(
+                _Fault("fail", status=status, body=body, headers=headers, route=route) for _ in range(n)
+            )
+
+    def stall_next(
+        self, n: int, seconds: float, *, process: bool = True, route: FaultRoute = "statuses"
+    ) -> None:
         """Delay the answer to the next n status POSTs by ``seconds`` (to trip client timeouts).
 
         process=True: the POST is applied (recorded) first and only the response is late -- the
@@ -436,12 +513,31 @@ class FakeGitLab:
         applied and the connection is reset after the delay.
         """
         with self.lock:
-            self._faults.extend(_Fault("stall", seconds=seconds, process=process) for _ in range(n))
+            self._faults.extend(
+                _Fault("stall", seconds=seconds, process=process, route=route) for _ in range(n)
+            )
 
-    def reset_next(self, n: int = 1) -> None:
+    def reset_next(self, n: int = 1, *, route: FaultRoute = "statuses") -> None:
         """Reset (RST) the connection on the next n status POSTs without answering or recording."""
         with self.lock:
-            self._faults.extend(_Fault("reset") for _ in range(n))
+            self._faults.extend(_Fault("reset", route=route) for _ in range(n))
+
+    def _take_fault(self, method: str, raw_path: str) -> _Fault | None:
+        """The first queued fault aimed at this request's route, taken off the queue."""
+        if method == "POST" and re.fullmatch(r"/api/v4/projects/[^/]+/statuses/[^/]+", raw_path):
+            route = "statuses"
+        elif (method == "POST" and re.fullmatch(r"/api/v4/projects/[^/]+/deployments", raw_path)) or (
+            method == "PUT" and re.fullmatch(r"/api/v4/projects/[^/]+/deployments/[^/]+", raw_path)
+        ):
+            route = "deployments"
+        else:
+            return None
+        with self.lock:
+            for fault in self._faults:
+                if fault.route == route:
+                    self._faults.remove(fault)
+                    return fault
+        return None
 
     @property
     def pending_faults(self) -> int:
@@ -466,13 +562,68 @@ class FakeGitLab:
             return [dict(r) for r in self._requests]
 
     def clear(self) -> None:
-        """Forget requests, statuses and queued faults (projects and hooks etc. stay)."""
+        """Forget requests, statuses, pipelines and queued faults (projects, commits, hooks etc. stay)."""
         with self.lock:
             self._faults.clear()
             self._requests.clear()
             self._accepted.clear()
             self._records.clear()
             self._pipelines.clear()
+
+    def pipelines(self, sha: str | None = None, ref: str | None = None) -> list[dict[str, Any]]:
+        """Pipelines oldest first: id, sha, ref, source, and ``jobs``, each name's latest status."""
+        with self.lock:
+            found = [
+                p
+                for p in self._pipelines
+                if (sha is None or p["sha"] == sha) and (ref is None or p["ref"] == ref)
+            ]
+            return [
+                {
+                    **p,
+                    "jobs": {
+                        r["name"]: r["status"]
+                        for r in self._records
+                        if r["pipeline_id"] == p["id"] and not r["retried"]
+                    },
+                }
+                for p in found
+            ]
+
+    # ------------------------------------------------------------------ repository and pipelines
+
+    def add_commit(self, sha: str, *branches: str, tags: Iterable[str] = ()) -> None:
+        """Make ``sha`` a commit, on ``branches`` (the first is what GitLab picks) and ``tags``."""
+        with self.lock:
+            known = self._commits.setdefault(sha, [])
+            known.extend(b for b in branches if b not in known)
+            self._tags.update(dict.fromkeys(tags, sha))
+
+    def use_repository(self, path: str | Path) -> None:
+        """Also know every commit, branch and tag of a real git repository (read when asked)."""
+        with self.lock:
+            self._repositories.append(Path(path))
+
+    def start_pipeline(
+        self, sha: str, ref: str, source: str = "schedule", project: str | int | None = None
+    ) -> int:
+        """A pipeline GitLab started by itself for (sha, ref): a schedule, a manual run, a push.
+
+        ``project`` (path or id) defaults to the first project the fake serves.
+        """
+        if not self._knows_commit(sha):
+            raise ValueError(f"unknown commit {sha}: add_commit or use_repository first")
+        if project is None:
+            project_id = next(iter(self.projects.values()))
+        else:
+            project_id = self._find_project(str(project))[0]
+        return int(self._new_pipeline(project_id, sha, ref, source)["id"])
+
+    def delete_pipeline(self, pipeline_id: int) -> None:
+        """Delete a pipeline and its jobs, as a maintainer may in GitLab's UI or API."""
+        with self.lock:
+            self._pipelines = [p for p in self._pipelines if p["id"] != pipeline_id]
+            self._records = [r for r in self._records if r["pipeline_id"] != pipeline_id]
 
     # ------------------------------------------------------------------ request handling
 
@@ -498,10 +649,7 @@ class FakeGitLab:
             "headers": dict(headers.items()),
             "body": raw_body.decode("utf-8", "replace"),
         }
-        fault: _Fault | None = None
-        if method == "POST" and re.fullmatch(r"/api/v4/projects/[^/]+/statuses/[^/]+", raw_path):
-            with self.lock:
-                fault = self._faults.popleft() if self._faults else None
+        fault = self._take_fault(method, raw_path)
         if fault is not None and fault.kind == "fail":
             response = self._canned(fault)
         elif fault is not None and fault.kind == "reset":
@@ -620,6 +768,8 @@ class FakeGitLab:
             if method == "GET":
                 with self.lock:
                     items = [self._present(kind, x) for x in store if x["project_id"] == project_id]
+                if kind == "deployments":
+                    items = self._filter_deployments(items, params)
                 return self._paginate(items, params, raw_path)
             if method == "POST":
                 create = {"hooks": self._create_hook, "badges": self._create_badge}.get(
@@ -760,30 +910,134 @@ class FakeGitLab:
             },
         )
 
+    # ------------------------------------------------------------------ commits and refs
+
+    def _knows_commit(self, sha: str) -> bool:
+        """GitLab's ``project.commit(sha)``: a registered commit, a branch head, or in a repository."""
+        if not SHA_RE.fullmatch(sha):
+            return False
+        with self.lock:
+            if sha in self._commits or sha in self.branch_heads.values() or sha in self._tags.values():
+                return True
+            if sha in self._found_in_repositories:
+                return True
+            repositories = list(self._repositories)
+        if not any(_git(repo, "cat-file", "-e", f"{sha}^{{commit}}") is not None for repo in repositories):
+            return False
+        with self.lock:
+            self._found_in_repositories.add(sha)  # a commit stays a commit: ask git once
+        return True
+
+    def _branches_containing(self, sha: str) -> list[str]:
+        """``repository.branch_names_contains(sha)``: registered branches first, then the repositories'."""
+        with self.lock:
+            names = list(self._commits.get(sha, []))
+            names += [b for b, head in self.branch_heads.items() if head == sha and b not in names]
+            repositories = list(self._repositories)
+        for repo in repositories:
+            listed = _git(
+                repo, "for-each-ref", f"--contains={sha}", "--format=%(refname:lstrip=2)", "refs/heads/"
+            )
+            names += [b for b in (listed or "").splitlines() if b and b not in names]
+        return names
+
+    def _resolves(self, ref: str) -> bool:
+        """``project.commit(ref)`` for a branch or tag name: does it name a commit?"""
+        with self.lock:
+            known = (
+                ref in self.branch_heads
+                or ref in self._tags
+                or any(ref in branches for branches in self._commits.values())
+            )
+            repositories = list(self._repositories)
+        return known or any(
+            _git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}") is not None
+            for repo in repositories
+        )
+
     # ------------------------------------------------------------------ commit statuses
+
+    def _new_pipeline(self, project_id: int, sha: str, ref: str, source: str) -> dict[str, Any]:
+        pipeline = {
+            "id": self._new_id(),
+            "project_id": project_id,
+            "sha": sha,
+            "ref": ref,
+            "source": source,
+            "created_at": _now(),
+        }
+        with self.lock:
+            self._pipelines.append(pipeline)
+        return pipeline
+
+    def _matching_pipeline(
+        self, project_id: int, sha: str, ref: str | None, pipeline_id: int | None
+    ) -> dict[str, Any] | None:
+        """``first_matching_pipeline``: the newest pipeline of sha (and ref, and id when given)."""
+        pipeline: dict[str, Any]
+        with self.lock:
+            for pipeline in reversed(self._pipelines):
+                if (
+                    pipeline["project_id"] == project_id
+                    and pipeline["sha"] == sha
+                    and (ref is None or pipeline["ref"] == ref)
+                    and (pipeline_id is None or pipeline["id"] == pipeline_id)
+                ):
+                    return pipeline
+        return None
 
     def _post_status(
         self, given: str, project_id: int, project_path: str, sha: str, params: dict[str, Any]
     ) -> _Response:
-        """POST /projects/:id/statuses/:sha with GitLab's validation order and state machine."""
-        if not SHA_RE.fullmatch(sha):
-            raise _message(404, "404 Commit Not Found")
+        """POST /projects/:id/statuses/:sha in the order Ci::CreateCommitStatusService checks it.
+
+        Commit, then ref, then ``pipeline_id``; the newest matching pipeline (or a new external
+        one); the ``update_pipeline`` permission; the status record's validation; the state machine.
+        """
         state = params.get("state")
         if state is None or state == "":
             raise _HttpError(400, {"error": "state is missing, state does not have a valid value"})
         if state not in STATUS_STATES:
             raise _HttpError(400, {"error": "state does not have a valid value"})
+        pipeline_id = _integer(params, "pipeline_id")
+        if not self._knows_commit(sha):
+            raise _message(404, "404 Commit Not Found")
         name = str(params.get("name") or params.get("context") or "default")
-        ref = params.get("ref") or self._ref_for(sha)
-        target_url = params.get("target_url")
-        if target_url is not None:
-            target_url = str(target_url)
-            if len(target_url) > 255:
-                raise _message(400, {"target_url": ["is too long (maximum is 255 characters)"]})
-            if not URL_RE.fullmatch(target_url):
-                raise _message(400, {"target_url": ["must be a valid URL"]})
-        description = params.get("description")
-        coverage = params.get("coverage")
+        given_ref = None if params.get("ref") is None else str(params["ref"])
+        branches = self._branches_containing(sha) if given_ref is None else []
+        with self.lock:  # GitLab holds a lock per (project, sha) here: one new pipeline, not two
+            matching = self._matching_pipeline(project_id, sha, given_ref, pipeline_id)
+            ref = given_ref if given_ref is not None else matching["ref"] if matching else None
+            ref = ref if ref is not None else next(iter(branches), None)
+            if not ref:
+                raise _message(404, "404 References for commit Not Found")
+            if pipeline_id is not None and matching is None:
+                raise _message(404, "404 Pipeline for pipeline_id, sha and ref Not Found")
+            pipeline = matching or self._new_pipeline(project_id, sha, ref, "external")
+            if ref in self.protected_refs:
+                raise _message(403, "403 Forbidden")  # no update_pipeline on a protected ref
+            target_url = params.get("target_url") or None  # Grape's attributes_for_keys drops blanks
+            problems = _target_url_problems(str(target_url)) if target_url is not None else []
+            if problems:
+                raise _message(400, {"target_url": problems})
+            entity = self._apply_status(given, project_id, project_path, pipeline, name, params)
+        return _json_response(201, entity)
+
+    def _apply_status(
+        self,
+        given: str,
+        project_id: int,
+        project_path: str,
+        pipeline: dict[str, Any],
+        name: str,
+        params: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Find the pipeline's running or pending status of this name or start one; fire the event.
+
+        A new status of a name marks the pipeline's older ones of that name retried, so the list
+        shows the latest per (name, pipeline).
+        """
+        state = str(params["state"])
         event = STATE_EVENT[state]
         now = _now()
         with self.lock:
@@ -791,10 +1045,8 @@ class FakeGitLab:
                 (
                     r
                     for r in reversed(self._records)
-                    if r["project_id"] == project_id
-                    and r["sha"] == sha
+                    if r["pipeline_id"] == pipeline["id"]
                     and r["name"] == name
-                    and r["ref"] == ref
                     and r["status"] in ACTIVE_STATES
                 ),
                 None,
@@ -808,14 +1060,11 @@ class FakeGitLab:
                 )
             created = record is None
             if record is None:
-                pipeline_key = (project_id, sha, str(ref))
-                if pipeline_key not in self._pipelines:
-                    self._pipelines[pipeline_key] = self._new_id()
                 record = {
                     "id": self._new_id(),
                     "project_id": project_id,
-                    "sha": sha,
-                    "ref": ref,
+                    "sha": pipeline["sha"],
+                    "ref": pipeline["ref"],
                     "name": name,
                     "status": "created",
                     "target_url": None,
@@ -824,26 +1073,28 @@ class FakeGitLab:
                     "created_at": now,
                     "started_at": None,
                     "finished_at": None,
-                    "pipeline_id": self._pipelines[pipeline_key],
+                    "pipeline_id": pipeline["id"],
+                    "retried": False,
                 }
                 self._records.append(record)
-            if target_url is not None:
-                record["target_url"] = target_url
-            if description is not None:
-                record["description"] = str(description)
-            if coverage is not None:
-                record["coverage"] = float(coverage)
+            for key in ("target_url", "description"):
+                if params.get(key):
+                    record[key] = str(params[key])
+            if params.get("coverage") is not None:
+                record["coverage"] = float(params["coverage"])
             record["status"] = state
             if state == "running" and record["started_at"] is None:
                 record["started_at"] = now
             if state in TERMINAL_STATES:
                 record["finished_at"] = now
-            entity = self._status_entity(record)
+            for older in self._records:
+                if older is not record and older["pipeline_id"] == pipeline["id"] and older["name"] == name:
+                    older["retried"] = True
             self._accepted.append(
                 {
                     "state": state,
-                    "sha": sha,
-                    "ref": ref,
+                    "sha": pipeline["sha"],
+                    "ref": pipeline["ref"],
                     "name": name,
                     "target_url": record["target_url"],
                     "description": record["description"],
@@ -852,19 +1103,12 @@ class FakeGitLab:
                     "project_id": project_id,
                     "project_path": project_path,
                     "status_id": record["id"],
+                    "pipeline_id": pipeline["id"],
                     "new_record": created,
                     "params": dict(params),
                 }
             )
-        return _json_response(201, entity)
-
-    def _ref_for(self, sha: str) -> str:
-        """GitLab uses the first branch containing the sha; we only know branch heads, else 'main'."""
-        with self.lock:
-            for branch, head in self.branch_heads.items():
-                if head == sha:
-                    return branch
-        return "main"
+            return self._status_entity(record)
 
     def _status_entity(self, record: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -885,20 +1129,28 @@ class FakeGitLab:
         }
 
     def _list_statuses(self, project_id: int, sha: str, params: dict[str, Any], raw_path: str) -> _Response:
-        """GET .../commits/:sha/statuses: latest per (name, ref) unless all=true."""
-        if not SHA_RE.fullmatch(sha):
+        """GET .../commits/:sha/statuses: the latest per (name, pipeline) unless all=true."""
+        if not self._knows_commit(sha):
             raise _message(404, "404 Commit Not Found")
+        pipeline_id = _integer(params, "pipeline_id")
         with self.lock:
-            rows = [r for r in self._records if r["project_id"] == project_id and r["sha"] == sha]
+            rows = [
+                r
+                for r in self._records
+                if r["project_id"] == project_id
+                and r["sha"] == sha
+                and (pipeline_id is None or r["pipeline_id"] == pipeline_id)
+            ]
+        if not _as_bool(params.get("all", False)):
+            rows = [r for r in rows if not r["retried"]]
         if params.get("ref"):
             rows = [r for r in rows if r["ref"] == params["ref"]]
         if params.get("name"):
             rows = [r for r in rows if r["name"] == params["name"]]
-        if not _as_bool(params.get("all", False)):
-            latest: dict[tuple[str, str], dict[str, Any]] = {}
-            for r in rows:
-                latest[(r["name"], r["ref"])] = r
-            rows = list(latest.values())
+        order = params.get("order_by") or "id"
+        if order not in ("id", "pipeline_id"):
+            raise _HttpError(400, {"error": "order_by does not have a valid value"})
+        rows.sort(key=lambda r: (r[order], r["id"]), reverse=params.get("sort") == "desc")
         return self._paginate([self._status_entity(r) for r in rows], params, raw_path)
 
     # ------------------------------------------------------------------ hooks
@@ -1072,6 +1324,10 @@ class FakeGitLab:
             raise _HttpError(400, {"error": "tag is invalid"})
         if params["status"] not in DEPLOYMENT_STATUSES:
             raise _HttpError(400, {"error": "status does not have a valid value"})
+        if not self._resolves(str(params["ref"])):
+            raise _message(400, {"ref": ["The branch or tag does not exist"]})
+        if not self._knows_commit(str(params["sha"])):
+            raise _message(400, {"sha": ["The commit does not exist"]})
         now = _now()
         env_name = str(params["environment"])
         with self.lock:
@@ -1096,18 +1352,45 @@ class FakeGitLab:
             return self._deployment_entity(deployment)
 
     def _update_deployment(self, deployment: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        """PUT a status: the Deployment state machine's event, or its 400 naming the event refused."""
         status = params.get("status")
         if status in (None, ""):
             raise _HttpError(400, {"error": "status is missing"})
         if status not in DEPLOYMENT_STATUSES:
             raise _HttpError(400, {"error": "status does not have a valid value"})
+        event = DEPLOYMENT_EVENT[status]
         now = _now()
         with self.lock:
+            allowed = (
+                deployment["status"] in ("created", "blocked")
+                if event == "run"
+                else deployment["status"] != status
+            )
+            if not allowed:
+                raise _message(400, {"status": [f'cannot transition via "{event}"']})
             deployment["status"] = status
             deployment["updated_at"] = now
             deployment["finished_at"] = now if status != "running" else None
             deployment["history"].append(status)
             return self._deployment_entity(deployment)
+
+    @staticmethod
+    def _filter_deployments(items: list[dict[str, Any]], params: dict[str, Any]) -> list[dict[str, Any]]:
+        """DeploymentsFinder's filters and order: environment, status, order_by and sort."""
+        order = params.get("order_by") or "id"
+        direction = params.get("sort") or "asc"
+        if order not in DEPLOYMENT_SORTS:
+            raise _HttpError(400, {"error": "order_by does not have a valid value"})
+        if direction not in ("asc", "desc"):
+            raise _HttpError(400, {"error": "sort does not have a valid value"})
+        if params.get("status") and params["status"] not in DEPLOYMENT_STATES:
+            raise _HttpError(400, {"error": "status does not have a valid value"})
+        if params.get("environment"):
+            items = [d for d in items if d["environment"]["name"] == params["environment"]]
+        if params.get("status"):
+            items = [d for d in items if d["status"] == params["status"]]
+        order = "id" if order in ("iid", "created_at") else order  # the same order, as GitLab notes
+        return sorted(items, key=lambda d: (d.get(order) or "", d["id"]), reverse=direction == "desc")
 
     def _deployment_entity(self, deployment: dict[str, Any]) -> dict[str, Any]:
         return {

@@ -22,8 +22,11 @@ from gitlab.exceptions import (
     GitlabCreateError,
     GitlabGetError,
     GitlabHttpError,
+    GitlabListError,
     GitlabUpdateError,
 )
+
+from tests.helpers import GitRepo
 
 try:
     from tests.fakegitlab import FakeGitLab
@@ -34,6 +37,7 @@ PROJECT = "tools/sample-app"
 PROJECT_ID = 42
 SHA = "0123456789abcdef0123456789abcdef01234567"
 SHA2 = "89abcdef0123456789abcdef0123456789abcdef"
+SHA3 = "fedcba9876543210fedcba9876543210fedcba98"  # known to no fixture: each test places it
 SAMPLES = Path(__file__).parent / "samples"
 SIGNING_TOKEN = "whsec_" + "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="  # base64 of 32 bytes
 
@@ -41,6 +45,8 @@ SIGNING_TOKEN = "whsec_" + "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="  # bas
 @pytest.fixture
 def fake() -> Iterator[FakeGitLab]:
     with FakeGitLab({PROJECT: PROJECT_ID}) as server:
+        server.add_commit(SHA, "main")
+        server.add_commit(SHA2, "main")
         yield server
         assert server.errors == []  # the fake itself never crashed
 
@@ -107,8 +113,8 @@ def test_status_by_numeric_id_and_name_defaults(fake: FakeGitLab, gl: gitlab.Git
 
 
 def test_ref_defaults_to_a_branch_whose_head_is_the_sha(fake: FakeGitLab, gl: gitlab.Gitlab) -> None:
-    fake.branch_heads["release"] = SHA
-    commit(gl).statuses.create({"state": "running"})
+    fake.branch_heads["release"] = SHA3
+    commit(gl, SHA3).statuses.create({"state": "running"})
     assert fake.statuses()[0]["ref"] == "release"
 
 
@@ -225,6 +231,129 @@ def test_statuses_list_shows_latest_per_name(gl: gitlab.Gitlab) -> None:
     latest = {s.name: s.status for s in statuses.list(get_all=True)}
     assert latest == {"a": "failed", "b": "pending"}
     assert len(statuses.list(get_all=True, all=True)) == 3
+
+
+def test_an_unknown_commit_is_404_commit_not_found(fake: FakeGitLab, gl: gitlab.Gitlab) -> None:
+    statuses = commit(gl, SHA3).statuses
+    with pytest.raises(GitlabCreateError) as created:
+        statuses.create({"state": "pending", "ref": "main"})
+    with pytest.raises(GitlabListError) as listed:
+        statuses.list(get_all=True)
+    for caught in (created.value, listed.value):
+        assert (caught.response_code, caught.error_message) == (404, "404 Commit Not Found")
+    assert fake.statuses() == [] and fake.pipelines() == []
+
+
+def test_without_ref_a_commit_on_no_branch_has_no_references(fake: FakeGitLab, gl: gitlab.Gitlab) -> None:
+    fake.add_commit(SHA3)
+    with pytest.raises(GitlabCreateError) as excinfo:
+        commit(gl, SHA3).statuses.create({"state": "pending"})
+    assert (excinfo.value.response_code, excinfo.value.error_message) == (
+        404,
+        "404 References for commit Not Found",
+    )
+    # A ref that is given is taken as it is: GitLab makes a pipeline for it without looking it up.
+    assert commit(gl, SHA3).statuses.create({"state": "pending", "ref": "anything"}).ref == "anything"
+
+
+def test_a_repository_the_fake_reads_supplies_commits_and_branches(tmp_path: Path, gl: gitlab.Gitlab) -> None:
+    repo = GitRepo(tmp_path / "repo")
+    sha = repo.commit({"a.txt": "a\n"})
+    fake = FakeGitLab({PROJECT: PROJECT_ID}, token=gl.private_token or "").start()
+    try:
+        fake.use_repository(repo.url)
+        with client(fake) as reader:
+            assert commit(reader, sha).statuses.create({"state": "running"}).ref == "main"
+            with pytest.raises(GitlabCreateError, match="Commit Not Found"):
+                commit(reader, SHA3).statuses.create({"state": "running", "ref": "main"})
+            made = reader.projects.get(PROJECT, lazy=True).deployments.create(
+                {"environment": "production", "sha": sha, "ref": "main", "tag": False, "status": "running"}
+            )
+        assert made.ref == "main"
+    finally:
+        fake.stop()
+
+
+def test_a_status_joins_the_newest_pipeline_of_sha_and_ref_unless_pipeline_id_says(
+    fake: FakeGitLab, gl: gitlab.Gitlab
+) -> None:
+    statuses = commit(gl).statuses
+    first = statuses.create({"state": "pending", "ref": "main", "name": "deploy"}).pipeline_id
+    assert statuses.create({"state": "pending", "ref": "other", "name": "deploy"}).pipeline_id != first
+    scheduled = fake.start_pipeline(SHA, "main")
+    # Without pipeline_id the status lands in the newest pipeline and the first one stays pending.
+    assert statuses.create({"state": "running", "ref": "main", "name": "deploy"}).pipeline_id == scheduled
+    pinned = statuses.create({"state": "success", "ref": "main", "name": "deploy", "pipeline_id": first})
+    assert pinned.pipeline_id == first
+    jobs = {p["id"]: p["jobs"] for p in fake.pipelines(sha=SHA, ref="main")}
+    assert jobs == {first: {"deploy": "success"}, scheduled: {"deploy": "running"}}
+    assert [p["source"] for p in fake.pipelines(ref="main")] == ["external", "schedule"]
+
+
+def test_a_pipeline_id_of_another_commit_or_a_deleted_pipeline_is_404(
+    fake: FakeGitLab, gl: gitlab.Gitlab
+) -> None:
+    other = fake.start_pipeline(SHA2, "main")
+    mine = commit(gl).statuses.create({"state": "pending", "ref": "main"}).pipeline_id
+    fake.delete_pipeline(mine)
+    for pipeline_id in (other, mine, 999_999):
+        with pytest.raises(GitlabCreateError) as excinfo:
+            commit(gl).statuses.create({"state": "running", "ref": "main", "pipeline_id": pipeline_id})
+        assert (excinfo.value.response_code, excinfo.value.error_message) == (
+            404,
+            "404 Pipeline for pipeline_id, sha and ref Not Found",
+        )
+    with pytest.raises(GitlabCreateError) as excinfo:
+        commit(gl).statuses.create({"state": "running", "ref": "main", "pipeline_id": "first"})
+    assert (excinfo.value.response_code, excinfo.value.error_message) == (400, "pipeline_id is invalid")
+
+
+def test_the_latest_status_is_kept_per_name_and_pipeline(fake: FakeGitLab, gl: gitlab.Gitlab) -> None:
+    statuses = commit(gl).statuses
+    first = statuses.create({"state": "success", "ref": "main", "name": "deploy"}).pipeline_id
+    second = fake.start_pipeline(SHA, "main")
+    statuses.create({"state": "failed", "ref": "main", "name": "deploy"})
+    statuses.create({"state": "running", "ref": "main", "name": "deploy"})  # retries the failed one
+    latest = sorted((s.pipeline_id, s.status) for s in statuses.list(get_all=True))
+    assert latest == [(first, "success"), (second, "running")]
+    assert [s.status for s in statuses.list(get_all=True, pipeline_id=second, all=True)] == [
+        "failed",
+        "running",
+    ]
+
+
+def test_a_protected_ref_without_update_pipeline_is_403(fake: FakeGitLab, gl: gitlab.Gitlab) -> None:
+    fake.protected_refs.add("main")
+    with pytest.raises(GitlabCreateError) as excinfo:
+        commit(gl).statuses.create({"state": "running", "ref": "main"})
+    assert (excinfo.value.response_code, excinfo.value.error_message) == (403, "403 Forbidden")
+    assert fake.statuses() == []
+    assert commit(gl).statuses.create({"state": "running", "ref": "feature"}).status == "running"
+
+
+@pytest.mark.parametrize(
+    ("target_url", "problems"),
+    [
+        ("invalid url", ["is blocked: Only allowed schemes are http, https"]),
+        ("git://example.com", ["is blocked: Only allowed schemes are http, https"]),
+        ("https://example.com/a%0Ab", ["is blocked: URI is invalid"]),
+        ("https://-bad.example/", ["is blocked: Hostname or IP address invalid"]),
+        ("https://x.example/" + "a" * 238, ["is too long (maximum is 255 characters)"]),
+        (
+            "ftp://x.example/" + "a" * 240,
+            ["is blocked: Only allowed schemes are http, https", "is too long (maximum is 255 characters)"],
+        ),
+    ],
+)
+def test_target_url_is_an_http_url_of_at_most_255_characters(
+    fake: FakeGitLab, gl: gitlab.Gitlab, target_url: str, problems: list[str]
+) -> None:
+    with pytest.raises(GitlabCreateError) as excinfo:
+        commit(gl).statuses.create({"state": "pending", "ref": "main", "target_url": target_url})
+    message: Any = excinfo.value.error_message  # a validation error's message is an object
+    assert (excinfo.value.response_code, message) == (400, {"target_url": problems})
+    ok = "https://x.example/" + "a" * 237
+    assert commit(gl).statuses.create({"state": "pending", "ref": "main", "target_url": ok}).target_url == ok
 
 
 # --------------------------------------------------------------------------- faults and retries
@@ -605,11 +734,20 @@ def test_badges(gl: gitlab.Gitlab, fake: FakeGitLab) -> None:
     assert (response.status_code, response.json()) == (400, {"error": "image_url is missing"})
 
 
+def deployment_params(**changes: Any) -> dict[str, Any]:
+    return {
+        "environment": "production",
+        "sha": SHA,
+        "ref": "main",
+        "tag": False,
+        "status": "running",
+        **changes,
+    }
+
+
 def test_deployments(gl: gitlab.Gitlab, fake: FakeGitLab) -> None:
     project = gl.projects.get(PROJECT, lazy=True)
-    deployment = project.deployments.create(
-        {"environment": "production", "sha": SHA, "ref": "main", "tag": False, "status": "running"}
-    )
+    deployment = project.deployments.create(deployment_params())
     assert (deployment.status, deployment.environment["name"], deployment.iid) == ("running", "production", 1)
     deployment.status = "success"
     deployment.save()
@@ -617,13 +755,72 @@ def test_deployments(gl: gitlab.Gitlab, fake: FakeGitLab) -> None:
     assert fake.deployments[0]["history"] == ["running", "success"]
     assert project.deployments.get(deployment.id).status == "success"
     with pytest.raises(GitlabCreateError) as excinfo:
-        project.deployments.create(
-            {"environment": "production", "sha": SHA, "ref": "main", "tag": False, "status": "created"}
-        )
+        project.deployments.create(deployment_params(status="created"))
     assert (excinfo.value.response_code, excinfo.value.error_message) == (
         400,
         "status does not have a valid value",
     )
+
+
+def test_a_deployment_names_an_existing_ref_and_commit(gl: gitlab.Gitlab, fake: FakeGitLab) -> None:
+    project = gl.projects.get(PROJECT, lazy=True)
+    for changes, problem in (
+        ({"ref": "gone"}, {"ref": ["The branch or tag does not exist"]}),
+        ({"sha": SHA3}, {"sha": ["The commit does not exist"]}),
+    ):
+        with pytest.raises(GitlabCreateError) as excinfo:
+            project.deployments.create(deployment_params(**changes))
+        message: Any = excinfo.value.error_message
+        assert (excinfo.value.response_code, message) == (400, problem)
+    fake.add_commit(SHA3, tags=["v1.2.0"])
+    tagged = project.deployments.create(deployment_params(sha=SHA3, ref="v1.2.0", tag=True))
+    assert tagged.ref == "v1.2.0" and fake.deployments[-1]["tag"] is True
+
+
+@pytest.mark.parametrize(
+    ("history", "refused"),
+    [
+        (["running", "running"], "run"),
+        (["success", "success"], "succeed"),
+        (["failed", "failed"], "drop"),
+        (["canceled", "canceled"], "cancel"),
+        (["success", "running"], "run"),
+        (["running", "failed", "success", "running"], "run"),
+    ],
+)
+def test_a_deployment_moves_only_as_gitlabs_state_machine_allows(
+    gl: gitlab.Gitlab, fake: FakeGitLab, history: list[str], refused: str
+) -> None:
+    project = gl.projects.get(PROJECT, lazy=True)
+    deployment = project.deployments.create(deployment_params(status=history[0]))
+    for status in history[1:-1]:
+        deployment.status = status
+        deployment.save()
+    deployment.status = history[-1]
+    with pytest.raises(GitlabUpdateError) as excinfo:
+        deployment.save()
+    message: Any = excinfo.value.error_message
+    assert (excinfo.value.response_code, message) == (400, {"status": [f'cannot transition via "{refused}"']})
+    assert fake.deployments[0]["history"] == history[:-1]
+
+
+def test_deployments_are_listed_by_environment_and_status_in_order(gl: gitlab.Gitlab) -> None:
+    project = gl.projects.get(PROJECT, lazy=True)
+    ids = [project.deployments.create(deployment_params(environment=env)).id for env in ("a", "b", "a")]
+    newest_first = project.deployments.list(environment="a", order_by="id", sort="desc", get_all=True)
+    assert [d.id for d in newest_first] == [ids[2], ids[0]]
+    assert project.deployments.list(environment="a", status="success", get_all=True) == []
+    assert project.deployments.list(environment="none", get_all=True) == []
+
+
+def test_a_create_that_landed_late_is_duplicated_by_a_client_retry(fake: FakeGitLab) -> None:
+    """Why creating a GitLab deployment must never be retried blind: the first try counted."""
+    fake.stall_next(1, 1.5, route="deployments")
+    fake.stall_next(1, 1.5)  # a status fault stays queued for the statuses route
+    with client(fake, timeout=0.5) as impatient:
+        impatient.projects.get(PROJECT, lazy=True).deployments.create(deployment_params())
+    assert len(fake.deployments) == 2
+    assert fake.pending_faults == 1
 
 
 # --------------------------------------------------------------------------- webhook samples

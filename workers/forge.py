@@ -5,6 +5,7 @@ Third-party errors are translated here, at the boundary, so nothing else catches
     ForgeError
     ├── TransientForgeError   5xx, 409, 429, timeouts, resets: try again later
     └── ForgeRejected         401, 403, 404, other 4xx: a configuration problem, not retried blindly
+        └── PipelineGone      404 for the pipeline a deployment's statuses were pinned to
 """
 
 from __future__ import annotations
@@ -55,17 +56,27 @@ class CommitStatus:
 
 
 @dataclass(frozen=True)
+class Posted:
+    """What became of a status: ``outcome`` (posted, already, recorded) and the GitLab pipeline it
+    is in, when known, so that the deployment's later statuses go to that same pipeline."""
+
+    outcome: str
+    pipeline_id: int | None = None
+
+
+@dataclass(frozen=True)
 class DeploymentUpdate:
     """A GitLab deployment (Operate › Environments) created ``running`` and updated to its end."""
 
     project: str
     sha: str
-    ref: str
+    ref: str  # the branch or tag name, as GitLab wants it
     environment: str
     status: str  # running | success | failed | canceled
     kind: str = "deployment"
+    tag: bool = False  # ``ref`` is a tag
 
-    def to_dict(self) -> dict[str, str]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
@@ -89,17 +100,38 @@ class ForgeRejected(ForgeError):
         super().__init__(message)
 
 
+class PipelineGone(ForgeRejected):
+    """GitLab has no pipeline ``pipeline_id`` for this sha and ref any more (deleted)."""
+
+    def __init__(self, pipeline_id: int) -> None:
+        self.pipeline_id = pipeline_id
+        super().__init__(f"GitLab has no pipeline {pipeline_id} for this commit and ref any more", 404)
+
+
 class Forge(Protocol):
-    """Where commit statuses go. ``post_status`` returns "posted" or "already" (state already set)."""
+    """Where commit statuses go."""
 
     name: str
 
-    def post_status(self, status: CommitStatus, retrying: bool = False) -> str:
-        """Post one status; ``retrying`` after an ambiguous failure (the last try may have landed)."""
+    def post_status(
+        self, status: CommitStatus, retrying: bool = False, pipeline_id: int | None = None
+    ) -> Posted:
+        """Post one status, into ``pipeline_id`` when given (else GitLab picks the newest pipeline).
+
+        ``retrying`` after an ambiguous failure: the last try may have landed.
+        """
         ...
 
     def post_deployment(self, update: DeploymentUpdate, forge_id: str) -> str:
-        """Create (no ``forge_id``) or update a forge deployment; returns its id."""
+        """Create (no ``forge_id``, never retried blind) or update a forge deployment; returns its id."""
+        ...
+
+    def last_deployment_id(self, update: DeploymentUpdate) -> int:
+        """The newest forge deployment id of the environment now (0: none): taken before a create."""
+        ...
+
+    def find_deployment(self, update: DeploymentUpdate, after: int) -> str:
+        """Our deployment (sha and ref) made after ``after``, when a create may have landed; or ""."""
         ...
 
     def branch_head(self, project: str, branch: str) -> str | None:
@@ -112,11 +144,19 @@ class NullForge:
 
     name = "none"
 
-    def post_status(self, status: CommitStatus, retrying: bool = False) -> str:
-        return "recorded"
+    def post_status(
+        self, status: CommitStatus, retrying: bool = False, pipeline_id: int | None = None
+    ) -> Posted:
+        return Posted("recorded")
 
     def post_deployment(self, update: DeploymentUpdate, forge_id: str) -> str:
         return forge_id
+
+    def last_deployment_id(self, update: DeploymentUpdate) -> int:
+        return 0
+
+    def find_deployment(self, update: DeploymentUpdate, after: int) -> str:
+        return ""
 
     def branch_head(self, project: str, branch: str) -> str | None:
         return None
@@ -141,23 +181,69 @@ class GitLabForge:
         project = self.client.projects.get(update.project, lazy=True)
         with _translated():
             if forge_id:
-                deployment = project.deployments.get(int(forge_id), lazy=True)
-                deployment.status = update.status
-                deployment.save(max_retries=self.max_retries, obey_rate_limit=True)
-                return forge_id
+                return self._update_deployment(project, update, forge_id)
             created = project.deployments.create(
                 {
                     "environment": update.environment,
                     "sha": update.sha,
                     "ref": update.ref,
-                    "tag": False,
+                    "tag": update.tag,
                     "status": update.status,
                 },
+                # Creating is not idempotent: a try that timed out may have made one, and a blind
+                # retry would make a second. The outbox looks for it before it tries again.
+                retry_transient_errors=False,
                 max_retries=self.max_retries,
                 obey_rate_limit=True,
             )
             return str(created.id)
-        raise AssertionError("unreachable")
+
+    def _update_deployment(self, project: Any, update: DeploymentUpdate, forge_id: str) -> str:
+        """Set the status; GitLab's 400 for the status it already has (a try that landed) is done."""
+        deployment = project.deployments.get(int(forge_id), lazy=True)
+        deployment.status = update.status
+        try:
+            deployment.save(max_retries=self.max_retries, obey_rate_limit=True)
+        except gitlab.exceptions.GitlabUpdateError as exc:
+            if exc.response_code != 400 or "cannot transition" not in str(exc.error_message):
+                raise
+            now = project.deployments.get(int(forge_id), max_retries=self.max_retries, obey_rate_limit=True)
+            if getattr(now, "status", "") != update.status:
+                raise
+        return forge_id
+
+    def last_deployment_id(self, update: DeploymentUpdate) -> int:
+        project = self.client.projects.get(update.project, lazy=True)
+        with _translated():
+            newest = project.deployments.list(
+                environment=update.environment,
+                order_by="id",
+                sort="desc",
+                per_page=1,
+                page=1,
+                max_retries=self.max_retries,
+                obey_rate_limit=True,
+            )
+        return max((int(item.id) for item in newest), default=0)
+
+    def find_deployment(self, update: DeploymentUpdate, after: int) -> str:
+        project = self.client.projects.get(update.project, lazy=True)
+        found = ""
+        with _translated():
+            for item in project.deployments.list(
+                environment=update.environment,
+                order_by="id",
+                sort="desc",
+                per_page=20,
+                iterator=True,
+                max_retries=self.max_retries,
+                obey_rate_limit=True,
+            ):
+                if int(item.id) <= after:
+                    break
+                if (item.sha, item.ref) == (update.sha, update.ref):
+                    found = str(item.id)  # newest first: the last match is the first made after ``after``
+        return found
 
     def branch_head(self, project: str, branch: str) -> str | None:
         remote = self.client.projects.get(project, lazy=True)
@@ -172,20 +258,27 @@ class GitLabForge:
         sha = (found.commit or {}).get("id")
         return str(sha) if sha else None
 
-    def post_status(self, status: CommitStatus, retrying: bool = False) -> str:
+    def post_status(
+        self, status: CommitStatus, retrying: bool = False, pipeline_id: int | None = None
+    ) -> Posted:
         project = self.client.projects.get(status.project, lazy=True)
         commit = project.commits.get(status.sha, lazy=True)
-        if retrying and status.state in FINAL and self._already_there(commit, status):
-            return "already"
+        if retrying and status.state in FINAL:
+            there = self._already_there(commit, status, pipeline_id, same_state=True)
+            if there is not None:
+                return Posted("already", there or pipeline_id)
+        fields: dict[str, Any] = {
+            "state": str(status.state),
+            "ref": status.ref,
+            "name": status.name,
+            "target_url": status.target_url,
+            "description": status.description[:255],
+        }
+        if pipeline_id:
+            fields["pipeline_id"] = pipeline_id
         try:
-            commit.statuses.create(
-                {
-                    "state": str(status.state),
-                    "ref": status.ref,
-                    "name": status.name,
-                    "target_url": status.target_url,
-                    "description": status.description[:255],
-                },
+            created = commit.statuses.create(
+                fields,
                 # A final state is never retried blind inside the call: a timeout may hide a post
                 # that landed; the outbox retries it, looking first (see FINAL).
                 retry_transient_errors=status.state not in FINAL,
@@ -194,27 +287,43 @@ class GitLabForge:
             )
         except gitlab.exceptions.GitlabError as exc:
             if exc.response_code == 400 and "Cannot transition status" in str(exc.error_message):
-                return "already"
+                # Already there (a try that landed late): find its pipeline when none is pinned yet.
+                there = pipeline_id or self._already_there(commit, status, pipeline_id, same_state=False)
+                return Posted("already", there or None)
+            if (
+                exc.response_code == 404
+                and pipeline_id
+                and "Pipeline for pipeline_id" in str(exc.error_message)
+            ):
+                raise PipelineGone(pipeline_id) from None
             raise translate(exc) from None
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise translate(exc) from None
-        return "posted"
+        landed = getattr(created, "pipeline_id", None)
+        return Posted("posted", int(landed) if landed else pipeline_id)
 
-    def _already_there(self, commit: Any, status: CommitStatus) -> bool:
-        """Whether GitLab already shows this state for this deployment (a try that landed late)."""
+    def _already_there(
+        self, commit: Any, status: CommitStatus, pipeline_id: int | None, same_state: bool
+    ) -> int | None:
+        """The pipeline (0 when GitLab does not say) holding this deployment's latest status of this
+        name, when there is one (in ``status``'s state if ``same_state``): a try that landed late."""
+        filters: dict[str, Any] = {"ref": status.ref, "name": status.name}
+        if pipeline_id:
+            filters["pipeline_id"] = pipeline_id
         with _translated():
             current = commit.statuses.list(
-                ref=status.ref,
-                name=status.name,
-                get_all=True,
-                max_retries=self.max_retries,
-                obey_rate_limit=True,
+                get_all=True, max_retries=self.max_retries, obey_rate_limit=True, **filters
             )
-        return any(
-            getattr(item, "status", "") == status.state.value
-            and _link_path(str(getattr(item, "target_url", "") or "")) == _link_path(status.target_url)
+        ours = [
+            item
             for item in current
-        )
+            if _link_path(str(getattr(item, "target_url", "") or "")) == _link_path(status.target_url)
+            and (not same_state or getattr(item, "status", "") == status.state.value)
+        ]
+        if not ours:
+            return None
+        newest = max(ours, key=lambda item: int(getattr(item, "id", 0)))
+        return int(getattr(newest, "pipeline_id", 0) or 0)
 
 
 FINAL = frozenset({StatusState.SUCCESS, StatusState.FAILED, StatusState.CANCELED})

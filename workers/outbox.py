@@ -4,6 +4,12 @@ A deployment appends the statuses it wants (``pending``, ``running``, then a ter
 own list and marks itself due in a sorted set. A courier thread in each worker process delivers
 each deployment's list in order, retrying with backoff, so a deployment's outcome never waits on
 GitLab and a GitLab outage never loses a final status.
+
+What GitLab told us about a deployment is kept on its record, beside the outbox's progress: the
+pipeline its first accepted status landed in (every later status is pinned to it, so a pipeline
+started meanwhile for the same sha and ref never captures them and the first one is never left
+``running``), and the GitLab deployment it created (found again, not made twice, when a create
+timed out after it had landed).
 """
 
 from __future__ import annotations
@@ -20,8 +26,16 @@ from redis.client import Pipeline
 from redis.exceptions import RedisError, WatchError
 
 from workers import defaults, telemetry
+from workers.deploylog import DeploymentLog, Masker
 from workers.deployments import OUTBOX_DUE_KEY, PREFIX, key
-from workers.forge import CommitStatus, DeploymentUpdate, Forge, ForgeRejected, TransientForgeError
+from workers.forge import (
+    CommitStatus,
+    DeploymentUpdate,
+    Forge,
+    ForgeRejected,
+    PipelineGone,
+    TransientForgeError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +46,22 @@ SENT_FIELD = "statuses_sent"
 ATTEMPT_FIELD = "status_attempts"
 PROBLEM_FIELD = "status_problem"
 FORGE_DEPLOYMENT_FIELD = "gitlab_deployment_id"
+FORGE_DEPLOYMENT_MARK_FIELD = "gitlab_deployment_after"
+"""The environment's newest GitLab deployment id before ours was first created: ours is newer."""
+PIPELINE_FIELD = "gitlab_pipeline_id"
+FORBIDDEN_FIELD = "statuses_forbidden"
+"""Set when GitLab answered a status with 403: said once in the log, the rest are not posted."""
+
+
+def forbidden_advice(ref: str) -> str:
+    """What a 403 from the statuses API means and what to do about it, for the deployment log."""
+    return (
+        f"GitLab refused this deployment's commit status with 403 Forbidden, so its statuses are not "
+        f"shown on GitLab (the deployment itself goes on). The token's user may create statuses only "
+        f"as a Developer or above, and on a protected branch or tag ({ref}) only when it may push or "
+        f"merge there (GitLab's update_pipeline right). Give the token's user the Maintainer role, or "
+        f"allow its role to push or merge to {ref}, or unprotect {ref}."
+    )
 
 
 def statuses_key(deployment_id: str) -> str:
@@ -131,18 +161,11 @@ class Courier:
                     return
                 continue
             data = json.loads(raw)
-            status: CommitStatus | DeploymentUpdate
             try:
                 if data.get("kind") == "deployment":
-                    status = DeploymentUpdate.from_dict(data)
-                    forge_id = self.redis.hget(record, FORGE_DEPLOYMENT_FIELD) or b""
-                    created = self.forge.post_deployment(status, forge_id.decode())
-                    self.redis.hset(record, FORGE_DEPLOYMENT_FIELD, created)
-                    outcome = "posted"
+                    outcome = self._deliver_deployment(record, DeploymentUpdate.from_dict(data))
                 else:
-                    status = CommitStatus.from_dict(data)
-                    retrying = int(self.redis.hget(record, ATTEMPT_FIELD) or 0) > 0
-                    outcome = self.forge.post_status(status, retrying=retrying)
+                    outcome = self._deliver_status(deployment_id, record, CommitStatus.from_dict(data))
             except TransientForgeError as exc:
                 telemetry.count(self.redis, "status_posts", "retry")
                 attempts = int(self.redis.hincrby(record, ATTEMPT_FIELD, 1))
@@ -162,10 +185,60 @@ class Courier:
                 log.warning(
                     "%s for %s refused: %s", data.get("state") or data.get("status"), deployment_id, exc
                 )
+                if exc.status_code == 403 and "kind" not in data:
+                    self._forbidden(deployment_id, str(data.get("ref", "")))
                 outcome = "refused"
             telemetry.count(self.redis, "status_posts", outcome)
             self.redis.hset(record, mapping={SENT_FIELD: str(sent + 1), ATTEMPT_FIELD: "0"})
             log.debug("outbox entry %d for %s: %s", sent, deployment_id, outcome)
+
+    def _deliver_status(self, deployment_id: str, record: str, status: CommitStatus) -> str:
+        """Post a commit status into the deployment's pipeline; the first one accepted pins it."""
+        if self.redis.hexists(record, FORBIDDEN_FIELD):
+            return "skipped"  # GitLab refused this deployment's statuses (403): said once, not repeated
+        retrying = int(self.redis.hget(record, ATTEMPT_FIELD) or 0) > 0
+        pinned = int(self.redis.hget(record, PIPELINE_FIELD) or 0) or None
+        try:
+            posted = self.forge.post_status(status, retrying=retrying, pipeline_id=pinned)
+        except PipelineGone as gone:
+            self.redis.hdel(record, PIPELINE_FIELD)
+            self._log(
+                deployment_id,
+                f"GitLab pipeline {gone.pipeline_id}, which held this deployment's statuses, no longer "
+                f"exists (deleted?): {status.state} and the statuses after it go to the newest "
+                f"pipeline of {status.ref} instead",
+            )
+            posted = self.forge.post_status(status, retrying=retrying)
+        if posted.pipeline_id and posted.pipeline_id != pinned:
+            self.redis.hset(record, PIPELINE_FIELD, str(posted.pipeline_id))
+        return posted.outcome
+
+    def _deliver_deployment(self, record: str, update: DeploymentUpdate) -> str:
+        """Create the GitLab deployment once (found again if a create landed unseen), then update it."""
+        forge_id = (self.redis.hget(record, FORGE_DEPLOYMENT_FIELD) or b"").decode()
+        if not forge_id:
+            mark = self.redis.hget(record, FORGE_DEPLOYMENT_MARK_FIELD)
+            if mark is None:
+                # Before the first create: what is there already is not ours.
+                self.redis.hset(
+                    record, FORGE_DEPLOYMENT_MARK_FIELD, str(self.forge.last_deployment_id(update))
+                )
+            else:
+                # A create was tried before, and may have landed although its answer never came.
+                forge_id = self.forge.find_deployment(update, int(mark))
+                if forge_id:
+                    self.redis.hset(record, FORGE_DEPLOYMENT_FIELD, forge_id)
+        created = self.forge.post_deployment(update, forge_id)
+        self.redis.hset(record, FORGE_DEPLOYMENT_FIELD, created)
+        return "posted"
+
+    def _forbidden(self, deployment_id: str, ref: str) -> None:
+        """Say once, in the deployment's log, why GitLab refuses its statuses and what to do."""
+        if self.redis.hsetnx(key(deployment_id), FORBIDDEN_FIELD, "1"):
+            self._log(deployment_id, forbidden_advice(ref))
+
+    def _log(self, deployment_id: str, text: str) -> None:
+        DeploymentLog(self.redis, deployment_id, Masker(())).info(text)
 
     def _close(self, deployment_id: str, sent: int) -> bool:
         """Drop the deployment from the due set unless a status was appended meanwhile."""

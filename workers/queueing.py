@@ -295,7 +295,12 @@ def report(
         ):
             # GitLab deployments start at running; a push canceled before it ran never had one.
             update = DeploymentUpdate(
-                project.gitlab_project, deployment.sha, deployment.branch, environment.name, str(state)
+                project.gitlab_project,
+                deployment.sha,
+                deployment.branch,
+                environment.name,
+                str(state),
+                tag=deployment.ref.startswith("refs/tags/"),
             )
             enqueue_status(pipe, deployment.id, update)
         pipe.execute()

@@ -139,6 +139,7 @@ def make_stack(
     }
     path = write_config(root / "pushdeploy.toml", config)
     base_url = f"http://127.0.0.1:{port}"
+    gitlab.use_repository(repo.url)  # GitLab knows the commits we push; it answers 404 for others
     return Stack(path, base_url, root / "data", gitlab, repo, logs, extra_env=dict(extra_env or {}))
 
 

@@ -10,9 +10,12 @@ from tests.fakegitlab import FakeGitLab
 from workers.config import GitLabSettings
 from workers.forge import (
     CommitStatus,
+    DeploymentUpdate,
     ForgeRejected,
     GitLabForge,
     NullForge,
+    PipelineGone,
+    Posted,
     StatusState,
     TransientForgeError,
 )
@@ -25,6 +28,7 @@ TOKEN = "forge-token-canary-0c4d"
 @pytest.fixture
 def gitlab() -> Iterator[FakeGitLab]:
     with FakeGitLab({"tools/sample-app": 42}, token=TOKEN) as fake:
+        fake.add_commit(SHA, "main", tags=["v1.2.0"])
         yield fake
 
 
@@ -39,7 +43,7 @@ def status(state: StatusState, project: str = "tools/sample-app") -> CommitStatu
 
 
 def test_posts_a_status_with_name_ref_and_link(gitlab: FakeGitLab) -> None:
-    assert forge(gitlab).post_status(status(StatusState.RUNNING)) == "posted"
+    assert forge(gitlab).post_status(status(StatusState.RUNNING)).outcome == "posted"
     [posted] = gitlab.statuses(sha=SHA)
     assert (posted["state"], posted["name"], posted["ref"]) == ("running", "deploy/production", "main")
     assert posted["target_url"] == "http://pushdeploy.test/deployments/1"
@@ -48,7 +52,7 @@ def test_posts_a_status_with_name_ref_and_link(gitlab: FakeGitLab) -> None:
 def test_a_state_already_posted_counts_as_delivered(gitlab: FakeGitLab) -> None:
     client = forge(gitlab)
     client.post_status(status(StatusState.RUNNING))
-    assert client.post_status(status(StatusState.RUNNING)) == "already"
+    assert client.post_status(status(StatusState.RUNNING)).outcome == "already"
     assert len(gitlab.statuses(sha=SHA)) == 1
 
 
@@ -81,9 +85,77 @@ def test_outages_are_transient(gitlab: FakeGitLab, fault: str) -> None:
 
 def test_transient_errors_are_retried_inside_the_call(gitlab: FakeGitLab) -> None:
     gitlab.fail_next(1, 502)
-    assert forge(gitlab).post_status(status(StatusState.PENDING)) == "posted"
+    assert forge(gitlab).post_status(status(StatusState.PENDING)).outcome == "posted"
     assert [s["state"] for s in gitlab.statuses(sha=SHA)] == ["pending"]
 
 
 def test_without_gitlab_statuses_are_only_recorded() -> None:
-    assert NullForge().post_status(status(StatusState.SUCCESS)) == "recorded"
+    assert NullForge().post_status(status(StatusState.SUCCESS)) == Posted("recorded")
+
+
+def test_a_status_says_its_pipeline_and_a_pinned_one_stays_there(gitlab: FakeGitLab) -> None:
+    client = forge(gitlab)
+    first = client.post_status(status(StatusState.PENDING)).pipeline_id
+    scheduled = gitlab.start_pipeline(SHA, "main")
+    assert client.post_status(status(StatusState.RUNNING), pipeline_id=first) == Posted("posted", first)
+    assert {p["id"]: p["jobs"] for p in gitlab.pipelines()} == {
+        first: {"deploy/production": "running"},
+        scheduled: {},
+    }
+
+
+def test_a_state_that_landed_unseen_still_says_its_pipeline(gitlab: FakeGitLab) -> None:
+    client = forge(gitlab)
+    first = client.post_status(status(StatusState.RUNNING)).pipeline_id
+    assert client.post_status(status(StatusState.RUNNING)) == Posted("already", first)
+    client.post_status(status(StatusState.SUCCESS), pipeline_id=first)
+    assert client.post_status(status(StatusState.SUCCESS), retrying=True) == Posted("already", first)
+
+
+def test_a_deleted_pinned_pipeline_is_said_apart_from_other_404s(gitlab: FakeGitLab) -> None:
+    client = forge(gitlab)
+    first = client.post_status(status(StatusState.PENDING)).pipeline_id
+    assert first is not None
+    gitlab.delete_pipeline(first)
+    with pytest.raises(PipelineGone) as caught:
+        client.post_status(status(StatusState.RUNNING), pipeline_id=first)
+    assert (caught.value.pipeline_id, caught.value.status_code) == (first, 404)
+
+
+def test_a_403_on_a_protected_branch_is_a_refusal(gitlab: FakeGitLab) -> None:
+    gitlab.protected_refs.add("main")
+    with pytest.raises(ForgeRejected) as caught:
+        forge(gitlab).post_status(status(StatusState.RUNNING))
+    assert caught.value.status_code == 403 and "Maintainer" in str(caught.value)
+
+
+def update(state: str, ref: str = "main", tag: bool = False) -> DeploymentUpdate:
+    return DeploymentUpdate("tools/sample-app", SHA, ref, "production", state, tag=tag)
+
+
+def test_a_deployment_create_that_timed_out_is_not_made_twice_and_is_found(gitlab: FakeGitLab) -> None:
+    client = forge(gitlab, timeout=0.5)
+    mark = client.last_deployment_id(update("running"))
+    gitlab.stall_next(1, 1.5, route="deployments")
+    with pytest.raises(TransientForgeError):
+        client.post_deployment(update("running"), "")
+    [made] = gitlab.deployments
+    assert client.find_deployment(update("running"), mark) == str(made["id"])
+    assert client.find_deployment(update("running"), made["id"]) == ""
+    assert client.find_deployment(update("running", ref="other"), mark) == ""
+
+
+def test_a_final_update_that_landed_late_counts_as_done(gitlab: FakeGitLab) -> None:
+    client = forge(gitlab, timeout=0.5)
+    made = client.post_deployment(update("running"), "")
+    gitlab.stall_next(1, 1.5, route="deployments")
+    assert client.post_deployment(update("success"), made) == made  # its retry got GitLab's 400
+    assert gitlab.deployments[0]["history"] == ["running", "success"]
+    with pytest.raises(ForgeRejected) as caught:
+        client.post_deployment(update("running"), made)  # a real refusal stays one
+    assert caught.value.status_code == 400
+
+
+def test_a_tag_is_deployed_as_a_tag(gitlab: FakeGitLab) -> None:
+    forge(gitlab).post_deployment(update("running", ref="v1.2.0", tag=True), "")
+    assert [(d["ref"], d["tag"]) for d in gitlab.deployments] == [("v1.2.0", True)]
