@@ -17,20 +17,23 @@ from pathlib import Path
 
 import pytest
 from redis import Redis
-from rq import Queue
+from rq import Queue, SimpleWorker
 from rq.registry import StartedJobRegistry
 
+from tests.fakegitlab import FakeGitLab
 from tests.fixtures import schema_v1
 from tests.fixtures.schema_v1 import redisjson, repo
 from webhook.app import create_app
-from workers import defaults, deploylog, migrations, schema
+from workers import defaults, deploylog, migrations, pipeline, schema
 from workers.config import load
 from workers.deployments import DeploymentStore, Runtime, State
+from workers.forge import forge_for
 from workers.lanes import Lane
-from workers.outbox import DUE_KEY, recorded, statuses_key
+from workers.outbox import DUE_KEY, Courier, recorded, statuses_key
 from workers.queueing import Intake, Push, seen_deployment
 
 FIXTURE = schema_v1.expected()
+FINAL_STATES = {State.SUCCEEDED: "success", State.FAILED: "failed", State.CANCELED: "canceled"}
 
 
 @pytest.fixture
@@ -237,3 +240,45 @@ def _name(entry: dict[str, object]) -> bytes:
 
 def _text(raw: bytes | None) -> str:
     return raw.decode() if raw else ""
+
+
+def test_after_the_upgrade_work_in_flight_finishes_and_every_status_arrives(
+    loaded: Redis, tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What an upgraded worker does with the old release's day: the running deployment whose
+    worker died ends "worker lost" and hands its lane to the one waiting; queued jobs run; the
+    undelivered statuses reach GitLab; every deployment ends once."""
+    shas = repo.make(tmp_path / "repos")
+    with FakeGitLab({"acme/web": 1, "acme/api": 2}, token="fixture-gitlab-token-0a7d") as gitlab:
+        for name in ("web", "api"):
+            gitlab.use_repository(tmp_path / "repos" / f"{name}.git")
+        path = schema_v1.write_config(tmp_path, redis_url, tmp_path / "data", tmp_path / "repos", gitlab.url)
+        monkeypatch.setenv("PUSHDEPLOY_CONFIG", str(path))
+        pipeline.worker_settings.cache_clear()
+        queue = Queue(defaults.DEPLOY_QUEUE, connection=loaded)
+
+        StartedJobRegistry(queue=queue).cleanup()  # as a worker's maintenance: S2's worker is long dead
+        SimpleWorker([queue], connection=loaded).work(burst=True)
+        courier = Courier(loaded, forge_for(load(path, environ={}).gitlab), delays=(0.0,))
+        for _ in range(50):
+            if not courier.deliver_due():
+                break
+
+        store = DeploymentStore(loaded)
+        ended = {label: store.get(d.id) for label, d in FIXTURE.deployments.items()}
+        assert (ended["S2"].state, ended["S2"].reason) == (State.FAILED, "worker lost (AbandonedJobError)")
+        for label in ("S4", "A5", "W6"):
+            assert ended[label].state is State.SUCCEEDED, (label, ended[label].reason)
+        assert all(d.state.terminal for d in ended.values())
+        assert loaded.zcard(DUE_KEY) == 0  # every outbox delivered, the old ones included
+        owed = {d.label for d in FIXTURE.deployments.values() if d.outbox_due}  # GitLab had the rest
+        assert owed == {"W1", "S2", "S3", "S4", "A5", "W6"}
+        for label in owed:
+            deployment = ended[label]
+            posted = [
+                s for s in gitlab.statuses(deployment.sha) if s["name"] == f"deploy/{deployment.environment}"
+            ]
+            assert FINAL_STATES[deployment.state] in {s["state"] for s in posted}, label
+        assert Lane(loaded, "web", "staging").holder() == ""
+        assert store.live("web", "staging")["deployment"] == ended["S4"].id
+        assert shas  # the same repositories the old release deployed from

@@ -9,15 +9,14 @@ from __future__ import annotations
 from redis import Redis
 from rq import Queue
 
-from workers import defaults, lifecycle
+from workers import defaults, lifecycle, schema
 from workers.config import Settings
-from workers.deployments import PREFIX, Deployment, DeploymentStore, State, history_key
+from workers.deployments import Deployment, DeploymentStore, State
 
 CANCEL_TTL = 24 * 3600
 
 
-def cancel_key(deployment_id: str) -> str:
-    return f"{PREFIX}:dep:{deployment_id}:cancel"
+cancel_key = schema.cancel
 
 
 def cancel_requested(redis: Redis, deployment_id: str) -> str:
@@ -75,7 +74,7 @@ def supersede_older(settings: Settings, redis: Redis, newest: Deployment) -> int
     Without this a burst of pushes costs one RQ job run per push just to learn it was superseded;
     with it, the push that claims the lane clears the rest in one pass.
     """
-    older = redis.zrangebyscore(history_key(newest.project, newest.environment), "-inf", newest.created_at)
+    older = redis.zrangebyscore(schema.history(newest.project, newest.environment), "-inf", newest.created_at)
     ids = [raw.decode() for raw in older if raw.decode() != newest.id]
     queue = Queue(defaults.DEPLOY_QUEUE, connection=redis)
     ended = 0

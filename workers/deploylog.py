@@ -15,8 +15,7 @@ from urllib.parse import quote, quote_plus
 
 from redis import Redis
 
-from workers import defaults
-from workers.deployments import log_key
+from workers import defaults, schema
 from workers.secrets import MASK, Secret
 
 MIN_MASKED_LENGTH = 4
@@ -80,7 +79,7 @@ class DeploymentLog:
         step_limit: int = defaults.STEP_OUTPUT_LIMIT,
     ) -> None:
         self.redis = redis
-        self.key = log_key(deployment_id)
+        self.key = schema.log(deployment_id)
         self.mask = masker
         self.step_limit = step_limit
         self._step_bytes = 0
@@ -156,13 +155,13 @@ def read(redis: Redis, deployment_id: str, after: str = "-", count: int = 10_000
     start = "-" if after == "-" else f"({after}"
     return [
         _line(entry_id, fields)
-        for entry_id, fields in redis.xrange(log_key(deployment_id), start, "+", count)
+        for entry_id, fields in redis.xrange(schema.log(deployment_id), start, "+", count)
     ]
 
 
 def follow(redis: Redis, deployment_id: str, after: str = "0-0", block_ms: int = 1000) -> Iterator[LogLine]:
     """Yield new lines as they are written; the caller decides when to stop."""
-    answer = redis.xread({log_key(deployment_id): after}, block=block_ms, count=1000)
+    answer = redis.xread({schema.log(deployment_id): after}, block=block_ms, count=1000)
     for _stream, entries in answer or []:
         for entry_id, fields in entries:
             yield _line(entry_id, fields)

@@ -15,7 +15,7 @@ from enum import StrEnum
 
 from redis import Redis
 
-from workers.deployments import PREFIX, history_key
+from workers import schema
 
 LOCK_TTL_MS = 60_000
 """A lane's lock outlives a dead worker by at most this long."""
@@ -86,9 +86,9 @@ class Release:
 class Lane:
     def __init__(self, redis: Redis, project: str, environment: str) -> None:
         self.redis = redis
-        self.lock_key = f"{PREFIX}:env:{project}:{environment}:lock"
-        self.waiting_key = f"{PREFIX}:env:{project}:{environment}:waiting"
-        self.history_key = history_key(project, environment)
+        self.lock_key = schema.lock(project, environment)
+        self.waiting_key = schema.waiting(project, environment)
+        self.history_key = schema.history(project, environment)
 
     def claim(self, deployment_id: str) -> Claim:
         """Run now, wait for the running one, or step aside for a newer push."""

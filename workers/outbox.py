@@ -25,9 +25,8 @@ from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import RedisError, WatchError
 
-from workers import defaults, telemetry
+from workers import defaults, schema, telemetry
 from workers.deploylog import DeploymentLog, Masker
-from workers.deployments import OUTBOX_DUE_KEY, PREFIX, key
 from workers.forge import (
     CommitStatus,
     DeploymentUpdate,
@@ -39,17 +38,16 @@ from workers.forge import (
 
 log = logging.getLogger(__name__)
 
-DUE_KEY = OUTBOX_DUE_KEY
-WAKE_KEY = f"{PREFIX}:outbox:wake"
+DUE_KEY = schema.OUTBOX_DUE
+WAKE_KEY = schema.OUTBOX_WAKE
 LOCK_TTL_MS = 120_000
-SENT_FIELD = "statuses_sent"
-ATTEMPT_FIELD = "status_attempts"
-PROBLEM_FIELD = "status_problem"
-FORGE_DEPLOYMENT_FIELD = "gitlab_deployment_id"
-FORGE_DEPLOYMENT_MARK_FIELD = "gitlab_deployment_after"
-"""The environment's newest GitLab deployment id before ours was first created: ours is newer."""
-PIPELINE_FIELD = "gitlab_pipeline_id"
-FORBIDDEN_FIELD = "statuses_forbidden"
+SENT_FIELD = schema.SENT_FIELD
+ATTEMPT_FIELD = schema.ATTEMPT_FIELD
+PROBLEM_FIELD = schema.PROBLEM_FIELD
+FORGE_DEPLOYMENT_FIELD = schema.FORGE_DEPLOYMENT_FIELD
+FORGE_DEPLOYMENT_MARK_FIELD = schema.FORGE_DEPLOYMENT_MARK_FIELD
+PIPELINE_FIELD = schema.PIPELINE_FIELD
+FORBIDDEN_FIELD = schema.FORBIDDEN_FIELD
 """Set when GitLab answered a status with 403: said once in the log, the rest are not posted."""
 
 
@@ -64,8 +62,7 @@ def forbidden_advice(ref: str) -> str:
     )
 
 
-def statuses_key(deployment_id: str) -> str:
-    return f"{PREFIX}:dep:{deployment_id}:statuses"
+statuses_key = schema.statuses
 
 
 def entry(status: CommitStatus | DeploymentUpdate) -> str:
@@ -95,7 +92,7 @@ class StatusRecord:
 def recorded(redis: Redis, deployment_id: str) -> list[StatusRecord]:
     """The statuses a deployment asked for, and which of them GitLab has."""
     raw = redis.lrange(statuses_key(deployment_id), 0, -1)
-    sent = int(redis.hget(key(deployment_id), SENT_FIELD) or 0)
+    sent = int(redis.hget(schema.record(deployment_id), SENT_FIELD) or 0)
     entries = [(json.loads(item), index < sent) for index, item in enumerate(raw)]
     return [StatusRecord(CommitStatus.from_dict(data), done) for data, done in entries if "kind" not in data]
 
@@ -138,7 +135,7 @@ class Courier:
         worked = 0
         for raw_id in due:
             deployment_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
-            lock = f"{PREFIX}:outbox:lock:{deployment_id}"
+            lock = schema.outbox_lock(deployment_id)
             token = secrets.token_hex(8)
             if not self.redis.set(lock, token, nx=True, px=LOCK_TTL_MS):
                 continue  # another courier has it
@@ -152,7 +149,7 @@ class Courier:
 
     def deliver(self, deployment_id: str) -> None:
         """Post this deployment's undelivered statuses in order; reschedule on a transient error."""
-        record = key(deployment_id)
+        record = schema.record(deployment_id)
         while True:
             sent = int(self.redis.hget(record, SENT_FIELD) or 0)
             raw = self.redis.lindex(statuses_key(deployment_id), sent)
@@ -234,7 +231,7 @@ class Courier:
 
     def _forbidden(self, deployment_id: str, ref: str) -> None:
         """Say once, in the deployment's log, why GitLab refuses its statuses and what to do."""
-        if self.redis.hsetnx(key(deployment_id), FORBIDDEN_FIELD, "1"):
+        if self.redis.hsetnx(schema.record(deployment_id), FORBIDDEN_FIELD, "1"):
             self._log(deployment_id, forbidden_advice(ref))
 
     def _log(self, deployment_id: str, text: str) -> None:

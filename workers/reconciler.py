@@ -17,8 +17,9 @@ from tempfile import TemporaryDirectory
 
 from redis import Redis
 
+from workers import schema
 from workers.config import Environment, Project, Settings
-from workers.deployments import PREFIX, Deployment, DeploymentStore, new_id
+from workers.deployments import Deployment, DeploymentStore, new_id
 from workers.forge import Forge, ForgeError, forge_for
 from workers.links import LinkSigner
 from workers.queueing import Intake
@@ -55,7 +56,7 @@ class Reconciler:
         )
         if interval <= 0:
             return False
-        marker = f"{PREFIX}:env:{project.name}:{environment.name}:reconciled"
+        marker = schema.reconciled(project.name, environment.name)
         return bool(self.redis.set(marker, "1", nx=True, ex=max(1, interval - 1)))
 
     def run(self, only_due: bool = True, grace: float | None = None) -> list[Finding]:
@@ -131,7 +132,7 @@ class Reconciler:
         return head if head and SHA_RE.match(head) else ""
 
     def _drift_key(self, project: Project, environment: Environment) -> str:
-        return f"{PREFIX}:env:{project.name}:{environment.name}:drift"
+        return schema.drift(project.name, environment.name)
 
     def _drift_since(self, project: Project, environment: Environment, head: str) -> float:
         """When this head was first seen without a deployment (kept across checks and workers)."""

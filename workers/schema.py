@@ -60,8 +60,32 @@ def deployment_keys(deployment_id: str) -> list[str]:
 
 RUNTIME_FIELDS = ("host", "step_pgid", "lane_token")
 """Record fields that are not part of the Deployment dataclass: written while it runs."""
+
+# Record fields the status outbox keeps (``status_problem`` is also a Deployment field: shown).
 SENT_FIELD = "statuses_sent"
-"""Record field: how many entries of the status outbox GitLab has."""
+"""How many entries of the status outbox GitLab has."""
+ATTEMPT_FIELD = "status_attempts"
+"""Failed tries of the entry being delivered (its backoff)."""
+PROBLEM_FIELD = "status_problem"
+"""Why the last try failed, for the deployment's page."""
+PIPELINE_FIELD = "gitlab_pipeline_id"
+"""The GitLab pipeline the deployment's first accepted status joined; later ones are sent to it."""
+FORBIDDEN_FIELD = "statuses_forbidden"
+"""Set once GitLab answered 403: the rest of the deployment's statuses are skipped."""
+FORGE_DEPLOYMENT_FIELD = "gitlab_deployment_id"
+"""The GitLab deployment created for this one (``gitlab_environments``)."""
+FORGE_DEPLOYMENT_MARK_FIELD = "gitlab_deployment_after"
+"""The environment's newest GitLab deployment id before ours was created: where to look for it."""
+
+OUTBOX_FIELDS = (
+    SENT_FIELD,
+    ATTEMPT_FIELD,
+    PIPELINE_FIELD,
+    FORBIDDEN_FIELD,
+    FORGE_DEPLOYMENT_FIELD,
+    FORGE_DEPLOYMENT_MARK_FIELD,
+)
+"""Record fields that are not part of the Deployment dataclass: written by the status courier."""
 
 
 # -- one environment --------------------------------------------------------------------------

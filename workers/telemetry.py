@@ -13,22 +13,15 @@ from dataclasses import dataclass
 from redis import Redis
 from redis.client import Pipeline
 
-from workers.deployments import PREFIX
+from workers import schema
 
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 """Seconds: from a no-op step (tens of ms) to a long build (an hour)."""
 
 PHASES = ("fetch", "export", "build", "deploy", "health_check", "rollback", "total")
 
-KEY = f"{PREFIX}:metrics"
-
-
-def histogram_key(name: str, label: str) -> str:
-    return f"{KEY}:hist:{name}:{label}"
-
-
-def counter_key(name: str) -> str:
-    return f"{KEY}:count:{name}"
+histogram_key = schema.histogram
+counter_key = schema.counter
 
 
 def observe(pipe: Pipeline | Redis, name: str, label: str, seconds: float) -> None:
