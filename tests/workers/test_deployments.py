@@ -119,7 +119,7 @@ def test_every_move_is_allowed_or_refused(
         ([State.RUNNING], State.QUEUED),
     ],
 )
-def test_forbidden_moves_named_by_the_spec(
+def test_moves_the_state_machine_forbids_are_refused(
     store: DeploymentStore, create: Callable[..., Deployment], path: list[State], wanted: State
 ) -> None:
     deployment = create()
