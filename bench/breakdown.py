@@ -28,7 +28,7 @@ from webhook.verify import verify_signature, verify_token
 from workers.config import load
 from workers.connection import web_redis
 from workers.deployments import Deployment, new_id
-from workers.queueing import Intake, Push
+from workers.intake import Intake, Push
 
 NOTE = ("in-process (werkzeug's test client, no gunicorn; pushdeploy's hook is answered by its WSGI "
         "endpoint in front of Flask, the bare app by Flask); the request figures exclude signing")

@@ -28,9 +28,9 @@ from workers import defaults, deploylog, migrations, pipeline, schema
 from workers.config import load
 from workers.deployments import DeploymentStore, Runtime, State
 from workers.forge import forge_for
+from workers.intake import Intake, Push, seen_deployment
 from workers.lanes import Lane
 from workers.outbox import DUE_KEY, Courier, recorded, statuses_key
-from workers.queueing import Intake, Push, seen_deployment
 
 FIXTURE = schema_v1.expected()
 FINAL_STATES = {State.SUCCEEDED: "success", State.FAILED: "failed", State.CANCELED: "canceled"}

@@ -21,7 +21,9 @@ from workers import deploylog
 from workers.config import NAME_RE, Environment, Project, Settings
 from workers.control import NotCancelable, cancel
 from workers.deployments import Deployment, DeploymentStore, State, UnknownDeployment
-from workers.queueing import Intake, OperationError, deployment_url, manual_deploy, rollback
+from workers.intake import Intake
+from workers.operations import NotRollbackable, OperationError, manual_deploy, rollback
+from workers.routes import deployment_url
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -65,9 +67,13 @@ def api_error(error: ApiError) -> tuple[Response, int]:
     return jsonify(error=str(error)), error.status
 
 
+OPERATION_STATUS: dict[type[OperationError], int] = {NotRollbackable: 409, NotCancelable: 409}
+"""How the API answers the engine's refusals; any other OperationError is a bad request (400)."""
+
+
 @api.errorhandler(OperationError)
 def operation_error(error: OperationError) -> tuple[Response, int]:
-    return jsonify(error=str(error)), error.status_code
+    return jsonify(error=str(error)), OPERATION_STATUS.get(type(error), 400)
 
 
 @api.errorhandler(HTTPException)

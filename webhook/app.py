@@ -19,9 +19,9 @@ from webhook.receive import HookEndpoint
 from workers import migrations
 from workers.config import Settings, config_path, load
 from workers.connection import web_redis
+from workers.intake import Intake
 from workers.journal import Journal
 from workers.links import LinkSigner
-from workers.queueing import Intake
 
 
 def _check_layout(redis: Redis, app: Flask) -> None:

@@ -9,8 +9,8 @@ from redis.exceptions import RedisError
 
 from workers import defaults
 from workers.config import Settings
+from workers.intake import Intake, Push
 from workers.journal import Journal, Record
-from workers.queueing import Intake, Push
 
 log = logging.getLogger(__name__)
 

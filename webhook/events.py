@@ -16,7 +16,7 @@ from typing import Any
 from webhook.errors import InvalidPayload, ProjectMismatch
 from webhook.verify import Headers, header
 from workers.config import Environment, Project
-from workers.queueing import Push
+from workers.intake import Push
 from workers.source import SHA_RE, ZERO_SHA_RE
 
 SKIP_MARKERS = ("[skip deploy]", "[deploy skip]")

@@ -25,9 +25,10 @@ from workers import deploylog
 from workers.config import Settings
 from workers.control import NotCancelable, cancel
 from workers.deployments import Deployment, DeploymentStore, State, UnknownDeployment
+from workers.intake import Intake
 from workers.links import PARAMETER
+from workers.operations import OperationError, manual_deploy, rollback
 from workers.outbox import recorded
-from workers.queueing import Intake, OperationError, manual_deploy, rollback
 
 pages = Blueprint("pages", __name__)
 

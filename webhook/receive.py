@@ -24,8 +24,9 @@ from webhook.errors import InvalidToken, PayloadTooLarge, QueueUnavailable, Unkn
 from webhook.verify import check_envelope, verify_signature, verify_token
 from workers.config import Settings
 from workers.deployments import new_id
+from workers.intake import Accepted, Intake
 from workers.journal import Journal, Record
-from workers.queueing import Accepted, Intake, deployment_url
+from workers.routes import deployment_url
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from workers import defaults
+from workers import defaults, routes
 from workers.connection import SENTINEL_SCHEMES, parse_sentinel
 from workers.deployments import new_id
+from workers.errors import EngineError
 from workers.links import LinkSigner
 from workers.secrets import MASK, Keyring, NoKeys, Secret, SecretError, SigningKey, resolve
 
@@ -95,7 +96,7 @@ class Problem:
         return f"{self.file}: {self.key}: {self.message}"
 
 
-class ConfigError(Exception):
+class ConfigError(EngineError):
     """The configuration cannot be used; ``problems`` lists each one."""
 
     def __init__(self, problems: list[Problem]) -> None:
@@ -235,7 +236,7 @@ class Settings:
         return tuple(found)
 
     def webhook_url(self, project: str) -> str:
-        return f"{self.server.public_url}/hooks/gitlab/{project}"
+        return routes.hook_url(self.server.public_url, project)
 
 
 TARGET_URL_LIMIT = 255
@@ -246,7 +247,7 @@ def longest_target_url(public_url: str, signed: bool, ttl_days: int) -> str:
     """The longest link to a deployment page we may post: a signed one expiring late, for the longest id."""
     deployment_id = "9" * len(new_id(0))
     if not signed:
-        return f"{public_url}/deployments/{deployment_id}"
+        return routes.deployment_url(public_url, deployment_id)
     far = 10**10 - 1 - ttl_days * 86400  # the longest expiry stamp sign() can write: ten digits
     return LinkSigner(bytes(32), ttl_days).url(public_url, deployment_id, now=far)
 

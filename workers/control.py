@@ -12,6 +12,7 @@ from rq import Queue
 from workers import defaults, lifecycle, schema
 from workers.config import Settings
 from workers.deployments import Deployment, DeploymentStore, State
+from workers.operations import OperationError
 
 CANCEL_TTL = 24 * 3600
 
@@ -25,7 +26,7 @@ def cancel_requested(redis: Redis, deployment_id: str) -> str:
     return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else (raw or "")
 
 
-class NotCancelable(Exception):
+class NotCancelable(OperationError):
     """The deployment already ended; ``state`` says how."""
 
     def __init__(self, deployment_id: str, state: State) -> None:

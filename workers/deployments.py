@@ -20,6 +20,7 @@ from redis.client import Pipeline
 from redis.exceptions import WatchError
 
 from workers import schema
+from workers.errors import RecordError
 
 
 class State(StrEnum):
@@ -44,7 +45,7 @@ TRANSITIONS: Mapping[State, frozenset[State]] = {
 }
 
 
-class InvalidTransition(Exception):
+class InvalidTransition(RecordError):
     """A deployment was asked to move to a state its current state does not lead to."""
 
     def __init__(self, deployment_id: str, current: State, wanted: State) -> None:
@@ -52,7 +53,7 @@ class InvalidTransition(Exception):
         super().__init__(f"deployment {deployment_id} cannot go from {current} to {wanted}")
 
 
-class UnknownDeployment(KeyError):
+class UnknownDeployment(RecordError, KeyError):
     """No record exists under that id (never created, or pruned from history)."""
 
 

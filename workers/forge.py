@@ -21,6 +21,7 @@ import gitlab.exceptions
 import requests
 
 from workers.config import GitLabSettings
+from workers.errors import EngineError
 
 ACCESS_HINT = (
     "the GitLab token needs the api scope and the Developer role on the project "
@@ -84,7 +85,7 @@ class DeploymentUpdate:
         return cls(**data)
 
 
-class ForgeError(Exception):
+class ForgeError(EngineError):
     """A status could not be posted; the message never holds the token."""
 
 

@@ -37,6 +37,7 @@ import gitlab.exceptions
 import requests
 from gitlab.v4.objects import Project as RemoteProject
 
+from workers import routes
 from workers.config import Project, Settings, redact_url
 from workers.forge import ForgeError, ForgeRejected, GitLabForge, translate
 from workers.secrets import MASK
@@ -243,7 +244,7 @@ class _Writer:
     def run(self) -> HookReport:
         hooks = self.remote.hooks.list(get_all=True, max_retries=RETRIES)
         matches = [h for h in hooks if getattr(h, "url", None) == self.url]
-        suffix = f"/hooks/gitlab/{self.project.name}"
+        suffix = routes.hook_url("", self.project.name)
         for old in hooks:
             url = str(getattr(old, "url", ""))
             if url != self.url and url.endswith(suffix):
@@ -407,7 +408,7 @@ def _loopback(url: str) -> bool:
 def badge_urls(settings: Settings, project: str, environment: str) -> tuple[str, str]:
     """``(link_url, image_url)`` of an environment's deploy badge."""
     base = settings.server.public_url
-    return f"{base}/projects/{project}", f"{base}/badges/{project}/{environment}.svg"
+    return routes.project_url(base, project), routes.badge_url(base, project, environment)
 
 
 def _ensure_badges(settings: Settings, project: Project, remote: RemoteProject) -> tuple[BadgeResult, ...]:

@@ -21,8 +21,9 @@ from workers.config import Settings
 from workers.deploylog import DeploymentLog, Masker
 from workers.deployments import Deployment, DeploymentStore, InvalidTransition, State, UnknownDeployment
 from workers.forge import StatusState
+from workers.intake import enqueue_job
 from workers.lanes import Lane
-from workers.queueing import enqueue_job, report
+from workers.statuses import report
 
 log = logging.getLogger(__name__)
 

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import time
 
+from workers import routes
 from workers.secrets import Secret
 
 SIGNATURE_LENGTH = 22  # 132 bits of HMAC-SHA256, base64url: short enough for GitLab's 255-char limit
@@ -52,7 +53,7 @@ class LinkSigner:
 
     def url(self, public_url: str, deployment_id: str, now: float | None = None) -> str:
         token = sign(self.key, deployment_id, self.ttl_days, now)
-        return f"{public_url}/deployments/{deployment_id}?{PARAMETER}={token}"
+        return f"{routes.deployment_url(public_url, deployment_id)}?{PARAMETER}={token}"
 
     @classmethod
     def for_server(cls, admin_token: Secret | None, ttl_days: int) -> LinkSigner | None:

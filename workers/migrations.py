@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 
 from workers import defaults, schema
 from workers.deployments import Deployment, State
+from workers.errors import EngineError
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ RETRY_INTERVAL = 2.0
 """Seconds between tries of a web process that started while Redis was down."""
 
 
-class SchemaError(Exception):
+class SchemaError(EngineError):
     """Redis holds a layout this release cannot use; the message says what to do."""
 
 

@@ -31,11 +31,12 @@ from workers.deployments import (
     StepResult,
     UnknownDeployment,
 )
+from workers.errors import RunStopped
 from workers.forge import StatusState
 from workers.lanes import Lane, Renewal, Verdict
-from workers.queueing import report
 from workers.releases import Releases
 from workers.source import Mirror, SourceError, check_sha
+from workers.statuses import report
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ CANCEL_POLL = 0.5
 """Seconds between looks at a deployment's cancel flag while a step runs."""
 
 
-class StepFailed(Exception):
+class StepFailed(RunStopped):
     """A build or deploy command did not exit 0; carries what the reason line needs."""
 
     def __init__(self, result: StepResult) -> None:
@@ -56,11 +57,11 @@ class StepFailed(Exception):
         super().__init__(f"{result.phase} step {result.index} `{result.command}` {what}")
 
 
-class HealthCheckFailed(Exception):
+class HealthCheckFailed(RunStopped):
     """The release did not answer 2xx on its health check URL in time."""
 
 
-class LaneLost(Exception):
+class LaneLost(RunStopped):
     """The lane's lock expired under this deployment: another one may run, so this one stops now."""
 
     def __init__(self, switched: bool) -> None:
@@ -100,7 +101,7 @@ class Hold:
         return self.lease.lost.is_set()
 
 
-class Canceled(Exception):
+class Canceled(RunStopped):
     """Someone asked for this deployment to stop; ``who`` is recorded in the reason."""
 
     def __init__(self, who: str) -> None:

@@ -21,8 +21,8 @@ from workers import schema
 from workers.config import Environment, Project, Settings
 from workers.deployments import Deployment, DeploymentStore, new_id
 from workers.forge import Forge, ForgeError, forge_for
+from workers.intake import Intake
 from workers.links import LinkSigner
-from workers.queueing import Intake
 from workers.source import SHA_RE, Mirror, SourceError
 
 log = logging.getLogger(__name__)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
+from workers.errors import EngineError
+
 MASK = "**********"
 SIGNING_PREFIX = "whsec_"
 SIGNING_KEY_BYTES = 32
@@ -28,7 +30,7 @@ FERNET_KEY_RE = re.compile(r"[A-Za-z0-9_-]{43}=")
 """The only spelling of a Fernet key we accept, so each key has exactly one id."""
 
 
-class SecretError(ValueError):
+class SecretError(EngineError, ValueError):
     """A secret reference could not be resolved; the message never holds the value."""
 
 

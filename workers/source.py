@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from workers.errors import EngineError
+
 SHA_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})\Z")
 """Anchored with an end-of-string anchor: ``$`` would also accept a sha followed by a newline."""
 ZERO_SHA_RE = re.compile(r"^0+$")
@@ -41,7 +43,7 @@ TOKEN_USER = "oauth2"  # noqa: S105 - a user name, not a password
 access tokens and takes it for OAuth tokens; a deploy token needs its own (``user:token``)."""
 
 
-class SourceError(Exception):
+class SourceError(EngineError):
     """Git could not produce the commit; ``detail`` is git's own message, secrets masked."""
 
     def __init__(self, message: str, detail: str = "") -> None:

@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from workers.errors import RunStopped
+
 KILL_GRACE = 5.0
 """Seconds between TERM and KILL, so a step can clean up before it is killed."""
 
@@ -30,7 +32,7 @@ PASSED_VARIABLES = ("PATH", "HOME", "LANG", "TZ")
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
-class RunAsError(Exception):
+class RunAsError(RunStopped):
     """Steps cannot run as the configured user from this worker."""
 
 

@@ -37,7 +37,7 @@ import requests
 
 from workers import defaults
 from workers.config import load
-from workers.queueing import job_timeout
+from workers.intake import job_timeout
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

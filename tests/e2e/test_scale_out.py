@@ -21,7 +21,7 @@ from webhook.launcher import redis_server_binary
 from workers.config import load
 from workers.connection import connect, web_redis
 from workers.deployments import DeploymentStore, State
-from workers.queueing import Intake, Push
+from workers.intake import Intake, Push
 
 pytestmark = pytest.mark.e2e
 

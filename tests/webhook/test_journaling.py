@@ -13,8 +13,8 @@ from webhook.drainer import Drainer
 from workers.config import Settings
 from workers.connection import web_redis
 from workers.deployments import DeploymentStore, State
+from workers.intake import Intake
 from workers.journal import Journal
-from workers.queueing import Intake
 
 
 def test_a_push_while_redis_is_down_is_journaled_and_deployed_later(

@@ -16,9 +16,9 @@ from workers import defaults, pipeline
 from workers.config import Settings
 from workers.control import NotCancelable, cancel
 from workers.deployments import DeploymentStore, State
+from workers.intake import Intake, Push
 from workers.lanes import Lane
 from workers.outbox import recorded
-from workers.queueing import Intake, Push
 
 
 def accept(redis: Redis, settings: Settings, sha: str) -> str:
@@ -66,7 +66,7 @@ def test_queued_pushes_behind_a_running_one_collapse_to_the_newest(
 
     released = Lane(redis, "sample-app", "production").release(claim.token)
     assert released.waiting == newest
-    from workers.queueing import enqueue_job
+    from workers.intake import enqueue_job
 
     enqueue_job(
         Queue(defaults.DEPLOY_QUEUE, connection=redis),

@@ -14,8 +14,9 @@ from workers import defaults, pipeline
 from workers.config import Settings
 from workers.deployments import Deployment, DeploymentStore
 from workers.forge import StatusState, forge_for
+from workers.intake import Intake, Push
 from workers.outbox import DUE_KEY, Courier
-from workers.queueing import Intake, Push, report
+from workers.statuses import report
 
 TOKEN = "gitlab-env-token-canary-3b1f"
 

@@ -14,8 +14,8 @@ from redis import Redis
 from webhook.drainer import Drainer
 from workers.config import Settings
 from workers.deployments import DeploymentStore, State, new_id
+from workers.intake import Intake
 from workers.journal import Journal, Record
-from workers.queueing import Intake
 
 SHA = "cd" * 20
 

@@ -23,9 +23,9 @@ from workers import defaults, lanes, pipeline, telemetry
 from workers.config import Settings
 from workers.control import cancel
 from workers.deployments import Deployment, DeploymentStore, State, new_id
+from workers.intake import Intake, Push
 from workers.lanes import Lane
 from workers.outbox import recorded
-from workers.queueing import Intake, Push
 from workers.recovery import horse_killed, job_failed
 
 KEEP = 3

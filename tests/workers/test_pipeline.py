@@ -15,8 +15,8 @@ from workers import defaults, pipeline
 from workers.config import Settings
 from workers.deploylog import read
 from workers.deployments import Deployment, DeploymentStore, State
+from workers.intake import Intake, Push
 from workers.outbox import recorded
-from workers.queueing import Intake, Push
 
 BUILD = (
     '#!/bin/sh\nset -e\necho "building $PUSHDEPLOY_SHA for $PUSHDEPLOY_ENVIRONMENT"\ncp app.txt built.txt\n'
@@ -293,7 +293,7 @@ def test_a_manual_deploy_of_a_branch_resolves_its_head_in_the_worker(
     redis: Redis,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from workers.queueing import manual_deploy
+    from workers.operations import manual_deploy
 
     settings = make_settings()
     sha = git_repo.commit({"build.sh": BUILD, "app.txt": "manual\n"})
@@ -319,7 +319,7 @@ def test_rollback_reuses_the_kept_release_without_building(
     deploy: Callable[[Settings, str], Deployment],
     redis: Redis,
 ) -> None:
-    from workers.queueing import rollback
+    from workers.operations import rollback
 
     settings = make_settings(deploy=["echo $PUSHDEPLOY_SHA > ../../live.txt"])
     first = deploy(settings, git_repo.commit({"build.sh": BUILD, "app.txt": "one\n"}))
@@ -371,7 +371,7 @@ def test_a_manual_deploy_of_a_tag_records_the_tag(
     make_settings: Callable[..., Settings], git_repo: GitRepo, redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from tests.helpers import git
-    from workers.queueing import manual_deploy
+    from workers.operations import manual_deploy
 
     settings = make_settings(build=[], deploy=[])
     sha = git_repo.commit({"app.txt": "tagged\n"})
@@ -420,7 +420,7 @@ def test_a_manual_deploy_of_a_tag_with_a_sha_is_recorded_as_the_tag(
     make_settings: Callable[..., Settings], git_repo: GitRepo, redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from tests.helpers import git
-    from workers.queueing import OperationError, manual_deploy
+    from workers.operations import OperationError, manual_deploy
 
     settings = make_settings(branch=None, tags="v*", build=[], deploy=[])
     sha = git_repo.commit({"app.txt": "tagged\n"})

@@ -15,7 +15,7 @@ from tests.helpers import GitRepo, git
 from workers import defaults, pipeline
 from workers.config import Settings
 from workers.deployments import DeploymentStore, State
-from workers.queueing import Intake, Push
+from workers.intake import Intake, Push
 from workers.reconciler import MISSED, POLLED, Reconciler
 
 

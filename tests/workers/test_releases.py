@@ -31,7 +31,7 @@ def served(releases: Releases) -> str:
     return (releases.current_link / "RELEASE").read_text()
 
 
-def test_releases_live_under_data_dir_projects_project_environment(tmp_path: Path, releases: Releases) -> None:
+def test_releases_live_under_their_project_and_environment(tmp_path: Path, releases: Releases) -> None:
     root = tmp_path / "data" / "projects" / "sample-app" / "production"
     assert releases.releases == root / "releases" and releases.releases.is_dir()
     assert releases.current_link == root / "current"

@@ -22,7 +22,7 @@ from tests.helpers import GitRepo
 from workers import defaults, pipeline
 from workers.config import Settings
 from workers.deployments import Deployment, DeploymentStore, State
-from workers.queueing import Intake, Push
+from workers.intake import Intake, Push
 from workers.steps import RunAsError, run, scrubbed_environment, switch_to
 
 

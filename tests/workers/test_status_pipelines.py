@@ -21,8 +21,8 @@ from workers import defaults, deploylog, pipeline
 from workers.config import Settings
 from workers.deployments import DeploymentStore, State
 from workers.forge import forge_for
+from workers.intake import Intake, Push
 from workers.outbox import DUE_KEY, Courier
-from workers.queueing import Intake, Push
 
 TOKEN = "status-pipelines-token-canary-5d0e"
 NAME = "deploy/production"
@@ -119,6 +119,6 @@ def test_a_protected_branch_refusal_is_said_once_in_the_log(
     wait_for(lambda: redis.zcard(DUE_KEY) == 0, timeout=30, what="the outbox to drain")
     record = DeploymentStore(redis).get(deployment_id)
     assert record.state is State.SUCCEEDED  # GitLab refusing statuses never fails a deployment
-    said = [line.text for line in deploylog.read(redis, deployment_id) if "403" in line.text]
+    said = [line.text for line in deploylog.read(redis, deployment_id) if "403 Forbidden" in line.text]
     assert len(said) == 1 and "Maintainer" in said[0] and "unprotect main" in said[0]
     assert [r["status"] for r in gitlab.requests if r["method"] == "POST"] == [403]

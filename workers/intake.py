@@ -1,4 +1,4 @@
-"""Accepting a push: duplicate check, deployment record, ``pending`` status and RQ job.
+"""Intake, the hot path: duplicate check, deployment record, ``pending`` status and RQ job.
 
 One Redis round trip: a transaction holding one script, which claims the delivery id and writes
 the record and its outbox entry, and the job that RQ's own ``enqueue(pipeline=…)`` adds. Claim,
@@ -25,12 +25,11 @@ from rq import Callback, Queue
 from rq.job import Job
 
 from workers import defaults, outbox, schema
-from workers.config import Environment, Project, Settings
-from workers.deployments import Deployment, State, new_id
-from workers.forge import CommitStatus, DeploymentUpdate, StatusState
+from workers.config import Environment, Project
+from workers.deployments import Deployment, new_id
+from workers.forge import StatusState
 from workers.links import LinkSigner
-from workers.outbox import enqueue_status
-from workers.source import SHA_RE
+from workers.statuses import commit_status
 
 
 @dataclass(frozen=True)
@@ -99,10 +98,6 @@ def seen_deployment(redis: Redis, project: str, delivery_key: str) -> str | None
     """The deployment a delivery id created while it is remembered, or None."""
     raw = redis.hget(schema.seen(project), delivery_key)
     return raw.decode() if isinstance(raw, bytes) else raw
-
-
-def deployment_url(public_url: str, deployment_id: str) -> str:
-    return f"{public_url}/deployments/{deployment_id}"
 
 
 def job_timeout(environment: Environment) -> int:
@@ -247,132 +242,3 @@ class Intake:
             *fields,
         )
         return enqueue_job(self.queue, deployment.id, environment, job_id, pipe)
-
-
-def commit_status(
-    public_url: str,
-    project: Project,
-    environment: Environment,
-    deployment: Deployment,
-    state: StatusState,
-    description: str,
-    signer: LinkSigner | None = None,
-) -> CommitStatus:
-    """The status GitLab shows for this deployment: ``deploy/<env>`` on the branch, linking to our page.
-
-    With an admin token configured the link is signed, so a maintainer can open it without an account.
-    """
-    url = signer.url(public_url, deployment.id) if signer else deployment_url(public_url, deployment.id)
-    return CommitStatus(
-        project=project.gitlab_project,
-        sha=deployment.sha,
-        state=state,
-        ref=deployment.branch,
-        name=environment.status_name,
-        target_url=url,
-        description=(description.splitlines() or [state.value])[0][:255],
-    )
-
-
-def report(
-    redis: Redis, settings: Settings, deployment: Deployment, state: StatusState, description: str
-) -> None:
-    """Put a status for ``deployment`` in its outbox (the courier posts it)."""
-    project = settings.projects.get(deployment.project)
-    environment = project.environments.get(deployment.environment) if project else None
-    if project is None or environment is None or not deployment.sha:
-        return  # no longer configured, or its commit never resolved: nothing GitLab could show
-    signer = LinkSigner.for_server(settings.server.admin_token, settings.server.link_ttl_days)
-    status = commit_status(
-        settings.server.public_url, project, environment, deployment, state, description, signer
-    )
-    with redis.pipeline() as pipe:
-        enqueue_status(pipe, deployment.id, status)
-        if (
-            project.gitlab_environments
-            and (state is not StatusState.PENDING)
-            and (state is StatusState.RUNNING or deployment.started_at)
-        ):
-            # GitLab deployments start at running; a push canceled before it ran never had one.
-            update = DeploymentUpdate(
-                project.gitlab_project,
-                deployment.sha,
-                deployment.branch,
-                environment.name,
-                str(state),
-                tag=deployment.ref.startswith("refs/tags/"),
-            )
-            enqueue_status(pipe, deployment.id, update)
-        pipe.execute()
-
-
-class OperationError(Exception):
-    """A manual deploy or rollback cannot be done; ``status_code`` is how the API answers it."""
-
-    def __init__(self, message: str, status_code: int = 400) -> None:
-        self.status_code = status_code
-        super().__init__(message)
-
-
-def manual_deploy(
-    intake: Intake, project: Project, environment: Environment, who: str, ref: str = "", sha: str = ""
-) -> Deployment:
-    """Queue a deployment of a sha, or of a branch or tag resolved by the worker when it starts."""
-    if sha:
-        sha = sha.lower()
-        if not SHA_RE.match(sha):
-            raise OperationError("sha must be 40 or 64 hex characters")
-    ref = ref or environment.branch
-    if not ref:
-        raise OperationError(
-            f"environment {environment.name!r} deploys tags ({environment.tags}): name the tag to deploy"
-        )
-    deployment = Deployment(
-        id=new_id(),
-        project=project.name,
-        environment=environment.name,
-        ref=full_ref(ref, environment),
-        sha=sha,
-        pusher=who[:255],
-        trigger="manual",
-    )
-    intake.enqueue(project, environment, deployment)
-    return deployment
-
-
-def full_ref(ref: str, environment: Environment) -> str:
-    """``refs/heads/…`` or ``refs/tags/…`` for a name an operator gave.
-
-    A full ref is kept as it is. A bare name is taken as a tag in an environment that deploys tags
-    and as a branch elsewhere; a worker resolving it without a sha falls back to the other kind.
-    """
-    name = ref.removeprefix("refs/heads/").removeprefix("refs/tags/")
-    if not REF_RE.match(name) or ".." in name:
-        raise OperationError("ref must be a branch or tag name")
-    if ref != name:
-        return ref
-    return f"refs/tags/{name}" if environment.tags else f"refs/heads/{name}"
-
-
-def rollback(
-    intake: Intake, project: Project, environment: Environment, target: Deployment, who: str
-) -> Deployment:
-    """Queue a deployment of an earlier successful one, reusing its release when it is still kept."""
-    if (target.project, target.environment) != (project.name, environment.name):
-        raise OperationError("that deployment belongs to another environment")
-    if target.state is not State.SUCCEEDED:
-        raise OperationError(
-            f"only a succeeded deployment can be rolled back to (this one {target.state})", 409
-        )
-    deployment = Deployment(
-        id=new_id(),
-        project=project.name,
-        environment=environment.name,
-        ref=target.ref,
-        sha=target.sha,
-        pusher=who[:255],
-        trigger=f"rollback to {target.id}",
-        reuse_release=target.release or target.id,
-    )
-    intake.enqueue(project, environment, deployment)
-    return deployment

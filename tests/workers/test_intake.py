@@ -25,9 +25,9 @@ from workers import defaults, schema
 from workers.config import Settings
 from workers.deployments import Deployment, DeploymentStore, State, UnknownDeployment, history_key, key
 from workers.forge import StatusState
+from workers.intake import Accepted, Intake, Push, seen_deployment
 from workers.outbox import DUE_KEY, recorded
 from workers.pipeline import Runner
-from workers.queueing import Accepted, Intake, Push, seen_deployment
 
 SHA = "4b" * 20
 
