@@ -12,12 +12,13 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+from flask import Blueprint, Response, jsonify, request, stream_with_context
 from redis import Redis
 from werkzeug.exceptions import HTTPException
 
+from webhook import services
 from webhook.openapi import document
-from workers import deploylog
+from workers import deploylog, routes
 from workers.config import NAME_RE, Environment, Project, Settings
 from workers.control import NotCancelable, cancel
 from workers.deployments import Deployment, DeploymentStore, State, UnknownDeployment
@@ -25,7 +26,7 @@ from workers.intake import Intake
 from workers.operations import NotRollbackable, OperationError, manual_deploy, rollback
 from workers.routes import deployment_url
 
-api = Blueprint("api", __name__, url_prefix="/api/v1")
+api = Blueprint("api", __name__, url_prefix=routes.API_PREFIX)
 
 FOLLOW_LIMIT = 600.0
 """Seconds one ``?follow=1`` response streams before the client reconnects with ``after``."""
@@ -40,13 +41,11 @@ class ApiError(Exception):
 
 
 def _settings() -> Settings:
-    settings: Settings = current_app.extensions["pushdeploy.settings"]
-    return settings
+    return services.current().settings
 
 
 def _redis() -> Redis:
-    redis: Redis = current_app.extensions["pushdeploy.redis"]
-    return redis
+    return services.current().redis
 
 
 @api.before_request
@@ -228,8 +227,7 @@ def _environment(project: str, environment: str) -> tuple[Project, Environment]:
 
 
 def _intake() -> Intake:
-    intake: Intake = current_app.extensions["pushdeploy.intake"]
-    return intake
+    return services.current().intake
 
 
 def _json_body() -> dict[str, Any]:

@@ -9,14 +9,14 @@ from flask import Flask
 from redis import Redis
 from redis.exceptions import RedisError
 
-from webhook import auth
+from webhook import auth, services
 from webhook.api import api
 from webhook.badges import badges
 from webhook.drainer import Drainer
 from webhook.metrics import metrics
 from webhook.pages import pages
 from webhook.receive import HookEndpoint
-from workers import migrations
+from workers import links, migrations
 from workers.config import Settings, config_path, load
 from workers.connection import web_redis
 from workers.intake import Intake
@@ -53,13 +53,12 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None, dra
     app.config["MAX_CONTENT_LENGTH"] = settings.server.max_body_bytes
     app.config["JSON_SORT_KEYS"] = False
     _check_layout(redis, app)
-    app.extensions["pushdeploy.settings"] = settings
-    app.extensions["pushdeploy.redis"] = redis
     signer = LinkSigner.for_server(settings.server.admin_token, settings.server.link_ttl_days)
     intake = Intake(redis, settings.server.public_url, signer=signer)
-    app.extensions["pushdeploy.intake"] = intake
     journal = Journal(settings.server.data_dir)
-    app.extensions["pushdeploy.journal"] = journal
+    admin = settings.server.admin_token
+    link_key = links.key_from(admin, "links") if admin else None
+    services.install(app, services.Services(settings, redis, intake, journal, link_key))
     if settings.server.on_redis_down == "journal" and drain:
         Drainer(settings, journal, intake).start()
     auth.init_app(app, settings)

@@ -14,9 +14,10 @@ from functools import wraps
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, abort, current_app, redirect, render_template, request, session, url_for
+from flask import Blueprint, Flask, abort, redirect, render_template, request, session, url_for
 from werkzeug.wrappers import Response
 
+from webhook import services
 from workers import links
 from workers.config import Settings
 
@@ -35,15 +36,13 @@ def init_app(app: Flask, settings: Settings) -> None:
         SESSION_COOKIE_SECURE=urlsplit(settings.server.public_url).scheme == "https",
         SESSION_COOKIE_NAME="pushdeploy_session",
     )
-    app.extensions["pushdeploy.link_key"] = links.key_from(admin, "links") if admin else None
     app.jinja_env.globals["csrf_token"] = csrf_token
     app.jinja_env.globals["is_admin"] = is_admin
     app.register_blueprint(auth)
 
 
 def _settings() -> Settings:
-    settings: Settings = current_app.extensions["pushdeploy.settings"]
-    return settings
+    return services.current().settings
 
 
 def is_admin() -> bool:
@@ -52,7 +51,7 @@ def is_admin() -> bool:
 
 def link_grants(deployment_id: str) -> bool:
     """The request carries a valid signed link for this deployment."""
-    key: bytes | None = current_app.extensions.get("pushdeploy.link_key")
+    key = services.current().link_key
     token = request.args.get(links.PARAMETER, "")
     return key is not None and bool(token) and links.verify(key, deployment_id, token)
 

@@ -29,10 +29,11 @@ from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
 from flask import Blueprint, Response, current_app, jsonify, request
-from redis import Redis
 from redis.exceptions import RedisError
 
-from workers.config import NAME_RE, Settings
+from webhook import services
+from workers import routes
+from workers.config import NAME_RE
 from workers.deployments import Deployment, DeploymentStore, State
 
 badges = Blueprint("badges", __name__)
@@ -146,13 +147,12 @@ def endpoint_json(badge: Badge) -> dict[str, object]:
 
 def current_badge(project: str, environment: str) -> tuple[Badge, int]:
     """The badge and HTTP status for a request: unknown names get the ``unknown`` badge, Redis down a 503."""
-    settings: Settings = current_app.extensions["pushdeploy.settings"]
+    settings = services.current().settings
     configured = settings.projects.get(project)
     if configured is None or environment not in configured.environments:
         # Same badge as a known environment that never deployed; only a plain name is echoed back.
         return unknown(environment if NAME_RE.match(environment) else "deploy"), 200
-    redis: Redis = current_app.extensions["pushdeploy.redis"]
-    store = DeploymentStore(redis)
+    store = DeploymentStore(services.current().redis)
     try:
         newest = store.history(project, environment, limit=1)
         live = store.live(project, environment) if newest and newest[0].state is State.CANCELED else {}
@@ -172,7 +172,7 @@ def _fresh(response: Response) -> Response:
     return response
 
 
-@badges.get("/badges/<project>/<environment>.svg")
+@badges.get(routes.BADGE_SVG)
 def svg(project: str, environment: str) -> Response:
     badge, status = current_badge(project, environment)
     response = Response(render_svg(badge), status=status, mimetype="image/svg+xml")
@@ -182,7 +182,7 @@ def svg(project: str, environment: str) -> Response:
     return _fresh(response)
 
 
-@badges.get("/badges/<project>/<environment>.json")
+@badges.get(routes.BADGE_JSON)
 def endpoint(project: str, environment: str) -> Response:
     badge, status = current_badge(project, environment)
     response = jsonify(endpoint_json(badge))

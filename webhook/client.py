@@ -8,6 +8,7 @@ from typing import Any
 
 import requests
 
+from workers import routes
 from workers.config import Settings
 
 
@@ -43,7 +44,10 @@ class Client:
         """NDJSON records of a streaming endpoint, one dict each."""
         try:
             with self.session.get(
-                f"{self.base_url}/api/v1{path}", params=params, stream=True, timeout=(self.timeout, 900)
+                f"{self.base_url}{routes.API_PREFIX}{path}",
+                params=params,
+                stream=True,
+                timeout=(self.timeout, 900),
             ) as answer:
                 self._check(answer)
                 for line in answer.iter_lines():
@@ -55,7 +59,7 @@ class Client:
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             answer = self.session.request(
-                method, f"{self.base_url}/api/v1{path}", timeout=self.timeout, **kwargs
+                method, f"{self.base_url}{routes.API_PREFIX}{path}", timeout=self.timeout, **kwargs
             )
         except requests.RequestException as exc:
             raise ApiFailure(0, f"cannot reach {self.base_url}: {type(exc).__name__}") from None

@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -22,6 +22,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
 
+from webhook import services
 from workers import defaults, telemetry
 from workers.config import Settings
 from workers.deployments import DeploymentStore
@@ -118,8 +119,7 @@ class EngineCollector(Collector):
 
 @metrics.get("/metrics")
 def scrape() -> Response:
-    settings: Settings = current_app.extensions["pushdeploy.settings"]
-    redis: Redis = current_app.extensions["pushdeploy.redis"]
+    settings, redis = services.current().settings, services.current().redis
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess

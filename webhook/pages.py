@@ -8,7 +8,6 @@ from typing import Any
 from flask import (
     Blueprint,
     abort,
-    current_app,
     flash,
     jsonify,
     redirect,
@@ -20,8 +19,9 @@ from redis import Redis
 from redis.exceptions import RedisError
 from werkzeug.wrappers import Response
 
+from webhook import services
 from webhook.auth import action_required, admin_required, is_admin, link_grants
-from workers import deploylog
+from workers import deploylog, routes
 from workers.config import Settings
 from workers.control import NotCancelable, cancel
 from workers.deployments import Deployment, DeploymentStore, State, UnknownDeployment
@@ -36,13 +36,11 @@ HISTORY_PAGE = 100
 
 
 def _settings() -> Settings:
-    settings: Settings = current_app.extensions["pushdeploy.settings"]
-    return settings
+    return services.current().settings
 
 
 def _redis() -> Redis:
-    redis: Redis = current_app.extensions["pushdeploy.redis"]
-    return redis
+    return services.current().redis
 
 
 def _deployment_or_404(deployment_id: str) -> Deployment:
@@ -83,7 +81,7 @@ def overview() -> str:
     return render_template("index.html", rows=rows)
 
 
-@pages.get("/projects/<project>")
+@pages.get(routes.PROJECT)
 @admin_required
 def project_history(project: str) -> str:
     configured = _settings().projects.get(project)
@@ -106,7 +104,7 @@ def project_history(project: str) -> str:
     )
 
 
-@pages.get("/deployments/<deployment_id>")
+@pages.get(routes.DEPLOYMENT)
 def deployment(deployment_id: str) -> str:
     _viewable(deployment_id)
     record = _deployment_or_404(deployment_id)
@@ -124,7 +122,7 @@ def deployment(deployment_id: str) -> str:
     )
 
 
-@pages.get("/deployments/<deployment_id>/log")
+@pages.get(routes.DEPLOYMENT + "/log")
 def log_lines(deployment_id: str) -> tuple[Response, int]:
     """Lines after ``after`` and the state: what the page's live log polls."""
     _viewable(deployment_id)
@@ -140,7 +138,7 @@ def log_lines(deployment_id: str) -> tuple[Response, int]:
     return jsonify(body), 200
 
 
-@pages.post("/deployments/<deployment_id>/cancel")
+@pages.post(routes.DEPLOYMENT + "/cancel")
 @action_required
 def cancel_action(deployment_id: str) -> Response:
     _deployment_or_404(deployment_id)
@@ -152,7 +150,7 @@ def cancel_action(deployment_id: str) -> Response:
     return redirect(url_for("pages.deployment", deployment_id=deployment_id))
 
 
-@pages.post("/deployments/<deployment_id>/redeploy")
+@pages.post(routes.DEPLOYMENT + "/redeploy")
 @action_required
 def redeploy_action(deployment_id: str) -> Response:
     record = _deployment_or_404(deployment_id)
@@ -163,7 +161,7 @@ def redeploy_action(deployment_id: str) -> Response:
     return redirect(url_for("pages.deployment", deployment_id=queued.id))
 
 
-@pages.post("/deployments/<deployment_id>/rollback")
+@pages.post(routes.DEPLOYMENT + "/rollback")
 @action_required
 def rollback_action(deployment_id: str) -> Response:
     record = _deployment_or_404(deployment_id)
@@ -185,8 +183,7 @@ def _environment_of(record: Deployment) -> tuple[Any, Any]:
 
 
 def _intake() -> Intake:
-    intake: Intake = current_app.extensions["pushdeploy.intake"]
-    return intake
+    return services.current().intake
 
 
 @pages.app_template_filter("age")

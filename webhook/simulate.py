@@ -11,6 +11,7 @@ from typing import Any
 import requests
 
 from webhook.verify import sign
+from workers import routes
 from workers.config import Environment, Project, Settings
 from workers.source import Mirror, check_sha
 
@@ -110,7 +111,7 @@ def build(
         headers["webhook-signature"] = sign(project.signing_keys[0], delivery_id, timestamp, body)
     if project.secret_tokens:
         headers["X-Gitlab-Token"] = project.secret_tokens[0].reveal()
-    return Delivery(f"{base_url.rstrip('/')}/hooks/gitlab/{project.name}", headers, body)
+    return Delivery(routes.hook_url(base_url.rstrip("/"), project.name), headers, body)
 
 
 def send(delivery: Delivery, timeout: float = 10.0) -> requests.Response:

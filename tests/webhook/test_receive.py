@@ -42,6 +42,7 @@ from tests.helpers import (
     signed_headers,
     write_config,
 )
+from webhook import services
 from webhook.app import create_app
 from webhook.verify import sign
 from workers import defaults, schema
@@ -188,7 +189,7 @@ def test_an_unexpected_error_is_a_logged_500_without_details(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("canary-internal-detail")
 
-    monkeypatch.setattr(app.extensions["pushdeploy.intake"], "accept", broken)
+    monkeypatch.setattr(services.of(app).intake, "accept", broken)
     body = push_body(sha)
     response = post(app.test_client(), body, signed_headers(body))
     assert response.status_code == 500
