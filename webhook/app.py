@@ -17,7 +17,7 @@ from webhook.metrics import metrics
 from webhook.pages import pages
 from webhook.receive import HookEndpoint
 from workers import links, migrations
-from workers.config import Settings, config_path, load
+from workers.config import OnRedisDown, Settings, config_path, load
 from workers.connection import web_redis
 from workers.intake import Intake
 from workers.journal import Journal
@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None, dra
     admin = settings.server.admin_token
     link_key = links.key_from(admin, "links") if admin else None
     services.install(app, services.Services(settings, redis, intake, journal, link_key))
-    if settings.server.on_redis_down == "journal" and drain:
+    if settings.server.on_redis_down is OnRedisDown.JOURNAL and drain:
         Drainer(settings, journal, intake).start()
     auth.init_app(app, settings)
     app.register_blueprint(pages)

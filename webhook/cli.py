@@ -177,7 +177,7 @@ def cmd_gitlab_hook(args: argparse.Namespace) -> int:
 def cmd_reconcile(args: argparse.Namespace) -> int:
     from workers import migrations
     from workers.connection import worker_redis
-    from workers.reconciler import Reconciler
+    from workers.reconciler import Reconciler, Verdict
 
     settings = settings_from(args)
     redis = worker_redis(settings.server.redis_url)
@@ -187,7 +187,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         where = f"{finding.project}/{finding.environment}"
         head = finding.head[:12] or "?"
         print(f"{where}: {finding.verdict} (head {head})" + (f": {finding.detail}" if finding.detail else ""))
-    return EXIT_FAILURE if any(f.verdict == "unknown" for f in findings) else EXIT_OK
+    return EXIT_FAILURE if any(f.verdict is Verdict.UNKNOWN for f in findings) else EXIT_OK
 
 
 def cmd_new_secret(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ from werkzeug.wsgi import get_content_length
 from webhook import events, metrics
 from webhook.errors import InvalidToken, PayloadTooLarge, QueueUnavailable, UnknownProject, WebhookError
 from webhook.verify import check_envelope, verify_signature, verify_token
-from workers.config import Settings
+from workers.config import OnRedisDown, Settings
 from workers.deployments import new_id
 from workers.intake import Accepted, Intake
 from workers.journal import Journal, Record
@@ -139,7 +139,7 @@ class HookEndpoint:
 
     def keep_for_later(self, project: str, decision: events.Deploy) -> Accepted:
         """Redis is unreachable: journal the delivery on local disk (or answer 503 if so configured)."""
-        if self.settings.server.on_redis_down != "journal":
+        if self.settings.server.on_redis_down is not OnRedisDown.JOURNAL:
             self.log.warning("Redis unavailable: delivery for %s answered 503", project)
             raise QueueUnavailable()
         deployment_id, push = new_id(), decision.push

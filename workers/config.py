@@ -13,6 +13,7 @@ import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -104,6 +105,20 @@ class ConfigError(EngineError):
         super().__init__("\n".join(str(p) for p in problems))
 
 
+class Trigger(StrEnum):
+    """What starts a project's deployments."""
+
+    WEBHOOK = "webhook"  # GitLab's deliveries (the reconciler catches missed ones)
+    POLL = "poll"  # no webhook: the reconciler polls the branch head
+
+
+class OnRedisDown(StrEnum):
+    """What the webhook does with a verified delivery while Redis cannot be reached."""
+
+    JOURNAL = "journal"  # accept it (202) and keep it on local disk until Redis is back
+    REFUSE = "503"  # answer 503, so GitLab retries
+
+
 @dataclass(frozen=True)
 class HealthCheck:
     url: str
@@ -155,7 +170,7 @@ class Project:
     signing_keys: tuple[SigningKey, ...]
     environments: Mapping[str, Environment]
     gitlab_environments: bool = False
-    trigger: str = "webhook"  # or "poll": no webhook, the reconciler polls the branch head
+    trigger: Trigger = Trigger.WEBHOOK
     poll_interval: int = defaults.POLL_INTERVAL
     repo_token: Secret | None = None
     """The HTTPS credential for ``repo_url`` (``token`` or ``user:token``), sent as a header."""
@@ -206,7 +221,7 @@ class ServerSettings:
     redis_url_configured: bool = False
     keep_deployments: int = defaults.KEEP_DEPLOYMENTS
     link_ttl_days: int = defaults.LINK_TTL_DAYS
-    on_redis_down: str = "journal"  # or "503"
+    on_redis_down: OnRedisDown = OnRedisDown.JOURNAL
     reconcile_interval: int = defaults.RECONCILE_INTERVAL
     reconcile_grace: int = defaults.RECONCILE_GRACE
 
@@ -362,10 +377,11 @@ class _Loader:
         max_body = self.integer(table, "max_body_bytes", "server", defaults.MAX_BODY_BYTES, minimum=1024)
         keep = self.integer(table, "keep_deployments", "server", defaults.KEEP_DEPLOYMENTS, minimum=1)
         link_days = self.integer(table, "link_ttl_days", "server", defaults.LINK_TTL_DAYS, minimum=1)
-        on_down = table.get("on_redis_down", "journal")
-        if on_down not in ("journal", "503"):
+        on_down = OnRedisDown.JOURNAL
+        try:
+            on_down = OnRedisDown(table.get("on_redis_down", "journal"))
+        except ValueError:
             self.problem("server.on_redis_down", 'must be "journal" (accept and keep on disk) or "503"')
-            on_down = "journal"
         interval = self.integer(table, "reconcile_interval", "server", defaults.RECONCILE_INTERVAL, minimum=0)
         grace = self.integer(table, "reconcile_grace", "server", defaults.RECONCILE_GRACE, minimum=0)
         self.target_url_length(public_url, admin is not None, link_days)
@@ -422,12 +438,13 @@ class _Loader:
             self.problem(f"{key}.repo_token", "is an HTTPS credential: repo_url must be an http(s):// URL")
         secret_tokens = tuple(self.secrets(table, "secret_token", key, Secret))
         signing_keys = tuple(self.secrets(table, "signing_token", key, SigningKey))
-        trigger = table.get("trigger", "webhook")
-        if trigger not in ("webhook", "poll"):
+        trigger = Trigger.WEBHOOK
+        try:
+            trigger = Trigger(table.get("trigger", "webhook"))
+        except ValueError:
             self.problem(f"{key}.trigger", 'must be "webhook" or "poll"')
-            trigger = "webhook"
         poll_interval = self.integer(table, "poll_interval", key, defaults.POLL_INTERVAL, minimum=10)
-        if trigger == "webhook" and "secret_token" not in table and "signing_token" not in table:
+        if trigger is Trigger.WEBHOOK and "secret_token" not in table and "signing_token" not in table:
             self.problem(
                 key, "needs secret_token or signing_token (or both): unauthenticated hooks are refused"
             )

@@ -56,12 +56,22 @@ class CommitStatus:
         return cls(**{**data, "state": StatusState(data["state"])})
 
 
+class Outcome(StrEnum):
+    """What became of one status (counted by outcome in ``pushdeploy_status_posts``)."""
+
+    POSTED = "posted"  # GitLab accepted it now
+    ALREADY = "already"  # GitLab had it already (a try whose answer was lost)
+    RECORDED = "recorded"  # no [gitlab] section: kept on our own pages only
+    SKIPPED = "skipped"  # GitLab refused the deployment's statuses (403): not sent again
+    REFUSED = "refused"  # GitLab refused this one (4xx): shown on the deployment, not retried
+
+
 @dataclass(frozen=True)
 class Posted:
-    """What became of a status: ``outcome`` (posted, already, recorded) and the GitLab pipeline it
-    is in, when known, so that the deployment's later statuses go to that same pipeline."""
+    """What became of a status, and the GitLab pipeline it is in, when known, so that the
+    deployment's later statuses go to that same pipeline."""
 
-    outcome: str
+    outcome: Outcome
     pipeline_id: int | None = None
 
 
@@ -148,7 +158,7 @@ class NullForge:
     def post_status(
         self, status: CommitStatus, retrying: bool = False, pipeline_id: int | None = None
     ) -> Posted:
-        return Posted("recorded")
+        return Posted(Outcome.RECORDED)
 
     def post_deployment(self, update: DeploymentUpdate, forge_id: str) -> str:
         return forge_id
@@ -267,7 +277,7 @@ class GitLabForge:
         if retrying and status.state in FINAL:
             there = self._already_there(commit, status, pipeline_id, same_state=True)
             if there is not None:
-                return Posted("already", there or pipeline_id)
+                return Posted(Outcome.ALREADY, there or pipeline_id)
         fields: dict[str, Any] = {
             "state": str(status.state),
             "ref": status.ref,
@@ -290,7 +300,7 @@ class GitLabForge:
             if exc.response_code == 400 and "Cannot transition status" in str(exc.error_message):
                 # Already there (a try that landed late): find its pipeline when none is pinned yet.
                 there = pipeline_id or self._already_there(commit, status, pipeline_id, same_state=False)
-                return Posted("already", there or None)
+                return Posted(Outcome.ALREADY, there or None)
             if (
                 exc.response_code == 404
                 and pipeline_id
@@ -301,7 +311,7 @@ class GitLabForge:
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise translate(exc) from None
         landed = getattr(created, "pipeline_id", None)
-        return Posted("posted", int(landed) if landed else pipeline_id)
+        return Posted(Outcome.POSTED, int(landed) if landed else pipeline_id)
 
     def _already_there(
         self, commit: Any, status: CommitStatus, pipeline_id: int | None, same_state: bool

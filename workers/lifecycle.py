@@ -102,7 +102,7 @@ def _measure(redis: Redis, final: Deployment) -> None:
     with redis.pipeline(transaction=False) as pipe:
         telemetry.count(pipe, "finished", str(final.state))
         if final.started_at:
-            telemetry.observe(pipe, "phase", "total", final.finished_at - final.started_at)
+            telemetry.observe(pipe, "phase", telemetry.Phase.TOTAL, final.finished_at - final.started_at)
         if final.state is State.SUCCEEDED:
             telemetry.observe(pipe, "push_to_live", "all", final.finished_at - final.created_at)
         pipe.execute()

@@ -32,6 +32,7 @@ from workers.forge import (
     DeploymentUpdate,
     Forge,
     ForgeRejected,
+    Outcome,
     PipelineGone,
     TransientForgeError,
 )
@@ -184,15 +185,15 @@ class Courier:
                 )
                 if exc.status_code == 403 and "kind" not in data:
                     self._forbidden(deployment_id, str(data.get("ref", "")))
-                outcome = "refused"
+                outcome = Outcome.REFUSED
             telemetry.count(self.redis, "status_posts", outcome)
             self.redis.hset(record, mapping={SENT_FIELD: str(sent + 1), ATTEMPT_FIELD: "0"})
             log.debug("outbox entry %d for %s: %s", sent, deployment_id, outcome)
 
-    def _deliver_status(self, deployment_id: str, record: str, status: CommitStatus) -> str:
+    def _deliver_status(self, deployment_id: str, record: str, status: CommitStatus) -> Outcome:
         """Post a commit status into the deployment's pipeline; the first one accepted pins it."""
         if self.redis.hexists(record, FORBIDDEN_FIELD):
-            return "skipped"  # GitLab refused this deployment's statuses (403): said once, not repeated
+            return Outcome.SKIPPED  # GitLab refused this deployment's statuses (403): said once, not repeated
         retrying = int(self.redis.hget(record, ATTEMPT_FIELD) or 0) > 0
         pinned = int(self.redis.hget(record, PIPELINE_FIELD) or 0) or None
         try:
@@ -210,7 +211,7 @@ class Courier:
             self.redis.hset(record, PIPELINE_FIELD, str(posted.pipeline_id))
         return posted.outcome
 
-    def _deliver_deployment(self, record: str, update: DeploymentUpdate) -> str:
+    def _deliver_deployment(self, record: str, update: DeploymentUpdate) -> Outcome:
         """Create the GitLab deployment once (found again if a create landed unseen), then update it."""
         forge_id = (self.redis.hget(record, FORGE_DEPLOYMENT_FIELD) or b"").decode()
         if not forge_id:
@@ -227,7 +228,7 @@ class Courier:
                     self.redis.hset(record, FORGE_DEPLOYMENT_FIELD, forge_id)
         created = self.forge.post_deployment(update, forge_id)
         self.redis.hset(record, FORGE_DEPLOYMENT_FIELD, created)
-        return "posted"
+        return Outcome.POSTED
 
     def _forbidden(self, deployment_id: str, ref: str) -> None:
         """Say once, in the deployment's log, why GitLab refuses its statuses and what to do."""

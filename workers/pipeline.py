@@ -37,6 +37,7 @@ from workers.lanes import Lane, Renewal, Verdict
 from workers.releases import Releases
 from workers.source import Mirror, SourceError, check_sha
 from workers.statuses import report
+from workers.telemetry import Phase
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +305,7 @@ class Runner:
         started = time.monotonic()
         job.log.step(f"fetch {sha[:12]} from {deployment.branch}")
         fetched = mirror.fetch(deployment.ref, sha)
-        self.measure("fetch", started)
+        self.measure(Phase.FETCH, started)
         job.log.info(
             f"{'fetched' if fetched else 'already in the mirror'} in {time.monotonic() - started:.2f} s"
         )
@@ -315,7 +316,7 @@ class Runner:
         started = time.monotonic()
         mirror.export(sha, release_dir)
         steps.hand_over(release_dir, environment.run_as)
-        self.measure("export", started)
+        self.measure(Phase.EXPORT, started)
         self.store.update(deployment.id, release=deployment.id)
         deployment.release = deployment.id
         variables = self.variables(job, deployment.id, deployment.sha, deployment.previous_sha)
@@ -323,7 +324,7 @@ class Runner:
             started = time.monotonic()
             for index, command in enumerate(environment.build, start=1):
                 self.step(job, "build", index, command, release_dir, variables)
-            self.measure("build", started)
+            self.measure(Phase.BUILD, started)
             self.check_cancel(job)
         except (StepFailed, Canceled):
             job.releases.remove(deployment.id)  # a failed build never reaches current
@@ -341,7 +342,7 @@ class Runner:
         started = time.monotonic()
         for index, command in enumerate(environment.deploy, start=1):
             self.step(job, "deploy", index, command, job.releases.current_link, variables)
-        self.measure("deploy", started)
+        self.measure(Phase.DEPLOY, started)
         if environment.health_check:
             job.log.step(f"health check {environment.health_check.url}")
             started = time.monotonic()
@@ -351,7 +352,7 @@ class Runner:
                 job.log.info,
                 should_stop=lambda: self.cancel_flag(job) != "",
             )
-            self.measure("health_check", started)
+            self.measure(Phase.HEALTH_CHECK, started)
             self.check_cancel(job)
             if not verdict.healthy:
                 raise HealthCheckFailed(
@@ -386,7 +387,7 @@ class Runner:
             job.log.info(f"rollback deploy step failed too: {exc}")
             return f"{reason}; rolled back to {previous_sha}, but its deploy step failed"
         finally:
-            self.measure("rollback", started)
+            self.measure(Phase.ROLLBACK, started)
         return f"{reason}; rolled back to {previous_sha}"
 
     def step(
@@ -441,7 +442,7 @@ class Runner:
         if not outcome.ok:
             raise StepFailed(result)
 
-    def measure(self, phase: str, started: float) -> None:
+    def measure(self, phase: Phase, started: float) -> None:
         telemetry.observe(self.redis, "phase", phase, time.monotonic() - started)
 
     def cancel_flag(self, job: Job) -> str:

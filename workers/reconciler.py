@@ -12,13 +12,14 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
 from redis import Redis
 
 from workers import schema
-from workers.config import Environment, Project, Settings
+from workers.config import Environment, Project, Settings, Trigger
 from workers.deployments import Deployment, DeploymentStore, new_id
 from workers.forge import Forge, ForgeError, forge_for
 from workers.intake import Intake
@@ -31,12 +32,21 @@ MISSED = "missed webhook"
 POLLED = "poll"
 
 
+class Verdict(StrEnum):
+    """What one look at an environment found."""
+
+    IN_SYNC = "in sync"  # the head is what was deployed (or is being deployed)
+    DRIFT = "drift"  # the head moved, within the grace period a push's own webhook gets
+    QUEUED = "queued"  # the head moved past the grace period: a deployment was queued for it
+    UNKNOWN = "unknown"  # the head could not be read
+
+
 @dataclass(frozen=True)
 class Finding:
     project: str
     environment: str
     head: str  # "" when the branch head could not be read
-    verdict: str  # "in sync", "drift", "queued", "skipped", "unknown"
+    verdict: Verdict
     detail: str = ""
 
 
@@ -52,7 +62,9 @@ class Reconciler:
     def due(self, project: Project, environment: Environment) -> bool:
         """Only one worker of many checks an environment per interval."""
         interval = (
-            project.poll_interval if project.trigger == "poll" else self.settings.server.reconcile_interval
+            project.poll_interval
+            if project.trigger is Trigger.POLL
+            else self.settings.server.reconcile_interval
         )
         if interval <= 0:
             return False
@@ -74,20 +86,20 @@ class Reconciler:
         name = (project.name, environment.name)
         head = self.head(project, environment)
         if not head:
-            return Finding(*name, "", "unknown", "the branch head could not be read")
+            return Finding(*name, "", Verdict.UNKNOWN, "the branch head could not be read")
         newest = self.store.history(project.name, environment.name, limit=1)
         if (newest and newest[0].sha == head) or self.store.live(*name).get("sha") == head:
             self.redis.delete(self._drift_key(project, environment))
-            return Finding(*name, head, "in sync")
+            return Finding(*name, head, Verdict.IN_SYNC)
         wait = (
             0.0
-            if project.trigger == "poll"
+            if project.trigger is Trigger.POLL
             else (self.settings.server.reconcile_grace if grace is None else grace)
         )
         since = self._drift_since(project, environment, head)
         if time.time() - since < wait:
             return Finding(
-                *name, head, "drift", f"seen {time.time() - since:.0f} s ago; waiting {wait:.0f} s"
+                *name, head, Verdict.DRIFT, f"seen {time.time() - since:.0f} s ago; waiting {wait:.0f} s"
             )
         deployment = Deployment(
             id=new_id(),
@@ -96,7 +108,7 @@ class Reconciler:
             ref=f"refs/heads/{environment.branch}",
             sha=head,
             pusher="pushdeploy",
-            trigger=POLLED if project.trigger == "poll" else MISSED,
+            trigger=POLLED if project.trigger is Trigger.POLL else MISSED,
         )
         self.intake.enqueue(project, environment, deployment)
         self.redis.delete(self._drift_key(project, environment))
@@ -107,7 +119,7 @@ class Reconciler:
             deployment.id,
             deployment.trigger,
         )
-        return Finding(*name, head, "queued", deployment.id)
+        return Finding(*name, head, Verdict.QUEUED, deployment.id)
 
     def head(self, project: Project, environment: Environment) -> str:
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 
 from redis import Redis
 from redis.client import Pipeline
@@ -18,7 +19,19 @@ from workers import schema
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 """Seconds: from a no-op step (tens of ms) to a long build (an hour)."""
 
-PHASES = ("fetch", "export", "build", "deploy", "health_check", "rollback", "total")
+class Phase(StrEnum):
+    """The parts of a deployment whose durations are measured (``pushdeploy_phase_duration_seconds``)."""
+
+    FETCH = "fetch"
+    EXPORT = "export"
+    BUILD = "build"
+    DEPLOY = "deploy"
+    HEALTH_CHECK = "health_check"
+    ROLLBACK = "rollback"
+    TOTAL = "total"
+
+
+PHASES = tuple(Phase)
 
 histogram_key = schema.histogram
 counter_key = schema.counter
