@@ -43,6 +43,7 @@ from tests.helpers import (
     signed_headers,
     write_config,
 )
+from tests.workers.test_project_ids import silent_server
 from webhook.app import create_app
 from webhook.verify import sign
 from workers import defaults
@@ -882,26 +883,6 @@ def test_a_gitlab_that_never_answers_delays_a_mismatch_2_s_at_most_and_is_asked_
         assert len(accepted) == 1  # web start and three mismatches: one question in RESOLVE_RETRY
 
 
-@contextlib.contextmanager
-def silent_server() -> Iterator[tuple[int, list[socket.socket]]]:
-    """A port that accepts connections and never answers: a GitLab hanging on every request."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    accepted: list[socket.socket] = []
-
-    def accept() -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                accepted.append(listener.accept()[0])
-
-    threading.Thread(target=accept, daemon=True).start()
-    try:
-        yield listener.getsockname()[1], accepted
-    finally:
-        listener.close()
-        for conn in accepted:
-            conn.close()
-
-
 def test_the_project_is_compared_before_the_event_is_classified(client: FlaskClient, sha: str) -> None:
     body = push_body(sha, branch="other", project="someone/else")
     assert post(client, body, signed_headers(body, event="Note Hook")).status_code == 403
@@ -1012,6 +993,8 @@ def test_no_rejection_echoes_a_token_key_signature_or_digest(
             HOOK,
             401,
         ),
+        (client, good, signed_headers(good, signing_token=None), HOOK, 401),  # unsigned
+        (client, good, {**near_miss, "webhook-id": ""}, HOOK, 401),  # partial: malformed
         (client, b"not json", signed_headers(b"not json"), HOOK, 400),
         (client, push_body(sha, project="x/y"), signed_headers(push_body(sha, project="x/y")), HOOK, 403),
     ]
