@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+import requests
 from redis import Redis
 
 from tests.fakegitlab import FakeGitLab
@@ -79,6 +80,19 @@ def test_an_old_path_follows_gitlabs_redirect_to_the_renamed_project(gitlab: Fak
         ("/api/v4/projects/tools%2Fsample-app", 301),
         ("/api/v4/projects/42", 200),
     ]
+
+
+def test_an_old_path_takes_no_writes_as_gitlab_refuses_them_for_moved_projects(gitlab: FakeGitLab) -> None:
+    """Why the id matters beyond matching: GitLab answers 405 to a POST addressed by an old path."""
+    gitlab.rename_project("tools/sample-app", "platform/sample-app")
+    answer = requests.post(
+        f"{gitlab.url}/api/v4/projects/tools%2Fsample-app/statuses/{'a' * 40}",
+        json={"state": "pending"},
+        headers={"PRIVATE-TOKEN": GITLAB_TOKEN},
+        timeout=5,
+    )
+    assert answer.status_code == 405
+    assert answer.json() == {"message": "Non GET methods are not allowed for moved projects"}
 
 
 def test_a_path_gitlab_does_not_know_is_asked_again_only_after_the_retry_interval(
