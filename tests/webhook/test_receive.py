@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from prometheus_client import REGISTRY
 from redis import Redis
 from rq import Queue
 from rq.job import Job
@@ -676,16 +677,23 @@ def test_a_signing_only_project_reads_the_body_for_its_signature(
     assert stream.bytes_read == len(body)
 
 
+def refusals(reason: str) -> float:
+    value = REGISTRY.get_sample_value("pushdeploy_verification_failures_total", {"reason": reason})
+    return value or 0.0
+
+
 def test_an_unsigned_delivery_says_the_project_requires_signatures_and_why_gitlab_may_not_sign(
     client: FlaskClient, redis: Redis, sha: str
 ) -> None:
     body = push_body(sha)
+    before = refusals("unsigned")
     response = post(client, body, signed_headers(body, signing_token=None))  # the right token, no signature
     assert response.status_code == 401
     reason = response.get_json()["error"]
     assert reason.startswith("unsigned delivery: this project requires signed deliveries")
     assert "GitLab 19.0" in reason and "webhook_signing_token" in reason
     assert SECRET_TOKEN not in reason
+    assert refusals("unsigned") == before + 1  # its own label: an operator tells it from a forgery
     assert nothing_was_queued(redis)
 
 
