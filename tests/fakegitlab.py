@@ -429,6 +429,7 @@ class FakeGitLab:
         self._repositories: list[Path] = []
         self._found_in_repositories: set[str] = set()
         self._next_id = 1000
+        self._redirect_routes: dict[str, int] = {}  # old path (lower case) -> project id, see rename_project
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -734,6 +735,9 @@ class FakeGitLab:
         if len(seg) < 2 or seg[0] != "projects" or not seg[1]:
             return _json_response(404, {"error": "404 Not Found"})
         given = unquote(seg[1])
+        moved = self._moved_project(method, given, raw_path, params)
+        if moved is not None:
+            return moved
         project_id, project_path = self._find_project(given)
         rest = seg[2:]
         if rest == [] and method == "GET":
@@ -860,6 +864,37 @@ class FakeGitLab:
                 if path.lower() == given.lower():
                     return pid, path
         raise _message(404, "404 Project Not Found")
+
+    def rename_project(self, old: str, new: str) -> None:
+        """Rename or move a project as GitLab does: its id stays, its old path becomes a redirect route."""
+        with self.lock:
+            project_id = self.projects.pop(old)
+            self.projects[new] = project_id
+            self._redirect_routes[old.lower()] = project_id
+
+    def _moved_project(
+        self, method: str, given: str, raw_path: str, params: dict[str, Any]
+    ) -> _Response | None:
+        """An old path of a renamed project: GET is answered 301 to the same URL with the id, the rest 405.
+
+        As API::Helpers#find_project! does: the lookup follows redirect routes (case-insensitively)
+        unless a project has that path now, then ``project_moved?`` redirects GETs and refuses others.
+        """
+        with self.lock:
+            if given.isdigit() or any(path.lower() == given.lower() for path in self.projects):
+                return None
+            project_id = self._redirect_routes.get(given.lower())
+        if project_id is None:
+            return None
+        if method != "GET":
+            return _json_response(405, {"message": "Non GET methods are not allowed for moved projects"})
+        rest = raw_path[len(API_PREFIX) + 1 :].split("/", 2)[2:]
+        location = "/".join([f"{self.url}{API_PREFIX}/projects/{project_id}", *rest])
+        query = {k: v for k, v in params.items() if isinstance(v, str)}
+        if query:
+            location += "?" + urlencode(query)
+        moved = f"This resource has been moved permanently to {location}"
+        return _Response(301, moved.encode(), {"Location": location, "Content-Type": "application/json"})
 
     def _user(self) -> dict[str, Any]:
         return {

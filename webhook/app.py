@@ -22,6 +22,7 @@ from workers.connection import web_redis
 from workers.intake import Intake
 from workers.journal import Journal
 from workers.links import LinkSigner
+from workers.project_ids import ProjectIds
 
 
 def _check_layout(redis: Redis, app: Flask) -> None:
@@ -70,6 +71,10 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None, dra
     if gunicorn_logger.handlers:
         app.logger.handlers = gunicorn_logger.handlers
         app.logger.setLevel(gunicorn_logger.level)
+    project_ids = ProjectIds(redis, settings.gitlab)
+    project_ids.warm(settings.projects.values())  # in the background: GitLab may be slow or down
     # The webhook is answered in front of Flask (webhook/receive.py says why).
-    app.wsgi_app = HookEndpoint(app.wsgi_app, settings, intake, journal, app.logger)  # type: ignore[method-assign]
+    app.wsgi_app = HookEndpoint(  # type: ignore[method-assign]
+        app.wsgi_app, settings, intake, journal, app.logger, project_ids
+    )
     return app

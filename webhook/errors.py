@@ -6,10 +6,11 @@
     ├── PayloadTooLarge        413
     ├── UnsupportedMediaType   415
     ├── UnknownProject         404
-    ├── InvalidSignature       401  (Standard Webhooks headers missing, stale or not matching)
-    ├── InvalidToken           401  (X-Gitlab-Token missing or not matching)
+    ├── InvalidToken           401  (X-Gitlab-Token missing or not matching; needs no body)
+    ├── InvalidSignature       401  (unsigned; Standard Webhooks headers partial, malformed, stale
+    │                                or not matching)
     ├── InvalidPayload         400  (not strict JSON, or a used field has the wrong type)
-    ├── ProjectMismatch        403  (the payload names another GitLab project)
+    ├── ProjectMismatch        403  (the payload names another GitLab project, by path and by id)
     └── QueueUnavailable       503  (Redis did not answer in time)
 
 Messages are fixed texts plus configured names: never a token, a signature or a digest.

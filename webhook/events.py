@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,7 @@ from webhook.errors import InvalidPayload, ProjectMismatch
 from webhook.verify import Headers, header
 from workers.config import Environment, Project
 from workers.intake import Push
+from workers.project_ids import numeric_id
 from workers.source import SHA_RE, ZERO_SHA_RE
 
 SKIP_MARKERS = ("[skip deploy]", "[deploy skip]")
@@ -95,23 +96,47 @@ def _has_lone_surrogate(payload: Any) -> bool:
     return False
 
 
-def check_project(payload: Mapping[str, Any], project: Project) -> None:
-    """The payload must name the configured GitLab project, by path or by numeric id."""
-    expected = project.gitlab_project
+def check_project(
+    payload: Mapping[str, Any],
+    project: Project,
+    resolve: Callable[[Project], int | None] | None = None,
+) -> None:
+    """The payload must name the configured GitLab project: by numeric id, or by path ignoring case.
+
+    A path-configured project's id comes from ``resolve`` (cached, see workers/project_ids.py),
+    asked only when the paths differ, so a matching delivery costs no lookup; after a rename or
+    a move the payload's path is new and its id still matches.
+    """
     described = payload.get("project")
-    candidates: list[str] = []
-    if isinstance(described, dict):
-        path = described.get("path_with_namespace")
-        if isinstance(path, str):
-            candidates.append(path)
-        if _is_int(described.get("id")):
-            candidates.append(str(described["id"]))
-    if _is_int(payload.get("project_id")):
-        candidates.append(str(payload["project_id"]))
-    if not candidates:
+    path = described.get("path_with_namespace") if isinstance(described, dict) else None
+    path = path if isinstance(path, str) else None
+    given = described.get("id") if isinstance(described, dict) else None
+    if not _is_int(given):
+        given = payload.get("project_id")
+    given_id = given if _is_int(given) else None
+    if path is None and given_id is None:
         raise InvalidPayload("payload has no project.path_with_namespace or project.id")
-    if expected not in candidates:
-        raise ProjectMismatch()
+    configured = project.gitlab_project
+    expected_id = numeric_id(configured)
+    if expected_id is None:
+        if path is not None and path.lower() == configured.lower():
+            return
+        expected_id = resolve(project) if resolve is not None and given_id is not None else None
+    if given_id is not None and given_id == expected_id:
+        return
+    raise ProjectMismatch(_mismatch_reason(configured, path, given_id))
+
+
+def _mismatch_reason(configured: str, path: str | None, given_id: int | None) -> str:
+    """Both projects named, and the fix when the project was renamed or moved: its numeric id."""
+    parts = [_quote(path)] if path is not None else []
+    parts += [f"(id {given_id})"] if given_id is not None else []
+    named = " ".join(parts)
+    expected = f"id {configured}" if numeric_id(configured) is not None else repr(configured)
+    reason = f"payload is for GitLab project {named}, not the configured {expected}"
+    if given_id is not None and numeric_id(configured) is None:
+        reason += f"; if it is this project, renamed or moved, set gitlab_project = {given_id} (its id)"
+    return reason
 
 
 def classify(

@@ -26,6 +26,7 @@ from workers.config import OnRedisDown, Settings
 from workers.deployments import new_id
 from workers.intake import Accepted, Intake
 from workers.journal import Journal, Record
+from workers.project_ids import ProjectIds
 from workers.routes import deployment_url
 
 if TYPE_CHECKING:
@@ -61,12 +62,14 @@ class HookEndpoint:
         intake: Intake,
         journal: Journal,
         logger: logging.Logger,
+        project_ids: ProjectIds,
     ) -> None:
         self.app = app
         self.settings = settings
         self.intake = intake
         self.journal = journal
         self.log = logger
+        self.project_ids = project_ids
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path: str = environ.get("PATH_INFO", "")
@@ -105,17 +108,18 @@ class HookEndpoint:
         configured = settings.projects.get(project)
         if configured is None:
             raise UnknownProject()
-        body = read_body(environ, length, limit)
         if not configured.signing_keys and not configured.secret_tokens:
             raise InvalidToken(
                 "this project takes no webhooks (it has no secret_token or signing_token)", "no_tokens"
             )
+        if configured.secret_tokens:
+            # Before the body: a caller without the token never makes us read (or wait for) one.
+            verify_token(headers, configured.secret_tokens)
+        body = read_body(environ, length, limit)
         if configured.signing_keys:
             verify_signature(headers, body, configured.signing_keys, time.time())
-        if configured.secret_tokens:
-            verify_token(headers, configured.secret_tokens)
         payload = events.parse(body)
-        events.check_project(payload, configured)
+        events.check_project(payload, configured, self.project_ids.resolve)
         decision = events.classify(
             headers,
             payload,
@@ -162,19 +166,27 @@ class HookEndpoint:
         return Accepted(deployment_id, duplicate=False)
 
 
+READ_CHUNK = 64 * 1024
+"""Bytes asked of the server per read of a chunked body: memory grows with what arrives, not the limit."""
+
+
 def read_body(environ: WSGIEnvironment, length: int | None, limit: int) -> bytes:
     """The body, never more than ``limit`` bytes of it (413 beyond).
 
     With a Content-Length (already checked against the limit) exactly that many bytes are read.
-    A chunked body has none: one byte past the limit tells "at" from "over". Without either, or
-    when the server did not terminate the stream, there is nothing that can be read safely.
+    A chunked body has none: it is read piece by piece and reading stops one byte past the
+    limit, which tells "at" from "over". Without either, or when the server did not terminate
+    the stream, there is nothing that can be read safely.
     """
     stream = environ["wsgi.input"]
     if length is not None:
         return bytes(stream.read(length)) if length else b""
     if not environ.get("wsgi.input_terminated"):
         return b""
-    body = bytes(stream.read(limit + 1))
-    if len(body) > limit:
-        raise PayloadTooLarge(f"payload larger than {limit} bytes")
-    return body
+    body = bytearray()
+    while len(body) <= limit:
+        piece = stream.read(min(READ_CHUNK, limit + 1 - len(body)))
+        if not piece:
+            return bytes(body)
+        body += piece
+    raise PayloadTooLarge(f"payload larger than {limit} bytes")

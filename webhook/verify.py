@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import hmac
 from collections.abc import Iterable, Sequence
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 import werkzeug.datastructures
 
@@ -65,16 +65,15 @@ def verify_signature(
     """Check a Standard Webhooks signature against any of ``keys``; returns the ``webhook-id``.
 
     Raises:
-        InvalidSignature: a header is missing or malformed, the timestamp is outside the tolerance,
-            or no ``v1`` entry matches any key.
+        InvalidSignature: none of the three headers (code ``unsigned``), some of them or a
+            malformed one, a timestamp outside the tolerance, or no ``v1`` entry matching any key.
     """
     msg_id = header(headers, "webhook-id")
     timestamp = header(headers, "webhook-timestamp")
     signatures = header(headers, "webhook-signature")
     if not msg_id or not timestamp or not signatures:
-        raise InvalidSignature(
-            "missing webhook-id, webhook-timestamp or webhook-signature header", "signature_missing"
-        )
+        given = {"webhook-id": msg_id, "webhook-timestamp": timestamp, "webhook-signature": signatures}
+        _refuse_unsigned(given)
     if len(msg_id) > MAX_ID_LENGTH or not msg_id.isprintable():
         raise InvalidSignature("malformed webhook-id header", "signature_malformed")
     if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:
@@ -94,6 +93,27 @@ def verify_signature(
         if matched:
             return msg_id
     raise InvalidSignature("signature does not match", "signature_mismatch")
+
+
+UNSIGNED = (
+    "unsigned delivery: this project requires signed deliveries (it has a signing_token) and this one "
+    "has no webhook-id, webhook-timestamp or webhook-signature header. GitLab signs a delivery only when "
+    "the webhook has a signing token, which needs GitLab 19.0 or later with the webhook_signing_token "
+    "feature flag enabled: set the hook's signing token, or remove signing_token from the project's config"
+)
+"""Told apart from a forgery: the likely cause is a GitLab that does not sign, not an attacker."""
+
+
+def _refuse_unsigned(given: dict[str, str | None]) -> NoReturn:
+    """None of the three headers is an unsigned delivery; some of them, a malformed signature."""
+    absent = [name for name, value in given.items() if not value]
+    if len(absent) == len(given):
+        raise InvalidSignature(UNSIGNED, "unsigned")
+    raise InvalidSignature(
+        f"malformed signature: no {' or '.join(absent)} header (a signed delivery carries all of "
+        "webhook-id, webhook-timestamp and webhook-signature)",
+        "signature_malformed",
+    )
 
 
 def _v1_signatures(entries: Iterable[str]) -> Iterable[bytes]:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-MAX_BODY_BYTES = 1024 * 1024
-"""GitLab's own limit is 25 MB, but a push payload is a few KB; 1 MiB bounds memory per request."""
+MAX_BODY_BYTES = 25 * 1024 * 1024
+"""GitLab's own request limit: a push that changes many files has a payload of megabytes, not KB."""
 
 SIGNATURE_TOLERANCE = 5 * 60
 """Standard Webhooks' replay window: ±5 minutes around the receiver's clock."""

@@ -159,6 +159,16 @@ def seen_v1(project: str, delivery_key: str) -> str:
     return f"{PREFIX}:seen:{project}:{delivery_key}"
 
 
+def project_id(path: str) -> str:
+    """String: the numeric GitLab id of the project at ``path`` (paths compare ignoring case)."""
+    return f"{PREFIX}:gitlab:project-id:{path.lower()}"
+
+
+def project_id_asking(path: str) -> str:
+    """String with an expiry: a process is asking GitLab for that id (at most one per interval)."""
+    return f"{PREFIX}:gitlab:project-id:{path.lower()}:asking"
+
+
 # -- the whole engine -------------------------------------------------------------------------
 
 OUTBOX_DUE = f"{PREFIX}:outbox"

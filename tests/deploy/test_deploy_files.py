@@ -619,8 +619,8 @@ def nginx_seconds(value: str) -> int:
 
 
 def test_nginx_site_limits_match_pushdeploy() -> None:
+    # the example config sets server.max_body_bytes to the same 1 MiB (test below): raise both together
     assert directive("client_max_body_size") == ["1m"]
-    assert defaults.MAX_BODY_BYTES == 1024 * 1024  # server.max_body_bytes: raise both together
     assert [nginx_seconds(v) for v in directive("client_header_timeout")] == [10]
     assert [nginx_seconds(v) for v in directive("client_body_timeout")] == [30]
     assert directive("large_client_header_buffers") == ["4 8k"]
@@ -724,13 +724,14 @@ def test_nginx_serves_gunicorn_over_tls(proxied: Proxied) -> None:
 def test_nginx_refuses_bodies_over_max_body_bytes_before_gunicorn(proxied: Proxied) -> None:
     url, headers = proxied.url("/hooks/gitlab/sample-app"), {"Content-Type": "application/json"}
     before = proxied.gunicorn_requests("POST /hooks/gitlab/sample-app")
+    limit = 1024 * 1024  # nginx's client_max_body_size 1m, the example config's max_body_bytes
     too_big = requests.post(
-        url, data=b" " * (defaults.MAX_BODY_BYTES + 1), headers=headers, verify=str(proxied.cert), timeout=10
+        url, data=b" " * (limit + 1), headers=headers, verify=str(proxied.cert), timeout=10
     )
     assert too_big.status_code == 413
     assert proxied.gunicorn_requests("POST /hooks/gitlab/sample-app") == before
     at_limit = requests.post(
-        url, data=b" " * defaults.MAX_BODY_BYTES, headers=headers, verify=str(proxied.cert), timeout=10
+        url, data=b" " * limit, headers=headers, verify=str(proxied.cert), timeout=10
     )
     assert at_limit.status_code not in (413, 502, 503)  # the app's own answer (no token: 401)
     wait_until(

@@ -231,6 +231,74 @@ def test_a_payload_naming_no_project_properly_is_invalid(diaspora: Project, payl
         check_project(payload, diaspora)
 
 
+@pytest.mark.parametrize("path", ["Mike/Diaspora", "MIKE/DIASPORA", "mike/DIASPORA"])
+def test_the_path_matches_ignoring_case_as_gitlab_paths_do(
+    diaspora: Project, push: dict[str, Any], path: str
+) -> None:
+    push["project"]["path_with_namespace"] = path
+    check_project(push, diaspora)
+
+
+class Resolver:
+    """``ProjectIds.resolve`` as check_project sees it: a real function that answers a fixed id."""
+
+    def __init__(self, answer: int | None) -> None:
+        self.answer = answer
+        self.asked: list[str] = []
+
+    def __call__(self, project: Project) -> int | None:
+        self.asked.append(project.gitlab_project)
+        return self.answer
+
+
+def test_a_matching_path_never_asks_for_the_id(diaspora: Project, push: dict[str, Any]) -> None:
+    """The accept path of a matching delivery costs no lookup: no Redis, no GitLab."""
+    resolver = Resolver(15)
+    check_project(push, diaspora, resolver)
+    push["project"]["path_with_namespace"] = "MIKE/diaspora"
+    check_project(push, diaspora, resolver)
+    assert resolver.asked == []
+
+
+def test_a_renamed_project_matches_by_the_resolved_id(diaspora: Project, push: dict[str, Any]) -> None:
+    push["project"]["path_with_namespace"] = "mike/diaspora-renamed"
+    resolver = Resolver(15)
+    check_project(push, diaspora, resolver)
+    assert resolver.asked == ["mike/diaspora"]
+
+
+@pytest.mark.parametrize("resolved", [None, 16])
+def test_another_id_is_403_naming_both_paths_and_the_id_to_set(
+    diaspora: Project, push: dict[str, Any], resolved: int | None
+) -> None:
+    push["project"]["path_with_namespace"] = "jane/other"
+    with pytest.raises(ProjectMismatch) as raised:
+        check_project(push, diaspora, Resolver(resolved))
+    assert raised.value.detail == (
+        "payload is for GitLab project 'jane/other' (id 15), not the configured 'mike/diaspora'; "
+        "if it is this project, renamed or moved, set gitlab_project = 15 (its id)"
+    )
+
+
+def test_a_numeric_id_ignores_the_path_and_never_asks(make_settings: Callable[..., Settings]) -> None:
+    by_id = make_settings(gitlab_project=15).projects["sample-app"]
+    resolver = Resolver(99)
+    check_project({"project": {"id": 15, "path_with_namespace": "moved/elsewhere"}}, by_id, resolver)
+    with pytest.raises(ProjectMismatch) as raised:
+        check_project({"project": {"id": 16, "path_with_namespace": "jane/other"}}, by_id, resolver)
+    assert raised.value.detail == (
+        "payload is for GitLab project 'jane/other' (id 16), not the configured id 15"
+    )
+    assert resolver.asked == []
+
+
+def test_a_payload_with_a_path_but_no_id_is_compared_by_path_only(diaspora: Project) -> None:
+    resolver = Resolver(15)
+    with pytest.raises(ProjectMismatch, match="'jane/other', not the configured 'mike/diaspora'"):
+        check_project({"project": {"path_with_namespace": "jane/other"}}, diaspora, resolver)
+    assert resolver.asked == []
+
+
 def test_a_boolean_is_not_project_id_one(make_settings: Callable[..., Settings]) -> None:
     project_one = make_settings(gitlab_project="1").projects["sample-app"]
     with pytest.raises(InvalidPayload):

@@ -25,12 +25,14 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from prometheus_client import REGISTRY
 from redis import Redis
 from rq import Queue
 from rq.job import Job
 from werkzeug.serving import make_server
 from werkzeug.test import TestResponse
 
+from tests.fakegitlab import FakeGitLab
 from tests.helpers import (
     ADMIN_TOKEN,
     SECRET_TOKEN,
@@ -42,6 +44,7 @@ from tests.helpers import (
     signed_headers,
     write_config,
 )
+from tests.workers.test_project_ids import silent_server
 from webhook import services
 from webhook.app import create_app
 from webhook.verify import sign
@@ -522,6 +525,7 @@ def test_a_missing_signature_header_is_401(client: FlaskClient, redis: Redis, sh
     del headers[missing]
     response = post(client, body, headers)
     assert response.status_code == 401
+    assert response.get_json()["error"].startswith(f"malformed signature: no {missing} header")
     assert nothing_was_queued(redis)
 
 
@@ -627,6 +631,72 @@ def test_a_missing_or_wrong_token_is_401(
         headers["X-Gitlab-Token"] = token
     response = post(token_only, body, headers)
     assert response.status_code == 401
+    assert nothing_was_queued(redis)
+
+
+class WatchedStream(io.BytesIO):
+    """A request body that remembers whether the app read any of it."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.bytes_read = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        self.bytes_read += len(data)
+        return data
+
+
+@pytest.mark.parametrize("token", [None, "wrong"])
+def test_a_caller_without_the_token_never_makes_us_read_the_body(
+    app: Flask, redis: Redis, sha: str, token: str | None
+) -> None:
+    """The token needs no body: checked first, even on a project that also requires a signature."""
+    body = push_body(sha)
+    stream = WatchedStream(body)
+    headers = signed_headers(body, secret_token=token)
+    response = app.test_client().post(HOOK, input_stream=stream, headers=headers, content_length=len(body))
+    assert response.status_code == 401
+    assert "X-Gitlab-Token" in response.get_json()["error"]
+    assert stream.bytes_read == 0
+    assert nothing_was_queued(redis)
+
+
+def test_the_token_is_checked_before_the_signature(client: FlaskClient, sha: str) -> None:
+    body = push_body(sha)
+    headers = signed_headers(body, signing_token=OTHER_SIGNING_TOKEN, secret_token="wrong")
+    assert post(client, body, headers).get_json() == {"error": "invalid X-Gitlab-Token"}
+
+
+def test_a_signing_only_project_reads_the_body_for_its_signature(
+    make_settings: Callable[..., Settings], redis: Redis, sha: str
+) -> None:
+    app = create_app(make_settings(secret_token=None), redis)
+    body = push_body(sha)
+    stream = WatchedStream(body)
+    headers = signed_headers(body, secret_token=None)
+    response = app.test_client().post(HOOK, input_stream=stream, headers=headers, content_length=len(body))
+    assert response.status_code == 202
+    assert stream.bytes_read == len(body)
+
+
+def refusals(reason: str) -> float:
+    value = REGISTRY.get_sample_value("pushdeploy_verification_failures_total", {"reason": reason})
+    return value or 0.0
+
+
+def test_an_unsigned_delivery_says_the_project_requires_signatures_and_why_gitlab_may_not_sign(
+    client: FlaskClient, redis: Redis, sha: str
+) -> None:
+    body = push_body(sha)
+    before = refusals("unsigned")
+    response = post(client, body, signed_headers(body, signing_token=None))  # the right token, no signature
+    assert response.status_code == 401
+    reason = response.get_json()["error"]
+    assert reason.startswith("unsigned delivery: this project requires signed deliveries")
+    assert "GitLab 19.0" in reason and "webhook_signing_token" in reason
+    assert SECRET_TOKEN not in reason
+    assert refusals("unsigned") == before + 1  # its own label: an operator tells it from a forgery
     assert nothing_was_queued(redis)
 
 
@@ -742,8 +812,86 @@ def test_a_payload_for_another_gitlab_project_is_403(
     body = json.dumps(payload).encode()
     response = post(client, body, signed_headers(body))
     assert response.status_code == 403
-    assert response.get_json() == {"error": "payload is for another GitLab project"}
+    assert response.get_json() == {
+        "error": f"payload is for GitLab project {project!r} (id 999), "
+        "not the configured 'tools/sample-app'; "
+        "if it is this project, renamed or moved, set gitlab_project = 999 (its id)"
+    }
     assert nothing_was_queued(redis)
+
+
+@pytest.mark.parametrize("path", ["Tools/Sample-App", "TOOLS/SAMPLE-APP"])
+def test_the_path_matches_ignoring_case_as_gitlab_paths_do(client: FlaskClient, sha: str, path: str) -> None:
+    body = push_body(sha, project=path)
+    assert post(client, body, signed_headers(body)).status_code == 202
+
+
+# -- the project's id: renamed and moved projects -------------------------------------------------
+
+GITLAB_TOKEN = "gitlab-token-canary-4e1f0a"
+
+
+@pytest.fixture
+def gitlab() -> Iterator[FakeGitLab]:
+    with FakeGitLab({"tools/sample-app": 42}, token=GITLAB_TOKEN) as fake:
+        yield fake
+
+
+def with_gitlab(make_settings: Callable[..., Settings], url: str) -> Settings:
+    return make_settings(gitlab={"url": url, "token": GITLAB_TOKEN, "timeout": 10})
+
+
+def project_lookups(gitlab: FakeGitLab) -> list[str]:
+    return [r["path"] for r in gitlab.requests if r["path"].startswith("/api/v4/projects/")]
+
+
+def test_a_renamed_project_still_matches_by_the_id_gitlab_gives_for_its_old_path(
+    make_settings: Callable[..., Settings], redis: Redis, gitlab: FakeGitLab, sha: str
+) -> None:
+    gitlab.rename_project("tools/sample-app", "platform/sample-app-renamed")
+    client = client_for(with_gitlab(make_settings, gitlab.url), redis)
+    body = push_body(sha, project="platform/sample-app-renamed")  # id 42, as before the rename
+    response = post(client, body, signed_headers(body))
+    assert response.status_code == 202, response.get_json()
+    assert redis.get("pd:gitlab:project-id:tools/sample-app") == b"42"  # shared by every web process
+    # The old path answered with GitLab's redirect to the id: asked once, however many deliveries.
+    assert project_lookups(gitlab) == ["/api/v4/projects/tools%2Fsample-app", "/api/v4/projects/42"]
+    again = push_body(sha, project="platform/sample-app-renamed")
+    assert post(client, again, signed_headers(again)).status_code in (200, 202)
+    assert len(project_lookups(gitlab)) == 2
+
+
+def test_another_project_is_403_naming_both_paths_and_its_id_with_gitlab_known(
+    make_settings: Callable[..., Settings], redis: Redis, gitlab: FakeGitLab, sha: str
+) -> None:
+    client = client_for(with_gitlab(make_settings, gitlab.url), redis)
+    payload = json.loads(push_body(sha, project="someone/else"))
+    payload["project"]["id"] = payload["project_id"] = 77
+    body = json.dumps(payload).encode()
+    response = post(client, body, signed_headers(body))
+    assert response.status_code == 403
+    reason = response.get_json()["error"]
+    assert "'someone/else' (id 77)" in reason and "'tools/sample-app'" in reason
+    assert "set gitlab_project = 77" in reason
+    assert nothing_was_queued(redis)
+
+
+def test_a_gitlab_that_never_answers_delays_a_mismatch_2_s_at_most_and_is_asked_once(
+    make_settings: Callable[..., Settings], redis: Redis, sha: str
+) -> None:
+    with silent_server() as (port, accepted):
+        client = client_for(with_gitlab(make_settings, f"http://127.0.0.1:{port}"), redis)
+        body = push_body(sha, project="platform/sample-app-renamed")
+        for _ in range(3):
+            started = time.monotonic()
+            assert post(client, body, signed_headers(body)).status_code == 403
+            assert time.monotonic() - started < 2.5
+        matching = push_body(sha)
+        started = time.monotonic()
+        assert post(client, matching, signed_headers(matching)).status_code == 202
+        assert time.monotonic() - started < 1.0  # a matching path never waits for GitLab
+        time.sleep(0.3)
+        assert len(accepted) == 1  # web start and three mismatches: one question in RESOLVE_RETRY
 
 
 def test_the_project_is_compared_before_the_event_is_classified(client: FlaskClient, sha: str) -> None:
@@ -856,6 +1004,8 @@ def test_no_rejection_echoes_a_token_key_signature_or_digest(
             HOOK,
             401,
         ),
+        (client, good, signed_headers(good, signing_token=None), HOOK, 401),  # unsigned
+        (client, good, {**near_miss, "webhook-id": ""}, HOOK, 401),  # partial: malformed
         (client, b"not json", signed_headers(b"not json"), HOOK, 400),
         (client, push_body(sha, project="x/y"), signed_headers(push_body(sha, project="x/y")), HOOK, 403),
     ]

@@ -209,11 +209,46 @@ def test_malformed_timestamps_are_invalid_signatures(timestamp: str) -> None:
 
 
 @pytest.mark.parametrize("missing", ["webhook-id", "webhook-timestamp", "webhook-signature"])
-def test_each_missing_standard_webhooks_header_is_an_invalid_signature(missing: str) -> None:
+def test_each_missing_standard_webhooks_header_is_a_malformed_signature_naming_it(missing: str) -> None:
     headers = kat_headers()
     del headers[missing]
-    with pytest.raises(InvalidSignature, match="missing"):
+    with pytest.raises(InvalidSignature) as raised:
         verify_signature(headers, KAT_BODY, [SigningKey(KAT_KEY)], now=KAT_TS)
+    assert raised.value.code == "signature_malformed"
+    assert raised.value.detail.startswith(f"malformed signature: no {missing} header")
+
+
+def test_two_missing_headers_are_named_and_still_malformed() -> None:
+    headers = {"webhook-signature": KAT_SIGNATURE}
+    with pytest.raises(InvalidSignature) as raised:
+        verify_signature(headers, KAT_BODY, [SigningKey(KAT_KEY)], now=KAT_TS)
+    assert raised.value.code == "signature_malformed"
+    assert "no webhook-id or webhook-timestamp header" in raised.value.detail
+
+
+@pytest.mark.parametrize("headers", [{}, {"X-Gitlab-Token": SECRET_TOKEN}, {"webhook-id": ""}])
+def test_no_standard_webhooks_header_at_all_is_an_unsigned_delivery_with_the_likely_cause(
+    headers: dict[str, str],
+) -> None:
+    """GitLab without a signing token on the hook (or before 19.0, or without the flag) sends none."""
+    with pytest.raises(InvalidSignature) as raised:
+        verify_signature(headers, KAT_BODY, [SigningKey(KAT_KEY)], now=KAT_TS)
+    reason = raised.value.detail
+    assert raised.value.code == "unsigned"
+    assert raised.value.status_code == 401
+    assert "requires signed deliveries" in reason
+    assert "signing token" in reason and "GitLab 19.0" in reason and "webhook_signing_token" in reason
+    assert SECRET_TOKEN not in reason
+
+
+def test_unsigned_malformed_and_mismatched_signatures_have_their_own_labels() -> None:
+    keys = [SigningKey(KAT_KEY)]
+    codes = set()
+    for headers in ({}, {"webhook-id": KAT_ID}, kat_headers(signature="v1,AAAA")):
+        with pytest.raises(InvalidSignature) as raised:
+            verify_signature(headers, KAT_BODY, keys, now=KAT_TS)
+        codes.add(raised.value.code)
+    assert codes == {"unsigned", "signature_malformed", "signature_mismatch"}
 
 
 @pytest.mark.parametrize("empty", ["webhook-id", "webhook-timestamp", "webhook-signature"])
