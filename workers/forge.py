@@ -187,9 +187,25 @@ class GitLabForge:
             retry_transient_errors=True,
             user_agent="pushdeploy",
         )
+        self._ids: dict[str, int] = {}
+
+    def _project(self, project: str) -> Any:
+        """A handle on ``project`` by its numeric id, asked once per path.
+
+        After a project is renamed or moved GitLab answers reads of its old path with a redirect,
+        but refuses writes to it (405): statuses and deployments always go to the id.
+        """
+        if project.isdigit():
+            return self.client.projects.get(int(project), lazy=True)
+        known = self._ids.get(project.lower())
+        if known is None:
+            with _translated():
+                found = self.client.projects.get(project, max_retries=self.max_retries, obey_rate_limit=True)
+            known = self._ids[project.lower()] = int(found.id)
+        return self.client.projects.get(known, lazy=True)
 
     def post_deployment(self, update: DeploymentUpdate, forge_id: str) -> str:
-        project = self.client.projects.get(update.project, lazy=True)
+        project = self._project(update.project)
         with _translated():
             if forge_id:
                 return self._update_deployment(project, update, forge_id)
@@ -224,7 +240,7 @@ class GitLabForge:
         return forge_id
 
     def last_deployment_id(self, update: DeploymentUpdate) -> int:
-        project = self.client.projects.get(update.project, lazy=True)
+        project = self._project(update.project)
         with _translated():
             newest = project.deployments.list(
                 environment=update.environment,
@@ -238,7 +254,7 @@ class GitLabForge:
         return max((int(item.id) for item in newest), default=0)
 
     def find_deployment(self, update: DeploymentUpdate, after: int) -> str:
-        project = self.client.projects.get(update.project, lazy=True)
+        project = self._project(update.project)
         found = ""
         with _translated():
             for item in project.deployments.list(
@@ -272,7 +288,7 @@ class GitLabForge:
     def post_status(
         self, status: CommitStatus, retrying: bool = False, pipeline_id: int | None = None
     ) -> Posted:
-        project = self.client.projects.get(status.project, lazy=True)
+        project = self._project(status.project)
         commit = project.commits.get(status.sha, lazy=True)
         if retrying and status.state in FINAL:
             there = self._already_there(commit, status, pipeline_id, same_state=True)

@@ -619,8 +619,8 @@ def nginx_seconds(value: str) -> int:
 
 
 def test_nginx_site_limits_match_pushdeploy() -> None:
-    # the example config sets server.max_body_bytes to the same 1 MiB (test below): raise both together
-    assert directive("client_max_body_size") == ["1m"]
+    # the example config sets server.max_body_bytes to the same 25 MiB (test below): change both together
+    assert directive("client_max_body_size") == ["25m"]
     assert [nginx_seconds(v) for v in directive("client_header_timeout")] == [10]
     assert [nginx_seconds(v) for v in directive("client_body_timeout")] == [30]
     assert directive("large_client_header_buffers") == ["4 8k"]
@@ -724,7 +724,7 @@ def test_nginx_serves_gunicorn_over_tls(proxied: Proxied) -> None:
 def test_nginx_refuses_bodies_over_max_body_bytes_before_gunicorn(proxied: Proxied) -> None:
     url, headers = proxied.url("/hooks/gitlab/sample-app"), {"Content-Type": "application/json"}
     before = proxied.gunicorn_requests("POST /hooks/gitlab/sample-app")
-    limit = 1024 * 1024  # nginx's client_max_body_size 1m, the example config's max_body_bytes
+    limit = 25 * 1024 * 1024  # nginx's client_max_body_size 25m, the example config's max_body_bytes
     too_big = requests.post(
         url, data=b" " * (limit + 1), headers=headers, verify=str(proxied.cert), timeout=10
     )
@@ -1127,7 +1127,7 @@ def test_web_deployment_service_and_ingress() -> None:
         assert path["backend"]["service"]["name"] == "pushdeploy-web"
         assert ingress["spec"]["tls"]
     annotations = lambda p: paths[p][0]["metadata"]["annotations"]  # noqa: E731
-    assert annotations("/")["nginx.ingress.kubernetes.io/proxy-body-size"] == "1m"
+    assert annotations("/")["nginx.ingress.kubernetes.io/proxy-body-size"] == "25m"
     assert annotations("/")["nginx.ingress.kubernetes.io/proxy-request-buffering"] == "on"
     assert "nginx.ingress.kubernetes.io/limit-rps" in annotations("/hooks/")
     assert annotations("/metrics")["nginx.ingress.kubernetes.io/denylist-source-range"] == "0.0.0.0/0,::/0"
@@ -1186,7 +1186,7 @@ def test_example_config_passes_pushdeploy_check() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     settings = load(example, environ=secrets)
     assert str(settings.server.data_dir) == "/var/lib/pushdeploy"
-    assert settings.server.max_body_bytes == 1024 * 1024  # nginx's client_max_body_size 1m
+    assert settings.server.max_body_bytes == 25 * 1024 * 1024  # nginx's client_max_body_size 25m
     for project in settings.projects.values():
         for environment in project.environments.values():
             assert job_timeout(environment) + RQ_KILL_MARGIN <= int(unit_value(WORKER_UNIT, "TimeoutStopSec"))

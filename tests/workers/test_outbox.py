@@ -76,6 +76,17 @@ def test_5xx_then_429_still_delivers_everything_in_order_once(redis: Redis, gitl
     assert gitlab.pending_faults == 0
 
 
+def test_statuses_reach_a_project_renamed_after_it_was_configured(redis: Redis, gitlab: FakeGitLab) -> None:
+    """GitLab refuses writes to a moved project's old path (405): they go to its id, asked once."""
+    gitlab.rename_project("tools/sample-app", "platform/sample-app")
+    queue(redis, "d1", StatusState.PENDING, StatusState.RUNNING, StatusState.SUCCESS)
+    drain(courier(redis, gitlab), redis)
+    assert [s["state"] for s in gitlab.statuses(sha=SHA)] == ["pending", "running", "success"]
+    lookups = [r for r in gitlab.requests if r["method"] == "GET" and "sample-app" in r["path"]]
+    assert len(lookups) == 1  # the old path, followed to the id once; the posts use the id
+    assert DeploymentStore(redis).get("d1").status_problem == ""
+
+
 def test_a_refused_token_is_recorded_on_the_deployment_and_not_retried_forever(
     redis: Redis, gitlab: FakeGitLab
 ) -> None:
@@ -84,8 +95,7 @@ def test_a_refused_token_is_recorded_on_the_deployment_and_not_retried_forever(
     problem = DeploymentStore(redis).get("d1").status_problem
     assert "401" in problem and "api scope" in problem
     assert gitlab.statuses() == []
-    posts = [r for r in gitlab.requests if r["method"] == "POST"]
-    assert len(posts) == 2  # one try per status, then it is shown, not hammered
+    assert len(gitlab.requests) == 2  # one try per status (the project lookup, refused), then shown
 
 
 def test_a_status_added_while_delivering_is_not_lost(redis: Redis, gitlab: FakeGitLab) -> None:
