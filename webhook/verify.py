@@ -97,18 +97,23 @@ def verify_signature(
 
 UNSIGNED = (
     "unsigned delivery: this project requires signed deliveries (it has a signing_token) and this one "
-    "has no webhook-id, webhook-timestamp or webhook-signature header. GitLab signs a delivery only when "
-    "the webhook has a signing token, which needs GitLab 19.0 or later with the webhook_signing_token "
-    "feature flag enabled: set the hook's signing token, or remove signing_token from the project's config"
+    "has no webhook-signature header. GitLab signs a delivery only when the webhook has a signing "
+    "token, which needs GitLab 19.0 or later with the webhook_signing_token feature flag enabled: set "
+    "the hook's signing token, or remove signing_token from the project's config"
 )
 """Told apart from a forgery: the likely cause is a GitLab that does not sign, not an attacker."""
 
 
 def _refuse_unsigned(given: dict[str, str | None]) -> NoReturn:
-    """None of the three headers is an unsigned delivery; some of them, a malformed signature."""
-    absent = [name for name, value in given.items() if not value]
-    if len(absent) == len(given):
+    """No ``webhook-signature`` is an unsigned delivery; a signature without its id or timestamp is
+    a malformed one.
+
+    A GitLab that can sign may send ``webhook-id`` and ``webhook-timestamp`` on every delivery, and
+    the signature only when the hook has a signing token: their presence alone says nothing.
+    """
+    if not given["webhook-signature"]:
         raise InvalidSignature(UNSIGNED, "unsigned")
+    absent = [name for name, value in given.items() if not value]
     raise InvalidSignature(
         f"malformed signature: no {' or '.join(absent)} header (a signed delivery carries all of "
         "webhook-id, webhook-timestamp and webhook-signature)",
