@@ -100,3 +100,49 @@ def test_failing_build_reports_failed_and_leaves_current_alone(stack: object) ->
     assert "error: missing semicolon" in record["steps"][0]["tail"]
     failed_status = made.gitlab.statuses(sha=bad)[-1]
     assert "exited with 3" in failed_status["description"]
+
+
+def test_a_matching_tag_push_deploys_the_tagged_commit_and_reports_on_the_tag(stack: object) -> None:
+    """A Tag Push Hook for an annotated tag: ``after`` is the tag object, ``checkout_sha`` the commit."""
+    import json
+
+    from tests.helpers import git
+
+    made: Stack = stack(  # type: ignore[operator]
+        branch=None,
+        environment=None,
+        environments={"staging": {"branch": "main"}, "production": {"tags": "v*"}},
+        deploy=['echo "$PUSHDEPLOY_REF" > ../../ref.txt'],
+    )
+    made.start_web()
+    made.start_worker()
+    sha = made.repo.commit({"build.sh": BUILD_OK, "app.txt": "tagged\n"}, "release 1.0")
+    git("tag", "-a", "-m", "release 1.0", "v1.0.0", cwd=made.repo.work)
+    git("push", "--quiet", "origin", "v1.0.0", cwd=made.repo.work)
+    tag_object = git("rev-parse", "v1.0.0", cwd=made.repo.work)
+    payload = {
+        "object_kind": "tag_push",
+        "ref": "refs/tags/v1.0.0",
+        "before": "0" * 40,
+        "after": tag_object,
+        "checkout_sha": sha,
+        "user_username": "alice",
+        "project_id": 42,
+        "project": {"id": 42, "path_with_namespace": "tools/sample-app"},
+        "commits": [],
+    }
+    body = json.dumps(payload).encode()
+    url = f"{made.base_url}/hooks/gitlab/sample-app"
+    answer = requests.post(url, data=body, headers=signed_headers(body, event="Tag Push Hook"), timeout=5)
+    assert answer.status_code == 202, answer.text
+    assert final_status(made, sha) == ["pending", "running", "success"]
+    posted = made.gitlab.statuses(sha=sha)
+    assert {(s["name"], s["ref"]) for s in posted} == {("deploy/production", "v1.0.0")}
+    assert (made.data_dir / "projects/sample-app/production/ref.txt").read_text() == "v1.0.0\n"
+
+    other = json.dumps(payload | {"ref": "refs/tags/nightly-1"}).encode()
+    ignored = requests.post(url, data=other, headers=signed_headers(other, event="Tag Push Hook"), timeout=5)
+    assert (ignored.status_code, ignored.json()) == (
+        200,
+        {"ignored": "tag 'nightly-1' matches no environment's tags"},
+    )
