@@ -13,6 +13,7 @@ from webhook import auth, services
 from webhook.api import api
 from webhook.badges import badges
 from webhook.drainer import Drainer
+from webhook.journal import Journal
 from webhook.metrics import metrics
 from webhook.pages import pages
 from webhook.receive import HookEndpoint
@@ -20,7 +21,6 @@ from workers import links, migrations
 from workers.config import OnRedisDown, Settings, config_path, load
 from workers.connection import web_redis
 from workers.intake import Intake
-from workers.journal import Journal
 from workers.links import LinkSigner
 from workers.project_ids import ProjectIds
 

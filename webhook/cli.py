@@ -150,6 +150,7 @@ def _delivery_rule(signed: bool) -> str:
 
 
 def cmd_gitlab_hook(args: argparse.Namespace) -> int:
+    from webhook import hook_report
     from workers import gitlab_hooks
     from workers.forge import ForgeError
 
@@ -167,7 +168,7 @@ def cmd_gitlab_hook(args: argparse.Namespace) -> int:
     except ForgeError as exc:
         print(f"pushdeploy: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    for line in gitlab_hooks.describe(report):
+    for line in hook_report.describe(report):
         print(line)
     for problem in report.problems:
         print(f"pushdeploy: {problem}", file=sys.stderr)

@@ -7,10 +7,10 @@ import threading
 
 from redis.exceptions import RedisError
 
+from webhook.journal import Journal, Record
 from workers import defaults
 from workers.config import Settings
 from workers.intake import Intake, Push
-from workers.journal import Journal, Record
 
 log = logging.getLogger(__name__)
 

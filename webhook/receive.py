@@ -21,11 +21,11 @@ from werkzeug.wsgi import get_content_length
 
 from webhook import events, metrics
 from webhook.errors import InvalidToken, PayloadTooLarge, QueueUnavailable, UnknownProject, WebhookError
+from webhook.journal import Journal, Record
 from webhook.verify import check_envelope, verify_signature, verify_token
 from workers.config import OnRedisDown, Settings
 from workers.deployments import new_id
 from workers.intake import Accepted, Intake
-from workers.journal import Journal, Record
 from workers.project_ids import ProjectIds
 from workers.routes import deployment_url
 

@@ -12,9 +12,9 @@ from typing import cast
 from flask import Flask, current_app
 from redis import Redis
 
+from webhook.journal import Journal
 from workers.config import Settings
 from workers.intake import Intake
-from workers.journal import Journal
 
 KEY = "pushdeploy"
 

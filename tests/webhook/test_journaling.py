@@ -10,11 +10,11 @@ from redis import Redis
 from tests.helpers import GitRepo, git, push_body, signed_headers
 from webhook.app import create_app
 from webhook.drainer import Drainer
+from webhook.journal import Journal
 from workers.config import Settings
 from workers.connection import web_redis
 from workers.deployments import DeploymentStore, State
 from workers.intake import Intake
-from workers.journal import Journal
 
 
 def test_a_push_while_redis_is_down_is_journaled_and_deployed_later(

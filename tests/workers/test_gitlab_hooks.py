@@ -12,6 +12,7 @@ import pytest
 
 from tests.fakegitlab import FakeGitLab, _HttpError
 from tests.helpers import SECRET_TOKEN, SIGNING_TOKEN
+from webhook.hook_report import describe
 from workers.config import Settings
 from workers.forge import ForgeRejected, TransientForgeError
 from workers.gitlab_hooks import (
@@ -21,7 +22,6 @@ from workers.gitlab_hooks import (
     HookSetupError,
     TokenAction,
     branch_filter,
-    describe,
     diff,
     plan_token,
     setup_hook,

@@ -12,10 +12,10 @@ import pytest
 from redis import Redis
 
 from webhook.drainer import Drainer
+from webhook.journal import Journal, Record
 from workers.config import Settings
 from workers.deployments import DeploymentStore, State, new_id
 from workers.intake import Intake
-from workers.journal import Journal, Record
 
 SHA = "cd" * 20
 
