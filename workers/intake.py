@@ -111,13 +111,18 @@ def job_timeout(environment: Environment) -> int:
 def enqueue_job(
     queue: Queue, deployment_id: str, environment: Environment, job_id: str, pipe: Pipeline | None = None
 ) -> Job:
-    """The RQ job of a deployment: its only argument is the deployment id."""
+    """The RQ job of a deployment: its only argument is the deployment id.
+
+    A finished job is deleted at once (``result_ttl=0``): the deployment's record is what is kept,
+    and an hour of job and result hashes per push was two thirds of Redis's memory on a busy
+    repository. A job that failed (a bug, not a failed deployment) stays a week for diagnosis.
+    """
     return queue.enqueue_call(
         "workers.pipeline.run_deployment",
         args=(deployment_id,),
         job_id=job_id,
         timeout=job_timeout(environment),
-        result_ttl=3600,
+        result_ttl=0,
         failure_ttl=7 * 24 * 3600,
         description=f"deploy {environment.project}/{environment.name} ({deployment_id})",
         on_failure=Callback("workers.recovery.job_failed"),
