@@ -229,7 +229,7 @@ def run(plan: Plan, workdir: Path, redis: Redis, redis_url: str) -> dict[str, An
     total_bytes = sum(t["bytes"] for t in kinds.values())
     return {
         "environments": len(names),
-        "project_layout": f"1 project x {len(names)} environments (one branch each)",
+        "project_layout": "one project, each environment on its own branch",
         "deliveries": len(sent),
         "keep_deployments": plan.growth_keep,
         "workers": plan.growth_workers,
