@@ -286,8 +286,9 @@ def _growth(runs: list[GrowthRun]) -> list[str]:
     def row(name: str, cell: Any) -> None:
         lines.append(f"| {name} | " + " | ".join(str(cell(g)) for _, g, _ in runs) + " |")
 
-    lines.append("| run: started, load average, duration | " + " | ".join(
-        f"{r['started_at'][:16]}, {r['machine']['load_average_at_start'][0]}, {g['seconds']:.0f} s"
+    lines.append("| run: started, load average at start → end, duration | " + " | ".join(
+        f"{r['started_at'][:16]}, {r['machine']['load_average_at_start'][0]} → "
+        f"{r['machine'].get('load_average_at_end', ['?'])[0]}, {g['seconds']:.0f} s"
         for _, g, r in runs) + " |")
     row("deliveries sent in (s); every deployment ended after (s)",
         lambda g: f"{g['send_s']:.0f}; {g['all_ended_s']:.0f}")
