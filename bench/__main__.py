@@ -22,7 +22,7 @@ from typing import Any
 
 from redis import Redis
 
-from bench import accept, breakdown, burst, deploys, report
+from bench import accept, breakdown, burst, deploys, growth, report
 from bench.machine import describe
 from bench.plan import FULL, SMOKE, Plan
 from bench.procs import ROOT, HarnessError
@@ -37,6 +37,7 @@ SCENARIOS: dict[str, Scenario] = {
     "push_to_running": deploys.run_push_to_running,
     "overhead": deploys.run_overhead,
     "burst": burst.run,
+    "growth": growth.run,
 }
 
 
@@ -47,7 +48,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", help="comma-separated scenarios: " + ", ".join(SCENARIOS))
     parser.add_argument("--redis-url", help="default $PUSHDEPLOY_BENCH_REDIS_URL or redis://127.0.0.1:6379/9")
     parser.add_argument("--json", type=Path,
-                        help="results file (default bench/results/latest.json, or smoke.json)")
+                        help="results file (default bench/results/latest.json; smoke.json with --smoke; "
+                             "NAME.json with --only NAME)")
     parser.add_argument("--markdown", type=Path,
                         help="page to write (default docs/benchmarks.md for a full run of every scenario)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, repositories)")
@@ -55,6 +57,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="measure nothing: recompute the summaries and targets of a results file and "
                              "write its page (--markdown, default docs/benchmarks.md)")
     return parser.parse_args(argv)
+
+
+def default_results(smoke: bool, only: list[str] | None) -> str:
+    """A partial run has its own file (``--only growth``: growth.json), so it never hides the full run's."""
+    if smoke:
+        return "smoke.json"
+    return "+".join(only) + ".json" if only else "latest.json"
 
 
 def run_scenario(name: str, plan: Plan, workdir: Path, redis: Redis, url: str) -> dict[str, Any]:
@@ -94,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown scenario(s): {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
-    json_path = args.json or ROOT / "bench" / "results" / ("smoke.json" if args.smoke else "latest.json")
+    json_path = args.json or ROOT / "bench" / "results" / default_results(args.smoke, args.only and chosen)
     full_run = not args.smoke and not args.only
     markdown = args.markdown or (ROOT / "docs" / "benchmarks.md" if full_run else None)
     url = bench_url(args.redis_url)

@@ -33,6 +33,14 @@ class Plan:
     burst_timeout: float
     settle: float  # seconds between sequential pushes, so the worker is idle again
     breakdown_calls: int
+    growth_environments: int  # one project, one branch and environment each
+    growth_deliveries: int
+    growth_keep: int  # server.keep_deployments
+    growth_workers: int
+    growth_timeout: float  # for every deployment to end once all deliveries are in
+    growth_api_requests: int  # one environment's list, and a tenth as many of every environment's
+    growth_page_requests: int
+    growth_scrapes: int
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,6 +71,14 @@ FULL = Plan(
     burst_timeout=300.0,
     settle=0.1,
     breakdown_calls=300,
+    growth_environments=100,
+    growth_deliveries=20_000,
+    growth_keep=100,
+    growth_workers=2,
+    growth_timeout=1800.0,
+    growth_api_requests=200,
+    growth_page_requests=100,
+    growth_scrapes=50,
 )
 
 SMOKE = Plan(
@@ -84,4 +100,12 @@ SMOKE = Plan(
     burst_timeout=60.0,
     settle=0.05,
     breakdown_calls=50,
+    growth_environments=5,
+    growth_deliveries=200,
+    growth_keep=10,
+    growth_workers=1,
+    growth_timeout=120.0,
+    growth_api_requests=20,
+    growth_page_requests=10,
+    growth_scrapes=10,
 )

@@ -6,10 +6,12 @@ The tables are regenerated on every full run; the hand-written analysis between 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from bench.cpu import NOISY
+from bench.procs import ROOT
 
 START, END = "<!-- analysis -->", "<!-- /analysis -->"
 PLACEHOLDER = "_No analysis written for this run yet._"
@@ -18,6 +20,11 @@ RECEIVERS = {
     "bare_flask": "bare Flask: verify the HMAC, answer 202 (`bench/bare_app.py`)",
     "adnanh_webhook": "adnanh/webhook: body HMAC rule, runs `true`",
 }
+RESULTS = ROOT / "bench" / "results"
+GROWTH_BASELINE = RESULTS / "growth-before-83260a9.json"
+"""The growth scenario on the engine before its one lifecycle (history pruned only by ``Runner.finish``)."""
+GROWTH_LATEST = RESULTS / "growth.json"
+"""``python -m bench --only growth``'s results: shown when the run being rendered did not measure growth."""
 
 
 def kept_analysis(path: Path) -> str:
@@ -68,6 +75,7 @@ def render(results: dict[str, Any], analysis: str) -> str:
     lines += _overhead(scenarios.get("overhead", {}))
     lines += _burst(scenarios.get("burst", {}))
     lines += _breakdown(scenarios.get("accept_breakdown", {}))
+    lines += _growth(growth_runs(results))
     lines += ["", "## Analysis", "", START, analysis, END, ""]
     return "\n".join(lines)
 
@@ -223,4 +231,86 @@ def _breakdown(breakdown: dict[str, Any]) -> list[str]:
     ]
     for stage, micros in breakdown["stages_us"].items():
         lines.append(f"| {stage.replace('_', ' ')} | {micros:,.1f} |")
+    return lines
+
+
+GrowthRun = tuple[str, dict[str, Any], dict[str, Any]]
+"""A column of the growth table: its label, the scenario's results and the whole run's."""
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    found: dict[str, Any] = json.loads(path.read_text())
+    return found
+
+
+def _growth_run(label: str, results: dict[str, Any] | None) -> list[GrowthRun]:
+    if results is None:
+        return []
+    growth = results["scenarios"].get("growth", {})
+    if growth.get("status") != "ok":
+        return []
+    commit = results["machine"].get("source", {}).get("commit", "?")[:7]
+    return [(f"{label}: {commit}", growth, results)]
+
+
+def growth_runs(results: dict[str, Any]) -> list[GrowthRun]:
+    """The recorded baseline, then this run's growth results or, if it measured none, the latest ones."""
+    current = _growth_run("after", results) or _growth_run("after", _load(GROWTH_LATEST))
+    return _growth_run("before", _load(GROWTH_BASELINE)) + current
+
+
+def _growth(runs: list[GrowthRun]) -> list[str]:
+    lines = ["", "## Growth: bounded history", ""]
+    if not runs:
+        return [*lines, "_Not measured: no growth results (`python -m bench --only growth`)._"]
+    first = runs[0][1]
+    lines += [
+        f"{first['deliveries']:,} accepted deliveries over {first['environments']} environments "
+        f"({first['project_layout']}), each a distinct push: the branches move forward one commit at a "
+        f"time, a round across all environments after another, so the newest push wins and most "
+        f"deployments are superseded. `keep_deployments = {first['keep_deployments']}`, "
+        f"{first['workers']} workers, no-op build and deploy. Once every deployment has ended (and its "
+        f"statuses are delivered), every key in the database is counted and sized by kind, then the "
+        f"operator's reads are timed one after another on that history. The point is bounded history: "
+        f"whatever the number of pushes, kept deployments and their keys per environment should stay "
+        f"within a small constant times `keep_deployments`, and a `/metrics` scrape should not cost more "
+        f"as `keep_deployments` grows. Bytes are `MEMORY USAGE key SAMPLES 0` summed over the keys; "
+        f"`used_memory` (INFO) before and after is shown as a cross-check.",
+        "",
+        "| per environment | " + " | ".join(label for label, _, _ in runs) + " |",
+        "|---|" + "---:|" * len(runs),
+    ]
+
+    def row(name: str, cell: Any) -> None:
+        lines.append(f"| {name} | " + " | ".join(str(cell(g)) for _, g, _ in runs) + " |")
+
+    lines.append("| run: started, load average at start → end, duration | " + " | ".join(
+        f"{r['started_at'][:16]}, {r['machine']['load_average_at_start'][0]} → "
+        f"{r['machine'].get('load_average_at_end', ['?'])[0]}, {g['seconds']:.0f} s"
+        for _, g, r in runs) + " |")
+    row("deliveries sent in (s); every deployment ended after (s)",
+        lambda g: f"{g['send_s']:.0f}; {g['all_ended_s']:.0f}")
+    row("deployments kept in history (mean, max)",
+        lambda g: f"{g['history_length']['mean']:.0f}, {g['history_length']['max']}")
+    row("**Redis keys**", lambda g: f"**{g['keys_per_environment']:,.1f}**")
+    kinds: list[str] = []
+    for _, growth, _ in runs:
+        kinds += [k for k in growth["kinds_per_environment"] if k not in kinds]
+    for kind in kinds:
+        row(f"… {kind}", lambda g, k=kind: f"{g['kinds_per_environment'].get(k, {}).get('keys', 0):,.1f}")
+    row("**bytes** (`MEMORY USAGE`)", lambda g: f"**{g['memory_usage_bytes_per_environment']:,}**")
+    for kind in kinds:
+        row(f"… {kind}", lambda g, k=kind: f"{g['kinds_per_environment'].get(k, {}).get('bytes', 0):,}")
+    row("bytes (`used_memory` delta)", lambda g: f"{g['used_memory_delta_per_environment']:,}")
+    lines += ["", "| request, ms (median / p99) | " + " | ".join(label for label, _, _ in runs) + " |",
+              "|---|" + "---:|" * len(runs)]
+    for name, field in (("`GET /api/v1/deployments?project&environment&limit=50`", "api_list_environment"),
+                        ("`GET /api/v1/deployments?limit=50` (every environment)", "api_list_all"),
+                        ("`GET /` signed in", "overview_page"), ("`GET /metrics`", "metrics_scrape")):
+        counts = "/".join(str(g[field]["requests"]) for _, g, _ in runs)
+        row(f"{name}, {counts} requests",
+            lambda g, f=field: f"{g[f]['median_ms']:.1f} / {g[f]['p99_ms']:.1f}")
+    row("`/metrics` body, bytes", lambda g: f"{g['metrics_scrape']['bytes']:,}")
     return lines

@@ -132,13 +132,15 @@ def project_table(gitlab_project: str, repo_url: str, **overrides: Any) -> dict[
 
 
 def write_stack_config(workdir: Path, redis_url: str, port: int, projects: dict[str, dict[str, Any]],
-                       gitlab_url: str | None) -> Path:
+                       gitlab_url: str | None, server: dict[str, Any] | None = None) -> Path:
+    """The configuration file; ``server`` adds to (or overrides) the ``[server]`` table."""
     config: dict[str, Any] = {
         "server": {
             "public_url": f"http://127.0.0.1:{port}",
             "redis_url": redis_url,
             "data_dir": str(workdir / "data"),
             "admin_token": ADMIN_TOKEN,
+            **(server or {}),
         },
         "projects": projects,
     }
@@ -164,8 +166,11 @@ def start_web(processes: Processes, name: str, config: Path, port: int, workers:
 
 
 def start_stack(workdir: Path, redis: Redis, redis_url: str, projects: dict[str, dict[str, Any]],
-                gitlab_projects: dict[str, int], web_workers: int, workers: int) -> Stack:
+                gitlab_projects: dict[str, int], web_workers: int, workers: int,
+                server: dict[str, Any] | None = None) -> Stack:
     """gunicorn with ``web_workers``, ``workers`` pushdeploy workers, and a fake GitLab; all started.
+
+    ``server`` holds extra ``[server]`` settings (``keep_deployments`` for the growth scenario).
 
     Use it as a context manager: leaving the block stops everything it started.
     """
@@ -176,7 +181,7 @@ def start_stack(workdir: Path, redis: Redis, redis_url: str, projects: dict[str,
     gitlab.start()
     try:
         port = free_port()
-        config = write_stack_config(workdir, redis_url, port, projects, gitlab.url)
+        config = write_stack_config(workdir, redis_url, port, projects, gitlab.url, server)
         base = start_web(processes, f"{workdir.name}-web", config, port, web_workers)
         env = clean_env({"PUSHDEPLOY_CONFIG": str(config)})
         for index in range(workers):

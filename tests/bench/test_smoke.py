@@ -18,12 +18,13 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = {"accept", "accept_breakdown", "push_to_running", "overhead", "burst"}
+SCENARIOS = {"accept", "accept_breakdown", "push_to_running", "overhead", "burst", "growth"}
+KEPT_ENV = "PUSHDEPLOY_BENCH_REDIS_URL"  # the harness' own database: a machine may give each user one
 
 
 def test_smoke_run_writes_every_scenario(tmp_path: Path) -> None:
     results_file = tmp_path / "smoke.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHDEPLOY_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHDEPLOY_") or k == KEPT_ENV}
     done = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--json", str(results_file)], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, f"stdout:\n{done.stdout[-4000:]}\nstderr:\n{done.stderr[-4000:]}"
@@ -51,5 +52,13 @@ def test_smoke_run_writes_every_scenario(tmp_path: Path) -> None:
     burst = scenarios["burst"]
     assert burst["answers"] == {"202": burst["deliveries"]}
     assert burst["deployments_ran"] >= burst["environments"]
+    growth = scenarios["growth"]
+    assert growth["answers"] == {"202": growth["deliveries"]}
+    assert growth["history_length"]["max"] <= growth["keep_deployments"]
+    kept = growth["environments"] * growth["keep_deployments"]
+    assert growth["kinds"]["deployment records"]["keys"] <= kept  # pruned, however each one ended
+    assert growth["keys_total"] == sum(kind["keys"] for kind in growth["kinds"].values())
+    for read in ("api_list_environment", "api_list_all", "overview_page", "metrics_scrape"):
+        assert growth[read]["requests"] > 0 and growth[read]["p99_ms"] >= growth[read]["median_ms"] > 0
     assert {t["verdict"] for t in results["targets"]} <= {"met", "NOT MET", "not measured"}
     assert len(results["targets"]) == 7
