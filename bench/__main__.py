@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     json_path.write_text(json.dumps(results, indent=2) + "\n")
     if markdown is not None:
         markdown.write_text(report.render(results, report.kept_analysis(markdown)))
-    print("\nTargets (issue 6):")
+    print("\nSpeed targets:")
     for verdict in verdicts:
         note = f" ({verdict.note})" if verdict.note else ""
         print(f"  [{verdict.word}] {verdict.target}: {verdict.measured}{note}")

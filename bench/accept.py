@@ -34,8 +34,8 @@ from bench.plan import Plan
 from bench.procs import HarnessError, Processes, answers, free_port, wait_until
 from bench.redisdb import server_pid
 from bench.stack import project_table, start_web, write_stack_config
+from workers import schema
 from workers.defaults import DEPLOY_QUEUE
-from workers.deployments import history_key
 
 PROJECT = "bench-app"
 GITLAB_PROJECT = "bench/accept"
@@ -70,42 +70,65 @@ def adnanh_hooks(path: Path) -> Path:
     Its rule signs the body alone and reads a hex digest from a header, so the deliveries carry
     one (``X-Payload-Signature``) besides GitLab's Standard Webhooks signature.
     """
-    hooks = [{
-        "id": "gitlab",
-        "execute-command": shutil.which("true") or "/bin/true",
-        "command-working-directory": str(path.parent),
-        "response-message": "accepted",
-        "success-http-response-code": 202,
-        "http-methods": ["POST"],
-        "trigger-rule": {"match": {
-            "type": "payload-hmac-sha256",
-            "secret": ADNANH_SECRET,
-            "parameter": {"source": "header", "name": ADNANH_HEADER},
-        }},
-    }]
+    hooks = [
+        {
+            "id": "gitlab",
+            "execute-command": shutil.which("true") or "/bin/true",
+            "command-working-directory": str(path.parent),
+            "response-message": "accepted",
+            "success-http-response-code": 202,
+            "http-methods": ["POST"],
+            "trigger-rule": {
+                "match": {
+                    "type": "payload-hmac-sha256",
+                    "secret": ADNANH_SECRET,
+                    "parameter": {"source": "header", "name": ADNANH_HEADER},
+                }
+            },
+        }
+    ]
     path.write_text(json.dumps(hooks, indent=2))
     return path
 
 
 def start_targets(plan: Plan, processes: Processes, workdir: Path, redis_url: str) -> list[Target]:
     port = free_port()
-    config = write_stack_config(workdir / "pushdeploy", redis_url, port,
-                                {PROJECT: project_table(GITLAB_PROJECT, str(workdir / "unused.git"))}, None)
+    config = write_stack_config(
+        workdir / "pushdeploy",
+        redis_url,
+        port,
+        {PROJECT: project_table(GITLAB_PROJECT, str(workdir / "unused.git"))},
+        None,
+    )
     gunicorn = f"gunicorn sync, {plan.gunicorn_workers} workers, access log on (`pushdeploy web`'s argv)"
     base = start_web(processes, "pushdeploy-web", config, port, plan.gunicorn_workers)
-    targets = [Target("pushdeploy", f"{base}/hooks/gitlab/{PROJECT}", gunicorn,
-                      processes.children["pushdeploy-web"].pid)]
+    targets = [
+        Target(
+            "pushdeploy", f"{base}/hooks/gitlab/{PROJECT}", gunicorn, processes.children["pushdeploy-web"].pid
+        )
+    ]
     bare_port = free_port()
-    bare = start_web(processes, "bare-web", config, bare_port, plan.gunicorn_workers,
-                     app="bench.bare_app:create_app()", env={"BENCH_SIGNING_TOKEN": SIGNING_TOKEN})
-    targets.append(Target("bare_flask", f"{bare}/hooks/gitlab/{PROJECT}", gunicorn,
-                          processes.children["bare-web"].pid))
+    bare = start_web(
+        processes,
+        "bare-web",
+        config,
+        bare_port,
+        plan.gunicorn_workers,
+        app="bench.bare_app:create_app()",
+        env={"BENCH_SIGNING_TOKEN": SIGNING_TOKEN},
+    )
+    targets.append(
+        Target("bare_flask", f"{bare}/hooks/gitlab/{PROJECT}", gunicorn, processes.children["bare-web"].pid)
+    )
     binary = webhook_binary()
     if binary is not None:
         hook_port = free_port()
         hooks = adnanh_hooks(workdir / "hooks.json")
-        server = processes.spawn("adnanh-webhook", [binary, "-hooks", str(hooks), "-ip", "127.0.0.1",
-                                                    "-port", str(hook_port)], {"PATH": "/usr/bin:/bin"})
+        server = processes.spawn(
+            "adnanh-webhook",
+            [binary, "-hooks", str(hooks), "-ip", "127.0.0.1", "-port", str(hook_port)],
+            {"PATH": "/usr/bin:/bin"},
+        )
         url = f"http://127.0.0.1:{hook_port}/hooks/gitlab"
         wait_until(lambda: answers(url), 20, "adnanh/webhook to answer", check=processes.check)
         described = "body HMAC rule, runs `true` (not waited for)"
@@ -119,8 +142,9 @@ def preflight(target: Target, body: bytes) -> dict[str, int]:
     forged = delivery_headers(body) | {"webhook-signature": BAD_SIGNATURE, ADNANH_HEADER: FORGED_BODY_MAC}
     bad = requests.post(target.url, data=body, headers=forged, timeout=10).status_code
     if good != 202 or bad < 400:
-        raise HarnessError(f"{target.name}: a signed delivery got {good} (want 202), a forged one {bad} "
-                           "(want ≥ 400)")
+        raise HarnessError(
+            f"{target.name}: a signed delivery got {good} (want 202), a forged one {bad} (want ≥ 400)"
+        )
     return {"signed": good, "forged": bad}
 
 
@@ -155,8 +179,11 @@ def run(plan: Plan, workdir: Path, redis: Redis, redis_url: str) -> dict[str, An
             for target in targets[shift:] + targets[:shift]:
                 measured = load(plan, target, body, workdir, redis)
                 runs[target.name].append(measured)
-                print(f"  accept round {round_index + 1} {target.name}: {measured.rps:.0f} req/s, "
-                      f"p99 {measured.latency_ms['p99']:.1f} ms", flush=True)
+                print(
+                    f"  accept round {round_index + 1} {target.name}: {measured.rps:.0f} req/s, "
+                    f"p99 {measured.latency_ms['p99']:.1f} ms",
+                    flush=True,
+                )
         result["cores"] = os.cpu_count() or 1
         for name, results in runs.items():
             result["targets"][name].update(summarize([r.to_dict() for r in results], result["cores"]))
@@ -186,18 +213,21 @@ def load(plan: Plan, target: Target, body: bytes, workdir: Path, redis: Redis) -
         meter.start()
         outcome = run_wrk(target.url, inputs, plan.accept_duration, plan.wrk_connections, plan.wrk_threads)
         share = meter.stop()
-        outcome.extra.update(foreign_cpu=share.foreign, ours_cpu=share.ours, attempt=attempt,
-                             settled_s=settled)
+        outcome.extra.update(
+            foreign_cpu=share.foreign, ours_cpu=share.ours, attempt=attempt, settled_s=settled
+        )
         if target.name == "pushdeploy":
             # Each 202 must be a deployment on record with its job queued, or the figure is no accept.
-            outcome.extra["recorded"] = int(redis.zcard(history_key(PROJECT, "production")))
+            outcome.extra["recorded"] = int(redis.zcard(schema.history(PROJECT, "production")))
             outcome.extra["queued_jobs"] = int(redis.llen(f"rq:queue:{DEPLOY_QUEUE}"))
         if kept is None or share.foreign < kept.extra["foreign_cpu"]:
             kept = outcome
         if not share.noisy or attempt > plan.noisy_retries:
             break
-        print(f"  {target.name}: other processes used {share.foreign:.0%} of the CPU; measuring again",
-              flush=True)
+        print(
+            f"  {target.name}: other processes used {share.foreign:.0%} of the CPU; measuring again",
+            flush=True,
+        )
         time.sleep(10)
     assert kept is not None
     return kept

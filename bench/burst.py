@@ -22,7 +22,8 @@ from bench.plan import Plan
 from bench.procs import HarnessError
 from bench.repos import Branch, branchy_repo, move
 from bench.stack import Sent, Stack, project_table, start_stack
-from workers.deployments import TERMINAL, State, history_key, key, live_key
+from workers import schema
+from workers.deployments import TERMINAL, State
 
 PROJECT = "burst-app"
 GITLAB_PROJECT = "bench/burst"
@@ -38,7 +39,7 @@ def environments_config(branches: list[Branch]) -> dict[str, Any]:
 def live_shas(redis: Redis, names: list[str]) -> list[str]:
     pipe = redis.pipeline(transaction=False)
     for name in names:
-        pipe.hget(live_key(PROJECT, name), "sha")
+        pipe.hget(schema.live(PROJECT, name), "sha")
     return [(raw or b"").decode() for raw in pipe.execute()]
 
 
@@ -58,14 +59,19 @@ def wait_live(stack: Stack, names: list[str], wanted: list[str], timeout: float,
         with stack.gitlab.arrived:  # statuses at GitLab: no extra load on Redis while timing
             failed = any(state == "failed" for _, state in stack.gitlab.arrivals)
         if failed:
-            reasons = [r.get("reason", "") for items in deployments_since(stack.redis, names, since).values()
-                       for r in items if r.get("state") == State.FAILED]
+            reasons = [
+                r.get("reason", "")
+                for items in deployments_since(stack.redis, names, since).values()
+                for r in items
+                if r.get("state") == State.FAILED
+            ]
             raise HarnessError(f"{len(reasons)} deployment(s) failed, e.g.: {(reasons or [''])[0][:300]}")
         time.sleep(0.02)
 
 
-def send_round(stack: Stack, pool: ThreadPoolExecutor, sessions: threading.local,
-               pushes: list[tuple[str, str]]) -> list[Sent]:
+def send_round(
+    stack: Stack, pool: ThreadPoolExecutor, sessions: threading.local, pushes: list[tuple[str, str]]
+) -> list[Sent]:
     """One delivery per (branch, sha), in parallel."""
 
     def send(item: tuple[str, str]) -> Sent:
@@ -80,10 +86,10 @@ def send_round(stack: Stack, pool: ThreadPoolExecutor, sessions: threading.local
 def deployments_since(redis: Redis, names: list[str], since: float) -> dict[str, list[dict[str, str]]]:
     found: dict[str, list[dict[str, str]]] = {}
     for name in names:
-        ids = [raw.decode() for raw in redis.zrangebyscore(history_key(PROJECT, name), since, "+inf")]
+        ids = [raw.decode() for raw in redis.zrangebyscore(schema.history(PROJECT, name), since, "+inf")]
         pipe = redis.pipeline(transaction=False)
         for deployment_id in ids:
-            pipe.hgetall(key(deployment_id))
+            pipe.hgetall(schema.record(deployment_id))
         found[name] = [{k.decode(): v.decode() for k, v in raw.items()} for raw in pipe.execute()]
     return found
 
@@ -95,8 +101,18 @@ def run(plan: Plan, workdir: Path, redis: Redis, redis_url: str) -> dict[str, An
     root, branches = branchy_repo(repo, files=10, branches=names, per_branch=per_branch)
     table = environments_config(branches)
     table["repo_url"] = str(repo)
-    with start_stack(workdir, redis, redis_url, {PROJECT: table}, {GITLAB_PROJECT: 42}, plan.gunicorn_workers,
-                     plan.burst_workers) as stack, ThreadPoolExecutor(SENDERS) as pool:
+    with (
+        start_stack(
+            workdir,
+            redis,
+            redis_url,
+            {PROJECT: table},
+            {GITLAB_PROJECT: 42},
+            plan.gunicorn_workers,
+            plan.burst_workers,
+        ) as stack,
+        ThreadPoolExecutor(SENDERS) as pool,
+    ):
         sessions = threading.local()
         warm_started = time.perf_counter()
         # The first deployment alone clones the project's mirror; then all the others.
@@ -119,11 +135,13 @@ def run(plan: Plan, workdir: Path, redis: Redis, redis_url: str) -> dict[str, An
         finals = [b.commits[-1] for b in branches]
         live_at = wait_live(stack, names, finals, plan.burst_timeout, since)
         cpu = meter.stop()
-        reported = [stack.gitlab.wait_status(sha, "success", plan.burst_timeout, stack.processes)
-                    for sha in finals]
+        reported = [
+            stack.gitlab.wait_status(sha, "success", plan.burst_timeout, stack.processes) for sha in finals
+        ]
         records = settle(stack, names, since, plan.burst_timeout)
-    ran = {name: sum(1 for r in items if float(r.get("started_at") or 0) > 0)
-           for name, items in records.items()}
+    ran = {
+        name: sum(1 for r in items if float(r.get("started_at") or 0) > 0) for name, items in records.items()
+    }
     states = Counter(r["state"] for items in records.values() for r in items)
     return {
         "environments": len(names),

@@ -19,7 +19,7 @@ from bench.plan import Plan, RepoShape
 from bench.procs import HarnessError
 from bench.repos import linear_repo, move
 from bench.stack import Stack, project_table, start_stack
-from workers.deployments import key
+from workers import schema
 
 WAIT = 120.0
 
@@ -33,7 +33,7 @@ def deploy_once(stack: Stack, project: str, gitlab_project: str, repo: Path, sha
     pending = stack.gitlab.wait_status(sha, "pending", WAIT, stack.processes)
     running = stack.gitlab.wait_status(sha, "running", WAIT, stack.processes)
     success = stack.gitlab.wait_status(sha, "success", WAIT, stack.processes)
-    record = {k.decode(): v.decode() for k, v in stack.redis.hgetall(key(sent.deployment)).items()}
+    record = {k.decode(): v.decode() for k, v in stack.redis.hgetall(schema.record(sent.deployment)).items()}
     return {
         "accept_ms": ms(sent.answered - sent.sent),
         "pending_ms": ms(pending - sent.sent),
@@ -108,13 +108,17 @@ def run_overhead(plan: Plan, workdir: Path, redis: Redis, redis_url: str) -> dic
                 time.sleep(plan.settle)
                 samples.append(deploy_once(stack, name, f"bench/{name}", repo, sha))
             median = statistics.median(s["success_ms"] for s in samples)
-            shapes.append({
-                "label": shape.label, "files": shape.files, "depth": shape.depth,
-                "success_median_ms": round(median, 2),
-                "engine_median_ms": round(statistics.median(s["engine_ms"] for s in samples), 2),
-                "cold_success_ms": cold["success_ms"],
-                "samples": samples,
-            })
+            shapes.append(
+                {
+                    "label": shape.label,
+                    "files": shape.files,
+                    "depth": shape.depth,
+                    "success_median_ms": round(median, 2),
+                    "engine_median_ms": round(statistics.median(s["engine_ms"] for s in samples), 2),
+                    "cold_success_ms": cold["success_ms"],
+                    "samples": samples,
+                }
+            )
             print(f"  overhead {shape.label}: push → success median {median:.0f} ms", flush=True)
         cpu = meter.stop()
     baseline = shapes[0]["success_median_ms"]

@@ -29,8 +29,8 @@ from bench.plan import Plan
 from bench.procs import HarnessError
 from bench.repos import Branch, branchy_repo, move
 from bench.stack import ADMIN_TOKEN, Sent, Stack, project_table, start_stack
-from workers import defaults
-from workers.deployments import TERMINAL, State, history_key, key, live_key
+from workers import defaults, schema
+from workers.deployments import TERMINAL, State
 from workers.outbox import DUE_KEY
 
 PROJECT = "growth-app"
@@ -65,14 +65,16 @@ def kind_of(name: str) -> str:
 
 
 def environments_table(branches: list[Branch], repo: Path) -> dict[str, Any]:
-    table = project_table(GITLAB_PROJECT, str(repo),
-                          environments={b.name: {"branch": b.name} for b in branches})
+    table = project_table(
+        GITLAB_PROJECT, str(repo), environments={b.name: {"branch": b.name} for b in branches}
+    )
     del table["branch"], table["environment"]
     return table
 
 
-def send_round(stack: Stack, pool: ThreadPoolExecutor, sessions: threading.local,
-               pushes: list[tuple[str, str]]) -> list[Sent]:
+def send_round(
+    stack: Stack, pool: ThreadPoolExecutor, sessions: threading.local, pushes: list[tuple[str, str]]
+) -> list[Sent]:
     """One delivery per (branch, sha), in parallel."""
 
     def send(item: tuple[str, str]) -> Sent:
@@ -88,12 +90,12 @@ def kept_states(redis: Redis, names: list[str]) -> tuple[Counter[str], list[int]
     """States of every deployment still in the histories, and each history's length."""
     pipe = redis.pipeline(transaction=False)
     for name in names:
-        pipe.zrange(history_key(PROJECT, name), 0, -1)
+        pipe.zrange(schema.history(PROJECT, name), 0, -1)
     histories = [[raw.decode() for raw in ids] for ids in pipe.execute()]
     pipe = redis.pipeline(transaction=False)
     for ids in histories:
         for deployment_id in ids:
-            pipe.hget(key(deployment_id), "state")
+            pipe.hget(schema.record(deployment_id), "state")
     states = Counter((raw or b"missing").decode() for raw in pipe.execute())
     return states, [len(ids) for ids in histories]
 
@@ -102,7 +104,7 @@ def unfinished(redis: Redis, names: list[str], finals: list[str]) -> str:
     """What still runs, waits or is owed ('' when nothing): the order is the cheapest check first."""
     pipe = redis.pipeline(transaction=False)
     for name in names:
-        pipe.hget(live_key(PROJECT, name), "sha")
+        pipe.hget(schema.live(PROJECT, name), "sha")
     behind = sum((raw or b"").decode() != sha for raw, sha in zip(pipe.execute(), finals, strict=True))
     if behind:
         return f"{behind} environment(s) not yet live on their last commit"
@@ -120,7 +122,7 @@ def unfinished(redis: Redis, names: list[str], finals: list[str]) -> str:
 
 def wait_ended(stack: Stack, names: list[str], finals: list[str], timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while (left := unfinished(stack.redis, names, finals)):
+    while left := unfinished(stack.redis, names, finals):
         if time.monotonic() > deadline:
             raise HarnessError(f"after {timeout:.0f} s: {left}")
         stack.processes.check()
@@ -132,7 +134,7 @@ def census(redis: Redis) -> dict[str, dict[str, int]]:
     found: dict[str, dict[str, int]] = {}
     names = [raw.decode() for raw in redis.scan_iter(count=SCAN_BATCH)]
     for start in range(0, len(names), SCAN_BATCH):
-        batch = names[start:start + SCAN_BATCH]
+        batch = names[start : start + SCAN_BATCH]
         pipe = redis.pipeline(transaction=False)
         for name in batch:
             pipe.memory_usage(name, samples=0)
@@ -143,8 +145,9 @@ def census(redis: Redis) -> dict[str, dict[str, int]]:
     return found
 
 
-def timed_gets(session: requests.Session, urls: list[str],
-               headers: dict[str, str] | None = None) -> list[float]:
+def timed_gets(
+    session: requests.Session, urls: list[str], headers: dict[str, str] | None = None
+) -> list[float]:
     """Each GET's time in ms, one after another; anything but 200 is a harness failure."""
     times = []
     for url in urls:
@@ -157,22 +160,29 @@ def timed_gets(session: requests.Session, urls: list[str],
 
 
 def summary(times: list[float]) -> dict[str, Any]:
-    return {"requests": len(times), "median_ms": round(statistics.median(times), 2),
-            "p99_ms": round(percentile(times, 0.99), 2), "max_ms": round(max(times), 2)}
+    return {
+        "requests": len(times),
+        "median_ms": round(statistics.median(times), 2),
+        "p99_ms": round(percentile(times, 0.99), 2),
+        "max_ms": round(max(times), 2),
+    }
 
 
 def operator_reads(stack: Stack, plan: Plan, names: list[str]) -> dict[str, Any]:
     """The API's list (one environment, then all), ``/`` signed in, and ``/metrics``, each timed."""
     base = stack.base_url
     bearer = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    one = [f"{base}/api/v1/deployments?project={PROJECT}&environment={names[i % len(names)]}&limit=50"
-           for i in range(plan.growth_api_requests)]
+    one = [
+        f"{base}/api/v1/deployments?project={PROJECT}&environment={names[i % len(names)]}&limit=50"
+        for i in range(plan.growth_api_requests)
+    ]
     every = [f"{base}/api/v1/deployments?limit=50"] * max(1, plan.growth_api_requests // 10)
     with requests.Session() as api, requests.Session() as operator, requests.Session() as prometheus:
         api_one = timed_gets(api, one, bearer)
         api_all = timed_gets(api, every, bearer)
-        signed_in = operator.post(f"{base}/login", data={"token": ADMIN_TOKEN, "next": "/"},
-                                  allow_redirects=False, timeout=30)
+        signed_in = operator.post(
+            f"{base}/login", data={"token": ADMIN_TOKEN, "next": "/"}, allow_redirects=False, timeout=30
+        )
         if signed_in.status_code != 302 or not operator.cookies:
             raise HarnessError(f"signing in answered {signed_in.status_code}, no session")
         page = timed_gets(operator, [f"{base}/"] * plan.growth_page_requests)
@@ -189,8 +199,14 @@ def operator_reads(stack: Stack, plan: Plan, names: list[str]) -> dict[str, Any]
 def per_environment(kinds: dict[str, dict[str, int]], environments: int) -> dict[str, dict[str, float]]:
     """Each kind's keys and bytes divided by the environments, in :data:`KINDS`' order."""
     order = [kind for kind, _ in KINDS] + ["other"]
-    return {kind: {"keys": round(kinds[kind]["keys"] / environments, 1),
-                   "bytes": round(kinds[kind]["bytes"] / environments)} for kind in order if kind in kinds}
+    return {
+        kind: {
+            "keys": round(kinds[kind]["keys"] / environments, 1),
+            "bytes": round(kinds[kind]["bytes"] / environments),
+        }
+        for kind in order
+        if kind in kinds
+    }
 
 
 def run(plan: Plan, workdir: Path, redis: Redis, redis_url: str) -> dict[str, Any]:
@@ -199,10 +215,19 @@ def run(plan: Plan, workdir: Path, redis: Redis, redis_url: str) -> dict[str, An
     repo = workdir / "remote.git"
     _root, branches = branchy_repo(repo, files=10, branches=names, per_branch=per_branch)
     memory_before = int(redis.info("memory")["used_memory"])
-    with start_stack(workdir, redis, redis_url, {PROJECT: environments_table(branches, repo)},
-                     {GITLAB_PROJECT: 42}, plan.gunicorn_workers, plan.growth_workers,
-                     server={"keep_deployments": plan.growth_keep}) as stack, \
-            ThreadPoolExecutor(SENDERS) as pool:
+    with (
+        start_stack(
+            workdir,
+            redis,
+            redis_url,
+            {PROJECT: environments_table(branches, repo)},
+            {GITLAB_PROJECT: 42},
+            plan.gunicorn_workers,
+            plan.growth_workers,
+            server={"keep_deployments": plan.growth_keep},
+        ) as stack,
+        ThreadPoolExecutor(SENDERS) as pool,
+    ):
         sessions = threading.local()
         started = time.perf_counter()
         # The first deployment alone clones the project's mirror, as in the burst scenario.

@@ -1,4 +1,5 @@
-"""Issue 6's targets, each judged met, not met, or not measured (with why) from a run's results."""
+"""The speed targets (accept throughput and latency, push to running, overhead, bursts), each
+judged met, not met, or not measured (with why) from a run's results."""
 
 from __future__ import annotations
 

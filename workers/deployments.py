@@ -57,17 +57,6 @@ class UnknownDeployment(RecordError, KeyError):
     """No record exists under that id (never created, or pruned from history)."""
 
 
-# Kept for modules not yet reading the layout from workers.schema directly.
-PREFIX = schema.PREFIX
-OUTBOX_DUE_KEY = schema.OUTBOX_DUE
-RUNTIME_FIELDS = schema.RUNTIME_FIELDS
-key = schema.record
-steps_key = schema.steps
-log_key = schema.log
-history_key = schema.history
-live_key = schema.live
-
-
 def new_id(now: float | None = None) -> str:
     """Sortable, URL-, path- and RQ-safe: ``20261126143512345-3f9a1c``.
 
@@ -175,9 +164,9 @@ class DeploymentStore:
 
     def add(self, deployment: Deployment, pipe: Pipeline) -> None:
         """Queue the commands that create a record on ``pipe`` (the caller's transaction)."""
-        pipe.hset(key(deployment.id), mapping=deployment.to_redis())
+        pipe.hset(schema.record(deployment.id), mapping=deployment.to_redis())
         pipe.zadd(
-            history_key(deployment.project, deployment.environment), {deployment.id: deployment.created_at}
+            schema.history(deployment.project, deployment.environment), {deployment.id: deployment.created_at}
         )
         pipe.hincrby(schema.kept(deployment.project, deployment.environment), str(deployment.state), 1)
 
@@ -187,7 +176,7 @@ class DeploymentStore:
         pipe.execute()
 
     def get(self, deployment_id: str) -> Deployment:
-        raw = self.redis.hgetall(key(deployment_id))
+        raw = self.redis.hgetall(schema.record(deployment_id))
         if not raw:
             raise UnknownDeployment(deployment_id)
         return Deployment.from_redis(raw)
@@ -201,7 +190,7 @@ class DeploymentStore:
             InvalidTransition: the record is in a state that does not lead to ``wanted``.
             UnknownDeployment: there is no such record.
         """
-        record_key = key(deployment_id)
+        record_key = schema.record(deployment_id)
         with self.redis.pipeline() as pipe:
             while True:
                 try:
@@ -233,22 +222,24 @@ class DeploymentStore:
 
     def runtime(self, deployment_id: str) -> Runtime:
         """The record's runtime fields, written by the worker that runs it ("" where unset)."""
-        raw = self.redis.hmget(key(deployment_id), *RUNTIME_FIELDS)
+        raw = self.redis.hmget(schema.record(deployment_id), *schema.RUNTIME_FIELDS)
         host, pgid, token = (_text(v) if v is not None else "" for v in raw)
         return Runtime(host, pgid, token)
 
     def update(self, deployment_id: str, **fields: str | float) -> None:
         """Set informational fields that are not state (release dir, status problem)."""
-        self.redis.hset(key(deployment_id), mapping={k: str(v) for k, v in fields.items()})
+        self.redis.hset(schema.record(deployment_id), mapping={k: str(v) for k, v in fields.items()})
 
     def add_step(self, deployment_id: str, step: StepResult) -> None:
-        self.redis.rpush(steps_key(deployment_id), json.dumps(asdict(step)))
+        self.redis.rpush(schema.steps(deployment_id), json.dumps(asdict(step)))
 
     def steps(self, deployment_id: str) -> list[StepResult]:
-        return [StepResult(**json.loads(raw)) for raw in self.redis.lrange(steps_key(deployment_id), 0, -1)]
+        return [
+            StepResult(**json.loads(raw)) for raw in self.redis.lrange(schema.steps(deployment_id), 0, -1)
+        ]
 
     def history(self, project: str, environment: str, limit: int = 50) -> list[Deployment]:
-        ids = self.redis.zrevrange(history_key(project, environment), 0, limit - 1)
+        ids = self.redis.zrevrange(schema.history(project, environment), 0, limit - 1)
         return [d for d in self.many(_text(i) for i in ids) if d is not None]
 
     def query(
@@ -263,7 +254,7 @@ class DeploymentStore:
         """Newest first across the given (project, environment) pairs, filtered by state, sha prefix, time."""
         found: list[Deployment] = []
         for project, environment in environments:
-            ids = self.redis.zrevrangebyscore(history_key(project, environment), until, since)
+            ids = self.redis.zrevrangebyscore(schema.history(project, environment), until, since)
             for deployment in self.many(_text(i) for i in ids):
                 if deployment is None or (state is not None and deployment.state is not state):
                     continue
@@ -275,11 +266,11 @@ class DeploymentStore:
 
     def prune_history(self, project: str, environment: str, keep: int) -> list[str]:
         """Delete ended deployments beyond the newest ``keep``, with their steps, logs and outboxes."""
-        history = history_key(project, environment)
+        history = schema.history(project, environment)
         old = [_text(i) for i in self.redis.zrevrange(history, keep, -1)]
         if not old:
             return []
-        due = self.redis.zmscore(OUTBOX_DUE_KEY, old)
+        due = self.redis.zmscore(schema.OUTBOX_DUE, old)
         removed = []
         with self.redis.pipeline(transaction=False) as pipe:
             for deployment_id, deployment, pending in zip(old, self.many(old), due, strict=True):
@@ -311,15 +302,15 @@ class DeploymentStore:
         pipe = self.redis.pipeline(transaction=False)
         id_list = list(ids)
         for deployment_id in id_list:
-            pipe.hgetall(key(deployment_id))
+            pipe.hgetall(schema.record(deployment_id))
         return [Deployment.from_redis(raw) if raw else None for raw in pipe.execute()]
 
     def mark_live(self, deployment: Deployment) -> None:
         self.redis.hset(
-            live_key(deployment.project, deployment.environment),
+            schema.live(deployment.project, deployment.environment),
             mapping={"sha": deployment.sha, "deployment": deployment.id, "release": deployment.release},
         )
 
     def live(self, project: str, environment: str) -> dict[str, str]:
-        raw = self.redis.hgetall(live_key(project, environment))
+        raw = self.redis.hgetall(schema.live(project, environment))
         return {_text(k): _text(v) for k, v in raw.items()}

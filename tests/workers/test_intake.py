@@ -23,7 +23,7 @@ from rq.job import Job, JobStatus
 
 from workers import defaults, schema
 from workers.config import Settings
-from workers.deployments import Deployment, DeploymentStore, State, UnknownDeployment, history_key, key
+from workers.deployments import Deployment, DeploymentStore, State, UnknownDeployment
 from workers.forge import StatusState
 from workers.intake import Accepted, Intake, Push, seen_deployment
 from workers.outbox import DUE_KEY, recorded
@@ -82,7 +82,7 @@ def test_a_duplicate_is_two_round_trips_and_leaves_one_job(settings: Settings, c
     assert again.duplicate and again.deployment_id == first.deployment_id
     assert CountingConnection.sends == 2
     assert queued(counted) == [first.deployment_id]
-    assert counted.zcard(history_key("sample-app", "production")) == 1
+    assert counted.zcard(schema.history("sample-app", "production")) == 1
 
 
 def test_claim_record_history_status_and_job_are_written_together(settings: Settings, redis: Redis) -> None:
@@ -92,7 +92,7 @@ def test_claim_record_history_status_and_job_are_written_together(settings: Sett
     assert (deployment.previous_sha, deployment.release, deployment.started_at) == ("", "", 0.0)
     assert seen_deployment(redis, "sample-app", "d-1") == accepted.deployment_id
     assert redis.zscore(schema.seen_at("sample-app"), "d-1") == pytest.approx(deployment.created_at)
-    score = redis.zscore(history_key("sample-app", "production"), accepted.deployment_id)
+    score = redis.zscore(schema.history("sample-app", "production"), accepted.deployment_id)
     assert score == pytest.approx(deployment.created_at)
     assert [r.status.state for r in recorded(redis, accepted.deployment_id)] == [StatusState.PENDING]
     assert redis.zscore(DUE_KEY, accepted.deployment_id) is not None
@@ -105,7 +105,7 @@ def test_a_record_leaves_out_only_empty_optional_fields(settings: Settings, redi
     project = settings.projects["sample-app"]
     deployment = Deployment("20261126120000000-abcdef", "sample-app", "production", "refs/heads/main", "")
     intake.enqueue(project, project.environments["production"], deployment)
-    fields = {k.decode() for k in redis.hgetall(key(deployment.id))}
+    fields = {k.decode() for k in redis.hgetall(schema.record(deployment.id))}
     assert {"id", "project", "environment", "ref", "sha", "state", "created_at"} <= fields
     assert not fields & {"previous_sha", "reason", "started_at", "finished_at", "release"}
     assert DeploymentStore(redis).get(deployment.id) == deployment
@@ -185,7 +185,7 @@ def test_a_transaction_without_its_exec_keeps_nothing_so_the_resend_deploys(
     finally:
         proxy.close()
     assert seen_deployment(redis, "sample-app", "cut") is None
-    assert redis.zcard(history_key("sample-app", "production")) == 0
+    assert redis.zcard(schema.history("sample-app", "production")) == 0
     assert queued(redis) == []
     resend = accept(Intake(redis, settings.server.public_url), settings, "cut")
     assert not resend.duplicate and queued(redis) == [resend.deployment_id]
@@ -224,7 +224,7 @@ def test_refusing_a_pruned_deliverys_resend_leaves_its_old_job_alone(
     job = Job.fetch(job_id, connection=redis)
     Queue(defaults.DEPLOY_QUEUE, connection=redis).remove(job)
     job.set_status(JobStatus.FAILED)
-    redis.delete(key(first.deployment_id))
+    redis.delete(schema.record(first.deployment_id))
     again = accept(intake, settings, "kept-claim", deployment_id="20261126120000000-dddddd")
     assert again.duplicate and again.deployment_id == first.deployment_id
     assert queued(redis) == []

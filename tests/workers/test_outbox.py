@@ -11,9 +11,9 @@ from redis import Redis
 
 from tests.fakegitlab import FakeGitLab
 from tests.helpers import wait_for
-from workers import deploylog
+from workers import deploylog, schema
 from workers.config import GitLabSettings
-from workers.deployments import Deployment, DeploymentStore, key
+from workers.deployments import Deployment, DeploymentStore
 from workers.forge import CommitStatus, DeploymentUpdate, GitLabForge, StatusState
 from workers.outbox import DUE_KEY, Courier, enqueue_status, recorded
 from workers.secrets import Secret
@@ -35,7 +35,7 @@ def courier(redis: Redis, fake: FakeGitLab, token: str = TOKEN, timeout: float =
 
 
 def queue(redis: Redis, deployment_id: str, *states: StatusState, sha: str = SHA) -> None:
-    if not redis.exists(key(deployment_id)):
+    if not redis.exists(schema.record(deployment_id)):
         DeploymentStore(redis).create(
             Deployment(deployment_id, "sample-app", "production", "refs/heads/main", sha)
         )
