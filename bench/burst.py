@@ -15,13 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import requests
 from redis import Redis
 
 from bench.plan import Plan
 from bench.procs import HarnessError
 from bench.repos import Branch, branchy_repo, move
-from bench.stack import Sent, Stack, project_table, start_stack
+from bench.stack import Sent, Stack, project_table, send_round, start_stack
 from workers import schema
 from workers.deployments import TERMINAL, State
 
@@ -69,20 +68,6 @@ def wait_live(stack: Stack, names: list[str], wanted: list[str], timeout: float,
         time.sleep(0.02)
 
 
-def send_round(
-    stack: Stack, pool: ThreadPoolExecutor, sessions: threading.local, pushes: list[tuple[str, str]]
-) -> list[Sent]:
-    """One delivery per (branch, sha), in parallel."""
-
-    def send(item: tuple[str, str]) -> Sent:
-        if not hasattr(sessions, "session"):
-            sessions.session = requests.Session()
-        branch, sha = item
-        return stack.push(PROJECT, GITLAB_PROJECT, branch, sha, session=sessions.session)
-
-    return list(pool.map(send, pushes))
-
-
 def deployments_since(redis: Redis, names: list[str], since: float) -> dict[str, list[dict[str, str]]]:
     found: dict[str, list[dict[str, str]]] = {}
     for name in names:
@@ -116,9 +101,11 @@ def run(plan: Plan, workdir: Path, redis: Redis, redis_url: str) -> dict[str, An
         sessions = threading.local()
         warm_started = time.perf_counter()
         # The first deployment alone clones the project's mirror; then all the others.
-        warm = send_round(stack, pool, sessions, [(names[0], root)])
+        warm = send_round(stack, pool, sessions, PROJECT, GITLAB_PROJECT, [(names[0], root)])
         wait_live(stack, names[:1], [root], plan.burst_timeout, 0)
-        warm += send_round(stack, pool, sessions, [(name, root) for name in names[1:]])
+        warm += send_round(
+            stack, pool, sessions, PROJECT, GITLAB_PROJECT, [(name, root) for name in names[1:]]
+        )
         wait_live(stack, names, [root] * len(names), plan.burst_timeout, 0)
         warm_seconds = time.perf_counter() - warm_started
         time.sleep(1.0)  # let the warm-up's last statuses and work-horses finish
@@ -130,7 +117,7 @@ def run(plan: Plan, workdir: Path, redis: Redis, redis_url: str) -> dict[str, An
         for round_index in range(per_branch):
             heads = {b.name: b.commits[round_index] for b in branches}
             move(repo, heads)
-            sent += send_round(stack, pool, sessions, list(heads.items()))
+            sent += send_round(stack, pool, sessions, PROJECT, GITLAB_PROJECT, list(heads.items()))
         all_sent = time.perf_counter()
         finals = [b.commits[-1] for b in branches]
         live_at = wait_live(stack, names, finals, plan.burst_timeout, since)

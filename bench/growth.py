@@ -28,7 +28,7 @@ from bench.deploys import percentile
 from bench.plan import Plan
 from bench.procs import HarnessError
 from bench.repos import Branch, branchy_repo, move
-from bench.stack import ADMIN_TOKEN, Sent, Stack, project_table, start_stack
+from bench.stack import ADMIN_TOKEN, Stack, project_table, send_round, start_stack
 from workers import defaults, schema
 from workers.deployments import TERMINAL, State
 from workers.outbox import DUE_KEY
@@ -70,20 +70,6 @@ def environments_table(branches: list[Branch], repo: Path) -> dict[str, Any]:
     )
     del table["branch"], table["environment"]
     return table
-
-
-def send_round(
-    stack: Stack, pool: ThreadPoolExecutor, sessions: threading.local, pushes: list[tuple[str, str]]
-) -> list[Sent]:
-    """One delivery per (branch, sha), in parallel."""
-
-    def send(item: tuple[str, str]) -> Sent:
-        if not hasattr(sessions, "session"):
-            sessions.session = requests.Session()
-        branch, sha = item
-        return stack.push(PROJECT, GITLAB_PROJECT, branch, sha, session=sessions.session)
-
-    return list(pool.map(send, pushes))
 
 
 def kept_states(redis: Redis, names: list[str]) -> tuple[Counter[str], list[int]]:
@@ -233,12 +219,12 @@ def run(plan: Plan, workdir: Path, redis: Redis, redis_url: str) -> dict[str, An
         # The first deployment alone clones the project's mirror, as in the burst scenario.
         first = branches[0].commits[0]
         move(repo, {names[0]: first})
-        sent = send_round(stack, pool, sessions, [(names[0], first)])
+        sent = send_round(stack, pool, sessions, PROJECT, GITLAB_PROJECT, [(names[0], first)])
         wait_ended(stack, names[:1], [first], plan.growth_timeout)
         for index in range(per_branch):
             heads = {b.name: b.commits[index] for b in branches if (b.name, index) != (names[0], 0)}
             move(repo, heads)
-            sent += send_round(stack, pool, sessions, list(heads.items()))
+            sent += send_round(stack, pool, sessions, PROJECT, GITLAB_PROJECT, list(heads.items()))
         all_sent = time.perf_counter()
         wait_ended(stack, names, [b.commits[-1] for b in branches], plan.growth_timeout)
         ended = time.perf_counter()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,9 @@ class TimedGitLab(FakeGitLab):
         self.arrivals: dict[tuple[str, str], float] = {}
         self.arrived = threading.Condition()
 
-    def _post_status(self, given: str, project_id: int, project_path: str, sha: str,
-                     params: dict[str, Any]) -> Any:
+    def _post_status(
+        self, given: str, project_id: int, project_path: str, sha: str, params: dict[str, Any]
+    ) -> Any:
         arrived = time.perf_counter()
         response = super()._post_status(given, project_id, project_path, sha, params)
         if response.status == 201:
@@ -101,14 +103,21 @@ class Stack:
         """Counts gunicorn, the workers (their work-horses and steps), Redis and us as "ours"."""
         return CpuMeter(self.processes.pgids, {server_pid(self.redis)})
 
-    def push(self, project: str, gitlab_project: str, branch: str, sha: str,
-             session: requests.Session | None = None) -> Sent:
+    def push(
+        self,
+        project: str,
+        gitlab_project: str,
+        branch: str,
+        sha: str,
+        session: requests.Session | None = None,
+    ) -> Sent:
         """Send one signed push, as GitLab would after ``sha`` reached ``branch``."""
         body = push_body(sha, branch, gitlab_project)
         headers = delivery_headers(body)
         sent_wall, sent = time.time(), time.perf_counter()
-        answer = (session or self.session).post(f"{self.base_url}/hooks/gitlab/{project}", data=body,
-                                                headers=headers, timeout=30)
+        answer = (session or self.session).post(
+            f"{self.base_url}/hooks/gitlab/{project}", data=body, headers=headers, timeout=30
+        )
         answered = time.perf_counter()
         deployment = answer.json().get("deployment", "") if answer.status_code in (200, 202) else ""
         return Sent(sha, sent, sent_wall, answered, answer.status_code, str(deployment))
@@ -131,8 +140,14 @@ def project_table(gitlab_project: str, repo_url: str, **overrides: Any) -> dict[
     return table
 
 
-def write_stack_config(workdir: Path, redis_url: str, port: int, projects: dict[str, dict[str, Any]],
-                       gitlab_url: str | None, server: dict[str, Any] | None = None) -> Path:
+def write_stack_config(
+    workdir: Path,
+    redis_url: str,
+    port: int,
+    projects: dict[str, dict[str, Any]],
+    gitlab_url: str | None,
+    server: dict[str, Any] | None = None,
+) -> Path:
     """The configuration file; ``server`` adds to (or overrides) the ``[server]`` table."""
     config: dict[str, Any] = {
         "server": {
@@ -150,8 +165,15 @@ def write_stack_config(workdir: Path, redis_url: str, port: int, projects: dict[
     return write_config(workdir / "pushdeploy.toml", config)
 
 
-def start_web(processes: Processes, name: str, config: Path, port: int, workers: int,
-              app: str | None = None, env: dict[str, str] | None = None) -> str:
+def start_web(
+    processes: Processes,
+    name: str,
+    config: Path,
+    port: int,
+    workers: int,
+    app: str | None = None,
+    env: dict[str, str] | None = None,
+) -> str:
     """``pushdeploy web``'s own gunicorn command line with ``workers`` sync workers; returns its URL.
 
     ``app`` swaps in another WSGI app under exactly the same settings (the bare yardstick).
@@ -165,9 +187,16 @@ def start_web(processes: Processes, name: str, config: Path, port: int, workers:
     return base
 
 
-def start_stack(workdir: Path, redis: Redis, redis_url: str, projects: dict[str, dict[str, Any]],
-                gitlab_projects: dict[str, int], web_workers: int, workers: int,
-                server: dict[str, Any] | None = None) -> Stack:
+def start_stack(
+    workdir: Path,
+    redis: Redis,
+    redis_url: str,
+    projects: dict[str, dict[str, Any]],
+    gitlab_projects: dict[str, int],
+    web_workers: int,
+    workers: int,
+    server: dict[str, Any] | None = None,
+) -> Stack:
     """gunicorn with ``web_workers``, ``workers`` pushdeploy workers, and a fake GitLab; all started.
 
     ``server`` holds extra ``[server]`` settings (``keep_deployments`` for the growth scenario).
@@ -187,10 +216,33 @@ def start_stack(workdir: Path, redis: Redis, redis_url: str, projects: dict[str,
         for index in range(workers):
             argv = [sys.executable, "-m", "webhook.cli", "worker", "--name", f"bench-{workdir.name}-{index}"]
             processes.spawn(f"{workdir.name}-worker-{index}", argv, env)
-        wait_until(lambda: len(Worker.all(connection=redis)) >= workers, 30, "the workers to register",
-                   check=processes.check)
+        wait_until(
+            lambda: len(Worker.all(connection=redis)) >= workers,
+            30,
+            "the workers to register",
+            check=processes.check,
+        )
     except BaseException:
         processes.stop_all()
         gitlab.stop()
         raise
     return Stack(processes, gitlab, redis, base, config)
+
+
+def send_round(
+    stack: Stack,
+    pool: ThreadPoolExecutor,
+    sessions: threading.local,
+    project: str,
+    gitlab_project: str,
+    pushes: list[tuple[str, str]],
+) -> list[Sent]:
+    """One delivery per (branch, sha), in parallel, each sender thread on a session of its own."""
+
+    def send(item: tuple[str, str]) -> Sent:
+        if not hasattr(sessions, "session"):
+            sessions.session = requests.Session()
+        branch, sha = item
+        return stack.push(project, gitlab_project, branch, sha, session=sessions.session)
+
+    return list(pool.map(send, pushes))

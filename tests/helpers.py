@@ -182,3 +182,30 @@ def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.1, what:
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Health:
+    """A real HTTP server on loopback whose answer a test sets: the app behind a health check."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        owner = self
+        self.code = 200
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(owner.code)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/healthz"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -145,46 +145,50 @@ def classify(
     """Decide what to do with a verified, project-checked payload."""
     event = header(headers, "X-Gitlab-Event") or ""
     if event == TAG_PUSH_EVENT and project.deploys_tags:
-        return _classify_tag(payload, project, delivery_key)
+        return _classify_ref(payload, delivery_key, _TAGS, project.environment_for_tag)
     if event != PUSH_EVENT:
         deployed = "Push Hook and Tag Push Hook" if project.deploys_tags else "only Push Hook"
         return Ignored(f"event {_quote(event)} is not deployed ({deployed})")
+    return _classify_ref(payload, delivery_key, _BRANCHES, project.environment_for_branch)
+
+
+@dataclass(frozen=True)
+class _RefKind:
+    """How a branch push and a tag push differ: their refs, and the words of their reasons."""
+
+    prefix: str
+    noun: str
+    unmatched: str
+    skip: str
+    head_is_after: bool
+    """A branch's head commit is ``after``; an annotated tag's ``after`` is the tag object."""
+
+
+_BRANCHES = _RefKind("refs/heads/", "branch", "is not deployed", "head commit", head_is_after=True)
+_TAGS = _RefKind("refs/tags/", "tag", "matches no environment's tags", "tagged commit", head_is_after=False)
+
+
+def _classify_ref(
+    payload: Mapping[str, Any],
+    delivery_key: str,
+    kind: _RefKind,
+    environment_for: Callable[[str], Environment | None],
+) -> Deploy | Ignored:
     ref = _string(payload, "ref")
     after = _string(payload, "after")
-    if not ref.startswith("refs/heads/"):
-        return Ignored(f"ref {_quote(ref)} is not a branch")
-    branch = ref.removeprefix("refs/heads/")
-    environment = project.environment_for_branch(branch)
+    if not ref.startswith(kind.prefix):
+        return Ignored(f"ref {_quote(ref)} is not a {kind.noun}")
+    name = ref.removeprefix(kind.prefix)
+    environment = environment_for(name)
     if environment is None:
-        return Ignored(f"branch {_quote(branch)} is not deployed")
+        return Ignored(f"{kind.noun} {_quote(name)} {kind.unmatched}")
     if ZERO_SHA_RE.fullmatch(after):
-        return Ignored(f"branch {_quote(branch)} was deleted")
+        return Ignored(f"{kind.noun} {_quote(name)} was deleted")
+    if not kind.head_is_after and payload.get("checkout_sha") is None:
+        return Ignored(f"tag {_quote(name)} does not point to a commit")
     sha = _commit_sha(payload, after)
-    if _skips(_head_message(payload, after)):
-        return Ignored("head commit asks to skip the deployment ([skip deploy])")
-    return Deploy(environment, Push(ref=ref, sha=sha, pusher=_pusher(payload), delivery_key=delivery_key))
-
-
-def _classify_tag(payload: Mapping[str, Any], project: Project, delivery_key: str) -> Deploy | Ignored:
-    """A tag push: deployed where an environment's ``tags`` glob matches the tag's name.
-
-    For an annotated tag ``after`` is the tag object, not a commit: the commit is ``checkout_sha``.
-    """
-    ref = _string(payload, "ref")
-    after = _string(payload, "after")
-    if not ref.startswith("refs/tags/"):
-        return Ignored(f"ref {_quote(ref)} is not a tag")
-    tag = ref.removeprefix("refs/tags/")
-    environment = project.environment_for_tag(tag)
-    if environment is None:
-        return Ignored(f"tag {_quote(tag)} matches no environment's tags")
-    if ZERO_SHA_RE.fullmatch(after):
-        return Ignored(f"tag {_quote(tag)} was deleted")
-    if payload.get("checkout_sha") is None:
-        return Ignored(f"tag {_quote(tag)} does not point to a commit")
-    sha = _commit_sha(payload, after)
-    if _skips(_head_message(payload, sha)):
-        return Ignored("tagged commit asks to skip the deployment ([skip deploy])")
+    if _skips(_head_message(payload, after if kind.head_is_after else sha)):
+        return Ignored(f"{kind.skip} asks to skip the deployment ([skip deploy])")
     return Deploy(environment, Push(ref=ref, sha=sha, pusher=_pusher(payload), delivery_key=delivery_key))
 
 

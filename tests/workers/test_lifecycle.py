@@ -7,7 +7,6 @@ counted once with that state, history pruned to ``keep_deployments``, and the la
 
 from __future__ import annotations
 
-import http.server
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +17,7 @@ from redis import Redis
 from rq import Queue, SimpleWorker, Worker
 from rq.exceptions import AbandonedJobError
 
-from tests.helpers import GitRepo, wait_for
+from tests.helpers import GitRepo, Health, wait_for
 from workers import defaults, lanes, pipeline, telemetry
 from workers.config import Settings
 from workers.control import cancel
@@ -30,30 +29,6 @@ from workers.recovery import horse_killed, job_failed
 
 KEEP = 3
 FINAL = {State.SUCCEEDED: "success", State.FAILED: "failed", State.CANCELED: "canceled"}
-
-
-class Health:
-    """A real HTTP endpoint for health checks whose answer a test switches."""
-
-    def __init__(self) -> None:
-        self.status = 200
-        owner = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                self.send_response(owner.status)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/healthz"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -183,7 +158,7 @@ def test_failed_health_check_with_rollback(env: Env, health: Health) -> None:
     first = env.accept()
     env.work()
     env.redis.delete(telemetry.counter_key("finished"))
-    health.status = 500
+    health.code = 500
     second = env.accept()
     waiter = run_with_waiter(env, second)
     assert_ended_once(env, second, State.FAILED, lane_held=True, waiter=waiter)

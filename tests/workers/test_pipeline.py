@@ -10,7 +10,7 @@ import pytest
 from redis import Redis
 from rq import Queue, SimpleWorker
 
-from tests.helpers import GitRepo
+from tests.helpers import GitRepo, Health
 from workers import defaults, pipeline
 from workers.config import Settings
 from workers.deploylog import read
@@ -162,33 +162,6 @@ def test_steps_see_only_the_scrubbed_environment(
 
 
 # -- rollback, health check, already deployed ---------------------------------------------------
-
-
-class Health:
-    """A real HTTP server whose answer the test sets: the app behind a health check."""
-
-    def __init__(self) -> None:
-        import http.server
-        import threading
-
-        owner = self
-        self.code = 200
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                self.send_response(owner.code)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/healthz"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

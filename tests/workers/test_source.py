@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -388,48 +389,62 @@ def test_git_never_reads_the_repository_it_is_started_in(
     assert CwdMirror(tmp_path / "none.git", ours.url).branch_head("main") == wanted
 
 
-def test_repo_url_credentials_travel_as_a_header_not_in_any_command_line(tmp_path: Path) -> None:
+class AuthorizationRecorder:
+    """A loopback HTTP server that notes each request's Authorization header and answers 404."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        seen: list[str] = []
+        self.seen = seen
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                seen.append(self.headers.get("Authorization", ""))
+                self.send_response(404)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def recorder() -> Iterator[AuthorizationRecorder]:
+    server = AuthorizationRecorder()
+    yield server
+    server.close()
+
+
+def test_repo_url_credentials_travel_as_a_header_not_in_any_command_line(
+    tmp_path: Path, recorder: AuthorizationRecorder
+) -> None:
     """git hands the remote URL to git-remote-https on its command line: the password must not be in it."""
     import base64
-    import http.server
-    import threading
 
-    from workers.source import Mirror as HttpMirror
-    from workers.source import SourceError as FetchError
     from workers.source import split_credentials
 
-    seen: list[str] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            seen.append(self.headers.get("Authorization", ""))
-            self.send_response(404)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://deploy:s3cret%2Fpw@127.0.0.1:{server.server_address[1]}/x.git"
-    try:
-        remote, header = split_credentials(url)
-        assert remote == f"http://127.0.0.1:{server.server_address[1]}/x.git"
-        mirror = HttpMirror(tmp_path / "m.git", url)
-        with pytest.raises(FetchError) as caught:
-            mirror.fetch("main", "a" * 40)
-    finally:
-        server.shutdown()
-        server.server_close()
+    url = f"http://deploy:s3cret%2Fpw@{recorder.address}/x.git"
+    remote, header = split_credentials(url)
+    assert remote == f"http://{recorder.address}/x.git"
+    with pytest.raises(SourceError) as caught:
+        Mirror(tmp_path / "m.git", url).fetch("main", "a" * 40)
+    seen = recorder.seen
     assert seen and seen[0] == "Basic " + base64.b64encode(b"deploy:s3cret/pw").decode()
     assert header == f"Authorization: {seen[0]}"
     assert "s3cret" not in str(caught.value)
     assert "s3cret" not in (tmp_path / "m.git" / "config").read_text()
 
 
-def test_a_commit_only_a_tag_holds_is_fetched_through_that_tag(
-    mirror: Mirror, git_repo: GitRepo
-) -> None:
+def test_a_commit_only_a_tag_holds_is_fetched_through_that_tag(mirror: Mirror, git_repo: GitRepo) -> None:
     sha = git_repo.commit({"app.txt": "released\n"}, "release", branch="release")
     git("tag", "v9", cwd=git_repo.work)
     git("push", "--quiet", "origin", "v9", ":refs/heads/release", cwd=git_repo.work)
@@ -444,32 +459,13 @@ def test_a_commit_only_a_tag_holds_is_fetched_through_that_tag(
     [("glpat-repo-canary", "oauth2:glpat-repo-canary"), ("deployer:gldt-canary", "deployer:gldt-canary")],
 )
 def test_repo_token_is_the_https_credential_and_replaces_the_urls(
-    tmp_path: Path, token: str, sent: str
+    tmp_path: Path, recorder: AuthorizationRecorder, token: str, sent: str
 ) -> None:
     import base64
-    import http.server
-    import threading
 
-    seen: list[str] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            seen.append(self.headers.get("Authorization", ""))
-            self.send_response(404)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://old:urlpass@127.0.0.1:{server.server_address[1]}/x.git"
-    try:
-        with pytest.raises(SourceError) as caught:
-            Mirror(tmp_path / "m.git", url, token=token).fetch("main", "a" * 40)
-    finally:
-        server.shutdown()
-        server.server_close()
-    assert seen and set(seen) == {"Basic " + base64.b64encode(sent.encode()).decode()}
+    url = f"http://old:urlpass@{recorder.address}/x.git"
+    with pytest.raises(SourceError) as caught:
+        Mirror(tmp_path / "m.git", url, token=token).fetch("main", "a" * 40)
+    assert recorder.seen and set(recorder.seen) == {"Basic " + base64.b64encode(sent.encode()).decode()}
     assert token not in str(caught.value)
     assert token not in (tmp_path / "m.git" / "config").read_text()
