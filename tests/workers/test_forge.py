@@ -11,9 +11,11 @@ from workers.config import GitLabSettings
 from workers.forge import (
     CommitStatus,
     DeploymentUpdate,
+    Forge,
     ForgeRejected,
     GitLabForge,
     NullForge,
+    Outcome,
     PipelineGone,
     Posted,
     StatusState,
@@ -159,3 +161,38 @@ def test_a_final_update_that_landed_late_counts_as_done(gitlab: FakeGitLab) -> N
 def test_a_tag_is_deployed_as_a_tag(gitlab: FakeGitLab) -> None:
     forge(gitlab).post_deployment(update("running", ref="v1.2.0", tag=True), "")
     assert [(d["ref"], d["tag"]) for d in gitlab.deployments] == [("v1.2.0", True)]
+
+
+# -- the contract both forges keep ------------------------------------------------------------
+
+
+@pytest.fixture(params=["gitlab", "none"])
+def any_forge(request: pytest.FixtureRequest, gitlab: FakeGitLab) -> Forge:
+    """Each implementation the config can choose: GitLab's, or none without a [gitlab] section."""
+    chosen: Forge = forge(gitlab) if request.param == "gitlab" else NullForge()
+    return chosen
+
+
+def test_every_forge_follows_the_protocol(any_forge: Forge) -> None:
+    import inspect
+
+    for name, member in inspect.getmembers(Forge, inspect.isfunction):
+        if name.startswith("_"):
+            continue
+        theirs = getattr(any_forge, name)
+        assert list(inspect.signature(theirs).parameters) == list(inspect.signature(member).parameters)[1:]
+    assert isinstance(any_forge.name, str) and any_forge.name
+
+
+def test_every_forge_answers_each_call_with_what_the_outbox_expects(any_forge: Forge) -> None:
+    """Statuses are either posted or recorded; deployments get an id (or keep the one given)."""
+    posted = any_forge.post_status(status(StatusState.RUNNING))
+    assert posted.outcome in (Outcome.POSTED, Outcome.RECORDED)
+    assert posted.pipeline_id is None or isinstance(posted.pipeline_id, int)
+    update = DeploymentUpdate("tools/sample-app", SHA, "main", "production", "running")
+    assert isinstance(any_forge.last_deployment_id(update), int)
+    created = any_forge.post_deployment(update, "")
+    assert isinstance(created, str)
+    assert isinstance(any_forge.find_deployment(update, 0), str)
+    head = any_forge.branch_head("tools/sample-app", "main")
+    assert head is None or head == SHA
