@@ -50,7 +50,12 @@ def cancel(deployment_id: str) -> str:
     return f"{PREFIX}:dep:{deployment_id}:cancel"
 
 
-DEPLOYMENT_KEYS: tuple[Callable[[str], str], ...] = (record, steps, log, statuses, cancel)
+def hosts(deployment_id: str) -> str:
+    """Hash: target name → JSON ``{i, state, detail}``, each host's progress in a rollout."""
+    return f"{PREFIX}:dep:{deployment_id}:hosts"
+
+
+DEPLOYMENT_KEYS: tuple[Callable[[str], str], ...] = (record, steps, log, statuses, cancel, hosts)
 """Every key of one deployment: pruning deletes exactly these."""
 
 

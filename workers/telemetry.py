@@ -18,7 +18,7 @@ from workers import schema
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 """Seconds: from a no-op step (tens of ms) to a long build (an hour)."""
 
-PHASES = ("fetch", "export", "build", "deploy", "health_check", "rollback", "total")
+PHASES = ("fetch", "export", "build", "ship", "deploy", "health_check", "rollback", "total")
 
 histogram_key = schema.histogram
 counter_key = schema.counter

@@ -1,0 +1,361 @@
+"""A release built once on the worker, rolled out to every target: ship → switch → deploy → health.
+
+Ship copies the release to all hosts in parallel (incrementally, under a dot name renamed when
+complete). Then, in ``targets`` order and batches of ``rollout.batch``, each host switches
+``current``, runs ``deploy`` over SSH and answers its health check. The first failure stops the
+rollout: every switched host goes back to its previous release with ``deploy`` re-run, hosts not
+yet switched are left alone, and the deployment fails with the host and the step in its reason.
+The Runner owns the lane, the cancel flag and the ending; this module only asks it whether to stop.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar
+
+from workers import health
+from workers.config import HealthCheck
+from workers.deploylog import DeploymentLog
+from workers.deployments import StepResult
+from workers.remote import Host, RemoteError, credentials, describe
+from workers.targets import HostState, record_hosts, set_host
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from workers.pipeline import Job, Runner
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+MAX_PARALLEL = 16
+"""Hosts shipped to (or switched in one batch) at once: ssh and rsync processes on the worker."""
+
+
+class RolloutFailed(Exception):
+    """A host failed: the message names it and the step, and says what was rolled back."""
+
+
+class Stopped(Exception):
+    """A remote step was ended because the deployment was canceled or lost its lane."""
+
+
+class SharedLog:
+    """The deployment's log, written from one thread per host."""
+
+    def __init__(self, log: DeploymentLog) -> None:
+        self.log = log
+        self.lock = threading.Lock()
+
+    def info(self, text: str) -> None:
+        with self.lock:
+            self.log.info(text)
+
+    def step(self, text: str) -> None:
+        with self.lock:
+            self.log.step(text)
+
+    def output(self, text: str) -> None:
+        with self.lock:
+            self.log.output(text)
+
+    def tick(self) -> None:
+        with self.lock:
+            self.log.flush_due()
+
+    def flush(self) -> None:
+        with self.lock:
+            self.log.flush()
+
+
+@dataclass
+class HostRun:
+    """One host's part of this rollout."""
+
+    host: Host
+    previous: str = ""
+    releases: list[str] = field(default_factory=list)
+    switched: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.host.target.name
+
+
+class Rollout:
+    """One deployment's rollout of ``release`` (built at ``source``) to the environment's targets."""
+
+    def __init__(self, runner: Runner, job: Job, release: str, source: Path) -> None:
+        self.runner, self.job = runner, job
+        self.environment = job.environment
+        self.release, self.source = release, source
+        self.log = SharedLog(job.log)
+        self.redis = runner.redis
+        self.deployment_id = job.deployment.id
+        self.runs: list[HostRun] = []
+
+    def run(self) -> None:
+        """Raises RolloutFailed, or the Runner's Canceled / LaneLost after putting hosts back."""
+        environment = self.environment
+        assert environment.ssh_key is not None and environment.known_hosts is not None
+        record_hosts(self.redis, self.deployment_id, environment.targets)
+        with credentials(environment.ssh_key, environment.known_hosts) as directory:
+            self.runs = [
+                HostRun(Host(t, directory, i, self.runner.environ)) for i, t in enumerate(environment.targets)
+            ]
+            try:
+                self.connect()
+                self.ship()
+                self.switch_all()
+                self.prune()
+            finally:
+                parallel((r.host for r in self.runs), lambda host: host.close())
+
+    # -- phases -----------------------------------------------------------
+
+    def connect(self) -> None:
+        """Reach every host and read its releases; a refused host key fails here, before any work."""
+        self.log.step(f"connect to {len(self.runs)} host(s)")
+        results = parallel(self.runs, lambda r: r.host.inspect(self.job.deadline))
+        failed = [(r, e) for r, e in zip(self.runs, results, strict=True) if isinstance(e, Exception)]
+        for run, outcome in zip(self.runs, results, strict=True):
+            if not isinstance(outcome, Exception):
+                run.previous, run.releases = outcome
+        for run, error in failed:
+            self.mark(run, HostState.FAILED, f"connect: {detail(error)}")
+        if failed:
+            raise RolloutFailed(
+                "; ".join(f"{r.name}: connect failed ({detail(e)})" for r, e in failed)
+                + ": nothing was changed on any host"
+            )
+        self.runner.check_cancel(self.job)
+
+    def ship(self) -> None:
+        self.log.step(f"ship releases/{self.release} to {len(self.runs)} host(s)")
+        started = time.monotonic()
+        results = parallel(self.runs, self.ship_to)
+        self.runner.measure("ship", started)
+        errors = [(r, e) for r, e in zip(self.runs, results, strict=True) if isinstance(e, Exception)]
+        self.runner.check_cancel(self.job)
+        if errors:
+            run, error = errors[0]
+            raise RolloutFailed(f"{run.name}: ship failed ({detail(error)}); no host was switched")
+
+    def ship_to(self, run: HostRun) -> int:
+        if self.release in run.releases:
+            self.mark(run, HostState.SHIPPED, "already there")
+            return 0
+        base = run.previous if run.previous in run.releases else (run.releases[-1] if run.releases else "")
+        try:
+            sent = run.host.ship(self.source, self.release, base, self.job.deadline, self.should_stop)
+        except RemoteError as error:
+            self.mark(run, HostState.FAILED, f"ship: {error.detail}")
+            self.log.info(f"{run.name}: ship failed ({error.detail})" + tail(error.lines))
+            raise
+        what = f"{sent} bytes sent" + (f" (against releases/{base})" if base else "")
+        self.mark(run, HostState.SHIPPED, what)
+        self.log.info(f"{run.name}: shipped, {what}")
+        return sent
+
+    def switch_all(self) -> None:
+        self.runner.check_lane(self.job)  # still ours, renewed now: nobody else is switching meanwhile
+        batches = self.environment.rollout.batches(tuple(r.host.target for r in self.runs))
+        done = 0
+        for batch in batches:
+            members = self.runs[done : done + len(batch)]
+            done += len(batch)
+            results = parallel(members, self.switch_one)
+            errors = [(r, e) for r, e in zip(members, results, strict=True) if isinstance(e, Exception)]
+            stopped = any(isinstance(e, Stopped) for _, e in errors)
+            if stopped and self.job.hold.lost:
+                self.runner.check_cancel(self.job)  # LaneLost: current is not touched again
+            if errors:
+                failures = [(r, e) for r, e in errors if not isinstance(e, Stopped)]
+                summary = self.roll_back()
+                if not failures:
+                    self.runner.check_cancel(self.job)  # raises Canceled
+                run, error = failures[0]
+                raise RolloutFailed(f"{run.name}: {detail(error)}{summary}")
+            if self.cancel_asked():
+                self.roll_back()
+                self.runner.check_cancel(self.job)
+
+    def switch_one(self, run: HostRun) -> None:
+        host, deadline = run.host, self.job.deadline
+        try:
+            host.switch(self.release, deadline)
+        except RemoteError as error:
+            self.mark(run, HostState.FAILED, f"switch: {error.detail}")
+            raise
+        run.switched = True
+        was = f" (was {run.previous})" if run.previous else ""
+        self.log.info(f"{run.name}: current → releases/{self.release}{was}")
+        started = time.monotonic()
+        deployment = self.job.deployment
+        variables = self.variables(run, self.release, deployment.sha, deployment.previous_sha)
+        for index, command in enumerate(self.environment.deploy, start=1):
+            self.step(run, "deploy", index, command, self.release, variables, cancelable=True)
+        self.runner.measure("deploy", started)
+        if self.environment.health_check:
+            self.check_health(run, self.environment.health_check)
+        self.mark(run, HostState.LIVE)
+
+    def check_health(self, run: HostRun, check: HealthCheck) -> None:
+        url = check.url.replace("{host}", run.host.target.url_host)
+        self.log.info(f"{run.name}: health check {url}")
+        started = time.monotonic()
+        verdict = health.check(
+            HealthCheck(url, check.timeout),
+            self.job.deadline,
+            lambda line: self.log.info(f"{run.name}: {line}"),
+            should_stop=self.should_stop,
+        )
+        self.runner.measure("health_check", started)
+        if self.should_stop():
+            raise Stopped()
+        if not verdict.healthy:
+            what = f"health check failed ({verdict.detail} after {verdict.attempts} tries)"
+            self.mark(run, HostState.FAILED, what)
+            raise RolloutFailed(what)
+
+    def roll_back(self) -> str:
+        """Put every switched host back on its previous release and re-run ``deploy``; says what it did."""
+        switched = [r for r in self.runs if r.switched]
+        if not switched:
+            return "; no host was switched"
+        self.log.step(f"rollback on {len(switched)} host(s)")
+        self.job.deadline = time.time() + self.environment.timeout  # the rollback has a budget of its own
+        started = time.monotonic()
+        results = parallel(switched, self.roll_back_one)
+        self.runner.measure("rollback", started)
+        back = [r.name for r, ok in zip(switched, results, strict=True) if ok is True]
+        stuck = [r.name for r, ok in zip(switched, results, strict=True) if ok is not True]
+        summary = f"; rolled back {', '.join(back)}" if back else ""
+        if stuck:
+            summary += f"; could not roll back {', '.join(stuck)}"
+        return summary
+
+    def roll_back_one(self, run: HostRun) -> bool:
+        if not run.previous or run.previous not in run.releases:
+            self.log.info(f"{run.name}: nothing to roll back to: releases/{self.release} stays current")
+            return False
+        try:
+            run.host.switch(run.previous, self.job.deadline)
+            self.log.info(f"{run.name}: rollback: current → releases/{run.previous}")
+            live_sha = self.job.live.get("sha", "")
+            variables = self.variables(run, run.previous, live_sha, self.job.deployment.sha)
+            for index, command in enumerate(self.environment.deploy, start=1):
+                self.step(run, "rollback", index, command, run.previous, variables, cancelable=False)
+        except (RemoteError, RolloutFailed, Stopped) as error:
+            self.log.info(f"{run.name}: rollback failed: {detail(error)}")
+            return False
+        self.mark(run, HostState.ROLLED_BACK, f"back on releases/{run.previous}")
+        return True
+
+    def prune(self) -> None:
+        keep = self.environment.keep_releases
+
+        def prune_one(run: HostRun) -> None:
+            kept = sorted({*run.releases, self.release})
+            protect = {self.release, run.previous}
+            removable = [r for r in kept if r not in protect]
+            remove = removable[: max(0, len(kept) - keep)]
+            run.host.prune(remove, self.deployment_id, time.time() + 60)
+            if remove:
+                self.log.info(f"{run.name}: pruned {len(remove)} old release(s): {', '.join(remove)}")
+
+        for run, outcome in zip(self.runs, parallel(self.runs, prune_one), strict=True):
+            if isinstance(outcome, Exception):
+                self.log.info(f"{run.name}: pruning failed ({detail(outcome)}); the release is live")
+
+    # -- one remote step --------------------------------------------------
+
+    def step(
+        self, run: HostRun, phase: str, index: int, command: str, release: str,
+        variables: dict[str, str], cancelable: bool,
+    ) -> None:  # fmt: skip
+        self.log.step(f"{run.name}: {phase} {index}: $ {command}")
+        pid_file = f"{self.deployment_id}-{run.host.index}-{phase}-{index}.pid"
+        stop = self.should_stop if cancelable else (lambda: self.job.hold.lost)
+        outcome = run.host.run(
+            run.host.step_command(release, command, variables, pid_file),
+            self.job.deadline,
+            lambda line: self.log.output(f"{run.name}: {line}"),
+            stop,
+        )
+        self.log.flush()
+        if not outcome.ok and not run.host.kill(pid_file):  # a killed ssh client leaves it running
+            self.log.info(f"{run.name}: could not reach the host to end {phase} {index}")
+        result = StepResult(
+            phase, index, f"{run.name}: {command}", outcome.exit_code, 0.0,
+            timed_out=outcome.timed_out, tail=outcome.lines[-20:],
+        )  # fmt: skip
+        self.runner.store.add_step(self.deployment_id, result)
+        self.log.info(f"{run.name}: {phase} {index} {describe(outcome)}")
+        if outcome.canceled:
+            raise Stopped()
+        if not outcome.ok:
+            what = f"{phase} step {index} `{command}` {describe(outcome)}"
+            self.mark(run, HostState.FAILED, what)
+            raise RolloutFailed(what)
+
+    def variables(self, run: HostRun, release: str, sha: str, previous_sha: str) -> dict[str, str]:
+        """The same ``PUSHDEPLOY_*`` as a local deploy, with the host's paths, plus ``PUSHDEPLOY_HOST``."""
+        job, host = self.job, run.host
+        return {
+            **self.environment.env,
+            "PUSHDEPLOY_PROJECT": job.project.name,
+            "PUSHDEPLOY_ENVIRONMENT": self.environment.name,
+            "PUSHDEPLOY_DEPLOYMENT_ID": job.deployment.id,
+            "PUSHDEPLOY_SHA": sha,
+            "PUSHDEPLOY_REF": job.deployment.branch,
+            "PUSHDEPLOY_PREVIOUS_SHA": previous_sha,
+            "PUSHDEPLOY_RELEASE_DIR": host.path("releases", release),
+            "PUSHDEPLOY_CURRENT_DIR": host.path("current"),
+            "PUSHDEPLOY_HOST": host.target.host,
+        }
+
+    # -- helpers ----------------------------------------------------------
+
+    def should_stop(self) -> bool:
+        return self.job.hold.lost or self.runner.cancel_flag(self.job) != ""
+
+    def cancel_asked(self) -> bool:
+        self.runner._cancel_checked = 0.0
+        return self.should_stop()
+
+    def mark(self, run: HostRun, state: HostState, what: str = "") -> None:
+        set_host(self.redis, self.deployment_id, run.host.index, run.host.target, state, what)
+
+
+def parallel(items: Iterable[T], work: Callable[[T], R]) -> list[R | Exception]:
+    """``work`` on each item in its own thread; each result or the exception it raised, in order."""
+    listed = list(items)
+    if not listed:
+        return []
+
+    def guarded(item: T) -> R | Exception:
+        try:
+            return work(item)
+        except Exception as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(listed))) as pool:
+        return list(pool.map(guarded, listed))
+
+
+def detail(error: BaseException) -> str:
+    if isinstance(error, RemoteError):
+        return f"{error.step}: {error.detail}"
+    if isinstance(error, Stopped):
+        return "stopped"
+    return str(error) or type(error).__name__
+
+
+def tail(lines: list[str]) -> str:
+    shown = [line for line in lines if line.strip()][-5:]
+    return (":\n" + "\n".join(shown)) if shown else ""
