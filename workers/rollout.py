@@ -80,6 +80,10 @@ class HostRun:
     previous: str = ""
     releases: list[str] = field(default_factory=list)
     switched: bool = False
+    shipped: str = ""
+    """What the ship sent, kept in the host's detail once it is live."""
+    failed: str = ""
+    """What failed on this host: it keeps the state ``failed`` when it is switched back."""
 
     @property
     def name(self) -> str:
@@ -107,12 +111,16 @@ class Rollout:
             self.runs = [
                 HostRun(Host(t, directory, i, self.runner.environ)) for i, t in enumerate(environment.targets)
             ]
+            pruned = False
             try:
                 self.connect()
                 self.ship()
                 self.switch_all()
                 self.prune()
+                pruned = True
             finally:
+                if not pruned:  # the pid files of this deployment's steps; prune removes them otherwise
+                    parallel(self.runs, lambda r: r.host.prune([], self.deployment_id, time.time() + 15))
                 parallel((r.host for r in self.runs), lambda host: host.close())
 
     # -- phases -----------------------------------------------------------
@@ -147,7 +155,8 @@ class Rollout:
 
     def ship_to(self, run: HostRun) -> int:
         if self.release in run.releases:
-            self.mark(run, HostState.SHIPPED, "already there")
+            run.shipped = "already there"
+            self.mark(run, HostState.SHIPPED, run.shipped)
             return 0
         base = run.previous if run.previous in run.releases else (run.releases[-1] if run.releases else "")
         try:
@@ -157,6 +166,7 @@ class Rollout:
             self.log.info(f"{run.name}: ship failed ({error.detail})" + tail(error.lines))
             raise
         what = f"{sent} bytes sent" + (f" (against releases/{base})" if base else "")
+        run.shipped = what
         self.mark(run, HostState.SHIPPED, what)
         self.log.info(f"{run.name}: shipped, {what}")
         return sent
@@ -202,7 +212,7 @@ class Rollout:
         self.runner.measure("deploy", started)
         if self.environment.health_check:
             self.check_health(run, self.environment.health_check)
-        self.mark(run, HostState.LIVE)
+        self.mark(run, HostState.LIVE, run.shipped)
 
     def check_health(self, run: HostRun, check: HealthCheck) -> None:
         url = check.url.replace("{host}", run.host.target.url_host)
@@ -253,7 +263,10 @@ class Rollout:
         except (RemoteError, RolloutFailed, Stopped) as error:
             self.log.info(f"{run.name}: rollback failed: {detail(error)}")
             return False
-        self.mark(run, HostState.ROLLED_BACK, f"back on releases/{run.previous}")
+        if run.failed:
+            self.mark(run, HostState.FAILED, f"{run.failed}; back on releases/{run.previous}")
+        else:
+            self.mark(run, HostState.ROLLED_BACK, f"back on releases/{run.previous}")
         return True
 
     def prune(self) -> None:
@@ -329,6 +342,8 @@ class Rollout:
         return self.should_stop()
 
     def mark(self, run: HostRun, state: HostState, what: str = "") -> None:
+        if state is HostState.FAILED and not run.failed:
+            run.failed = what
         set_host(self.redis, self.deployment_id, run.host.index, run.host.target, state, what)
 
 
