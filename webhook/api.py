@@ -17,7 +17,7 @@ from redis import Redis
 from werkzeug.exceptions import HTTPException
 
 from webhook.openapi import document
-from workers import deploylog
+from workers import deploylog, targets
 from workers.config import NAME_RE, Environment, Project, Settings
 from workers.control import NotCancelable, cancel
 from workers.deployments import Deployment, DeploymentStore, State, UnknownDeployment
@@ -116,6 +116,7 @@ def show(deployment_id: str) -> Response:
     deployment = _get(deployment_id)
     data = _public(deployment)
     data["steps"] = [vars(step) for step in DeploymentStore(_redis()).steps(deployment_id)]
+    data["hosts"] = [host.public() for host in targets.hosts(_redis(), deployment_id)]
     return jsonify(data)
 
 

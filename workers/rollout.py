@@ -293,6 +293,7 @@ class Rollout:
     ) -> None:  # fmt: skip
         self.log.step(f"{run.name}: {phase} {index}: $ {command}")
         pid_file = f"{self.deployment_id}-{run.host.index}-{phase}-{index}.pid"
+        started = time.monotonic()
         stop = self.should_stop if cancelable else (lambda: self.job.hold.lost)
         outcome = run.host.run(
             run.host.step_command(release, command, variables, pid_file),
@@ -304,7 +305,7 @@ class Rollout:
         if not outcome.ok and not run.host.kill(pid_file):  # a killed ssh client leaves it running
             self.log.info(f"{run.name}: could not reach the host to end {phase} {index}")
         result = StepResult(
-            phase, index, f"{run.name}: {command}", outcome.exit_code, 0.0,
+            phase, index, f"{run.name}: {command}", outcome.exit_code, round(time.monotonic() - started, 3),
             timed_out=outcome.timed_out, tail=outcome.lines[-20:],
         )  # fmt: skip
         self.runner.store.add_step(self.deployment_id, result)
