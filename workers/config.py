@@ -468,6 +468,10 @@ class _Loader:
                     inherited.pop("branch", None)
                     inherited.pop("tags", None)
                 merged = inherited | env_table
+                if "targets" not in merged:  # a project-wide key serves the environments with targets
+                    for target_key in ("ssh_key", "known_hosts", "rollout"):
+                        if target_key not in env_table:
+                            merged.pop(target_key, None)
                 env = self.environment(name, env_name, merged, env_key)
                 if env:
                     environments[env_name] = env

@@ -75,9 +75,11 @@ def parse_target(value: str) -> Target:
     if not _valid_host(host):
         raise TargetError(f"host {host!r} is not a host name or an IP address")
     try:
-        port = parts.port or DEFAULT_PORT
+        port = DEFAULT_PORT if parts.port is None else parts.port
     except ValueError:
-        raise TargetError("port must be a number from 1 to 65535") from None
+        port = 0
+    if not 1 <= port <= 65535:
+        raise TargetError("port must be a number from 1 to 65535")
     path = parts.path.rstrip("/")
     if not PATH_RE.match(path) or any(p in (".", "..") for p in path.split("/")):
         raise TargetError("path must be absolute and plain (letters, digits, '.', '_', '-'), not '/'")
