@@ -191,7 +191,10 @@ def health_port(host: SshHost) -> int:
 
 
 def remote_processes(marker: str) -> list[int]:
-    """Pids of processes whose command line holds ``marker`` (the hosts share this machine)."""
+    """Pids of processes whose command line is ``marker`` (the hosts share this machine).
+
+    Exact, so the ``ssh`` client carrying the remote command (and its shell) do not count.
+    """
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -200,6 +203,6 @@ def remote_processes(marker: str) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
         except OSError:
             continue
-        if marker in cmdline:
+        if cmdline.strip() == marker:
             found.append(int(entry.name))
     return found

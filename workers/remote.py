@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from workers import steps
+from workers.releases import ID_CHARS
 from workers.secrets import Secret
 from workers.targets import Target
 
@@ -181,7 +182,9 @@ class Host:
             if text.startswith("current "):
                 current = text.removeprefix("current ").strip().rpartition("/")[2]
             elif text.startswith("release "):
-                releases.append(text.removeprefix("release ").strip())
+                name = text.removeprefix("release ").strip()
+                if name and set(name) <= ID_CHARS:  # only names we could have made
+                    releases.append(name)
         return current, sorted(releases)
 
     def ship(

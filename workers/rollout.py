@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from workers import health
 from workers.config import HealthCheck
+from workers.control import cancel_requested
 from workers.deploylog import DeploymentLog
 from workers.deployments import StepResult
 from workers.remote import Host, RemoteError, credentials, describe
@@ -190,7 +191,9 @@ class Rollout:
                     self.runner.check_cancel(self.job)  # raises Canceled
                 run, error = failures[0]
                 raise RolloutFailed(f"{run.name}: {detail(error)}{summary}")
-            if self.cancel_asked():
+            if self.job.hold.lost:
+                self.runner.check_cancel(self.job)  # LaneLost: current is not touched again
+            if cancel_requested(self.redis, self.deployment_id):  # between batches: put back what switched
                 self.roll_back()
                 self.runner.check_cancel(self.job)
 
@@ -242,17 +245,22 @@ class Rollout:
         started = time.monotonic()
         results = parallel(switched, self.roll_back_one)
         self.runner.measure("rollback", started)
-        back = [r.name for r, ok in zip(switched, results, strict=True) if ok is True]
-        stuck = [r.name for r, ok in zip(switched, results, strict=True) if ok is not True]
+        outcomes = list(zip(switched, results, strict=True))
+        back = [r.name for r, ok in outcomes if ok is True]
+        first = [r.name for r, ok in outcomes if ok is None]
+        stuck = [r.name for r, ok in outcomes if ok is False or isinstance(ok, Exception)]
         summary = f"; rolled back {', '.join(back)}" if back else ""
+        if first:
+            summary += f"; nothing to roll back to on {', '.join(first)}"
         if stuck:
             summary += f"; could not roll back {', '.join(stuck)}"
         return summary
 
-    def roll_back_one(self, run: HostRun) -> bool:
+    def roll_back_one(self, run: HostRun) -> bool | None:
+        """True when the host is back on its previous release, None when it had none, else False."""
         if not run.previous or run.previous not in run.releases:
             self.log.info(f"{run.name}: nothing to roll back to: releases/{self.release} stays current")
-            return False
+            return None
         try:
             run.host.switch(run.previous, self.job.deadline)
             self.log.info(f"{run.name}: rollback: current → releases/{run.previous}")
@@ -337,10 +345,6 @@ class Rollout:
 
     def should_stop(self) -> bool:
         return self.job.hold.lost or self.runner.cancel_flag(self.job) != ""
-
-    def cancel_asked(self) -> bool:
-        self.runner._cancel_checked = 0.0
-        return self.should_stop()
 
     def mark(self, run: HostRun, state: HostState, what: str = "") -> None:
         if state is HostState.FAILED and not run.failed:

@@ -246,7 +246,8 @@ def test_cancel_during_a_remote_step_leaves_no_process_on_the_host(
     work(redis)  # RQ's worker wants the main thread
     canceler.join()
 
-    assert len(seen) >= 2  # both sleeps ran on the first host before the cancel
+    done = DeploymentStore(redis).get(deployment_id)
+    assert len(seen) >= 2, done.reason  # both sleeps ran on the first host before the cancel
 
     done = DeploymentStore(redis).get(deployment_id)
     assert done.state is State.CANCELED
@@ -289,3 +290,23 @@ def test_keep_releases_holds_on_every_host_and_a_manual_rollback_switches_them_a
     lines = [line.text for line in read(redis, back.id)]
     assert any("nothing to fetch or build" in line for line in lines)
     assert HostState.LIVE in {p.state for p in hosts(redis, back.id)}
+
+
+def test_the_deployment_timeout_ends_the_remote_step_on_the_host(
+    three: list[SshHost],
+    targets_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    redis: Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    marker = f"sleep 32.{os.getpid() % 1000:03d}"
+    settings = targets_settings(three[:1], deploy=[f"{marker} & {marker}; wait"], timeout=8)
+    started = time.monotonic()
+
+    done = deploy(redis, settings, commit(git_repo, "one\n"), monkeypatch)
+
+    assert done.state is State.FAILED
+    assert done.reason.startswith(f"{three[0].name}: deploy step 1 `{marker} & {marker}; wait` ran out of time")
+    assert time.monotonic() - started < 20
+    assert remote_processes(marker) == []
+    assert states(redis, done.id) == ["failed"]
