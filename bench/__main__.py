@@ -22,7 +22,7 @@ from typing import Any
 
 from redis import Redis
 
-from bench import accept, breakdown, burst, deploys, report
+from bench import accept, breakdown, burst, deploys, many_hosts, report
 from bench.machine import describe
 from bench.plan import FULL, SMOKE, Plan
 from bench.procs import ROOT, HarnessError
@@ -37,6 +37,7 @@ SCENARIOS: dict[str, Scenario] = {
     "push_to_running": deploys.run_push_to_running,
     "overhead": deploys.run_overhead,
     "burst": burst.run,
+    "many_hosts": many_hosts.run,
 }
 
 

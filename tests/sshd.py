@@ -1,8 +1,8 @@
 """Real OpenSSH servers on loopback addresses (127.0.0.2, 127.0.0.3, …), one per "host".
 
 Each host has its own sshd (own host key, own config, ``UsePAM no``), its own target directory and
-a small HTTP health server on its own address, which answers 200 while the host's ``current``
-release holds a ``health.txt`` that does not name the host.
+a small HTTP health server on its own address, which answers 200 while the host has a ``current``
+release whose ``health.txt`` (if any) does not name the host.
 """
 
 from __future__ import annotations
@@ -115,10 +115,11 @@ class HealthHandler(BaseHTTPRequestHandler):
     host: SshHost
 
     def do_GET(self) -> None:
+        current = self.host.root / "current"
         try:
-            text = (self.host.root / "current" / "health.txt").read_text()
+            text = (current / "health.txt").read_text()
         except OSError:
-            text = self.host.address  # no release yet: unhealthy
+            text = "" if current.is_dir() else self.host.address  # no release yet: unhealthy
         self.send_response(503 if self.host.address in text else 200)
         self.send_header("Content-Length", "0")
         self.end_headers()

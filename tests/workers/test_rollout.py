@@ -306,7 +306,8 @@ def test_the_deployment_timeout_ends_the_remote_step_on_the_host(
     done = deploy(redis, settings, commit(git_repo, "one\n"), monkeypatch)
 
     assert done.state is State.FAILED
-    assert done.reason.startswith(f"{three[0].name}: deploy step 1 `{marker} & {marker}; wait` ran out of time")
+    step = f"deploy step 1 `{marker} & {marker}; wait`"
+    assert done.reason.startswith(f"{three[0].name}: {step} ran out of time")
     assert time.monotonic() - started < 20
     assert remote_processes(marker) == []
     assert states(redis, done.id) == ["failed"]
