@@ -18,7 +18,7 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = {"accept", "accept_breakdown", "push_to_running", "overhead", "burst"}
+SCENARIOS = {"accept", "accept_breakdown", "push_to_running", "overhead", "burst", "many_hosts"}
 
 
 def test_smoke_run_writes_every_scenario(tmp_path: Path) -> None:
