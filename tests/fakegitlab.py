@@ -212,8 +212,6 @@ def _branch_filter_error(strategy: str, pattern: str | None) -> str | None:
         if len(pattern) > 4000:
             return "is longer than the allowed length of 4000 characters."
     return None
-
-
 def _integer(params: Mapping[str, Any], key: str) -> int | None:
     """An optional Integer parameter as Grape coerces it; anything else is its 400."""
     value = params.get(key)

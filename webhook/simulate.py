@@ -30,9 +30,9 @@ def resolve_sha(project: Project, environment: Environment) -> str:
     from tempfile import TemporaryDirectory
 
     with TemporaryDirectory() as tmp:
-        head = Mirror(Path(tmp) / "none.git", project.repo_url, token=project.repo_credential()).branch_head(
-            environment.branch
-        )
+        head = Mirror(
+            Path(tmp) / "none.git", project.repo_url, token=project.repo_credential()
+        ).branch_head(environment.branch)
     if head is None:
         raise LookupError(f"branch {environment.branch!r} not found in {project.name}'s repository")
     return head

@@ -24,15 +24,8 @@ SCENARIOS = {"accept", "accept_breakdown", "push_to_running", "overhead", "burst
 def test_smoke_run_writes_every_scenario(tmp_path: Path) -> None:
     results_file = tmp_path / "smoke.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHDEPLOY_")}
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--json", str(results_file)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    done = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--json", str(results_file)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, f"stdout:\n{done.stdout[-4000:]}\nstderr:\n{done.stderr[-4000:]}"
 
     results = json.loads(results_file.read_text())

@@ -427,7 +427,9 @@ def test_repo_url_credentials_travel_as_a_header_not_in_any_command_line(tmp_pat
     assert "s3cret" not in (tmp_path / "m.git" / "config").read_text()
 
 
-def test_a_commit_only_a_tag_holds_is_fetched_through_that_tag(mirror: Mirror, git_repo: GitRepo) -> None:
+def test_a_commit_only_a_tag_holds_is_fetched_through_that_tag(
+    mirror: Mirror, git_repo: GitRepo
+) -> None:
     sha = git_repo.commit({"app.txt": "released\n"}, "release", branch="release")
     git("tag", "v9", cwd=git_repo.work)
     git("push", "--quiet", "origin", "v9", ":refs/heads/release", cwd=git_repo.work)
