@@ -158,7 +158,9 @@ def cancel_action(deployment_id: str) -> Response:
 def redeploy_action(deployment_id: str) -> Response:
     record = _deployment_or_404(deployment_id)
     project, environment = _environment_of(record)
-    queued = manual_deploy(_intake(), project, environment, "operator (web)", ref=record.ref, sha=record.sha)
+    queued = manual_deploy(
+        _intake(), project, environment, "operator (web)", ref=record.ref, sha=record.sha
+    )
     return redirect(url_for("pages.deployment", deployment_id=queued.id))
 
 
