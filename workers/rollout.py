@@ -135,10 +135,10 @@ class Rollout:
             if not isinstance(outcome, Exception):
                 run.previous, run.releases = outcome
         for run, error in failed:
-            self.mark(run, HostState.FAILED, f"connect: {detail(error)}")
+            self.mark(run, HostState.FAILED, detail(error))
         if failed:
             raise RolloutFailed(
-                "; ".join(f"{r.name}: connect failed ({detail(e)})" for r, e in failed)
+                "; ".join(f"{r.name}: {detail(e)}" for r, e in failed)
                 + ": nothing was changed on any host"
             )
         self.runner.check_cancel(self.job)
@@ -189,6 +189,7 @@ class Rollout:
                 summary = self.roll_back()
                 if not failures:
                     self.runner.check_cancel(self.job)  # raises Canceled
+                    raise RolloutFailed(f"stopped on {', '.join(r.name for r, _ in errors)}{summary}")
                 run, error = failures[0]
                 raise RolloutFailed(f"{run.name}: {detail(error)}{summary}")
             if self.job.hold.lost:

@@ -213,7 +213,7 @@ def test_a_changed_host_key_refuses_the_host_before_anything_runs(
 
     assert done.state is State.FAILED
     assert done.reason == (
-        f"{three[2].name}: connect failed (connect: host key not in known_hosts or changed: refused)"
+        f"{three[2].name}: connect: host key not in known_hosts or changed: refused"
         ": nothing was changed on any host"
     )
     assert all(h.releases() == [] and h.current() == "" for h in three)
