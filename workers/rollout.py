@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
-from workers import health
-from workers.config import HealthCheck
+from redis import Redis
+
+from workers import health, schema
+from workers.config import Environment, HealthCheck
 from workers.control import cancel_requested
 from workers.deploylog import DeploymentLog
 from workers.deployments import StepResult
@@ -138,8 +140,7 @@ class Rollout:
             self.mark(run, HostState.FAILED, detail(error))
         if failed:
             raise RolloutFailed(
-                "; ".join(f"{r.name}: {detail(e)}" for r, e in failed)
-                + ": nothing was changed on any host"
+                "; ".join(f"{r.name}: {detail(e)}" for r, e in failed) + ": nothing was changed on any host"
             )
         self.runner.check_cancel(self.job)
 
@@ -304,6 +305,8 @@ class Rollout:
         pid_file = f"{self.deployment_id}-{run.host.index}-{phase}-{index}.pid"
         started = time.monotonic()
         stop = self.should_stop if cancelable else (lambda: self.job.hold.lost)
+        running = schema.remote_steps(self.deployment_id)
+        self.redis.sadd(running, f"{run.host.index}:{pid_file}")  # if this worker dies, recovery ends it
         outcome = run.host.run(
             run.host.step_command(release, command, variables, pid_file),
             self.job.deadline,
@@ -313,6 +316,7 @@ class Rollout:
         self.log.flush()
         if not outcome.ok and not run.host.kill(pid_file):  # a killed ssh client leaves it running
             self.log.info(f"{run.name}: could not reach the host to end {phase} {index}")
+        self.redis.srem(running, f"{run.host.index}:{pid_file}")
         result = StepResult(
             phase, index, f"{run.name}: {command}", outcome.exit_code, round(time.monotonic() - started, 3),
             timed_out=outcome.timed_out, tail=outcome.lines[-20:],
@@ -351,6 +355,35 @@ class Rollout:
         if state is HostState.FAILED and not run.failed:
             run.failed = what
         set_host(self.redis, self.deployment_id, run.host.index, run.host.target, state, what)
+
+
+def end_remote_steps(
+    environment: Environment, redis: Redis, deployment_id: str, environ: Mapping[str, str]
+) -> list[str]:
+    """End the steps a dead worker left running on its targets; returns the hosts where it did."""
+    entries = [raw.decode() for raw in redis.smembers(schema.remote_steps(deployment_id))]
+    if not entries or environment.ssh_key is None or environment.known_hosts is None:
+        return []
+    ended: list[str] = []
+    with credentials(environment.ssh_key, environment.known_hosts) as directory:
+        jobs: list[tuple[Host, str]] = []
+        for entry in entries:
+            index, _, pid_file = entry.partition(":")
+            if not index.isdigit() or int(index) >= len(environment.targets):
+                continue
+            if not pid_file.endswith(".pid") or not set(pid_file) <= PID_FILE_CHARS:
+                continue
+            target = environment.targets[int(index)]
+            jobs.append((Host(target, directory, int(index), environ), pid_file))
+        for (host, _), done in zip(jobs, parallel(jobs, lambda job: job[0].kill(job[1])), strict=True):
+            host.close()
+            if done is True:
+                ended.append(host.target.name)
+    redis.delete(schema.remote_steps(deployment_id))
+    return ended
+
+
+PID_FILE_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-_.")
 
 
 def parallel(items: Iterable[T], work: Callable[[T], R]) -> list[R | Exception]:

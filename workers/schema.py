@@ -55,7 +55,20 @@ def hosts(deployment_id: str) -> str:
     return f"{PREFIX}:dep:{deployment_id}:hosts"
 
 
-DEPLOYMENT_KEYS: tuple[Callable[[str], str], ...] = (record, steps, log, statuses, cancel, hosts)
+def remote_steps(deployment_id: str) -> str:
+    """Set: ``<target index>:<pid file>`` of each step running on a target now (for recovery)."""
+    return f"{PREFIX}:dep:{deployment_id}:remote"
+
+
+DEPLOYMENT_KEYS: tuple[Callable[[str], str], ...] = (
+    record,
+    steps,
+    log,
+    statuses,
+    cancel,
+    hosts,
+    remote_steps,
+)
 """Every key of one deployment: pruning deletes exactly these."""
 
 

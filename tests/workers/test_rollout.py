@@ -15,7 +15,7 @@ from redis import Redis
 from tests.helpers import GitRepo
 from tests.sshd import HAVE_SSHD, SKIP_REASON, SshHost, health_port, remote_processes, ssh_hosts
 from tests.workers.test_pipeline import use_config, work
-from workers import control
+from workers import control, recovery, schema
 from workers.config import Settings
 from workers.deploylog import read
 from workers.deployments import Deployment, DeploymentStore, State
@@ -311,3 +311,40 @@ def test_the_deployment_timeout_ends_the_remote_step_on_the_host(
     assert time.monotonic() - started < 20
     assert remote_processes(marker) == []
     assert states(redis, done.id) == ["failed"]
+
+
+def test_a_dead_workers_step_on_a_host_is_ended_by_recovery(
+    three: list[SshHost],
+    targets_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    redis: Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    marker = f"sleep 33.{os.getpid() % 1000:03d}"
+    settings = targets_settings(three[:1], deploy=[f"{marker} & {marker}; wait"])
+    use_config(settings, monkeypatch)
+    deployment_id = queue(redis, settings, commit(git_repo, "one\n"))
+    seen: list[int] = []
+
+    def recover_once_sleeping() -> None:
+        # What RQ does when the work-horse dies: its failure callback ends the deployment.
+        deadline = time.monotonic() + 30
+        while len(seen) < 2 and time.monotonic() < deadline:
+            seen[:] = remote_processes(marker)
+            time.sleep(0.05)
+        recovery.recover(settings, redis, deployment_id, "worker lost (test)")
+        left.extend(remote_processes(marker))  # at once: before the runner notices its lost lane
+
+    left: list[int] = []
+    recoverer = threading.Thread(target=recover_once_sleeping)
+    recoverer.start()
+    work(redis)
+    recoverer.join()
+
+    done = DeploymentStore(redis).get(deployment_id)
+    assert len(seen) >= 2, done.reason
+    assert done.state is State.FAILED
+    assert done.reason == "worker lost (test)"
+    assert left == []
+    assert remote_processes(marker) == []
+    assert redis.scard(schema.remote_steps(deployment_id)) == 0
