@@ -175,7 +175,7 @@ class Host:
             "printf 'current %s\\n' \"$(readlink current || true)\" && "
             'for r in releases/*; do [ -d "$r" ] && printf \'release %s\\n\' "${r#releases/}"; done; true'
         )
-        lines = self.quick("connect", command, min(deadline, _now() + QUICK_TIMEOUT))
+        lines = self.quick("connect", command, min(deadline, time.time() + QUICK_TIMEOUT))
         current = ""
         releases: list[str] = []
         for text in lines:
@@ -222,7 +222,7 @@ class Host:
             "switch",
             f"cd {q(self.root)} && test -d {q('releases/' + release)} && "
             f"ln -sfn {q('releases/' + release)} {q(link)} && mv -T {q(link)} current",
-            min(deadline, _now() + QUICK_TIMEOUT),
+            min(deadline, time.time() + QUICK_TIMEOUT),
         )
 
     def step_command(self, release: str, command: str, variables: Mapping[str, str], pid_file: str) -> str:
@@ -247,7 +247,7 @@ class Host:
             "do sleep 0.1; i=$((i+1)); done; "
             f'kill -KILL -- "-$p" 2>/dev/null; rm -f {file}; true'
         )
-        return self.run(script, _now() + QUICK_TIMEOUT + REMOTE_KILL_GRACE).ok
+        return self.run(script, time.time() + QUICK_TIMEOUT + REMOTE_KILL_GRACE).ok
 
     def prune(self, remove: list[str], deployment_id: str, deadline: float) -> None:
         """Remove old releases and this deployment's pid files."""
@@ -258,7 +258,7 @@ class Host:
 
     def close(self) -> None:
         """Stop the master connection (best effort: it ends by itself after CONTROL_PERSIST)."""
-        self._local([*self.ssh(), "-O", "exit", self.target.host], _now() + 5, None, lambda: False)
+        self._local([*self.ssh(), "-O", "exit", self.target.host], time.time() + 5, None, lambda: False)
 
 
 def describe(run: Run) -> str:
@@ -280,7 +280,3 @@ def bytes_sent(lines: list[str]) -> int:
         if found:
             return int(found.group(1).replace(",", "").replace(".", ""))
     return 0
-
-
-def _now() -> float:
-    return time.time()
