@@ -77,10 +77,11 @@ class SshHost:
             stderr=open(self.home / "sshd.log", "ab"),  # noqa: SIM115 - the child keeps it
         )
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and self.process.poll() is None:
             with contextlib.suppress(OSError), socket.create_connection((self.address, self.port), 0.2):
                 return
             time.sleep(0.05)
+        self.kill()
         raise RuntimeError(f"sshd on {self.name} did not start: {(self.home / 'sshd.log').read_text()}")
 
     def kill(self) -> None:
@@ -135,7 +136,6 @@ def ssh_hosts(base: Path, count: int, client_key: Path) -> Iterator[list[SshHost
         keygen(client_key)
     if os.geteuid() == 0:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation directory
-    health_port = free_port("127.0.0.1")
     hosts: list[SshHost] = []
     try:
         for number in range(count):
@@ -144,16 +144,11 @@ def ssh_hosts(base: Path, count: int, client_key: Path) -> Iterator[list[SshHost
             home.mkdir(parents=True)
             host_key = keygen(home / "host_ed25519")
             (home / "authorized_keys").write_text(client_key.with_suffix(".pub").read_text())
-            host = SshHost(address, free_port(address), home / "srv" / "app", home, host_key)
+            host = SshHost(address, 0, home / "srv" / "app", home, host_key)
             host.root.parent.mkdir()
-            write_sshd_config(host)
-            host.start()
-            handler = type("Handler", (HealthHandler,), {"host": host})
-            host.health = ThreadingHTTPServer((address, health_port), handler)
-            thread = threading.Thread(target=host.health.serve_forever, daemon=True)
-            thread.start()
-            host.threads.append(thread)
             hosts.append(host)
+            start_sshd(host)
+        health_port = serve_health(hosts)
         for host in hosts:
             (host.home / "health_port").write_text(str(health_port))
         yield hosts
@@ -163,6 +158,41 @@ def ssh_hosts(base: Path, count: int, client_key: Path) -> Iterator[list[SshHost
             if host.health is not None:
                 host.health.shutdown()
                 host.health.server_close()
+
+
+def start_sshd(host: SshHost, tries: int = 5) -> None:
+    """Start the host's sshd on a free port; another try on another port if it was taken meanwhile."""
+    for attempt in range(tries):
+        host.port = free_port(host.address)
+        write_sshd_config(host)
+        try:
+            host.start()
+            return
+        except RuntimeError:
+            if attempt == tries - 1:
+                raise
+
+
+def serve_health(hosts: list[SshHost], tries: int = 10) -> int:
+    """One health server per host, all on the same port (the URL's ``{host}`` is all that differs)."""
+    for _ in range(tries):
+        port = free_port(hosts[0].address)
+        servers: list[ThreadingHTTPServer] = []
+        try:
+            for host in hosts:
+                handler = type("Handler", (HealthHandler,), {"host": host})
+                servers.append(ThreadingHTTPServer((host.address, port), handler))
+        except OSError:  # the port is taken on another address: try another one
+            for server in servers:
+                server.server_close()
+            continue
+        for host, server in zip(hosts, servers, strict=True):
+            host.health = server
+            thread = threading.Thread(target=server.serve_forever, daemon=True)
+            thread.start()
+            host.threads.append(thread)
+        return port
+    raise RuntimeError("no port free on every host address for the health servers")
 
 
 def write_sshd_config(host: SshHost) -> None:
