@@ -22,7 +22,7 @@ from typing import Any
 
 from redis import Redis
 
-from bench import accept, breakdown, burst, deploys, growth, report
+from bench import accept, breakdown, burst, deploys, growth, many_hosts, report
 from bench.machine import describe
 from bench.plan import FULL, SMOKE, Plan
 from bench.procs import ROOT, HarnessError
@@ -38,6 +38,7 @@ SCENARIOS: dict[str, Scenario] = {
     "overhead": deploys.run_overhead,
     "burst": burst.run,
     "growth": growth.run,
+    "many_hosts": many_hosts.run,
 }
 
 

@@ -4,7 +4,7 @@
 needs none of them and no engine code can reach into a request. ``webhook`` is the HTTP tier and
 the CLI: it uses the engine through its services (config, stores, intake, control, outbox, …),
 never through the internals that run deployments (the runner, steps, releases, lanes, recovery,
-the lifecycle, health checks). Starting a worker is the CLI's one way in, through
+the lifecycle, health checks, the SSH transport and the rollout to target hosts). Starting a worker is the CLI's one way in, through
 ``workers.worker``.
 """
 
@@ -27,6 +27,8 @@ ENGINE_INTERNALS = (
     "workers.recovery",
     "workers.lifecycle",
     "workers.health",
+    "workers.remote",
+    "workers.rollout",
 )
 ENTRY_POINTS = {"workers.worker": {"webhook/cli.py"}}
 """Engine modules the CLI may import to run the engine itself, and where."""

@@ -139,6 +139,10 @@ def cmd_show(client: Client, args: argparse.Namespace) -> int:
         ]
         for s in deployment["steps"]
     ]
+    hosts = [[h["host"], h["state"], h["detail"]] for h in deployment.get("hosts", [])]
+    if hosts:
+        print()
+        table(["HOST", "STATE", "DETAIL"], hosts)
     if rows:
         print()
         table(["STEP", "COMMAND", "EXIT", "DURATION"], rows)

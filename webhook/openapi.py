@@ -9,11 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from workers.config import Settings
+from workers.targets import HostState
 
 NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"}
 NAME_FILTER = {"type": "string", "pattern": "^([A-Za-z0-9][A-Za-z0-9._-]{0,62})?$"}
 DEPLOYMENT_ID = {"type": "string", "minLength": 1, "maxLength": 64}
 STATES = ["queued", "running", "succeeded", "failed", "canceled"]
+HOST_STATES = [str(state) for state in HostState]
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -222,6 +224,20 @@ def document(settings: Settings) -> dict[str, Any]:
                         "release": {"type": "string"},
                         "url": {"type": "string"},
                         "steps": {"type": "array", "items": {"$ref": "#/components/schemas/Step"}},
+                        "hosts": {
+                            "type": "array",
+                            "description": "each target host in targets order (empty without targets)",
+                            "items": {"$ref": "#/components/schemas/Host"},
+                        },
+                    },
+                },
+                "Host": {
+                    "type": "object",
+                    "required": ["host", "state", "detail"],
+                    "properties": {
+                        "host": {"type": "string", "description": "host, or host:port when not 22"},
+                        "state": {"type": "string", "enum": HOST_STATES},
+                        "detail": {"type": "string", "description": "what was shipped, or what failed"},
                     },
                 },
                 "Step": {

@@ -21,7 +21,7 @@ from werkzeug.wrappers import Response
 
 from webhook import services
 from webhook.auth import action_required, admin_required, is_admin, link_grants
-from workers import deploylog, routes
+from workers import deploylog, routes, targets
 from workers.config import Settings
 from workers.control import NotCancelable, cancel
 from workers.deployments import Deployment, DeploymentStore, State, UnknownDeployment
@@ -115,6 +115,7 @@ def deployment(deployment_id: str) -> str:
         "deployment.html",
         deployment=record,
         steps=store.steps(deployment_id),
+        hosts=targets.hosts(redis, deployment_id),
         log=deploylog.read(redis, deployment_id),
         statuses=recorded(redis, deployment_id),
         live=live,
@@ -124,7 +125,7 @@ def deployment(deployment_id: str) -> str:
 
 @pages.get(routes.DEPLOYMENT + "/log")
 def log_lines(deployment_id: str) -> tuple[Response, int]:
-    """Lines after ``after`` and the state: what the page's live log polls."""
+    """Lines after ``after``, the state and each host's progress: what the page's live log polls."""
     _viewable(deployment_id)
     record = _deployment_or_404(deployment_id)
     after = request.args.get("after", "-")
@@ -134,6 +135,7 @@ def log_lines(deployment_id: str) -> tuple[Response, int]:
     body: dict[str, Any] = {
         "state": str(record.state),
         "lines": [{"id": line.id, "at": line.at, "kind": line.kind, "text": line.text} for line in lines],
+        "hosts": [host.public() for host in targets.hosts(_redis(), deployment_id)],
     }
     return jsonify(body), 200
 

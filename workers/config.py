@@ -24,6 +24,7 @@ from workers.deployments import new_id
 from workers.errors import EngineError
 from workers.links import LinkSigner
 from workers.secrets import MASK, Keyring, NoKeys, Secret, SecretError, SigningKey, resolve
+from workers.targets import Rollout, Target, TargetError, parse_target
 
 S = TypeVar("S", bound=Secret)
 
@@ -66,6 +67,10 @@ ENV_KEYS = {
     "timeout",
     "env",
     "run_as",
+    "targets",
+    "ssh_key",
+    "known_hosts",
+    "rollout",
 }
 FLAT_ONLY_KEYS = {"environment"}
 
@@ -146,6 +151,15 @@ class Environment:
     """The user the steps run as (the worker must then be root); None runs them as the worker."""
     tags: str = ""
     """A glob on tag names (``v*``): the environment deploys matching tag pushes instead of a branch."""
+    targets: tuple[Target, ...] = ()
+    """Hosts the release is shipped to over SSH; empty: it lives in the worker's own ``data_dir``."""
+    ssh_key: Secret | None = None
+    known_hosts: Secret | None = None
+    """The pinned host keys (``known_hosts`` lines): the only keys a target may present."""
+    rollout: Rollout = field(default_factory=Rollout)
+
+    def secrets(self) -> tuple[Secret, ...]:
+        return (self.ssh_key,) if self.ssh_key is not None else ()
 
     @property
     def status_name(self) -> str:
@@ -198,7 +212,8 @@ class Project:
 
     def secrets(self) -> tuple[Secret, ...]:
         token = (self.repo_token,) if self.repo_token is not None else ()
-        return self.secret_tokens + self.signing_keys + token
+        keys = tuple(s for env in self.environments.values() for s in env.secrets())
+        return self.secret_tokens + self.signing_keys + token + keys
 
     def __repr__(self) -> str:
         return _repr(self, {"repo_url"})
@@ -276,9 +291,13 @@ def secret_values(raw: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
             places.append((f"{section}.{name}", table[name]))
     projects = raw.get("projects")
     for project, table in projects.items() if isinstance(projects, dict) else ():
-        for name in ("secret_token", "signing_token", "repo_token"):
+        for name in ("secret_token", "signing_token", "repo_token", "ssh_key"):
             if isinstance(table, dict) and name in table:
                 places.append((f"projects.{project}.{name}", table[name]))
+        environments = table.get("environments") if isinstance(table, dict) else None
+        for env_name, env_table in environments.items() if isinstance(environments, dict) else ():
+            if isinstance(env_table, dict) and "ssh_key" in env_table:
+                places.append((f"projects.{project}.environments.{env_name}.ssh_key", env_table["ssh_key"]))
     for key, value in places:
         if isinstance(value, str):
             yield key, value
@@ -467,6 +486,10 @@ class _Loader:
                     inherited.pop("branch", None)
                     inherited.pop("tags", None)
                 merged = inherited | env_table
+                if "targets" not in merged:  # a project-wide key serves the environments with targets
+                    for target_key in ("ssh_key", "known_hosts", "rollout"):
+                        if target_key not in env_table:
+                            merged.pop(target_key, None)
                 env = self.environment(name, env_name, merged, env_key)
                 if env:
                     environments[env_name] = env
@@ -516,6 +539,9 @@ class _Loader:
         if branch.startswith("refs/"):
             self.problem(f"{key}.branch", "give the branch name ('main'), not the full ref")
         health = self.health_check(table.get("health_check"), f"{key}.health_check")
+        targets = self.targets(table, key)
+        if health is not None and "{host}" in health.url and not targets:
+            self.problem(f"{key}.health_check.url", "{host} stands for a target's host: it needs targets")
         env = table.get("env", {})
         if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
             self.problem(f"{key}.env", "must be a table of string values")
@@ -535,7 +561,52 @@ class _Loader:
             env=dict(env),
             run_as=self.run_as(table, key),
             tags=tags,
+            targets=targets,
+            ssh_key=self.secret(table, "ssh_key", key) if targets else None,
+            known_hosts=self.secret(table, "known_hosts", key) if targets else None,
+            rollout=self.rollout(table, key),
         )
+
+    def targets(self, table: dict[str, Any], key: str) -> tuple[Target, ...]:
+        """``targets`` with the ``ssh_key`` and ``known_hosts`` they need; every bad value named."""
+        if "targets" not in table:
+            for name in ("ssh_key", "known_hosts", "rollout"):
+                if name in table:
+                    self.problem(f"{key}.{name}", "only applies with targets")
+            return ()
+        value = table["targets"]
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+            self.problem(f"{key}.targets", 'must be a list like ["ssh://deploy@web-1/srv/app"]')
+            return ()
+        found: list[Target] = []
+        for index, text in enumerate(value):
+            try:
+                target = parse_target(text)
+            except TargetError as exc:
+                self.problem(f"{key}.targets[{index}]", str(exc))
+                continue
+            if any(t.name == target.name for t in found):
+                self.problem(f"{key}.targets[{index}]", f"{target.name} is already a target")
+                continue
+            found.append(target)
+        for name, what in (("ssh_key", "the private key"), ("known_hosts", "the pinned host keys")):
+            if name not in table:
+                self.problem(f"{key}.{name}", f"is required with targets: {what} (env:, file: or fernet:)")
+        return tuple(found)
+
+    def rollout(self, table: dict[str, Any], key: str) -> Rollout:
+        value = table.get("rollout", {})
+        if not isinstance(value, dict):
+            self.problem(f"{key}.rollout", 'must be a table like { batch = 1 } or { batch = "all" }')
+            return Rollout()
+        self.unknown(value, {"batch"}, f"{key}.rollout")
+        batch = value.get("batch", 1)
+        if batch == "all":
+            return Rollout(0)
+        if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+            self.problem(f"{key}.rollout.batch", 'must be an integer ≥ 1 or "all"')
+            return Rollout()
+        return Rollout(batch)
 
     def tag_glob(self, table: dict[str, Any], key: str) -> str:
         if "tags" not in table:

@@ -16,6 +16,8 @@ Each exception lives in the module whose job it describes; this is the tree they
     │   └── NotCancelable         workers.control      it already ended
     ├── SourceError               workers.source      git could not produce the commit
     │   └── InvalidSha                                 refused before any git command
+    ├── TargetError (ValueError)  workers.targets     a ``targets`` entry cannot be used
+    ├── RemoteError               workers.remote      a command on a target host did not succeed
     ├── ForgeError                workers.forge       GitLab's API did not do what was asked
     │   ├── TransientForgeError                        worth trying again later
     │   ├── ForgeRejected                              refused (4xx): trying again will not help
@@ -26,7 +28,9 @@ Each exception lives in the module whose job it describes; this is the tree they
         ├── HealthCheckFailed     workers.pipeline    the release did not answer healthy
         ├── Canceled              workers.pipeline    someone asked it to stop
         ├── LaneLost              workers.pipeline    its lane's lock expired under it
-        └── RunAsError            workers.steps       the worker cannot run steps as run_as
+        ├── RunAsError            workers.steps       the worker cannot run steps as run_as
+        ├── RolloutFailed         workers.rollout     a target host failed; switched hosts went back
+        └── Stopped               workers.rollout     a remote step ended by cancel or a lost lane
 
 The web tier maps them to HTTP answers; the engine never speaks HTTP.
 """

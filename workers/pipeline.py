@@ -35,6 +35,7 @@ from workers.errors import RunStopped
 from workers.forge import StatusState
 from workers.lanes import Lane, Renewal, Verdict
 from workers.releases import Releases
+from workers.rollout import Rollout, RolloutFailed
 from workers.source import Mirror, SourceError, check_sha
 from workers.statuses import report
 from workers.telemetry import Phase
@@ -222,7 +223,9 @@ class Runner:
         except InvalidTransition:
             return False
         job.deadline = job.deployment.started_at + job.environment.timeout
-        report(self.redis, self.settings, job.deployment, StatusState.RUNNING, "Deploying")
+        hosts = len(job.environment.targets)
+        what = f"Deploying to {hosts} host{'s' if hosts != 1 else ''}" if hosts else "Deploying"
+        report(self.redis, self.settings, job.deployment, StatusState.RUNNING, what)
         return True
 
     def attempt(self, job: Job) -> tuple[State, str]:
@@ -242,6 +245,8 @@ class Runner:
             return State.FAILED, self.recover(job, str(exc))
         except SourceError as exc:
             job.log.info(self.masker(f"git: {exc}"))
+            return State.FAILED, self.masker(str(exc))
+        except RolloutFailed as exc:  # the rollout has put back every host it had switched
             return State.FAILED, self.masker(str(exc))
         except Exception as exc:
             log.exception("deployment %s: internal error", job.deployment.id)
@@ -297,7 +302,7 @@ class Runner:
             job.log.info(f"reusing release {reuse} of {sha[:12]}: nothing to fetch or build")
             self.store.update(deployment.id, release=reuse)
             deployment.release = reuse
-            self.switch_and_deploy(job, reuse, self.variables(job, reuse, sha, deployment.previous_sha))
+            self.go_live(job, reuse, self.variables(job, reuse, sha, deployment.previous_sha))
             return
         if reuse:
             job.log.info(f"release {reuse} was pruned: building {sha[:12]} again")
@@ -330,7 +335,18 @@ class Runner:
             job.releases.remove(deployment.id)  # a failed build never reaches current
             job.log.info("build did not finish: current is unchanged")
             raise
-        self.switch_and_deploy(job, deployment.id, variables)
+        self.go_live(job, deployment.id, variables)
+
+    def go_live(self, job: Job, release_id: str, variables: dict[str, str]) -> None:
+        """Here (switch ``current``, deploy) or, with ``targets``, on every host over SSH."""
+        if not job.environment.targets:
+            self.switch_and_deploy(job, release_id, variables)
+            return
+        Rollout(self, job, release_id, job.releases.path(release_id)).run()
+        # The worker keeps built releases as the source of the next incremental ship and of rollbacks.
+        removed = job.releases.prune(job.environment.keep_releases, {release_id})
+        if removed:
+            job.log.info(f"pruned {len(removed)} old release(s) on the worker: {', '.join(removed)}")
 
     def switch_and_deploy(self, job: Job, release_id: str, variables: dict[str, str]) -> None:
         environment = job.environment

@@ -22,6 +22,7 @@ from rq.job import Job
 from workers import lifecycle, steps
 from workers.config import Settings
 from workers.deployments import DeploymentStore, Runtime, State, UnknownDeployment
+from workers.rollout import end_remote_steps
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ def recover(settings: Settings, redis: Redis, deployment_id: str, reason: str) -
     if deployment.state.terminal:
         return False
     _kill_leftover_step(store.runtime(deployment_id))
+    _end_remote_steps(settings, redis, deployment.project, deployment.environment, deployment_id)
     ended = lifecycle.end(
         settings,
         redis,
@@ -75,6 +77,23 @@ def recover(settings: Settings, redis: Redis, deployment_id: str, reason: str) -
         return False
     log.warning("deployment %s: %s", deployment_id, reason)
     return True
+
+
+def _end_remote_steps(
+    settings: Settings, redis: Redis, project: str, environment: str, deployment_id: str
+) -> None:
+    """A dead worker's steps on its targets keep running too: end them over SSH."""
+    configured = settings.projects.get(project)
+    env = configured.environments.get(environment) if configured else None
+    if env is None or not env.targets:
+        return
+    try:
+        ended = end_remote_steps(env, redis, deployment_id, os.environ)
+    except Exception:  # recovery must still end the deployment
+        log.exception("deployment %s: could not end its steps on the targets", deployment_id)
+        return
+    if ended:
+        log.warning("deployment %s: ended its steps left running on %s", deployment_id, ", ".join(ended))
 
 
 def _kill_leftover_step(runtime: Runtime) -> None:

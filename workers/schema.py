@@ -50,7 +50,25 @@ def cancel(deployment_id: str) -> str:
     return f"{PREFIX}:dep:{deployment_id}:cancel"
 
 
-DEPLOYMENT_KEYS: tuple[Callable[[str], str], ...] = (record, steps, log, statuses, cancel)
+def hosts(deployment_id: str) -> str:
+    """Hash: target name → JSON ``{i, state, detail}``, each host's progress in a rollout."""
+    return f"{PREFIX}:dep:{deployment_id}:hosts"
+
+
+def remote_steps(deployment_id: str) -> str:
+    """Set: ``<target index>:<pid file>`` of each step running on a target now (for recovery)."""
+    return f"{PREFIX}:dep:{deployment_id}:remote"
+
+
+DEPLOYMENT_KEYS: tuple[Callable[[str], str], ...] = (
+    record,
+    steps,
+    log,
+    statuses,
+    cancel,
+    hosts,
+    remote_steps,
+)
 """Every key of one deployment: pruning deletes exactly these."""
 
 

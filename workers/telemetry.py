@@ -25,6 +25,7 @@ class Phase(StrEnum):
     FETCH = "fetch"
     EXPORT = "export"
     BUILD = "build"
+    SHIP = "ship"
     DEPLOY = "deploy"
     HEALTH_CHECK = "health_check"
     ROLLBACK = "rollback"

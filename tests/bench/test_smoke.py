@@ -18,7 +18,7 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = {"accept", "accept_breakdown", "push_to_running", "overhead", "burst", "growth"}
+SCENARIOS = {"accept", "accept_breakdown", "push_to_running", "overhead", "burst", "growth", "many_hosts"}
 KEPT_ENV = "PUSHDEPLOY_BENCH_REDIS_URL"  # the harness' own database: a machine may give each user one
 
 

@@ -27,6 +27,13 @@
           after = line.id;
         }
         if (atBottom && body.lines.length) window.scrollTo(0, document.body.scrollHeight);
+        for (const host of body.hosts || []) {
+          const row = document.querySelector(`#hosts tr[data-host="${CSS.escape(host.host)}"]`);
+          if (!row) continue;
+          row.cells[1].textContent = host.state;
+          row.cells[1].className = `state ${host.state.replace(" ", "-")}`;
+          row.cells[2].textContent = host.detail;
+        }
         const state = document.getElementById("state");
         if (state && state.textContent !== body.state) { state.textContent = body.state; state.className = `state ${body.state}`; }
         if (terminal.includes(body.state)) { window.location.reload(); return; }

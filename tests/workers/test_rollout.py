@@ -1,0 +1,351 @@
+"""Deploying to many hosts: real sshd per host on loopback, real rsync, real git, Redis and RQ."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis import Redis
+
+from tests.helpers import GitRepo
+from tests.sshd import HAVE_SSHD, SKIP_REASON, SshHost, health_port, remote_processes, ssh_hosts
+from tests.workers.test_pipeline import use_config, work
+from workers import control, recovery, schema
+from workers.config import Settings
+from workers.deploylog import read
+from workers.deployments import Deployment, DeploymentStore, State
+from workers.intake import Intake, Push
+from workers.operations import rollback
+from workers.outbox import recorded
+from workers.targets import HostState, hosts
+
+pytestmark = pytest.mark.skipif(not HAVE_SSHD, reason=SKIP_REASON)
+
+BUILD = '#!/bin/sh\nset -e\necho built >> "$BUILD_LOG"\ncp app.txt built.txt\n'
+DEPLOY = 'echo "$PUSHDEPLOY_SHA $PUSHDEPLOY_HOST $PWD" >> "$PUSHDEPLOY_RELEASE_DIR/../../deploys.log"'
+BIG = os.urandom(3 * 1024 * 1024)
+
+
+@pytest.fixture
+def client_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("client") / "id_ed25519"
+
+
+@pytest.fixture
+def three(tmp_path: Path, client_key: Path) -> Iterator[list[SshHost]]:
+    with ssh_hosts(tmp_path / "hosts", 3, client_key) as started:
+        yield started
+
+
+@pytest.fixture
+def targets_settings(
+    make_settings: Callable[..., Settings], tmp_path: Path, client_key: Path
+) -> Callable[..., Settings]:
+    """A config whose environment deploys to ``hosts``; keywords override project keys."""
+
+    def make(hosts_: list[SshHost], known: list[str] | None = None, **overrides: Any) -> Settings:
+        known_hosts = tmp_path / "known_hosts"
+        known_hosts.write_text("\n".join(known or [h.known_hosts_line() for h in hosts_]) + "\n")
+        project: dict[str, Any] = {
+            "targets": [h.target for h in hosts_],
+            "ssh_key": f"file:{client_key}",
+            "known_hosts": f"file:{known_hosts}",
+            "rollout": {"batch": 1},
+            "deploy": [DEPLOY],
+            "env": {"BUILD_LOG": str(tmp_path / "builds.log")},
+            "health_check": {"url": f"http://{{host}}:{health_port(hosts_[0])}/health", "timeout": 2},
+            "timeout": 60,
+        }
+        project.update(overrides)
+        return make_settings(**project)
+
+    return make
+
+
+def queue(redis: Redis, settings: Settings, sha: str) -> str:
+    project = settings.projects["sample-app"]
+    environment = project.environments["production"]
+    accepted = Intake(redis, settings.server.public_url).accept(
+        project, environment, Push("refs/heads/main", sha, "alice", "")
+    )
+    return accepted.deployment_id
+
+
+def deploy(redis: Redis, settings: Settings, sha: str, monkeypatch: pytest.MonkeyPatch) -> Deployment:
+    use_config(settings, monkeypatch)
+    deployment_id = queue(redis, settings, sha)
+    work(redis)
+    return DeploymentStore(redis).get(deployment_id)
+
+
+def states(redis: Redis, deployment_id: str) -> list[str]:
+    return [str(h.state) for h in hosts(redis, deployment_id)]
+
+
+def deploys_log(host: SshHost) -> list[str]:
+    return (host.root / "deploys.log").read_text().splitlines()
+
+
+def commit(repo: GitRepo, app: str, health: str = "ok\n", **extra: str) -> str:
+    return repo.commit({"build.sh": BUILD, "app.txt": app, "health.txt": health, **extra}, app.strip())
+
+
+def test_three_hosts_get_one_build_and_the_second_deploy_sends_only_what_changed(
+    three: list[SshHost],
+    targets_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    redis: Redis,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = targets_settings(three, rollout={"batch": 2})
+    (git_repo.work / "big.bin").write_bytes(BIG)  # committed with the next commit
+    first_sha = commit(git_repo, "one\n")
+
+    first = deploy(redis, settings, first_sha, monkeypatch)
+
+    assert first.state is State.SUCCEEDED, first.reason
+    assert (tmp_path / "builds.log").read_text() == "built\n"  # built once, on the worker
+    for host in three:
+        assert host.current() == first.id
+        assert (host.root / "current" / "built.txt").read_text() == "one\n"
+        assert (host.root / "current" / "big.bin").read_bytes() == BIG
+        release_dir = host.root / "releases" / first.id
+        assert deploys_log(host) == [f"{first_sha} {host.address} {release_dir}"]
+        assert not [p for p in (host.root / "releases").iterdir() if p.name.startswith(".")]
+    assert states(redis, first.id) == ["live"] * 3
+    running = [r.status for r in recorded(redis, first.id) if r.status.state == "running"]
+    assert [s.description for s in running] == ["Deploying to 3 hosts"]
+
+    second_sha = commit(git_repo, "two\n")
+    second = deploy(redis, settings, second_sha, monkeypatch)
+
+    assert second.state is State.SUCCEEDED, second.reason
+    assert (tmp_path / "builds.log").read_text() == "built\nbuilt\n"
+    for host, progress in zip(three, hosts(redis, second.id), strict=True):
+        assert host.current() == second.id
+        assert (host.root / "current" / "built.txt").read_text() == "two\n"
+        # Measured twice: rsync's own count of bytes it sent, and the big file's inode shared with
+        # the previous release (hard-linked by --link-dest, so its content never crossed the wire).
+        sent = int(progress.detail.split()[0])
+        assert sent < len(BIG) // 100, progress.detail
+        old = (host.root / "releases" / first.id / "big.bin").stat()
+        new = (host.root / "releases" / second.id / "big.bin").stat()
+        assert (old.st_ino, old.st_nlink) == (new.st_ino, 2)
+
+
+def test_health_failing_on_one_host_puts_every_host_back(
+    three: list[SshHost],
+    targets_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    redis: Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = targets_settings(three)
+    good_sha = commit(git_repo, "one\n")
+    good = deploy(redis, settings, good_sha, monkeypatch)
+    assert good.state is State.SUCCEEDED, good.reason
+    bad_sha = commit(git_repo, "two\n", health=f"{three[2].address}\n")  # host 3 answers 503
+
+    bad = deploy(redis, settings, bad_sha, monkeypatch)
+
+    assert bad.state is State.FAILED
+    assert bad.reason.startswith(f"{three[2].name}: health check failed (HTTP 503")
+    assert f"rolled back {three[0].name}, {three[1].name}, {three[2].name}" in bad.reason
+    for host in three:
+        assert host.current() == good.id
+        assert deploys_log(host)[-1].startswith(f"{good_sha} {host.address}")  # deploy re-run
+    assert states(redis, bad.id) == ["rolled back", "rolled back", "failed"]
+    failed = [r.status for r in recorded(redis, bad.id) if r.status.state == "failed"]
+    assert three[2].name in failed[0].description
+
+
+def test_a_host_unreachable_mid_rollout_leaves_no_host_on_the_new_release(
+    three: list[SshHost],
+    targets_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    redis: Redis,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    marker = tmp_path / "second-host-deployed"
+    hook = f'if [ "$PUSHDEPLOY_HOST" = {three[1].address} ]; then touch {marker}; sleep 1; fi'
+    settings = targets_settings(three, deploy=[DEPLOY, hook])
+    good = deploy(redis, settings, commit(git_repo, "one\n"), monkeypatch)
+    assert good.state is State.SUCCEEDED, good.reason
+    marker.unlink()
+
+    def cut_host_three() -> None:
+        while not marker.exists():
+            time.sleep(0.02)
+        three[2].kill()  # between the second batch and the third
+
+    cutter = threading.Thread(target=cut_host_three)
+    cutter.start()
+    started = time.monotonic()
+    bad = deploy(redis, settings, commit(git_repo, "two\n"), monkeypatch)
+    cutter.join()
+
+    assert time.monotonic() - started < 30
+    assert bad.state is State.FAILED
+    assert bad.reason.startswith(f"{three[2].name}: switch: unreachable"), bad.reason
+    assert [h.current() for h in three] == [good.id] * 3
+    assert states(redis, bad.id) == ["rolled back", "rolled back", "failed"]
+
+
+def test_a_changed_host_key_refuses_the_host_before_anything_runs(
+    three: list[SshHost],
+    targets_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    redis: Redis,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    impostor = three[0].host_key  # host 3 is pinned to another host's key
+    known = [three[0].known_hosts_line(), three[1].known_hosts_line(), three[2].known_hosts_line(impostor)]
+    settings = targets_settings(three, known=known)
+
+    done = deploy(redis, settings, commit(git_repo, "one\n"), monkeypatch)
+
+    assert done.state is State.FAILED
+    assert done.reason == (
+        f"{three[2].name}: connect: host key not in known_hosts or changed: refused"
+        ": nothing was changed on any host"
+    )
+    assert all(h.releases() == [] and h.current() == "" for h in three)
+    assert states(redis, done.id) == ["pending", "pending", "failed"]
+
+
+def test_cancel_during_a_remote_step_leaves_no_process_on_the_host(
+    three: list[SshHost],
+    targets_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    redis: Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hosts_ = three[:2]
+    marker = f"sleep 31.{os.getpid() % 1000:03d}"
+    settings = targets_settings(hosts_, deploy=[DEPLOY, f"{marker} & {marker}; wait"])
+    use_config(settings, monkeypatch)
+    deployment_id = queue(redis, settings, commit(git_repo, "one\n"))
+    seen: list[int] = []
+
+    def cancel_once_sleeping() -> None:
+        deadline = time.monotonic() + 30
+        while len(seen) < 2 and time.monotonic() < deadline:
+            seen[:] = remote_processes(marker)
+            time.sleep(0.05)
+        control.cancel(settings, redis, deployment_id, "bob")
+
+    canceler = threading.Thread(target=cancel_once_sleeping)
+    canceler.start()
+    work(redis)  # RQ's worker wants the main thread
+    canceler.join()
+
+    done = DeploymentStore(redis).get(deployment_id)
+    assert len(seen) >= 2, done.reason  # both sleeps ran on the first host before the cancel
+
+    done = DeploymentStore(redis).get(deployment_id)
+    assert done.state is State.CANCELED
+    assert done.reason == "canceled by bob"
+    assert remote_processes(marker) == []
+    assert hosts_[1].current() == ""  # never switched
+    assert not list((hosts_[0].root / ".pushdeploy").iterdir())
+
+
+def test_keep_releases_holds_on_every_host_and_a_manual_rollback_switches_them_all(
+    three: list[SshHost],
+    targets_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    redis: Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = targets_settings(three, keep_releases=2, rollout={"batch": "all"})
+    done = [deploy(redis, settings, commit(git_repo, f"v{n}\n"), monkeypatch) for n in (1, 2, 3)]
+    assert [d.state for d in done] == [State.SUCCEEDED] * 3
+    for host in three:
+        assert host.releases() == [done[1].id, done[2].id]
+    (three[1].root / "releases" / done[1].id).rename(three[1].root / "gone")  # pruned by hand there
+
+    project = settings.projects["sample-app"]
+    back = rollback(
+        Intake(redis, settings.server.public_url),
+        project,
+        project.environments["production"],
+        done[1],
+        "carol",
+    )
+    work(redis)
+
+    result = DeploymentStore(redis).get(back.id)
+    assert result.state is State.SUCCEEDED, result.reason
+    assert [h.current() for h in three] == [done[1].id] * 3
+    assert (three[1].root / "current" / "built.txt").read_text() == "v2\n"  # shipped there again
+    assert [p.detail for p in hosts(redis, back.id)][::2] == ["already there", "already there"]
+    assert all(deploys_log(h)[-1].startswith(done[1].sha) for h in three)
+    lines = [line.text for line in read(redis, back.id)]
+    assert any("nothing to fetch or build" in line for line in lines)
+    assert HostState.LIVE in {p.state for p in hosts(redis, back.id)}
+
+
+def test_the_deployment_timeout_ends_the_remote_step_on_the_host(
+    three: list[SshHost],
+    targets_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    redis: Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    marker = f"sleep 32.{os.getpid() % 1000:03d}"
+    settings = targets_settings(three[:1], deploy=[f"{marker} & {marker}; wait"], timeout=8)
+    started = time.monotonic()
+
+    done = deploy(redis, settings, commit(git_repo, "one\n"), monkeypatch)
+
+    assert done.state is State.FAILED
+    step = f"deploy step 1 `{marker} & {marker}; wait`"
+    assert done.reason.startswith(f"{three[0].name}: {step} ran out of time")
+    assert time.monotonic() - started < 20
+    assert remote_processes(marker) == []
+    assert states(redis, done.id) == ["failed"]
+
+
+def test_a_dead_workers_step_on_a_host_is_ended_by_recovery(
+    three: list[SshHost],
+    targets_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    redis: Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    marker = f"sleep 33.{os.getpid() % 1000:03d}"
+    settings = targets_settings(three[:1], deploy=[f"{marker} & {marker}; wait"])
+    use_config(settings, monkeypatch)
+    deployment_id = queue(redis, settings, commit(git_repo, "one\n"))
+    seen: list[int] = []
+
+    def recover_once_sleeping() -> None:
+        # What RQ does when the work-horse dies: its failure callback ends the deployment.
+        deadline = time.monotonic() + 30
+        while len(seen) < 2 and time.monotonic() < deadline:
+            seen[:] = remote_processes(marker)
+            time.sleep(0.05)
+        recovery.recover(settings, redis, deployment_id, "worker lost (test)")
+        left.extend(remote_processes(marker))  # at once: before the runner notices its lost lane
+
+    left: list[int] = []
+    recoverer = threading.Thread(target=recover_once_sleeping)
+    recoverer.start()
+    work(redis)
+    recoverer.join()
+
+    done = DeploymentStore(redis).get(deployment_id)
+    assert len(seen) >= 2, done.reason
+    assert done.state is State.FAILED
+    assert done.reason == "worker lost (test)"
+    assert left == []
+    assert remote_processes(marker) == []
+    assert redis.scard(schema.remote_steps(deployment_id)) == 0
