@@ -8,7 +8,6 @@ worker runs in this process (an RQ SimpleWorker), as in the tests; batch is "all
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from bench.procs import HarnessError
 from bench.repos import linear_repo, move
 from tests.helpers import project_config, write_config
 from tests.sshd import HAVE_SSHD, SKIP_REASON, health_port, ssh_hosts
-from workers import defaults, pipeline
+from workers import defaults, engine
 from workers.config import load
 from workers.deploylog import read
 from workers.deployments import DeploymentStore, State
@@ -75,9 +74,8 @@ def one_count(count: int, files: int, workdir: Path, redis: Redis, redis_url: st
                 "projects": {"sample-app": project},
             },
         )
-        os.environ["PUSHDEPLOY_CONFIG"] = str(config)
-        pipeline.worker_settings.cache_clear()
         settings = load(config, environ={})
+        engine.install(engine.Engine.build(settings, redis))  # as `pushdeploy worker` does
         first = deploy(redis, settings, base)
         move(bare, {"main": change})
         second = deploy(redis, settings, change)

@@ -209,3 +209,12 @@ class Health:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def use_engine(settings: Any, redis: Any, monkeypatch: Any) -> Any:
+    """Install the engine ``pushdeploy worker`` would build, for jobs a test runs in its own process."""
+    from workers import engine
+
+    built = engine.Engine.build(settings, redis)
+    monkeypatch.setattr(engine, "_installed", built)
+    return built

@@ -23,8 +23,9 @@ from rq.registry import StartedJobRegistry
 from tests.fakegitlab import FakeGitLab
 from tests.fixtures import schema_v1
 from tests.fixtures.schema_v1 import redisjson, repo
+from tests.helpers import use_engine
 from webhook.app import create_app
-from workers import defaults, deploylog, migrations, pipeline, schema
+from workers import defaults, deploylog, migrations, schema
 from workers.config import load
 from workers.deployments import DeploymentStore, Runtime, State
 from workers.forge import forge_for
@@ -253,8 +254,7 @@ def test_after_the_upgrade_work_in_flight_finishes_and_every_status_arrives(
         for name in ("web", "api"):
             gitlab.use_repository(tmp_path / "repos" / f"{name}.git")
         path = schema_v1.write_config(tmp_path, redis_url, tmp_path / "data", tmp_path / "repos", gitlab.url)
-        monkeypatch.setenv("PUSHDEPLOY_CONFIG", str(path))
-        pipeline.worker_settings.cache_clear()
+        use_engine(load(path, environ={}), loaded, monkeypatch)
         queue = Queue(defaults.DEPLOY_QUEUE, connection=loaded)
 
         StartedJobRegistry(queue=queue).cleanup()  # as a worker's maintenance: S2's worker is long dead

@@ -14,23 +14,20 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from functools import cache
 from pathlib import Path
 
-from redis import Redis
-
-from workers import health, lifecycle, steps, telemetry
-from workers.config import Environment, Project, Settings, load
+from workers import engine, health, lifecycle, steps, telemetry
+from workers.config import Environment, Project
 from workers.control import cancel_requested, supersede, supersede_older
-from workers.deploylog import DeploymentLog, Masker
+from workers.deploylog import DeploymentLog
 from workers.deployments import (
     Deployment,
-    DeploymentStore,
     InvalidTransition,
     State,
     StepResult,
     UnknownDeployment,
 )
+from workers.engine import Engine
 from workers.errors import RunStopped
 from workers.forge import StatusState
 from workers.lanes import Lane, Renewal, Verdict
@@ -126,28 +123,24 @@ class Job:
     switched: bool = False
 
 
-@cache
-def worker_settings() -> Settings:
-    """The worker's config, read once per process from ``PUSHDEPLOY_CONFIG``."""
-    return load(os.environ["PUSHDEPLOY_CONFIG"])
-
-
 def run_deployment(deployment_id: str) -> Outcome:
     """RQ entry point: take one deployment as far as it can go now; returns its state."""
     from rq import get_current_job
 
-    current = get_current_job()
-    if current is None:
+    job = get_current_job()
+    if job is None:
         raise RuntimeError("run_deployment must run inside an RQ job")
-    return Runner(worker_settings(), current.connection).run(deployment_id)
+    return Runner(engine.current(job.connection)).run(deployment_id)
 
 
 class Runner:
-    def __init__(self, settings: Settings, redis: Redis, environ: Mapping[str, str] | None = None) -> None:
-        self.settings = settings
-        self.redis = redis
-        self.store = DeploymentStore(redis)
-        self.masker = Masker(settings.all_secrets())
+    """Runs one deployment with the engine of its worker process."""
+
+    def __init__(self, engine: Engine, environ: Mapping[str, str] | None = None) -> None:
+        self.settings = engine.settings
+        self.redis = engine.redis
+        self.store = engine.store
+        self.masker = engine.masker
         self.environ = dict(os.environ if environ is None else environ)
         self._cancel_checked = 0.0
         self._cancel_by = ""

@@ -19,7 +19,7 @@ from typing import Any
 from redis import Redis
 from rq.job import Job
 
-from workers import lifecycle, steps
+from workers import engine, lifecycle, steps
 from workers.config import Settings
 from workers.deployments import DeploymentStore, Runtime, State, UnknownDeployment
 from workers.rollout import end_remote_steps
@@ -31,12 +31,10 @@ WORKER_LOST = "worker lost"
 
 def job_failed(job: Job, connection: Redis, exc_type: Any, exc_value: Any, traceback: Any) -> None:
     """RQ failure callback: also runs for jobs abandoned by a dead worker."""
-    from workers.pipeline import worker_settings
-
     deployment_id = str(job.args[0]) if job.args else ""
     if deployment_id:
         recover(
-            worker_settings(),
+            engine.current(connection).settings,
             connection,
             deployment_id,
             f"{WORKER_LOST} ({getattr(exc_type, '__name__', exc_type)})",
@@ -45,12 +43,15 @@ def job_failed(job: Job, connection: Redis, exc_type: Any, exc_value: Any, trace
 
 def horse_killed(job: Job, retpid: int, ret_val: int, rusage: Any) -> None:
     """RQ ``work_horse_killed_handler``: the process running the deployment died (OOM, SIGKILL)."""
-    from workers.pipeline import worker_settings
-
     deployment_id = str(job.args[0]) if job.args else ""
     if deployment_id:
         how = f"signal {os.WTERMSIG(ret_val)}" if os.WIFSIGNALED(ret_val) else f"exit {ret_val}"
-        recover(worker_settings(), job.connection, deployment_id, f"{WORKER_LOST} (work-horse {how})")
+        recover(
+            engine.current(job.connection).settings,
+            job.connection,
+            deployment_id,
+            f"{WORKER_LOST} (work-horse {how})",
+        )
 
 
 def recover(settings: Settings, redis: Redis, deployment_id: str, reason: str) -> bool:

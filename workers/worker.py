@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 
 from redis import Redis
 from rq import Queue, Worker
 
-from workers import defaults, migrations, pipeline
+from workers import defaults, engine, migrations
 from workers.config import Settings
 from workers.connection import worker_redis
+from workers.engine import Engine
 from workers.forge import forge_for
 from workers.lanes import Lane
 from workers.lifecycle import start_waiting
@@ -39,11 +39,9 @@ JANITOR_INTERVAL = 5.0
 
 def run_worker(settings: Settings, burst: bool = False, name: str | None = None) -> bool:
     """Work deployments until stopped (or, with ``burst``, until the queue is empty)."""
-    os.environ["PUSHDEPLOY_CONFIG"] = str(settings.path.resolve())
-    pipeline.worker_settings.cache_clear()
-    pipeline.worker_settings()  # read once here, so forked work-horses inherit it
     redis = worker_redis(settings.server.redis_url)
     migrations.ensure(redis)  # before anything is read or written: migrate, or refuse a newer layout
+    engine.install(Engine.build(settings, redis))  # built once here: forked work-horses inherit it
     courier = Courier(worker_redis(settings.server.redis_url), forge_for(settings.gitlab))
     courier.start()
     janitor = Janitor(settings, worker_redis(settings.server.redis_url))

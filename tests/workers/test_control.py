@@ -11,8 +11,8 @@ import pytest
 from redis import Redis
 from rq import Queue, SimpleWorker
 
-from tests.helpers import GitRepo, wait_for
-from workers import defaults, pipeline
+from tests.helpers import GitRepo, use_engine, wait_for
+from workers import defaults
 from workers.config import Settings
 from workers.control import NotCancelable, cancel
 from workers.deployments import DeploymentStore, State
@@ -36,10 +36,11 @@ def work(redis: Redis) -> None:
 
 
 @pytest.fixture
-def settings(make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> Settings:
+def settings(
+    make_settings: Callable[..., Settings], redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> Settings:
     made = make_settings(build=["sleep 0"], deploy=[])
-    monkeypatch.setenv("PUSHDEPLOY_CONFIG", str(made.path))
-    pipeline.worker_settings.cache_clear()
+    use_engine(made, redis, monkeypatch)
     return made
 
 
@@ -97,8 +98,7 @@ def test_cancel_a_running_deployment_kills_its_step(
     tmp_path: object,
 ) -> None:
     settings = make_settings(build=["sleep 600 & echo $! > ../../sleeper.pid; wait"], deploy=[])
-    monkeypatch.setenv("PUSHDEPLOY_CONFIG", str(settings.path))
-    pipeline.worker_settings.cache_clear()
+    use_engine(settings, redis, monkeypatch)
     deployment_id = accept(redis, settings, git_repo.commit({"app.txt": "x"}))
     worker = subprocess.Popen(
         [sys.executable, "-m", "webhook.cli", "--config", str(settings.path), "worker", "--burst"],

@@ -9,8 +9,8 @@ from redis import Redis
 from rq import Queue, SimpleWorker
 
 from tests.fakegitlab import FakeGitLab
-from tests.helpers import GitRepo, git, wait_for
-from workers import defaults, pipeline
+from tests.helpers import GitRepo, git, use_engine, wait_for
+from workers import defaults
 from workers.config import Settings
 from workers.deployments import Deployment, DeploymentStore
 from workers.forge import StatusState, forge_for
@@ -29,8 +29,7 @@ def gitlab(git_repo: GitRepo) -> Iterator[FakeGitLab]:
 
 
 def run(settings: Settings, redis: Redis, sha: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PUSHDEPLOY_CONFIG", str(settings.path))
-    pipeline.worker_settings.cache_clear()
+    use_engine(settings, redis, monkeypatch)
     project = settings.projects["sample-app"]
     Intake(redis, settings.server.public_url).accept(
         project, project.environments["production"], Push("refs/heads/main", sha, "alice", "")

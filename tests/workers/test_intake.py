@@ -24,6 +24,7 @@ from rq.job import Job, JobStatus
 from workers import defaults, schema
 from workers.config import Settings
 from workers.deployments import Deployment, DeploymentStore, State, UnknownDeployment
+from workers.engine import Engine
 from workers.forge import StatusState
 from workers.intake import Accepted, Intake, Push, seen_deployment
 from workers.outbox import DUE_KEY, recorded
@@ -257,7 +258,7 @@ def test_a_worker_discards_a_job_without_a_record(settings: Settings, redis: Red
     """The job queued beside a refused claim, should a worker take it before it is deleted."""
     with pytest.raises(UnknownDeployment):
         DeploymentStore(redis).get("20261126120000000-bbbbbb")
-    assert Runner(settings, redis).run("20261126120000000-bbbbbb") == "discarded"
+    assert Runner(Engine.build(settings, redis)).run("20261126120000000-bbbbbb") == "discarded"
 
 
 def test_a_delivery_id_is_remembered_for_its_window_then_forgotten(settings: Settings, redis: Redis) -> None:

@@ -17,8 +17,8 @@ from redis import Redis
 from rq import Queue, SimpleWorker, Worker
 from rq.exceptions import AbandonedJobError
 
-from tests.helpers import GitRepo, Health, wait_for
-from workers import defaults, lanes, pipeline, telemetry
+from tests.helpers import GitRepo, Health, use_engine, wait_for
+from workers import defaults, lanes, telemetry
 from workers.config import Settings
 from workers.control import cancel
 from workers.deployments import Deployment, DeploymentStore, State, new_id
@@ -101,8 +101,7 @@ def env(
         timeout=overrides.get("timeout", 60),
         health_check={"url": health.url, "timeout": 1},
     )
-    monkeypatch.setenv("PUSHDEPLOY_CONFIG", str(settings.path))
-    pipeline.worker_settings.cache_clear()
+    use_engine(settings, redis, monkeypatch)
     made = Env(settings, redis, git_repo)
     for index in range(KEEP + 2):  # ended history beyond keep_deployments, statuses all delivered
         old = Deployment(

@@ -10,11 +10,12 @@ import pytest
 from redis import Redis
 from rq import Queue, SimpleWorker
 
-from tests.helpers import GitRepo, Health
+from tests.helpers import GitRepo, Health, use_engine
 from workers import defaults, pipeline
 from workers.config import Settings
 from workers.deploylog import read
 from workers.deployments import Deployment, DeploymentStore, State
+from workers.engine import Engine
 from workers.intake import Intake, Push
 from workers.outbox import recorded
 
@@ -23,10 +24,11 @@ BUILD = (
 )
 
 
-def use_config(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Point the worker code at this config, as `pushdeploy worker` does for its work-horses."""
-    monkeypatch.setenv("PUSHDEPLOY_CONFIG", str(settings.path))
-    pipeline.worker_settings.cache_clear()
+def use_config(settings: Settings, monkeypatch: pytest.MonkeyPatch, redis: Redis | None = None) -> None:
+    """Install the engine for this config, as `pushdeploy worker` does before its first job."""
+    from tests.conftest import REDIS_URL
+
+    use_engine(settings, redis or Redis.from_url(REDIS_URL), monkeypatch)
 
 
 def work(redis: Redis) -> None:
@@ -141,7 +143,7 @@ def test_a_rerun_of_a_finished_job_changes_nothing(
 ) -> None:
     settings = make_settings()
     done = deploy(settings, git_repo.commit({"build.sh": BUILD, "app.txt": "x\n"}))
-    assert pipeline.Runner(settings, redis).run(done.id) == "succeeded"
+    assert pipeline.Runner(Engine.build(settings, redis)).run(done.id) == "succeeded"
     assert len(recorded(redis, done.id)) == 3
 
 

@@ -11,8 +11,8 @@ from redis import Redis
 from rq import Queue, SimpleWorker
 
 from tests.fakegitlab import FakeGitLab
-from tests.helpers import GitRepo, git
-from workers import defaults, pipeline
+from tests.helpers import GitRepo, git, use_engine
+from workers import defaults
 from workers.config import Settings
 from workers.deployments import DeploymentStore, State
 from workers.intake import Intake, Push
@@ -21,8 +21,7 @@ from workers.reconciler import MISSED, POLLED, Reconciler
 
 def work(settings: Settings, redis: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run every queued job with a real RQ worker in this process, on this config."""
-    monkeypatch.setenv("PUSHDEPLOY_CONFIG", str(settings.path))
-    pipeline.worker_settings.cache_clear()
+    use_engine(settings, redis, monkeypatch)
     SimpleWorker([Queue(defaults.DEPLOY_QUEUE, connection=redis)], connection=redis).work(burst=True)
 
 

@@ -18,10 +18,11 @@ import pytest
 from redis import Redis
 from rq import Queue, SimpleWorker
 
-from tests.helpers import GitRepo
+from tests.helpers import GitRepo, use_engine
 from workers import defaults, pipeline
 from workers.config import Settings
 from workers.deployments import Deployment, DeploymentStore, State
+from workers.engine import Engine
 from workers.intake import Intake, Push
 from workers.steps import RunAsError, run, scrubbed_environment, switch_to
 
@@ -112,8 +113,7 @@ def test_an_unknown_user_is_refused_before_anything_runs() -> None:
 @pytest.fixture
 def deploy(redis: Redis, monkeypatch: pytest.MonkeyPatch) -> Callable[[Settings, str], Deployment]:
     def go(settings: Settings, sha: str) -> Deployment:
-        monkeypatch.setenv("PUSHDEPLOY_CONFIG", str(settings.path))
-        pipeline.worker_settings.cache_clear()
+        use_engine(settings, redis, monkeypatch)
         project = settings.projects["sample-app"]
         environment = project.environments["production"]
         accepted = Intake(redis, settings.server.public_url).accept(
@@ -164,7 +164,7 @@ def test_a_step_user_the_worker_cannot_become_fails_the_deployment_before_any_wo
         project, environment, Push("refs/heads/main", sha, "alice", "")
     )
 
-    assert pipeline.Runner(settings, redis).run(accepted.deployment_id) == "failed"
+    assert pipeline.Runner(Engine.build(settings, redis)).run(accepted.deployment_id) == "failed"
 
     done = DeploymentStore(redis).get(accepted.deployment_id)
     assert done.reason == "run_as: no user 'no-such-user-pd7' on this host"

@@ -16,8 +16,8 @@ from redis import Redis
 from rq import Queue, SimpleWorker
 
 from tests.fakegitlab import FakeGitLab
-from tests.helpers import GitRepo, wait_for
-from workers import defaults, deploylog, pipeline
+from tests.helpers import GitRepo, use_engine, wait_for
+from workers import defaults, deploylog
 from workers.config import Settings
 from workers.deployments import DeploymentStore, State
 from workers.forge import forge_for
@@ -53,8 +53,7 @@ def courier(redis: Redis, gitlab: FakeGitLab) -> Iterator[Callable[[Settings], C
 
 def deploy(settings: Settings, redis: Redis, sha: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """Accept a push of ``sha`` and run the deployment job with a real RQ worker, in this thread."""
-    monkeypatch.setenv("PUSHDEPLOY_CONFIG", str(settings.path))
-    pipeline.worker_settings.cache_clear()
+    use_engine(settings, redis, monkeypatch)
     project = settings.projects["sample-app"]
     accepted = Intake(redis, settings.server.public_url).accept(
         project, project.environments["production"], Push("refs/heads/main", sha, "alice", "")
