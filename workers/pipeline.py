@@ -287,48 +287,66 @@ class Runner:
         return True
 
     def deploy(self, job: Job) -> None:
-        deployment, environment = job.deployment, job.environment
+        """Build a new release (or reuse a kept one, for a rollback) and take it live."""
+        deployment = job.deployment
         sha = check_sha(deployment.sha)
-        steps.switch_to(environment.run_as)  # a worker that cannot become run_as fails before any work
+        steps.switch_to(job.environment.run_as)  # a worker that cannot become run_as fails before any work
         reuse = deployment.reuse_release
         if reuse and job.releases.path(reuse).is_dir():
             job.log.info(f"reusing release {reuse} of {sha[:12]}: nothing to fetch or build")
-            self.store.update(deployment.id, release=reuse)
-            deployment.release = reuse
+            self.record_release(job, reuse)
             self.go_live(job, reuse, self.variables(job, reuse, sha, deployment.previous_sha))
             return
         if reuse:
             job.log.info(f"release {reuse} was pruned: building {sha[:12]} again")
+        mirror = self.fetch(job, sha)
+        self.export(job, mirror, sha)
+        variables = self.variables(job, deployment.id, sha, deployment.previous_sha)
+        self.build(job, variables)
+        self.go_live(job, deployment.id, variables)
+
+    def fetch(self, job: Job, sha: str) -> Mirror:
+        """Bring the commit into the project's mirror, fetching only what is missing."""
         mirror = self.mirror(job.project)
         started = time.monotonic()
-        job.log.step(f"fetch {sha[:12]} from {deployment.branch}")
-        fetched = mirror.fetch(deployment.ref, sha)
+        job.log.step(f"fetch {sha[:12]} from {job.deployment.branch}")
+        fetched = mirror.fetch(job.deployment.ref, sha)
         self.measure(Phase.FETCH, started)
         job.log.info(
             f"{'fetched' if fetched else 'already in the mirror'} in {time.monotonic() - started:.2f} s"
         )
         self.check_cancel(job)
+        return mirror
+
+    def export(self, job: Job, mirror: Mirror, sha: str) -> None:
+        """Write the commit's tree into a new release directory named by the deployment."""
+        release_id = job.deployment.id
         job.releases.prepare()
-        release_dir = job.releases.path(deployment.id)
-        job.log.step(f"export {sha[:12]} into releases/{deployment.id}")
+        release_dir = job.releases.path(release_id)
+        job.log.step(f"export {sha[:12]} into releases/{release_id}")
         started = time.monotonic()
         mirror.export(sha, release_dir)
-        steps.hand_over(release_dir, environment.run_as)
+        steps.hand_over(release_dir, job.environment.run_as)
         self.measure(Phase.EXPORT, started)
-        self.store.update(deployment.id, release=deployment.id)
-        deployment.release = deployment.id
-        variables = self.variables(job, deployment.id, deployment.sha, deployment.previous_sha)
+        self.record_release(job, release_id)
+
+    def build(self, job: Job, variables: dict[str, str]) -> None:
+        """Run the build steps in the new release; one that fails never reaches ``current``."""
+        release_id = job.deployment.id
         try:
             started = time.monotonic()
-            for index, command in enumerate(environment.build, start=1):
-                self.step(job, "build", index, command, release_dir, variables)
+            for index, command in enumerate(job.environment.build, start=1):
+                self.step(job, "build", index, command, job.releases.path(release_id), variables)
             self.measure(Phase.BUILD, started)
             self.check_cancel(job)
         except (StepFailed, Canceled):
-            job.releases.remove(deployment.id)  # a failed build never reaches current
+            job.releases.remove(release_id)
             job.log.info("build did not finish: current is unchanged")
             raise
-        self.go_live(job, deployment.id, variables)
+
+    def record_release(self, job: Job, release_id: str) -> None:
+        self.store.update(job.deployment.id, release=release_id)
+        job.deployment.release = release_id
 
     def go_live(self, job: Job, release_id: str, variables: dict[str, str]) -> None:
         """Here (switch ``current``, deploy) or, with ``targets``, on every host over SSH."""
