@@ -251,16 +251,27 @@ class DeploymentStore:
         until: float = float("inf"),
         limit: int = 50,
     ) -> list[Deployment]:
-        """Newest first across the given (project, environment) pairs, filtered by state, sha prefix, time."""
+        """Newest first across the given (project, environment) pairs, filtered by state, sha prefix, time.
+
+        Each environment's history is read newest first, a page at a time, and only until it has
+        given ``limit`` matches: a list costs what it shows, not the length of the histories.
+        """
         found: list[Deployment] = []
+        page = max(limit, 100)
         for project, environment in environments:
-            ids = self.redis.zrevrangebyscore(schema.history(project, environment), until, since)
-            for deployment in self.many(_text(i) for i in ids):
-                if deployment is None or (state is not None and deployment.state is not state):
-                    continue
-                if sha and not deployment.sha.startswith(sha.lower()):
-                    continue
-                found.append(deployment)
+            history, start, matched = schema.history(project, environment), 0, 0
+            while matched < limit:
+                ids = self.redis.zrevrangebyscore(history, until, since, start=start, num=page)
+                for deployment in self.many(_text(i) for i in ids):
+                    if deployment is None or (state is not None and deployment.state is not state):
+                        continue
+                    if sha and not deployment.sha.startswith(sha.lower()):
+                        continue
+                    found.append(deployment)
+                    matched += 1
+                if len(ids) < page:
+                    break
+                start += page
         found.sort(key=lambda d: (d.created_at, d.id), reverse=True)
         return found[:limit]
 

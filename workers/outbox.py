@@ -27,6 +27,7 @@ from redis.exceptions import RedisError, WatchError
 
 from workers import defaults, schema, telemetry
 from workers.deploylog import DeploymentLog, Masker
+from workers.deployments import DeploymentStore, UnknownDeployment
 from workers.forge import (
     CommitStatus,
     DeploymentUpdate,
@@ -102,11 +103,18 @@ class Courier:
     """Delivers due outboxes; several couriers (one per worker process) can run side by side."""
 
     def __init__(
-        self, redis: Redis, forge: Forge, delays: tuple[float, ...] = defaults.STATUS_RETRY_DELAYS
+        self,
+        redis: Redis,
+        forge: Forge,
+        delays: tuple[float, ...] = defaults.STATUS_RETRY_DELAYS,
+        keep_deployments: int | None = None,
     ) -> None:
+        """With ``keep_deployments``, an ended deployment whose last status GitLab now has is
+        pruned with its environment's history (pruning skipped it while statuses were owed)."""
         self.redis = redis
         self.forge = forge
         self.delays = delays
+        self.keep = keep_deployments
         self.stopping = threading.Event()
 
     def start(self) -> threading.Thread:
@@ -156,6 +164,7 @@ class Courier:
             raw = self.redis.lindex(statuses_key(deployment_id), sent)
             if raw is None:
                 if self._close(deployment_id, sent):
+                    self._prune_after(deployment_id)
                     return
                 continue
             data = json.loads(raw)
@@ -237,6 +246,17 @@ class Courier:
 
     def _log(self, deployment_id: str, text: str) -> None:
         DeploymentLog(self.redis, deployment_id, Masker(())).info(text)
+
+    def _prune_after(self, deployment_id: str) -> None:
+        if self.keep is None:
+            return
+        store = DeploymentStore(self.redis)
+        try:
+            deployment = store.get(deployment_id)
+        except UnknownDeployment:
+            return
+        if deployment.state.terminal:
+            store.prune_history(deployment.project, deployment.environment, self.keep)
 
     def _close(self, deployment_id: str, sent: int) -> bool:
         """Drop the deployment from the due set unless a status was appended meanwhile."""

@@ -42,7 +42,11 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None)
     redis = worker_redis(settings.server.redis_url)
     migrations.ensure(redis)  # before anything is read or written: migrate, or refuse a newer layout
     engine.install(Engine.build(settings, redis))  # built once here: forked work-horses inherit it
-    courier = Courier(worker_redis(settings.server.redis_url), forge_for(settings.gitlab))
+    courier = Courier(
+        worker_redis(settings.server.redis_url),
+        forge_for(settings.gitlab),
+        keep_deployments=settings.server.keep_deployments,
+    )
     courier.start()
     janitor = Janitor(settings, worker_redis(settings.server.redis_url))
     janitor.start()

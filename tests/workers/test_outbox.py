@@ -13,7 +13,7 @@ from tests.fakegitlab import FakeGitLab
 from tests.helpers import wait_for
 from workers import deploylog, schema
 from workers.config import GitLabSettings
-from workers.deployments import Deployment, DeploymentStore
+from workers.deployments import Deployment, DeploymentStore, State
 from workers.forge import CommitStatus, DeploymentUpdate, GitLabForge, StatusState
 from workers.outbox import DUE_KEY, Courier, enqueue_status, recorded
 from workers.secrets import Secret
@@ -245,3 +245,20 @@ def test_a_final_deployment_update_that_landed_late_is_not_recorded_as_refused(
     drain(c, redis)
     assert [d["history"] for d in gitlab.deployments] == [["running", "success"]]
     assert DeploymentStore(redis).get("d1").status_problem == ""
+
+
+def test_deployments_pruning_skipped_while_statuses_were_owed_go_once_gitlab_has_them(
+    redis: Redis, gitlab: FakeGitLab
+) -> None:
+    """Pruning never drops a deployment whose statuses GitLab does not have yet; the courier prunes
+    it once they are delivered, so a burst ended while GitLab lagged leaves no extra history."""
+    store = DeploymentStore(redis)
+    ids = [f"2026120200000{index:04d}-abcdef" for index in range(6)]
+    for deployment_id in ids:
+        queue(redis, deployment_id, StatusState.PENDING, StatusState.CANCELED)
+        store.transition(deployment_id, State.CANCELED, "superseded")
+    assert store.prune_history("sample-app", "production", 2) == []  # every one still owes GitLab
+    c = Courier(redis, GitLabForge(GitLabSettings(gitlab.url, Secret(TOKEN), 2.0)), keep_deployments=2)
+    drain(c, redis)
+    assert [d.id for d in store.history("sample-app", "production", limit=10)] == ids[-2:][::-1]
+    assert store.kept([("sample-app", "production")])[("sample-app", "production")]["canceled"] == 2
