@@ -5,41 +5,17 @@ Screenshots are kept under ``test-artifacts/screenshots/`` for people to look at
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.e2e.conftest import ROOT, Stack
+from tests.e2e.conftest import SHOTS, Stack
 from tests.helpers import ADMIN_TOKEN, push_body, signed_headers
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-SHOTS = ROOT / "test-artifacts" / "screenshots"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SLOW_BUILD = 'for i in 1 2 3 4 5 6; do echo "compiling part $i of 6"; sleep 1; done'
-
-
-@pytest.fixture
-def browser() -> object:
-    if CHROMIUM is None:
-        pytest.skip("chromium is not installed (Debian package: chromium)")
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with playwright_api.sync_playwright() as driver:
-        launched = driver.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield launched
-        launched.close()
 
 
 def test_overview_and_a_live_log_in_a_real_browser(stack: object, browser: object) -> None:

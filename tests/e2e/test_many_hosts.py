@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import SHOTS, Stack
 from tests.e2e.test_cli import cli
 from tests.e2e.test_end_to_end import final_status, push
 from tests.helpers import ADMIN_TOKEN
@@ -59,3 +59,39 @@ def test_a_push_reaches_both_hosts_and_every_view_shows_them(stack: object, tmp_
         shown = cli(made, "show", deployment_id, "--url", made.base_url)
         assert shown.returncode == 0, shown.stderr
         assert all(h.name in shown.stdout for h in hosts) and "HOST" in shown.stdout
+
+
+def test_three_hosts_on_the_deployment_page_in_a_real_browser(
+    stack: object, tmp_path: Path, browser: object
+) -> None:
+    """The page's hosts table, as a person sees it: every host live (screenshot kept for people)."""
+    key = tmp_path / "client" / "id_ed25519"
+    key.parent.mkdir()
+    with ssh_hosts(tmp_path / "hosts", 3, key) as hosts:
+        known_hosts = tmp_path / "known_hosts"
+        known_hosts.write_text("".join(h.known_hosts_line() + "\n" for h in hosts))
+        made: Stack = stack(  # type: ignore[operator]
+            targets=[h.target for h in hosts],
+            ssh_key=f"file:{key}",
+            known_hosts=f"file:{known_hosts}",
+            rollout={"batch": 2},
+            deploy=['echo "serving on $PUSHDEPLOY_HOST"'],
+            health_check={"url": f"http://{{host}}:{health_port(hosts[0])}/", "timeout": 5},
+        )
+        made.start_web()
+        made.start_worker()
+        sha = made.repo.commit({"build.sh": BUILD, "app.txt": "three hosts\n", "health.txt": "ok\n"})
+        deployment_id = push(made, sha)["deployment"]
+        assert final_status(made, sha) == ["pending", "running", "success"]
+
+        page = browser.new_page(viewport={"width": 1200, "height": 900})  # type: ignore[attr-defined]
+        page.goto(f"{made.base_url}/login")
+        page.fill("input[name=token]", ADMIN_TOKEN)
+        page.click("button:has-text('Sign in')")
+        page.wait_for_selector("h1:has-text('Projects')")
+        page.goto(f"{made.base_url}/deployments/{deployment_id}")
+        rows = page.locator("tr[data-host]")
+        assert rows.count() == 3
+        assert [rows.nth(i).inner_text().split()[0] for i in range(3)] == [h.name for h in hosts]
+        assert all("live" in rows.nth(i).inner_text() for i in range(3))
+        page.screenshot(path=str(SHOTS / "deployment-three-hosts.png"), full_page=True)

@@ -30,8 +30,9 @@
         for (const host of body.hosts || []) {
           const row = document.querySelector(`#hosts tr[data-host="${CSS.escape(host.host)}"]`);
           if (!row) continue;
-          row.cells[1].textContent = host.state;
-          row.cells[1].className = `state ${host.state.replace(" ", "-")}`;
+          const badge = row.cells[1].firstElementChild;
+          badge.textContent = host.state;
+          badge.className = `state ${host.state.replace(" ", "-")}`;
           row.cells[2].textContent = host.detail;
         }
         const state = document.getElementById("state");
