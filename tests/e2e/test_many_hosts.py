@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,29 +13,39 @@ from tests.e2e.conftest import SHOTS, Stack
 from tests.e2e.test_cli import cli
 from tests.e2e.test_end_to_end import final_status, push
 from tests.helpers import ADMIN_TOKEN
-from tests.sshd import HAVE_SSHD, SKIP_REASON, health_port, ssh_hosts
+from tests.sshd import HAVE_SSHD, SKIP_REASON, SshHost, health_port, ssh_hosts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not HAVE_SSHD, reason=SKIP_REASON)]
 
 BUILD = "#!/bin/sh\nset -e\ncp app.txt built.txt\n"
 
 
-def test_a_push_reaches_both_hosts_and_every_view_shows_them(stack: object, tmp_path: Path) -> None:
+@contextlib.contextmanager
+def hosts_stack(
+    stack: object, tmp_path: Path, count: int, batch: int, deploy: list[str]
+) -> Iterator[tuple[Stack, list[SshHost]]]:
+    """``count`` sshd hosts and a started stack (web and worker) that deploys to them."""
     key = tmp_path / "client" / "id_ed25519"
     key.parent.mkdir()
-    with ssh_hosts(tmp_path / "hosts", 2, key) as hosts:
+    with ssh_hosts(tmp_path / "hosts", count, key) as hosts:
         known_hosts = tmp_path / "known_hosts"
         known_hosts.write_text("".join(h.known_hosts_line() + "\n" for h in hosts))
         made: Stack = stack(  # type: ignore[operator]
             targets=[h.target for h in hosts],
             ssh_key=f"file:{key}",
             known_hosts=f"file:{known_hosts}",
-            rollout={"batch": 1},
-            deploy=['echo "$PUSHDEPLOY_HOST" > deployed-on.txt'],
+            rollout={"batch": batch},
+            deploy=deploy,
             health_check={"url": f"http://{{host}}:{health_port(hosts[0])}/", "timeout": 5},
         )
         made.start_web()
         made.start_worker()
+        yield made, hosts
+
+
+def test_a_push_reaches_both_hosts_and_every_view_shows_them(stack: object, tmp_path: Path) -> None:
+    deploy = ['echo "$PUSHDEPLOY_HOST" > deployed-on.txt']
+    with hosts_stack(stack, tmp_path, 2, batch=1, deploy=deploy) as (made, hosts):
         sha = made.repo.commit({"build.sh": BUILD, "app.txt": "two hosts\n", "health.txt": "ok\n"})
 
         deployment_id = push(made, sha)["deployment"]
@@ -65,21 +77,8 @@ def test_three_hosts_on_the_deployment_page_in_a_real_browser(
     stack: object, tmp_path: Path, browser: object
 ) -> None:
     """The page's hosts table, as a person sees it: every host live (screenshot kept for people)."""
-    key = tmp_path / "client" / "id_ed25519"
-    key.parent.mkdir()
-    with ssh_hosts(tmp_path / "hosts", 3, key) as hosts:
-        known_hosts = tmp_path / "known_hosts"
-        known_hosts.write_text("".join(h.known_hosts_line() + "\n" for h in hosts))
-        made: Stack = stack(  # type: ignore[operator]
-            targets=[h.target for h in hosts],
-            ssh_key=f"file:{key}",
-            known_hosts=f"file:{known_hosts}",
-            rollout={"batch": 2},
-            deploy=['echo "serving on $PUSHDEPLOY_HOST"'],
-            health_check={"url": f"http://{{host}}:{health_port(hosts[0])}/", "timeout": 5},
-        )
-        made.start_web()
-        made.start_worker()
+    deploy = ['echo "serving on $PUSHDEPLOY_HOST"']
+    with hosts_stack(stack, tmp_path, 3, batch=2, deploy=deploy) as (made, hosts):
         sha = made.repo.commit({"build.sh": BUILD, "app.txt": "three hosts\n", "health.txt": "ok\n"})
         deployment_id = push(made, sha)["deployment"]
         assert final_status(made, sha) == ["pending", "running", "success"]

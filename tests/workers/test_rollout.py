@@ -95,6 +95,25 @@ def commit(repo: GitRepo, app: str, health: str = "ok\n", **extra: str) -> str:
     return repo.commit({"build.sh": BUILD, "app.txt": app, "health.txt": health, **extra}, app.strip())
 
 
+def while_working(redis: Redis, marker: str, act: Callable[[], object]) -> list[int]:
+    """Run the queue; once two remote processes matching ``marker`` run, ``act`` from another
+    thread. Returns the remote pids seen (RQ's worker wants the main thread)."""
+    seen: list[int] = []
+
+    def act_once_running() -> None:
+        deadline = time.monotonic() + 30
+        while len(seen) < 2 and time.monotonic() < deadline:
+            seen[:] = remote_processes(marker)
+            time.sleep(0.05)
+        act()
+
+    actor = threading.Thread(target=act_once_running)
+    actor.start()
+    work(redis)
+    actor.join()
+    return seen
+
+
 def test_three_hosts_get_one_build_and_the_second_deploy_sends_only_what_changed(
     three: list[SshHost],
     targets_settings: Callable[..., Settings],
@@ -233,19 +252,7 @@ def test_cancel_during_a_remote_step_leaves_no_process_on_the_host(
     settings = targets_settings(hosts_, deploy=[DEPLOY, f"{marker} & {marker}; wait"])
     use_config(settings, monkeypatch)
     deployment_id = queue(redis, settings, commit(git_repo, "one\n"))
-    seen: list[int] = []
-
-    def cancel_once_sleeping() -> None:
-        deadline = time.monotonic() + 30
-        while len(seen) < 2 and time.monotonic() < deadline:
-            seen[:] = remote_processes(marker)
-            time.sleep(0.05)
-        control.cancel(settings, redis, deployment_id, "bob")
-
-    canceler = threading.Thread(target=cancel_once_sleeping)
-    canceler.start()
-    work(redis)  # RQ's worker wants the main thread
-    canceler.join()
+    seen = while_working(redis, marker, lambda: control.cancel(settings, redis, deployment_id, "bob"))
 
     done = DeploymentStore(redis).get(deployment_id)
     assert len(seen) >= 2, done.reason  # both sleeps ran on the first host before the cancel
@@ -325,22 +332,14 @@ def test_a_dead_workers_step_on_a_host_is_ended_by_recovery(
     settings = targets_settings(three[:1], deploy=[f"{marker} & {marker}; wait"])
     use_config(settings, monkeypatch)
     deployment_id = queue(redis, settings, commit(git_repo, "one\n"))
-    seen: list[int] = []
+    left: list[int] = []
 
-    def recover_once_sleeping() -> None:
+    def recover() -> None:
         # What RQ does when the work-horse dies: its failure callback ends the deployment.
-        deadline = time.monotonic() + 30
-        while len(seen) < 2 and time.monotonic() < deadline:
-            seen[:] = remote_processes(marker)
-            time.sleep(0.05)
         recovery.recover(settings, redis, deployment_id, "worker lost (test)")
         left.extend(remote_processes(marker))  # at once: before the runner notices its lost lane
 
-    left: list[int] = []
-    recoverer = threading.Thread(target=recover_once_sleeping)
-    recoverer.start()
-    work(redis)
-    recoverer.join()
+    seen = while_working(redis, marker, recover)
 
     done = DeploymentStore(redis).get(deployment_id)
     assert len(seen) >= 2, done.reason
