@@ -1,4 +1,7 @@
-"""JSON API under ``/api/v1`` (bearer ``admin_token``): deployments, logs, deploy, rollback, cancel.
+"""JSON API under ``/api/v1`` (bearer ``admin_token``): deployments, logs, deploy, rollback, cancel, audit.
+
+A browser signed in with the admin token may call it with its session; unsafe methods then need
+the session's CSRF token in ``X-CSRF-Token``. Every action goes to the audit log.
 
 Errors are JSON ``{"error": "..."}`` with 400 (bad input), 401 (no or wrong token), 404 (no such
 thing) or 409 (not possible in the current state). ``/api/v1/openapi.json`` describes it all.
@@ -12,13 +15,17 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request, stream_with_context
+from flask import Blueprint, Response, g, jsonify, request, stream_with_context
+from flask_wtf.csrf import CSRFError
 from redis import Redis
 from werkzeug.exceptions import HTTPException
 
-from webhook import services
+from webhook import audit, services
+from webhook.auth import csrf
 from webhook.openapi import document
+from workers import audit as audit_log
 from workers import deploylog, routes, targets
+from workers.audit import Action
 from workers.config import NAME_RE, Environment, Project, Settings
 from workers.control import NotCancelable, cancel
 from workers.deployments import Deployment, DeploymentStore, State, UnknownDeployment
@@ -27,6 +34,7 @@ from workers.operations import NotRollbackable, OperationError, manual_deploy, r
 from workers.routes import deployment_url
 
 api = Blueprint("api", __name__, url_prefix=routes.API_PREFIX)
+csrf.exempt(api)  # a bearer token is no ambient credential; session calls are checked in authenticate()
 
 FOLLOW_LIMIT = 600.0
 """Seconds one ``?follow=1`` response streams before the client reconnects with ``after``."""
@@ -56,9 +64,20 @@ def authenticate() -> tuple[Response, int] | None:
     if admin is None:
         return jsonify(error="the API is disabled: set server.admin_token"), 401
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if not scheme and audit.actor().admin:  # the browser's session: cookies are sent by any site
+        csrf.protect()  # raises CSRFError (400) for an unsafe method without X-CSRF-Token
+        return None
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), admin.reveal().encode()):
         return jsonify(error="missing or wrong bearer token"), 401
+    g.actor = audit.Actor(audit.ADMIN, "admin_token")
+    if request.method in ("GET", "HEAD"):
+        audit.admin_read()  # actions are logged as themselves
     return None
+
+
+@api.errorhandler(CSRFError)
+def csrf_refused(error: CSRFError) -> tuple[Response, int]:
+    return jsonify(error=f"{error.description} (send the session's CSRF token in X-CSRF-Token)"), 400
 
 
 @api.errorhandler(ApiError)
@@ -168,20 +187,40 @@ def deploy(project: str, environment: str) -> tuple[Response, int]:
     unknown = set(body) - {"ref", "sha", "by"}
     if unknown:
         raise ApiError(400, f"unknown field(s): {', '.join(sorted(unknown))[:200]}")
-    ref, sha, who = body.get("ref", ""), body.get("sha", ""), body.get("by", "")
-    if not all(isinstance(value, str) for value in (ref, sha, who)):
+    ref, sha, said = body.get("ref", ""), body.get("sha", ""), body.get("by", "")
+    if not all(isinstance(value, str) for value in (ref, sha, said)):
         raise ApiError(400, "ref, sha and by must be strings")
-    if len(who) > 255:
+    if len(said) > 255:
         raise ApiError(400, "by must be at most 255 characters")
-    queued = manual_deploy(_intake(), configured, env, who or "api", ref, sha)
+    who = _requester(said)
+    queued = manual_deploy(_intake(), configured, env, who, ref, sha)
+    audit.log(Action.DEPLOY, project, environment, queued.id, _detail(ref or queued.ref, sha, said))
     return jsonify(deployment=queued.id, url=deployment_url(_settings().server.public_url, queued.id)), 202
+
+
+def _requester(said: str) -> str:
+    """Who a deployment records as requested by: the acting identity, never free text alone.
+
+    ``by`` is accepted only with the admin token (one shared credential: the caller may say who
+    they are), and kept next to it as a claim: ``admin (says alice)``.
+    """
+    person = audit.actor()
+    if said and not person.admin:
+        raise ApiError(400, "by is accepted only with the admin token: the deployment records who you are")
+    return f"{person.name} (says {said})" if said else person.name
+
+
+def _detail(ref: str, sha: str, said: str = "") -> str:
+    parts = [f"ref {ref}" if ref else "", f"sha {sha[:12]}" if sha else "", f"says {said}" if said else ""]
+    return ", ".join(p for p in parts if p)
 
 
 @api.post("/deployments/<deployment_id>/rollback")
 def rollback_to(deployment_id: str) -> tuple[Response, int]:
     target = _get(deployment_id)
     configured, env = _environment(target.project, target.environment)
-    queued = rollback(_intake(), configured, env, target, "api")
+    queued = rollback(_intake(), configured, env, target, audit.actor().name)
+    audit.log(Action.ROLLBACK, target.project, target.environment, queued.id, f"to {target.id}")
     return jsonify(deployment=queued.id, url=deployment_url(_settings().server.public_url, queued.id)), 202
 
 
@@ -195,7 +234,8 @@ def rollback_previous(project: str, environment: str) -> tuple[Response, int]:
     older = [d for d in candidates if d.id != live and d.sha != store.live(project, environment).get("sha")]
     if not older:
         raise ApiError(409, "there is no earlier successful deployment to roll back to")
-    queued = rollback(_intake(), configured, env, older[0], "api")
+    queued = rollback(_intake(), configured, env, older[0], audit.actor().name)
+    audit.log(Action.ROLLBACK, project, environment, queued.id, f"to {older[0].id}")
     return jsonify(
         deployment=queued.id, url=deployment_url(_settings().server.public_url, queued.id), to=older[0].id
     ), 202
@@ -204,12 +244,36 @@ def rollback_previous(project: str, environment: str) -> tuple[Response, int]:
 @api.post("/deployments/<deployment_id>/cancel")
 def cancel_deployment(deployment_id: str) -> tuple[Response, int]:
     """200 when a queued deployment ended, 202 when a running one was asked to stop, 409 when over."""
-    _get(deployment_id)
+    target = _get(deployment_id)
     try:
-        state = cancel(_settings(), _redis(), deployment_id, "api")
+        state = cancel(_settings(), _redis(), deployment_id, audit.actor().name)
     except NotCancelable as exc:
         return jsonify(error=f"deployment already {exc.state}", state=str(exc.state)), 409
+    audit.log(Action.CANCEL, target.project, target.environment, deployment_id, f"was {target.state}")
     return jsonify(deployment=deployment_id, state=str(state)), 200 if state is State.CANCELED else 202
+
+
+@api.get("/audit")
+def audit_entries() -> Response:
+    """Newest first; ``cursor`` (the previous page's ``next``) continues where a page ended."""
+    if not audit.may_read():
+        raise ApiError(403, "reading the audit log needs Maintainer rights or the admin token")
+    values = {name: request.args.get(name, "") for name in ("project", "environment", "action", "who")}
+    for name in ("project", "environment"):
+        if values[name] and not NAME_RE.match(values[name]):
+            raise ApiError(400, f"{name} is not a valid name")
+    if values["action"] and values["action"] not in {a.value for a in Action}:
+        raise ApiError(400, "action must be one of " + ", ".join(a.value for a in Action))
+    if len(values["who"]) > 255:
+        raise ApiError(400, "who must be at most 255 characters")
+    cursor = request.args.get("cursor", "")
+    if cursor and not audit_log.valid_cursor(cursor):
+        raise ApiError(400, "cursor must be the next value of an earlier page")
+    query = audit_log.Query(
+        **values, since=_float_arg("since", 0.0), until=_float_arg("until", 0.0)
+    )
+    entries, following = audit_log.read(_redis(), query, _int_arg("limit", 50, 1, MAX_LIMIT), cursor)
+    return jsonify(entries=[e.public() for e in entries], next=following or None)
 
 
 def _get(deployment_id: str) -> Deployment:

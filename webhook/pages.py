@@ -19,9 +19,10 @@ from redis import Redis
 from redis.exceptions import RedisError
 from werkzeug.wrappers import Response
 
-from webhook import services
+from webhook import audit, services
 from webhook.auth import action_required, admin_required, is_admin, link_grants
 from workers import deploylog, routes, targets
+from workers.audit import Action
 from workers.config import Settings
 from workers.control import NotCancelable, cancel
 from workers.deployments import Deployment, DeploymentStore, State, UnknownDeployment
@@ -143,10 +144,11 @@ def log_lines(deployment_id: str) -> tuple[Response, int]:
 @pages.post(routes.DEPLOYMENT + "/cancel")
 @action_required
 def cancel_action(deployment_id: str) -> Response:
-    _deployment_or_404(deployment_id)
+    record = _deployment_or_404(deployment_id)
     try:
-        state = cancel(_settings(), _redis(), deployment_id, "operator (web)")
+        state = cancel(_settings(), _redis(), deployment_id, audit.actor().name)
         flash("Canceled." if state is State.CANCELED else "Asked the worker to stop; it ends within seconds.")
+        audit.log(Action.CANCEL, record.project, record.environment, deployment_id, f"was {record.state}")
     except NotCancelable as exc:
         flash(str(exc))
     return redirect(url_for("pages.deployment", deployment_id=deployment_id))
@@ -158,8 +160,9 @@ def redeploy_action(deployment_id: str) -> Response:
     record = _deployment_or_404(deployment_id)
     project, environment = _environment_of(record)
     queued = manual_deploy(
-        _intake(), project, environment, "operator (web)", ref=record.ref, sha=record.sha
+        _intake(), project, environment, audit.actor().name, ref=record.ref, sha=record.sha
     )
+    audit.log(Action.DEPLOY, record.project, record.environment, queued.id, f"redeploy of {record.id}")
     return redirect(url_for("pages.deployment", deployment_id=queued.id))
 
 
@@ -169,10 +172,11 @@ def rollback_action(deployment_id: str) -> Response:
     record = _deployment_or_404(deployment_id)
     project, environment = _environment_of(record)
     try:
-        queued = rollback(_intake(), project, environment, record, "operator (web)")
+        queued = rollback(_intake(), project, environment, record, audit.actor().name)
     except OperationError as exc:
         flash(str(exc))
         return redirect(url_for("pages.deployment", deployment_id=deployment_id))
+    audit.log(Action.ROLLBACK, record.project, record.environment, queued.id, f"to {record.id}")
     return redirect(url_for("pages.deployment", deployment_id=queued.id))
 
 
