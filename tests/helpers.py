@@ -218,3 +218,23 @@ def use_engine(settings: Any, redis: Any, monkeypatch: Any) -> Any:
     built = engine.Engine.build(settings, redis)
     monkeypatch.setattr(engine, "_installed", built)
     return built
+
+
+def csrf_token(html: str) -> str:
+    """The CSRF token a page's forms carry (Flask-WTF's ``csrf_token`` field)."""
+    import re
+
+    found = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert found is not None, "the page has no form with a CSRF token"
+    return found.group(1)
+
+
+def sign_in_session(session: Any, base_url: str, token: str = ADMIN_TOKEN) -> Any:
+    """Sign a ``requests.Session`` in through the admin-token form, as a browser would."""
+    form = session.get(f"{base_url}/login", timeout=5)
+    return session.post(
+        f"{base_url}/login",
+        data={"token": token, "csrf_token": csrf_token(form.text)},
+        headers={"Referer": f"{base_url}/login"},
+        timeout=5,
+    )
