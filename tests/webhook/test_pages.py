@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 from flask.testing import FlaskClient
-from werkzeug.test import TestResponse
 from redis import Redis
+from werkzeug.test import TestResponse
 
 from tests.helpers import ADMIN_TOKEN, csrf_token
 from webhook.app import create_app
