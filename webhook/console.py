@@ -257,7 +257,7 @@ def _when(text: str) -> float:
 
 
 def _triggered_by(deployment: dict[str, Any]) -> str:
-    """``push by X``, ``deploy by Y``, ``rollback by Z``, and who canceled (older servers: no triggered_by)."""
+    """``push by X``, ``deploy by Y``, ``rollback by Z``, and who canceled (from older servers too)."""
     text = deployment.get("triggered_by") or (
         deployment["trigger"] + (f" by {deployment['pusher']}" if deployment["pusher"] else "")
     )
