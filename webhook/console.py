@@ -258,7 +258,7 @@ def _when(text: str) -> float:
 
 def _triggered_by(deployment: dict[str, Any]) -> str:
     """``push by X``, ``deploy by Y``, ``rollback by Z``, and who canceled (from older servers too)."""
-    text = deployment.get("triggered_by") or (
+    text: str = deployment.get("triggered_by") or (
         deployment["trigger"] + (f" by {deployment['pusher']}" if deployment["pusher"] else "")
     )
     return text + (f", canceled by {deployment['canceled_by']}" if deployment.get("canceled_by") else "")
