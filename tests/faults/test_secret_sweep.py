@@ -41,7 +41,7 @@ from redis import Redis
 from tests.e2e.conftest import ROOT, Stack
 from tests.e2e.processes import children, cmdline_of, environ_of, pids
 from tests.faults.harness import TERMINAL, record, record_figures, state, wait_state
-from tests.helpers import GitRepo, project_config, push_body, signed_headers
+from tests.helpers import GitRepo, project_config, push_body, sign_in_session, signed_headers
 from workers.secrets import Keyring
 
 pytestmark = [pytest.mark.fault, pytest.mark.e2e]
@@ -360,8 +360,8 @@ def test_no_configured_secret_leaks_anywhere(
         api("GET", "/deployments?limit=500")
         api("GET", "/openapi.json")
         keep("metrics", session.get(f"{stack.base_url}/metrics"))
-        keep("login wrong", session.post(f"{stack.base_url}/login", data={"token": "wrong"}))
-        keep("login", session.post(f"{stack.base_url}/login", data={"token": c["admin_token"]}))
+        keep("login wrong", sign_in_session(session, stack.base_url, "wrong"))
+        keep("login", sign_in_session(session, stack.base_url, c["admin_token"]))
         for path in (
             "/",
             "/projects/sample-app",
