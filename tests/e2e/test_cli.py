@@ -77,7 +77,9 @@ def test_operator_commands(stack: object) -> None:
     assert [a for a in actions if a in ("deploy", "rollback")] == ["rollback", "deploy", "deploy"]
     assert "admin_token" in actions  # the CLI's reads with the admin token are noted too
     rollbacks = json.loads(cli(made, "audit", "--json", "--action", "rollback", "--since", "1h").stdout)
-    assert [(e["who"], e["deployment"], e["from"]) for e in rollbacks] == [("admin", latest["id"], "127.0.0.1")]
+    assert [(e["who"], e["deployment"], e["from"]) for e in rollbacks] == [
+        ("admin", latest["id"], "127.0.0.1")
+    ]
     assert json.loads(cli(made, "audit", "--json", "--until", "1000").stdout) == []
     paged = json.loads(cli(made, "audit", "--json", "--limit", "2").stdout)
     assert len(paged) == 2
