@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from workers.audit import Action
 from workers.config import Settings
 from workers.targets import HostState
 
@@ -37,6 +38,7 @@ def _path_param(name: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 UNAUTHORIZED = _error("missing or wrong bearer token")
+ACTIONS = [str(action) for action in Action]
 NOT_FOUND = _error("no such deployment, project or environment")
 
 
@@ -64,7 +66,11 @@ def document(settings: Settings) -> dict[str, Any]:
         "info": {
             "title": "pushdeploy API",
             "version": "1",
-            "description": "Deployments of pushdeploy: list, show, log, deploy, roll back, cancel.",
+            "description": (
+                "Deployments of pushdeploy: list, show, log, deploy, roll back, cancel; and the audit log. "
+                "Every call takes a bearer token; a browser signed in to the pages may instead send its "
+                "session cookie, with the session's CSRF token in `X-CSRF-Token` on unsafe methods."
+            ),
         },
         "servers": [{"url": settings.server.public_url}],
         "security": [{"bearer": []}],
@@ -95,6 +101,36 @@ def document(settings: Settings) -> dict[str, Any]:
                         "400": _error("a filter is malformed"),
                         "401": UNAUTHORIZED,
                         "404": _error("no such project"),
+                    },
+                }
+            },
+            "/api/v1/audit": {
+                "get": {
+                    "operationId": "auditLog",
+                    "summary": "Audit entries, newest first; send a page's `next` as `cursor` for more",
+                    "parameters": [
+                        {"name": "project", "in": "query", "schema": NAME_FILTER},
+                        {"name": "environment", "in": "query", "schema": NAME_FILTER},
+                        {"name": "action", "in": "query", "schema": {"type": "string", "enum": ACTIONS}},
+                        {"name": "who", "in": "query", "schema": {"type": "string", "maxLength": 255}},
+                        {"name": "since", "in": "query", "schema": {"type": "number", "minimum": 0}},
+                        {"name": "until", "in": "query", "schema": {"type": "number", "minimum": 0}},
+                        {
+                            "name": "cursor",
+                            "in": "query",
+                            "schema": {"type": "string", "pattern": "^([0-9]{1,19}-[0-9]{1,19})?$"},
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+                        },
+                    ],
+                    "responses": {
+                        "200": _json("a page of entries", "AuditPage"),
+                        "400": _error("a filter or the cursor is malformed"),
+                        "401": UNAUTHORIZED,
+                        "403": _error("reading the audit log needs Maintainer rights or the admin token"),
                     },
                 }
             },
@@ -214,8 +250,17 @@ def document(settings: Settings) -> dict[str, Any]:
                         "ref": {"type": "string"},
                         "sha": {"type": "string"},
                         "previous_sha": {"type": "string"},
-                        "pusher": {"type": "string"},
+                        "pusher": {"type": "string", "description": "the GitLab user who pushed"},
                         "trigger": {"type": "string"},
+                        "requested_by": {
+                            "type": "string",
+                            "description": "who asked for a manual deploy or a rollback",
+                        },
+                        "canceled_by": {"type": "string", "description": "who canceled it"},
+                        "triggered_by": {
+                            "type": "string",
+                            "description": "how and by whom: `push by X`, `deploy by Y`, `rollback by Z`",
+                        },
                         "state": {"type": "string", "enum": STATES},
                         "reason": {"type": "string"},
                         "created_at": {"type": "number"},
@@ -297,7 +342,10 @@ def document(settings: Settings) -> dict[str, Any]:
                         },
                         "by": {
                             "type": "string",
-                            "description": "who asked, shown as the pusher",
+                            "description": (
+                                "with the admin token only: who is using it, recorded as a claim next "
+                                "to it (`admin (says alice)`); any other caller is recorded as itself"
+                            ),
                             "maxLength": 255,
                         },
                     },
@@ -309,6 +357,34 @@ def document(settings: Settings) -> dict[str, Any]:
                         "deployment": {"type": "string"},
                         "url": {"type": "string"},
                         "to": {"type": "string"},
+                    },
+                },
+                "AuditPage": {
+                    "type": "object",
+                    "required": ["entries", "next"],
+                    "properties": {
+                        "entries": {"type": "array", "items": {"$ref": "#/components/schemas/AuditEntry"}},
+                        "next": {
+                            "type": "string",
+                            "nullable": True,
+                            "description": "the cursor of the next page; null after the last",
+                        },
+                    },
+                },
+                "AuditEntry": {
+                    "type": "object",
+                    "required": ["id", "at", "who", "action", "from"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "at": {"type": "number", "description": "Unix time"},
+                        "who": {"type": "string"},
+                        "via": {"type": "string", "description": "admin_token, session or token"},
+                        "action": {"type": "string", "enum": ACTIONS},
+                        "project": {"type": "string"},
+                        "environment": {"type": "string"},
+                        "deployment": {"type": "string"},
+                        "from": {"type": "string", "description": "the client, through trusted proxies"},
+                        "detail": {"type": "string"},
                     },
                 },
                 "Canceled": {

@@ -128,11 +128,15 @@ def read(redis: Redis, query: Query, limit: int, cursor: str = "") -> tuple[list
 def valid_cursor(text: str) -> bool:
     ms, dash, seq = text.partition("-")
     digits = ms.isascii() and ms.isdigit() and seq.isascii() and seq.isdigit()
-    return bool(dash) and digits and len(text) <= 41
+    return bool(dash) and digits and len(ms) <= 19 and len(seq) <= 19  # within a stream id's 64 bits
 
 
 def _ms(seconds: float) -> str:
-    return str(int(seconds * 1000))
+    return str(int(min(seconds * 1000, LAST_MS)))  # compared as floats: 1e308 s is no overflow
+
+
+LAST_MS = 2**63 - 1
+"""Milliseconds beyond any stream id a clock will write: a far-future ``until`` means "up to now"."""
 
 
 def _entry(entry_id: str, raw: dict[Any, Any]) -> Entry:

@@ -80,6 +80,8 @@ def test_since_and_until_select_a_time_range(redis: Redis) -> None:
     now = time.time()
     page, _ = audit.read(redis, Query(since=now - 4 * 3600, until=now - 2 * 3600), 10)
     assert [e.who for e in page] == ["w1"]
+    assert audit.read(redis, Query(since=1.4e308), 10) == ([], "")  # beyond any id: nothing, no error
+    assert len(audit.read(redis, Query(until=1.4e308), 10)[0]) == 3
 
 
 def test_cursors_are_stream_ids_only() -> None:
