@@ -139,7 +139,7 @@ def admin_read() -> None:
 
 @audit.get("/audit")
 def page() -> str | Response:
-    if actor() is NOBODY:
+    if not actor().via:  # nobody signed in: the sign-in form, as for every page
         return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
     if not may_read():
         abort(403)
