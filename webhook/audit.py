@@ -71,7 +71,8 @@ def client_address() -> str:
     """The client's address as seen through the configured proxies (``server.trusted_proxies``).
 
     ``X-Forwarded-For`` is believed only when the peer is a trusted proxy, and read from the
-    right: the first address that is not itself a trusted proxy is the client.
+    right: the first address that is not itself a trusted proxy is the client. When every hop is
+    trusted (``0.0.0.0/0`` where only an Ingress reaches the pod), the left-most is the client.
     """
     peer = request.remote_addr or ""
     proxies = services.current().settings.server.trusted_proxies
@@ -87,13 +88,18 @@ def client_address() -> str:
     if not is_trusted(peer):
         return peer
     hops = [hop.strip() for hop in ",".join(request.headers.getlist("X-Forwarded-For")).split(",")]
-    for hop in reversed([h for h in hops if h]):
+    hops = [hop for hop in hops if hop]
+    for hop in reversed(hops):
         if not is_trusted(hop):
-            try:
-                return str(ipaddress.ip_address(hop))
-            except ValueError:
-                return peer  # a proxy passed on garbage: keep what we know
-    return peer
+            return _address(hop) or peer  # a proxy passed on garbage: keep what we know
+    return (_address(hops[0]) or peer) if hops else peer
+
+
+def _address(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return ""
 
 
 def log(

@@ -233,3 +233,20 @@ def test_a_reloaded_configuration_is_logged_once(
     create_app(load(settings.path, environ={}), redis, drain=False)
     reloads = entries(redis, action="config_reload")
     assert len(reloads) == 1 and reloads[0]["who"].startswith("web on ")
+
+
+def test_where_every_hop_is_trusted_the_left_most_is_the_client(
+    make_settings: Callable[..., Settings], redis: Redis
+) -> None:
+    """Behind an Ingress that alone reaches the pod (``0.0.0.0/0``): the address it passes on."""
+    settings = make_settings(server={"trusted_proxies": ["0.0.0.0/0", "::/0"]})
+    client = create_app(settings, redis).test_client()
+    form = client.get("/login").get_data(as_text=True)
+    for forwarded in ("198.51.100.1", "not-an-address", ""):
+        client.post(
+            "/login",
+            data={"token": "x", "csrf_token": csrf_token(form)},
+            headers={"X-Forwarded-For": forwarded} if forwarded else {},
+            environ_base={"REMOTE_ADDR": "10.1.2.3"},
+        )
+    assert [e["from"] for e in entries(redis)] == ["10.1.2.3", "10.1.2.3", "198.51.100.1"]
