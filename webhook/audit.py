@@ -11,7 +11,7 @@ import ipaddress
 import time
 from dataclasses import dataclass
 
-from flask import Blueprint, abort, g, redirect, render_template, request, session, url_for
+from flask import Blueprint, abort, current_app, g, redirect, render_template, request, session, url_for
 from redis.exceptions import RedisError
 from werkzeug.wrappers import Response
 
@@ -127,8 +127,6 @@ def log(
     try:
         store.record(svc.redis, svc.settings.server.audit_days, entry)
     except RedisError:
-        from flask import current_app
-
         current_app.logger.warning("audit entry not written (Redis): %s %s", entry.action, entry.who)
 
 

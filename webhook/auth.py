@@ -111,7 +111,7 @@ def login() -> Response | str:
             if refused.first:
                 audit.log(Action.SIGN_IN_FAILED, detail="rate limited", who=ADMIN_ACTOR)
             page = render_template("refused.html", message="Too many sign-in attempts; wait a minute.")
-            return Response(page, 429, {"Retry-After": str(refused.retry_after)})
+            return Response(page, 429, {"Retry-After": str(refused.retry_after)}, mimetype="text/html")
         given = request.form.get("token", "")
         if admin is not None and given and hmac.compare_digest(given.encode(), admin.reveal().encode()):
             session.clear()  # a new session: nothing chosen before sign-in (CSRF token included) survives
