@@ -158,13 +158,13 @@ def config_loaded(redis: Redis, days: int, path: Path, who: str) -> bool:
     """Log ``config_reload`` when this configuration differs from the one last loaded.
 
     Every web and worker process loads the configuration at start; comparing digests in Redis
-    (a GETSET) makes one entry per change, not one per process. Returns whether it logged.
+    (SET with GET) makes one entry per change, not one per process. Returns whether it logged.
     """
     try:
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError:
         return False
-    before = redis.getset(schema.AUDIT_CONFIG, digest)
+    before = redis.set(schema.AUDIT_CONFIG, digest, get=True)
     if before is None or _text(before) == digest:
         return False  # the first start is not a reload; the same file again is not one either
     record(
