@@ -68,7 +68,7 @@ def test_gitlab_unreachable_or_refusing_raises_and_caches_nothing(redis: Redis, 
         memberships(redis, fake, token="wrong").levels(user_id)
     made = memberships(redis, fake)
     fake.stop()
-    with pytest.raises(RightsUnavailable, match="cannot read your rights from GitLab at http://127.0.0.1:"):
+    with pytest.raises(RightsUnavailable, match=r"cannot read your rights from GitLab at http://127\.0\.0\.1:"):
         made.levels(user_id)
     assert not redis.exists(schema.rights(user_id))
 
