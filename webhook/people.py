@@ -38,15 +38,13 @@ class Person:
     via: Via
     token_id: str | None = None
     """The personal token used, when ``via`` is TOKEN."""
+    by_bearer: bool = False
+    """The request carried its credential in its ``Authorization`` header, not in a cookie: a
+    browser never adds that header on its own, so there is no cross-site request to fear."""
 
     @property
     def is_admin(self) -> bool:
         return self.via is Via.ADMIN_TOKEN
-
-    @property
-    def by_bearer(self) -> bool:
-        """Whether the request carried its credential itself (no cookie, so no CSRF to fear)."""
-        return self.via is Via.TOKEN or (self.via is Via.ADMIN_TOKEN and not session.get(SESSION_ADMIN))
 
 
 ADMIN_NAME = "admin"
@@ -86,11 +84,11 @@ def _find() -> Person | None:
 
 def _by_bearer(token: str) -> Person | None:
     if token and admin_token_matches(token):
-        return Person(ADMIN_NAME, None, Via.ADMIN_TOKEN)
+        return Person(ADMIN_NAME, None, Via.ADMIN_TOKEN, by_bearer=True)
     record = TokenStore(services.current().redis).authenticate(token)
     if record is None:
         return None
-    return Person(record.owner, record.owner_id, Via.TOKEN, record.id)
+    return Person(record.owner, record.owner_id, Via.TOKEN, record.id, by_bearer=True)
 
 
 def admin_token_matches(given: str | None) -> bool:

@@ -198,3 +198,18 @@ def test_the_tokens_page_creates_shows_once_and_revokes(client: FlaskClient, fak
 def test_the_admin_session_has_no_tokens_page(client: FlaskClient) -> None:
     client.post("/login/admin", data={"token": ADMIN_TOKEN})
     assert client.get("/tokens").status_code == 403
+
+
+def test_the_admin_session_needs_the_csrf_header_but_the_admin_bearer_does_not(
+    client: FlaskClient, redis: Redis
+) -> None:
+    deploy = "/api/v1/projects/sample-app/environments/staging/deployments"
+    client.post("/login/admin", data={"token": ADMIN_TOKEN})
+    assert client.get("/api/v1/deployments").status_code == 200
+    assert client.post(deploy, json={"sha": "ab" * 20}).status_code == 400
+    with client.session_transaction() as session:
+        csrf = session.setdefault("csrf", "admin-csrf")
+    assert client.post(deploy, json={"sha": "ab" * 20}, headers={"X-CSRF-Token": csrf}).status_code == 202
+    client.delete_cookie("pushdeploy_session")
+    bearer = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    assert client.post(deploy, json={"sha": "ab" * 20}, headers=bearer).status_code == 202
