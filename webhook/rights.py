@@ -16,7 +16,7 @@ rights are never guessed.
 
 from __future__ import annotations
 
-from flask import Flask, abort, current_app
+from flask import Flask, abort, current_app, g
 
 from webhook import people, services
 from webhook.people import Person
@@ -54,10 +54,13 @@ def levels(person: Person) -> dict[str, AccessLevel]:
     projects = services.current().settings.projects
     if person.user_id is None:
         return dict.fromkeys(projects, AccessLevel.OWNER if person.is_admin else AccessLevel.NONE)
-    try:
-        return memberships().levels(person.user_id)
-    except RightsUnavailable as exc:
-        abort(503, description=str(exc))
+    known: dict[int, dict[str, AccessLevel]] = g.setdefault("rights_levels", {})  # once per request
+    if person.user_id not in known:
+        try:
+            known[person.user_id] = memberships().levels(person.user_id)
+        except RightsUnavailable as exc:
+            abort(503, description=str(exc))
+    return known[person.user_id]
 
 
 def level(person: Person | None, project: str) -> AccessLevel:
