@@ -1005,3 +1005,10 @@ def test_auth_problems_are_named(tmp_path: Path) -> None:
 def test_protected_must_be_a_boolean(tmp_path: Path) -> None:
     error = problems(tmp_path / "pushdeploy.toml", PROJECT + 'protected = "yes"\n')
     assert keys(error) == {"projects.app.protected": "must be true or false"}
+
+
+def test_the_oauth_secret_is_one_of_the_secret_values() -> None:
+    from workers.config import secret_values
+
+    raw = {"auth": {"gitlab_oauth": {"client_id": "x", "client_secret": "fernet:abc"}}}
+    assert list(secret_values(raw)) == [("auth.gitlab_oauth.client_secret", "fernet:abc")]
