@@ -37,7 +37,7 @@ def tokens() -> str:
 
 @account.post("/tokens")
 @action_required
-def create() -> tuple[str, int] | str:
+def create() -> tuple[str, int] | tuple[str, int, dict[str, str]]:
     person = _owner()
     assert person.user_id is not None
     store = TokenStore(services.current().redis)
@@ -58,12 +58,13 @@ def create() -> tuple[str, int] | str:
             created=None,
         )
         return page, 400
-    return render_template(
+    page = render_template(
         "tokens.html",
         tokens=store.owned_by(person.user_id),
         max_days=settings.auth.token_max_days,
         created={"record": record, "token": token},
     )
+    return page, 200, {"Cache-Control": "no-store"}  # the token must not stay in a cache
 
 
 @account.post("/tokens/<token_id>/revoke")

@@ -286,7 +286,9 @@ def create_token() -> tuple[Response, int]:
         )
     except TokenRefused as exc:
         raise ApiError(400, str(exc)) from None
-    return jsonify({**record.public(), "token": token}), 201
+    answer = jsonify({**record.public(), "token": token})
+    answer.headers["Cache-Control"] = "no-store"  # the token must not stay in a cache
+    return answer, 201
 
 
 @api.delete("/tokens/<token_id>")

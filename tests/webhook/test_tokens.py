@@ -52,6 +52,7 @@ def signed_in(client: FlaskClient, fake: FakeGitLab, role: str) -> FlaskClient:
 def create(client: FlaskClient, **body: object) -> dict[str, object]:
     answer = client.post("/api/v1/tokens", json=body, headers={"X-CSRF-Token": CSRF})
     assert answer.status_code == 201, answer.get_json()
+    assert answer.headers["Cache-Control"] == "no-store"
     data: dict[str, object] = answer.get_json()
     return data
 
@@ -189,6 +190,7 @@ def test_the_tokens_page_creates_shows_once_and_revokes(client: FlaskClient, fak
     page = client.post("/tokens", data={"csrf": CSRF, "name": "deploy-bot", "expires_at": ""})
     shown = re.search(rb'id="token-value">(pdt_[^<]+)<', page.data)
     assert page.status_code == 200 and shown is not None
+    assert page.headers["Cache-Control"] == "no-store"
     assert shown.group(1) not in client.get("/tokens").data  # once
     token_id = client.get("/api/v1/tokens").get_json()["tokens"][0]["id"]
     revoked = client.post(f"/tokens/{token_id}/revoke", data={"csrf": CSRF}, follow_redirects=True)
