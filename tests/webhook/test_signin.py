@@ -197,3 +197,15 @@ def test_without_gitlab_sign_in_only_the_admin_token_works(make_settings: Any, r
     page = client.get("/login")
     assert b"only the admin token works" in page.data and b"/auth/gitlab/callback" in page.data
     assert client.get("/login/gitlab").status_code == 404
+
+
+def test_a_person_blocked_after_signing_in_loses_everything_within_five_minutes(
+    live: Live, redis: Redis
+) -> None:
+    browser = live.sign_in("maintainer")
+    assert browser.get(f"{live.base_url}/projects/other-app", timeout=10).status_code == 200
+    live.fake.people.set_state("maintainer", "blocked")
+    redis.delete(schema.rights(live.session_of(browser)["person"]["id"]))  # five minutes later
+    assert browser.get(f"{live.base_url}/projects/other-app", timeout=10).status_code == 404
+    overview = browser.get(f"{live.base_url}/", timeout=10).text
+    assert "sample-app" not in overview and "other-app" not in overview
