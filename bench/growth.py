@@ -167,7 +167,7 @@ def operator_reads(stack: Stack, plan: Plan, names: list[str]) -> dict[str, Any]
         api_one = timed_gets(api, one, bearer)
         api_all = timed_gets(api, every, bearer)
         signed_in = operator.post(
-            f"{base}/login", data={"token": ADMIN_TOKEN, "next": "/"}, allow_redirects=False, timeout=30
+            f"{base}/login/admin", data={"token": ADMIN_TOKEN, "next": "/"}, allow_redirects=False, timeout=30
         )
         if signed_in.status_code != 302 or not operator.cookies:
             raise HarnessError(f"signing in answered {signed_in.status_code}, no session")

@@ -35,6 +35,11 @@ from types import TracebackType
 from typing import Any, Literal, cast
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
+try:
+    from tests.fakegitlab_people import People
+except ImportError:  # tests/ is not importable as a package: rootdir not on sys.path
+    from fakegitlab_people import People  # type: ignore[no-redef,import-not-found,unused-ignore]
+
 __all__ = ["FakeGitLab"]
 
 API_PREFIX = "/api/v4"
@@ -430,6 +435,8 @@ class FakeGitLab:
         self._found_in_repositories: set[str] = set()
         self._next_id = 1000
         self._redirect_routes: dict[str, int] = {}  # old path (lower case) -> project id, see rename_project
+        # Users, memberships and the OAuth provider (tests/fakegitlab_people.py).
+        self.people = People(lambda: self.url)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -691,10 +698,12 @@ class FakeGitLab:
     def _route(
         self, method: str, raw_path: str, query: dict[str, str], headers: Any, raw_body: bytes, raw_query: str
     ) -> _Response:
+        if raw_path.startswith(("/oauth/", "/users/")):
+            return self._route_oauth(method, raw_path, query, headers, raw_body)
         if not raw_path.startswith(API_PREFIX + "/"):
             return _json_response(404, {"error": "404 Not Found"})
         if not self._authorized(headers):
-            return _json_response(401, {"message": "401 Unauthorized"})
+            return self._route_as_user(method, raw_path, headers)
         # Split the *raw* path so an encoded "group%2Fproject" stays a single segment.
         segments = raw_path[len(API_PREFIX) + 1 :].split("/")
         try:
@@ -706,6 +715,38 @@ class FakeGitLab:
             with self.lock:
                 self.errors.append(exc)
             return _json_response(500, {"message": "500 Internal Server Error"})
+
+    def _route_oauth(
+        self, method: str, raw_path: str, query: dict[str, str], headers: Any, raw_body: bytes
+    ) -> _Response:
+        if raw_path == "/oauth/authorize" and method == "GET":
+            status, body, hdrs = self.people.authorize(query)
+        elif raw_path == "/oauth/token" and method == "POST":
+            status, body, hdrs = self.people.token(headers, raw_body)
+        elif raw_path == "/users/sign_in" and method == "GET":
+            status, body, hdrs = 200, b"<!doctype html><title>Sign in - GitLab</title>", {}
+        else:
+            return _json_response(404, {"error": "404 Not Found"})
+        return _Response(status, body, hdrs)
+
+    def _route_as_user(self, method: str, raw_path: str, headers: Any) -> _Response:
+        """A person's OAuth token (scope ``read_user``) reads ``/user`` and nothing else."""
+        scheme, _, bearer = (headers.get("Authorization") or "").partition(" ")
+        user = self.people.user_of(bearer) if scheme == "Bearer" else None
+        if user is None:
+            return _json_response(401, {"message": "401 Unauthorized"})
+        if raw_path == f"{API_PREFIX}/user" and method == "GET":
+            return _json_response(200, self.people.user_entity(user))
+        return _json_response(
+            403,
+            {
+                "error": "insufficient_scope",
+                "error_description": (
+                    "The request requires higher privileges than provided by the access token."
+                ),
+                "scope": "api read_api",
+            },
+        )
 
     @staticmethod
     def _params(query: dict[str, str], headers: Any, raw_body: bytes) -> dict[str, Any]:
@@ -742,6 +783,9 @@ class FakeGitLab:
         rest = seg[2:]
         if rest == [] and method == "GET":
             return _json_response(200, self._project_entity(project_id, project_path))
+        if method == "GET" and len(rest) == 3 and rest[:2] == ["members", "all"]:
+            status, body, hdrs = self.people.member(project_id, unquote(rest[2]))
+            return _Response(status, body, hdrs)
         if method == "POST" and len(rest) == 2 and rest[0] == "statuses":
             return self._post_status(given, project_id, project_path, unquote(rest[1]), params)
         if (

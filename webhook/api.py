@@ -1,7 +1,11 @@
-"""JSON API under ``/api/v1`` (bearer ``admin_token``): deployments, logs, deploy, rollback, cancel.
+"""JSON API under ``/api/v1``: deployments, logs, deploy, rollback, cancel, personal tokens.
 
-Errors are JSON ``{"error": "..."}`` with 400 (bad input), 401 (no or wrong token), 404 (no such
-thing) or 409 (not possible in the current state). ``/api/v1/openapi.json`` describes it all.
+A caller is a person (:mod:`webhook.people`): ``Authorization: Bearer`` with the admin token or a
+personal token, or the browser's session with its CSRF token in ``X-CSRF-Token`` for unsafe
+methods. What they may do follows :mod:`webhook.rights`. Errors are JSON ``{"error": "..."}`` with
+400 (bad input), 401 (no or wrong token), 403 (not allowed), 404 (no such thing, or one the caller
+may not see), 409 (not possible in the current state) or 503 (GitLab cannot say what the caller
+may do). ``/api/v1/openapi.json`` describes it all.
 """
 
 from __future__ import annotations
@@ -12,12 +16,13 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request, stream_with_context
+from flask import Blueprint, Response, jsonify, request, session, stream_with_context
 from redis import Redis
 from werkzeug.exceptions import HTTPException
 
-from webhook import services
+from webhook import people, rights, services
 from webhook.openapi import document
+from webhook.tokens import TokenRefused, TokenStore, expiry
 from workers import deploylog, routes, targets
 from workers.config import NAME_RE, Environment, Project, Settings
 from workers.control import NotCancelable, cancel
@@ -52,13 +57,21 @@ def _redis() -> Redis:
 def authenticate() -> tuple[Response, int] | None:
     if request.endpoint == "api.openapi":
         return None
-    admin = _settings().server.admin_token
-    if admin is None:
-        return jsonify(error="the API is disabled: set server.admin_token"), 401
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), admin.reveal().encode()):
+    settings = _settings()
+    if settings.server.admin_token is None and settings.auth.gitlab_oauth is None:
+        return jsonify(error="the API is disabled: set server.admin_token or [auth] gitlab_oauth"), 401
+    person = people.current()
+    if person is None:
         return jsonify(error="missing or wrong bearer token"), 401
+    if not person.by_bearer and request.method not in SAFE_METHODS:
+        sent = request.headers.get("X-CSRF-Token", "")
+        if not sent or not hmac.compare_digest(sent, str(session.get("csrf", ""))):
+            why = "a request with the browser's session needs its CSRF token in X-CSRF-Token"
+            return jsonify(error=why), 400
     return None
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @api.errorhandler(ApiError)
@@ -93,12 +106,13 @@ def list_deployments() -> Response:
     for name, value in (("project", project), ("environment", environment)):
         if value and not NAME_RE.match(value):
             raise ApiError(400, f"{name} is not a valid name")
-    if project and project not in settings.projects:
+    visible = set(rights.visible(people.current()))
+    if project and project not in visible:
         raise ApiError(404, f"no project {project!r}")
     pairs = [
         (p.name, e)
         for p in settings.projects.values()
-        if not project or p.name == project
+        if p.name in visible and (not project or p.name == project)
         for e in p.environments
         if not environment or e == environment
     ]
@@ -164,6 +178,7 @@ def _follow(redis: Redis, deployment_id: str, after: str) -> Iterator[str]:
 @api.post("/projects/<project>/environments/<environment>/deployments")
 def deploy(project: str, environment: str) -> tuple[Response, int]:
     configured, env = _environment(project, environment)
+    _may_act(project, environment)
     body = _json_body()
     unknown = set(body) - {"ref", "sha", "by"}
     if unknown:
@@ -181,6 +196,7 @@ def deploy(project: str, environment: str) -> tuple[Response, int]:
 def rollback_to(deployment_id: str) -> tuple[Response, int]:
     target = _get(deployment_id)
     configured, env = _environment(target.project, target.environment)
+    _may_act(target.project, target.environment)
     queued = rollback(_intake(), configured, env, target, "api")
     return jsonify(deployment=queued.id, url=deployment_url(_settings().server.public_url, queued.id)), 202
 
@@ -189,6 +205,7 @@ def rollback_to(deployment_id: str) -> tuple[Response, int]:
 def rollback_previous(project: str, environment: str) -> tuple[Response, int]:
     """Roll back to the newest successful deployment before the live one."""
     configured, env = _environment(project, environment)
+    _may_act(project, environment)
     store = DeploymentStore(_redis())
     live = store.live(project, environment).get("deployment", "")
     candidates = store.query([(project, environment)], State.SUCCEEDED, limit=MAX_LIMIT)
@@ -204,7 +221,8 @@ def rollback_previous(project: str, environment: str) -> tuple[Response, int]:
 @api.post("/deployments/<deployment_id>/cancel")
 def cancel_deployment(deployment_id: str) -> tuple[Response, int]:
     """200 when a queued deployment ended, 202 when a running one was asked to stop, 409 when over."""
-    _get(deployment_id)
+    target = _get(deployment_id)
+    _may_act(target.project, target.environment)
     try:
         state = cancel(_settings(), _redis(), deployment_id, "api")
     except NotCancelable as exc:
@@ -213,18 +231,79 @@ def cancel_deployment(deployment_id: str) -> tuple[Response, int]:
 
 
 def _get(deployment_id: str) -> Deployment:
+    """The deployment, if the caller may see its project (else it does not exist for them)."""
     try:
-        return DeploymentStore(_redis()).get(deployment_id)
+        found = DeploymentStore(_redis()).get(deployment_id)
     except UnknownDeployment:
         raise ApiError(404, "no such deployment") from None
+    if not rights.may_view(found.project):
+        raise ApiError(404, "no such deployment")
+    return found
 
 
 def _environment(project: str, environment: str) -> tuple[Project, Environment]:
     configured = _settings().projects.get(project)
     env = configured.environments.get(environment) if configured else None
-    if configured is None or env is None:
+    if configured is None or env is None or not rights.may_view(project):
         raise ApiError(404, f"no environment {project}/{environment}")
     return configured, env
+
+
+def _may_act(project: str, environment: str) -> None:
+    if not rights.may_act(project, environment):
+        env = _settings().projects[project].environments[environment]
+        role = "Maintainer" if env.protected else "Developer"
+        raise ApiError(403, f"deploy, rollback and cancel in {project}/{environment} need {role} or above")
+
+
+# -- personal API tokens ---------------------------------------------------------------------
+
+
+@api.get("/tokens")
+def list_tokens() -> Response:
+    owner = _token_owner()
+    return jsonify(tokens=[record.public() for record in TokenStore(_redis()).owned_by(owner)])
+
+
+@api.post("/tokens")
+def create_token() -> tuple[Response, int]:
+    """A new personal token, shown in this answer only."""
+    person = people.current()
+    owner = _token_owner()
+    assert person is not None
+    if person.via is people.Via.TOKEN:
+        raise ApiError(403, "a personal token cannot create tokens: sign in with GitLab to create one")
+    body = _json_body()
+    unknown = set(body) - {"name", "expires_at"}
+    if unknown:
+        raise ApiError(400, f"unknown field(s): {', '.join(sorted(unknown))[:200]}")
+    name = body.get("name")
+    if not isinstance(name, str):
+        raise ApiError(400, "name is required: a string that says what the token is for")
+    try:
+        record, token = TokenStore(_redis()).create(
+            person.username, owner, name, expiry(body.get("expires_at"), _settings().auth.token_max_days)
+        )
+    except TokenRefused as exc:
+        raise ApiError(400, str(exc)) from None
+    answer = jsonify({**record.public(), "token": token})
+    answer.headers["Cache-Control"] = "no-store"  # the token must not stay in a cache
+    return answer, 201
+
+
+@api.delete("/tokens/<token_id>")
+def revoke_token(token_id: str) -> tuple[str, int]:
+    if not TokenStore(_redis()).revoke(_token_owner(), token_id):
+        raise ApiError(404, "you have no such token")
+    return "", 204
+
+
+def _token_owner() -> int:
+    """The GitLab user id of the caller: tokens belong to people, and the admin token is nobody."""
+    person = people.current()
+    if person is None or person.user_id is None:
+        raise ApiError(403, "personal tokens belong to GitLab users: sign in with GitLab to manage them")
+    return person.user_id
 
 
 def _intake() -> Intake:

@@ -10,6 +10,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from webhook import auth, services
+from webhook.account import account
 from webhook.api import api
 from webhook.badges import badges
 from webhook.drainer import Drainer
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None, dra
         Drainer(settings, journal, intake).start()
     auth.init_app(app, settings)
     app.register_blueprint(pages)
+    app.register_blueprint(account)
     app.register_blueprint(api)
     app.register_blueprint(badges)  # public: they show only a state
     app.register_blueprint(metrics)

@@ -1,8 +1,9 @@
-"""Who may see what: operators sign in with the admin token; a signed link opens one deployment.
+"""Who may see what: people sign in with GitLab (or the admin token); a signed link opens one deployment.
 
 Pages and logs are private. The session cookie is signed with a key derived from the admin token
-(so rotating the token signs everyone out), is HttpOnly and SameSite=Lax, and every action form
-carries a CSRF token bound to the session.
+(or, without one, from the GitLab application's secret), so rotating it signs everyone out; it is
+HttpOnly and SameSite=Lax, and every action form carries a CSRF token bound to the session. What
+a signed-in person may do with each project is :mod:`webhook.rights`' business.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Flask, abort, redirect, render_template, request, session, url_for
 from werkzeug.wrappers import Response
 
-from webhook import services
+from webhook import people, rights, services, signin
 from workers import links
 from workers.config import Settings
 
@@ -28,8 +29,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def init_app(app: Flask, settings: Settings) -> None:
     admin = settings.server.admin_token
-    # Without an admin token nobody can sign in; a random key keeps sessions unforgeable anyway.
-    app.secret_key = links.key_from(admin, "session") if admin else secrets.token_bytes(32)
+    oauth = settings.auth.gitlab_oauth
+    # Every web process must agree on the key; without any secret to derive it from, nobody can
+    # sign in, and a random key keeps sessions unforgeable anyway.
+    if admin is not None:
+        app.secret_key = links.key_from(admin, "session")
+    elif oauth is not None:
+        app.secret_key = links.key_from(oauth.client_secret, "session")
+    else:
+        app.secret_key = secrets.token_bytes(32)
     app.config.update(
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
@@ -38,7 +46,11 @@ def init_app(app: Flask, settings: Settings) -> None:
     )
     app.jinja_env.globals["csrf_token"] = csrf_token
     app.jinja_env.globals["is_admin"] = is_admin
+    app.jinja_env.globals["person"] = people.current
+    app.jinja_env.globals["may_act"] = rights.may_act
     app.register_blueprint(auth)
+    rights.init_app(app)
+    signin.init_app(app, settings)
 
 
 def _settings() -> Settings:
@@ -46,7 +58,8 @@ def _settings() -> Settings:
 
 
 def is_admin() -> bool:
-    return session.get("admin") is True
+    person = people.current()
+    return person is not None and person.is_admin
 
 
 def link_grants(deployment_id: str) -> bool:
@@ -62,10 +75,12 @@ def csrf_token() -> str:
     return str(session["csrf"])
 
 
-def admin_required(view: F) -> F:
+def signin_required(view: F) -> F:
+    """A page for signed-in people: anyone else is sent to the sign-in page, and back after."""
+
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if not is_admin():
+        if people.current() is None:
             return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
         return view(*args, **kwargs)
 
@@ -73,11 +88,12 @@ def admin_required(view: F) -> F:
 
 
 def action_required(view: F) -> F:
-    """A state-changing form post: admin session and the session's CSRF token."""
+    """A state-changing form post: a signed-in person and the session's CSRF token (the view
+    checks the person's rights on what it changes)."""
 
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if not is_admin():
+        if people.current() is None:
             abort(403)
         sent = request.form.get("csrf", "")
         if not sent or not hmac.compare_digest(sent, str(session.get("csrf", ""))):
@@ -87,8 +103,15 @@ def action_required(view: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@auth.route("/login", methods=["GET", "POST"])
-def login() -> Response | str:
+@auth.get("/login")
+def login() -> str:
+    """The sign-in page: what signing in with GitLab does, and the break-glass link."""
+    return render_template("login.html", **signin.login_context())
+
+
+@auth.route("/login/admin", methods=["GET", "POST"])
+def admin_login() -> Response | str:
+    """Break glass: the admin token signs in with every right (GitLab down, or no GitLab sign-in)."""
     target = request.values.get("next", "")
     if not target.startswith("/") or target.startswith("//"):
         target = url_for("pages.overview")  # only local paths: no open redirect
@@ -97,11 +120,17 @@ def login() -> Response | str:
     if request.method == "POST":
         given = request.form.get("token", "")
         if admin is not None and given and hmac.compare_digest(given.encode(), admin.reveal().encode()):
-            session.clear()
-            session["admin"] = True
+            admin_signed_in()
             return redirect(target)
         error = "That is not the admin token." if admin is not None else "No admin token is configured."
-    return render_template("login.html", next=target, error=error, configured=admin is not None)
+        signin.sign_in_refused(people.ADMIN_NAME, "wrong admin token")
+    return render_template("admin_login.html", next=target, error=error, configured=admin is not None)
+
+
+def admin_signed_in() -> None:
+    """The admin token was given: a new session with every right."""
+    session.clear()
+    session[people.SESSION_ADMIN] = True
 
 
 @auth.post("/logout")

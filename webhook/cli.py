@@ -116,6 +116,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"  data dir:   {settings.server.data_dir}")
     gitlab = settings.gitlab.url if settings.gitlab else "none (statuses are recorded locally only)"
     print(f"  GitLab:     {gitlab}")
+    print(f"  sign-in:    {_sign_in(settings)}")
     found = {lookup.project: lookup for lookup in lookup_projects(settings)}
     for project in settings.projects.values():
         auth = []
@@ -132,7 +133,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         for env in project.environments.values():
             steps = f"{len(env.build)} build, {len(env.deploy)} deploy step(s)"
             health = f", health check {env.health_check.url}" if env.health_check else ""
-            print(f"  environment {env.name}: {env.follows}, {steps}{health}, timeout {env.timeout} s")
+            guarded = ", protected (Maintainer)" if env.protected else ""
+            timeout = f"timeout {env.timeout} s"
+            print(f"  environment {env.name}: {env.follows}, {steps}{health}, {timeout}{guarded}")
         if lookup is not None and lookup.warning:
             print(f"  warning: {lookup.warning}")
         if credential_in_url(project.repo_url):
@@ -141,6 +144,14 @@ def cmd_check(args: argparse.Namespace) -> int:
                 "written: drop it from the URL and give it as repo_token (env:, file: or fernet:)"
             )
     return EXIT_OK
+
+
+def _sign_in(settings: Settings) -> str:
+    oauth = settings.auth.gitlab_oauth
+    if oauth is None:
+        return "admin token only ([auth] gitlab_oauth is not set)"
+    callback = f"{settings.server.public_url}/auth/gitlab/callback"
+    return f"GitLab (application {oauth.client_id}, redirect URI {callback}); admin token as break glass"
 
 
 def _delivery_rule(signed: bool) -> str:

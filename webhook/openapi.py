@@ -37,7 +37,12 @@ def _path_param(name: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 UNAUTHORIZED = _error("missing or wrong bearer token")
-NOT_FOUND = _error("no such deployment, project or environment")
+NOT_FOUND = _error("no such deployment, project or environment, or one the caller may not see")
+FORBIDDEN = _error(
+    "the caller's GitLab role does not allow this here (Developer, or Maintainer when protected)"
+)
+UNAVAILABLE = _error("GitLab cannot say what the caller may do now: refused, never guessed")
+NOT_A_PERSON = _error("tokens belong to GitLab users: the admin token has none, and a token cannot make one")
 
 
 def document(settings: Settings) -> dict[str, Any]:
@@ -64,10 +69,14 @@ def document(settings: Settings) -> dict[str, Any]:
         "info": {
             "title": "pushdeploy API",
             "version": "1",
-            "description": "Deployments of pushdeploy: list, show, log, deploy, roll back, cancel.",
+            "description": (
+                "Deployments of pushdeploy: list, show, log, deploy, roll back, cancel; personal tokens. "
+                "Callers are the admin token, a personal token, or a browser session (with its CSRF "
+                "token in X-CSRF-Token for unsafe methods); what they may do follows their GitLab role."
+            ),
         },
         "servers": [{"url": settings.server.public_url}],
-        "security": [{"bearer": []}],
+        "security": [{"bearer": []}, {"session": [], "csrf": []}],
         "paths": {
             "/api/v1/deployments": {
                 "get": {
@@ -94,6 +103,7 @@ def document(settings: Settings) -> dict[str, Any]:
                         "200": _json("deployments", "DeploymentList"),
                         "400": _error("a filter is malformed"),
                         "401": UNAUTHORIZED,
+                        "503": UNAVAILABLE,
                         "404": _error("no such project"),
                     },
                 }
@@ -105,6 +115,7 @@ def document(settings: Settings) -> dict[str, Any]:
                     "responses": {
                         "200": _json("the deployment with its steps", "Deployment"),
                         "401": UNAUTHORIZED,
+                        "503": UNAVAILABLE,
                         "404": NOT_FOUND,
                     },
                 }
@@ -132,6 +143,7 @@ def document(settings: Settings) -> dict[str, Any]:
                         },
                         "400": _error("after is malformed"),
                         "401": UNAUTHORIZED,
+                        "503": UNAVAILABLE,
                         "404": NOT_FOUND,
                     },
                 }
@@ -144,6 +156,8 @@ def document(settings: Settings) -> dict[str, Any]:
                         "200": _json("a queued deployment was canceled", "Canceled"),
                         "202": _json("a running deployment was asked to stop", "Canceled"),
                         "401": UNAUTHORIZED,
+                        "403": FORBIDDEN,
+                        "503": UNAVAILABLE,
                         "404": NOT_FOUND,
                         "409": _error("the deployment already ended"),
                     },
@@ -158,6 +172,8 @@ def document(settings: Settings) -> dict[str, Any]:
                         "202": queued,
                         "400": _error("not possible"),
                         "401": UNAUTHORIZED,
+                        "403": FORBIDDEN,
+                        "503": UNAVAILABLE,
                         "404": NOT_FOUND,
                         "409": _error("the deployment did not succeed"),
                     },
@@ -178,7 +194,48 @@ def document(settings: Settings) -> dict[str, Any]:
                         "202": queued,
                         "400": _error("bad ref or sha"),
                         "401": UNAUTHORIZED,
+                        "403": FORBIDDEN,
+                        "503": UNAVAILABLE,
                         "404": NOT_FOUND,
+                    },
+                }
+            },
+            "/api/v1/tokens": {
+                "get": {
+                    "operationId": "listTokens",
+                    "summary": "The caller's personal API tokens (never the tokens themselves)",
+                    "responses": {
+                        "200": _json("the caller's live tokens, newest first", "TokenList"),
+                        "401": UNAUTHORIZED,
+                        "403": NOT_A_PERSON,
+                    },
+                },
+                "post": {
+                    "operationId": "createToken",
+                    "summary": "A new personal token with the caller's rights, shown in this answer only",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/TokenRequest"}}
+                        },
+                    },
+                    "responses": {
+                        "201": _json("the token, shown once", "NewToken"),
+                        "400": _error("bad name or expires_at, or too many tokens"),
+                        "401": UNAUTHORIZED,
+                        "403": NOT_A_PERSON,
+                    },
+                },
+            },
+            "/api/v1/tokens/{token_id}": {
+                "delete": {
+                    "operationId": "revokeToken",
+                    "parameters": [_path_param("token_id", {"type": "string", "pattern": "^[0-9a-f]{16}$"})],
+                    "responses": {
+                        "204": {"description": "revoked: it no longer works"},
+                        "401": UNAUTHORIZED,
+                        "403": NOT_A_PERSON,
+                        "404": _error("the caller has no such token"),
                     },
                 }
             },
@@ -190,6 +247,8 @@ def document(settings: Settings) -> dict[str, Any]:
                     "responses": {
                         "202": queued,
                         "401": UNAUTHORIZED,
+                        "403": FORBIDDEN,
+                        "503": UNAVAILABLE,
                         "404": NOT_FOUND,
                         "409": _error("nothing earlier to roll back to"),
                     },
@@ -197,7 +256,20 @@ def document(settings: Settings) -> dict[str, Any]:
             },
         },
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "the admin token, or a personal token (pdt_…)",
+                },
+                "session": {"type": "apiKey", "in": "cookie", "name": "pushdeploy_session"},
+                "csrf": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-CSRF-Token",
+                    "description": "the session's CSRF token, for POST and DELETE with the session",
+                },
+            },
             "schemas": {
                 "Error": {
                     "type": "object",
@@ -309,6 +381,48 @@ def document(settings: Settings) -> dict[str, Any]:
                         "deployment": {"type": "string"},
                         "url": {"type": "string"},
                         "to": {"type": "string"},
+                    },
+                },
+                "TokenRequest": {
+                    "type": "object",
+                    "required": ["name"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "name": {"type": "string", "minLength": 1, "maxLength": 100},
+                        "expires_at": {
+                            "type": "string",
+                            "description": "a date (end of that day, UTC) or an ISO 8601 time; "
+                            "default in 90 days, at most auth.token_max_days",
+                        },
+                    },
+                },
+                "Token": {
+                    "type": "object",
+                    "required": ["id", "name", "owner", "created_at", "expires_at", "last_used_at"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "name": {"type": "string"},
+                        "owner": {"type": "string", "description": "the GitLab username"},
+                        "created_at": {"type": "string", "format": "date-time"},
+                        "expires_at": {"type": "string", "format": "date-time"},
+                        "last_used_at": {"type": "string", "format": "date-time", "nullable": True},
+                    },
+                },
+                "NewToken": {
+                    "allOf": [
+                        {"$ref": "#/components/schemas/Token"},
+                        {
+                            "type": "object",
+                            "required": ["token"],
+                            "properties": {"token": {"type": "string", "description": "pdt_…, shown once"}},
+                        },
+                    ]
+                },
+                "TokenList": {
+                    "type": "object",
+                    "required": ["tokens"],
+                    "properties": {
+                        "tokens": {"type": "array", "items": {"$ref": "#/components/schemas/Token"}}
                     },
                 },
                 "Canceled": {

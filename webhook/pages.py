@@ -19,8 +19,8 @@ from redis import Redis
 from redis.exceptions import RedisError
 from werkzeug.wrappers import Response
 
-from webhook import services
-from webhook.auth import action_required, admin_required, is_admin, link_grants
+from webhook import people, rights, services
+from webhook.auth import action_required, link_grants, signin_required
 from workers import deploylog, routes, targets
 from workers.config import Settings
 from workers.control import NotCancelable, cancel
@@ -50,12 +50,25 @@ def _deployment_or_404(deployment_id: str) -> Deployment:
         abort(404)
 
 
-def _viewable(deployment_id: str) -> None:
-    """Admins see everything; a signed link sees its own deployment; everyone else signs in."""
-    if not is_admin() and not link_grants(deployment_id):
+def _viewable(deployment_id: str) -> Deployment:
+    """A signed link sees its own deployment; a person sees the deployments of projects they may
+    view (others do not exist for them); everyone else signs in."""
+    if link_grants(deployment_id):
+        return _deployment_or_404(deployment_id)
+    if people.current() is None:
         if request.args.get(PARAMETER):
             abort(403, description="this link is not valid (expired, changed, or for another deployment)")
         abort(redirect(url_for("auth.login", next=request.full_path.rstrip("?"))))
+    record = _deployment_or_404(deployment_id)
+    rights.require_view(record.project)
+    return record
+
+
+def _actionable(deployment_id: str) -> Deployment:
+    """The deployment, when the person may deploy, roll back and cancel in its environment."""
+    record = _deployment_or_404(deployment_id)
+    rights.require_act(record.project, record.environment)
+    return record
 
 
 @pages.get("/healthz")
@@ -68,12 +81,13 @@ def healthz() -> tuple[Response, int]:
 
 
 @pages.get("/")
-@admin_required
+@signin_required
 def overview() -> str:
     settings = _settings()
     store = DeploymentStore(_redis())
     rows = []
-    for project in settings.projects.values():
+    for name in rights.visible(people.current()):
+        project = settings.projects[name]
         for environment in project.environments.values():
             latest = store.history(project.name, environment.name, limit=1)
             live = store.live(project.name, environment.name)
@@ -82,11 +96,12 @@ def overview() -> str:
 
 
 @pages.get(routes.PROJECT)
-@admin_required
+@signin_required
 def project_history(project: str) -> str:
     configured = _settings().projects.get(project)
     if configured is None:
         abort(404)
+    rights.require_view(project)
     wanted_state = request.args.get("state", "")
     state = State(wanted_state) if wanted_state in {s.value for s in State} else None
     environments = [(project, name) for name in configured.environments]
@@ -106,8 +121,7 @@ def project_history(project: str) -> str:
 
 @pages.get(routes.DEPLOYMENT)
 def deployment(deployment_id: str) -> str:
-    _viewable(deployment_id)
-    record = _deployment_or_404(deployment_id)
+    record = _viewable(deployment_id)
     redis = _redis()
     store = DeploymentStore(redis)
     live = store.live(record.project, record.environment)
@@ -120,14 +134,20 @@ def deployment(deployment_id: str) -> str:
         statuses=recorded(redis, deployment_id),
         live=live,
         access=request.args.get(PARAMETER, ""),
+        needed_role=_needed_role(record),
     )
+
+
+def _needed_role(record: Deployment) -> str:
+    project = _settings().projects.get(record.project)
+    environment = project.environments.get(record.environment) if project else None
+    return "Maintainer" if environment is not None and environment.protected else "Developer"
 
 
 @pages.get(routes.DEPLOYMENT + "/log")
 def log_lines(deployment_id: str) -> tuple[Response, int]:
     """Lines after ``after``, the state and each host's progress: what the page's live log polls."""
-    _viewable(deployment_id)
-    record = _deployment_or_404(deployment_id)
+    record = _viewable(deployment_id)
     after = request.args.get("after", "-")
     if after != "-" and not deploylog.valid_entry_id(after):
         abort(400, description="after must be a log entry id")
@@ -143,7 +163,7 @@ def log_lines(deployment_id: str) -> tuple[Response, int]:
 @pages.post(routes.DEPLOYMENT + "/cancel")
 @action_required
 def cancel_action(deployment_id: str) -> Response:
-    _deployment_or_404(deployment_id)
+    _actionable(deployment_id)
     try:
         state = cancel(_settings(), _redis(), deployment_id, "operator (web)")
         flash("Canceled." if state is State.CANCELED else "Asked the worker to stop; it ends within seconds.")
@@ -155,7 +175,7 @@ def cancel_action(deployment_id: str) -> Response:
 @pages.post(routes.DEPLOYMENT + "/redeploy")
 @action_required
 def redeploy_action(deployment_id: str) -> Response:
-    record = _deployment_or_404(deployment_id)
+    record = _actionable(deployment_id)
     project, environment = _environment_of(record)
     queued = manual_deploy(
         _intake(), project, environment, "operator (web)", ref=record.ref, sha=record.sha
@@ -166,7 +186,7 @@ def redeploy_action(deployment_id: str) -> Response:
 @pages.post(routes.DEPLOYMENT + "/rollback")
 @action_required
 def rollback_action(deployment_id: str) -> Response:
-    record = _deployment_or_404(deployment_id)
+    record = _actionable(deployment_id)
     project, environment = _environment_of(record)
     try:
         queued = rollback(_intake(), project, environment, record, "operator (web)")

@@ -46,6 +46,8 @@ SERVER_KEYS = {
     "reconcile_grace",
 }
 GITLAB_KEYS = {"url", "token", "timeout"}
+AUTH_KEYS = {"gitlab_oauth", "token_max_days"}
+OAUTH_KEYS = {"client_id", "client_secret"}
 PROJECT_ONLY_KEYS = {
     "gitlab_project",
     "repo_url",
@@ -71,6 +73,7 @@ ENV_KEYS = {
     "ssh_key",
     "known_hosts",
     "rollout",
+    "protected",
 }
 FLAT_ONLY_KEYS = {"environment"}
 
@@ -157,6 +160,8 @@ class Environment:
     known_hosts: Secret | None = None
     """The pinned host keys (``known_hosts`` lines): the only keys a target may present."""
     rollout: Rollout = field(default_factory=Rollout)
+    protected: bool = False
+    """Deploy, rollback and cancel here need Maintainer or above in the GitLab project."""
 
     def secrets(self) -> tuple[Secret, ...]:
         return (self.ssh_key,) if self.ssh_key is not None else ()
@@ -227,6 +232,22 @@ class GitLabSettings:
 
 
 @dataclass(frozen=True)
+class OAuthClient:
+    """The application registered in GitLab that people sign in through."""
+
+    client_id: str
+    client_secret: Secret
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """How people sign in: with GitLab when ``gitlab_oauth`` is set, else only with the admin token."""
+
+    gitlab_oauth: OAuthClient | None = None
+    token_max_days: int = defaults.TOKEN_MAX_DAYS
+
+
+@dataclass(frozen=True)
 class ServerSettings:
     public_url: str = defaults.PUBLIC_URL
     redis_url: str = defaults.REDIS_URL
@@ -250,6 +271,7 @@ class Settings:
     server: ServerSettings
     gitlab: GitLabSettings | None
     projects: Mapping[str, Project]
+    auth: AuthSettings = field(default_factory=AuthSettings)
 
     def environment(self, project: str, environment: str) -> Environment:
         return self.projects[project].environments[environment]
@@ -263,6 +285,8 @@ class Settings:
             found.append(self.gitlab.token)
         if self.server.admin_token:
             found.append(self.server.admin_token)
+        if self.auth.gitlab_oauth:
+            found.append(self.auth.gitlab_oauth.client_secret)
         return tuple(found)
 
     def webhook_url(self, project: str) -> str:
@@ -289,6 +313,10 @@ def secret_values(raw: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
         table = raw.get(section)
         if isinstance(table, dict) and name in table:
             places.append((f"{section}.{name}", table[name]))
+    auth = raw.get("auth")
+    oauth = auth.get("gitlab_oauth") if isinstance(auth, dict) else None
+    if isinstance(oauth, dict) and "client_secret" in oauth:
+        places.append(("auth.gitlab_oauth.client_secret", oauth["client_secret"]))
     projects = raw.get("projects")
     for project, table in projects.items() if isinstance(projects, dict) else ():
         for name in ("secret_token", "signing_token", "repo_token", "ssh_key"):
@@ -342,7 +370,7 @@ class _Loader:
         self.problems.append(Problem(str(self.file), key, message))
 
     def settings(self, raw: dict[str, Any]) -> Settings:
-        self.unknown(raw, {"server", "gitlab", "projects"}, "")
+        self.unknown(raw, {"server", "gitlab", "projects", "auth"}, "")
         self.keyring()
         server = self.server(self.table(raw, "server", ""))
         gitlab = self.gitlab(raw["gitlab"]) if isinstance(raw.get("gitlab"), dict) else None
@@ -364,11 +392,12 @@ class _Loader:
                         f"projects.{project.name}.gitlab_environments",
                         "needs a [gitlab] section (url and token) to create GitLab deployments",
                     )
+        auth = self.auth(self.table(raw, "auth", ""), gitlab)
         if not projects and not self.problems:
             self.problem("projects", "no project is configured")
         if self.problems:
             raise ConfigError(self.problems)
-        return Settings(self.file, server, gitlab, projects)
+        return Settings(self.file, server, gitlab, projects, auth)
 
     # -- sections ---------------------------------------------------------
 
@@ -429,6 +458,33 @@ class _Loader:
                 f"target_url; use a shorter public_url "
                 f"(at most {len(public_url) - len(longest) + TARGET_URL_LIMIT} characters)",
             )
+
+    def auth(self, table: dict[str, Any], gitlab: GitLabSettings | None) -> AuthSettings:
+        self.unknown(table, AUTH_KEYS, "auth")
+        max_days = self.integer(table, "token_max_days", "auth", defaults.TOKEN_MAX_DAYS, minimum=1)
+        if "gitlab_oauth" not in table:
+            return AuthSettings(None, max_days)
+        value = table["gitlab_oauth"]
+        key = "auth.gitlab_oauth"
+        if not isinstance(value, dict):
+            self.problem(key, 'must be a table like { client_id = "…", client_secret = "env:…" }')
+            return AuthSettings(None, max_days)
+        self.unknown(value, OAUTH_KEYS, key)
+        client_id = self.string(value, "client_id", key, "")
+        secret = self.secret(value, "client_secret", key)
+        if "client_secret" not in value:
+            self.problem(
+                f"{key}.client_secret", "is required: the application's secret (env:, file: or fernet:)"
+            )
+        if gitlab is None:
+            self.problem(
+                key,
+                "needs a [gitlab] section (url and token): people sign in at that GitLab, and their "
+                "rights are read from it with its token",
+            )
+        if not client_id or secret is None:
+            return AuthSettings(None, max_days)
+        return AuthSettings(OAuthClient(client_id, secret), max_days)
 
     def gitlab(self, table: dict[str, Any]) -> GitLabSettings | None:
         self.unknown(table, GITLAB_KEYS, "gitlab")
@@ -565,7 +621,15 @@ class _Loader:
             ssh_key=self.secret(table, "ssh_key", key) if targets else None,
             known_hosts=self.secret(table, "known_hosts", key) if targets else None,
             rollout=self.rollout(table, key),
+            protected=self.flag(table, "protected", key),
         )
+
+    def flag(self, table: dict[str, Any], name: str, key: str) -> bool:
+        value = table.get(name, False)
+        if not isinstance(value, bool):
+            self.problem(f"{key}.{name}", "must be true or false")
+            return False
+        return value
 
     def targets(self, table: dict[str, Any], key: str) -> tuple[Target, ...]:
         """``targets`` with the ``ssh_key`` and ``known_hosts`` they need; every bad value named."""

@@ -59,3 +59,9 @@ POLL_INTERVAL = 60
 
 JOURNAL_DRAIN_INTERVAL = 2.0
 """Seconds between a web process's tries to move journaled deliveries into Redis."""
+
+TOKEN_DAYS = 90
+"""Days a personal API token lives when its creator names no ``expires_at``."""
+
+TOKEN_MAX_DAYS = 365
+"""The longest life a personal API token may be given (``[auth] token_max_days``)."""

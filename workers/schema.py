@@ -187,6 +187,27 @@ def project_id_asking(path: str) -> str:
     return f"{PREFIX}:gitlab:project-id:{path.lower()}:asking"
 
 
+# -- people -----------------------------------------------------------------------------------
+
+RIGHTS_TTL = 300
+"""Seconds a person's access levels are kept before GitLab is asked again (at most 5 minutes)."""
+
+
+def rights(user_id: int) -> str:
+    """Hash with an expiry (:data:`RIGHTS_TTL`): project name → the GitLab user's access level."""
+    return f"{PREFIX}:person:{user_id}:rights"
+
+
+def person_tokens(user_id: int) -> str:
+    """Sorted set: the GitLab user's personal API token ids by expiry; expires with the last one."""
+    return f"{PREFIX}:person:{user_id}:tokens"
+
+
+def api_token(token_id: str) -> str:
+    """Hash: one personal API token (owner, name, SHA-256 of the token, times); expires with it."""
+    return f"{PREFIX}:token:{token_id}"
+
+
 # -- the whole engine -------------------------------------------------------------------------
 
 OUTBOX_DUE = f"{PREFIX}:outbox"

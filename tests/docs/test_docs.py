@@ -252,6 +252,7 @@ def test_embedded_files_exist_and_every_deploy_file_is_documented() -> None:
 SECTIONS = {
     "server": loader.SERVER_KEYS,
     "gitlab": loader.GITLAB_KEYS,
+    "auth": loader.AUTH_KEYS,
     "projects": loader.PROJECT_ONLY_KEYS | loader.FLAT_ONLY_KEYS,
     "environment-keys": loader.ENV_KEYS,
 }
@@ -340,6 +341,7 @@ def loaded_defaults(tmp_path: Path) -> dict[str, dict[str, Any]]:
     return {
         "server": server,
         "gitlab": {key: getattr(settings.gitlab, key) for key in loader.GITLAB_KEYS},
+        "auth": {key: getattr(settings.auth, key) for key in loader.AUTH_KEYS},
         "projects": projects,
         "environment-keys": environments,
     }

@@ -71,7 +71,7 @@ def test_push_is_built_switched_deployed_and_reported(stack: object) -> None:
     page = requests.get(posted[-1]["target_url"], timeout=5).text
     assert f"building {sha}" in page
     signed_in = requests.Session()
-    signed_in.post(f"{made.base_url}/login", data={"token": ADMIN_TOKEN}, timeout=5)
+    signed_in.post(f"{made.base_url}/login/admin", data={"token": ADMIN_TOKEN}, timeout=5)
     assert f"building {sha}" in signed_in.get(accepted["url"], timeout=5).text
     anonymous = requests.get(accepted["url"], timeout=5, allow_redirects=False)
     assert anonymous.status_code == 302 and "/login" in anonymous.headers["Location"]

@@ -61,7 +61,7 @@ def test_a_push_reaches_both_hosts_and_every_view_shows_them(stack: object, tmp_
         assert [(h["host"], h["state"]) for h in record["hosts"]] == [(h.name, "live") for h in hosts]
 
         session = requests.Session()
-        session.post(f"{made.base_url}/login", data={"token": ADMIN_TOKEN}, timeout=5)
+        session.post(f"{made.base_url}/login/admin", data={"token": ADMIN_TOKEN}, timeout=5)
         page = session.get(f"{made.base_url}/deployments/{deployment_id}", timeout=5).text
         assert "<h2>Hosts</h2>" in page
         assert all(f'<tr data-host="{h.name}">' in page for h in hosts)
@@ -84,7 +84,7 @@ def test_three_hosts_on_the_deployment_page_in_a_real_browser(
         assert final_status(made, sha) == ["pending", "running", "success"]
 
         page = browser.new_page(viewport={"width": 1200, "height": 900})  # type: ignore[attr-defined]
-        page.goto(f"{made.base_url}/login")
+        page.goto(f"{made.base_url}/login/admin")
         page.fill("input[name=token]", ADMIN_TOKEN)
         page.click("button:has-text('Sign in')")
         page.wait_for_selector("h1:has-text('Projects')")

@@ -360,8 +360,8 @@ def test_no_configured_secret_leaks_anywhere(
         api("GET", "/deployments?limit=500")
         api("GET", "/openapi.json")
         keep("metrics", session.get(f"{stack.base_url}/metrics"))
-        keep("login wrong", session.post(f"{stack.base_url}/login", data={"token": "wrong"}))
-        keep("login", session.post(f"{stack.base_url}/login", data={"token": c["admin_token"]}))
+        keep("login wrong", session.post(f"{stack.base_url}/login/admin", data={"token": "wrong"}))
+        keep("login", session.post(f"{stack.base_url}/login/admin", data={"token": c["admin_token"]}))
         for path in (
             "/",
             "/projects/sample-app",

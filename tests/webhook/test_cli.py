@@ -149,6 +149,23 @@ def test_check_offline_says_what_each_project_requires(make_settings: Callable[.
     assert f"  deliveries:  {SIGNED}" in signed.stdout.splitlines()
     assert "  deliveries:  token only (X-Gitlab-Token)" in token_only.stdout.splitlines()
     assert "GitLab:     none" in signed.stdout and "warning" not in signed.stdout
+    assert "  sign-in:    admin token only ([auth] gitlab_oauth is not set)" in signed.stdout.splitlines()
+
+
+def test_check_says_how_people_sign_in_and_which_environments_are_protected(
+    make_settings: Callable[..., Settings],
+) -> None:
+    path = make_settings(gitlab={"url": "http://127.0.0.1:9", "token": "t0ken"}, protected=True).path
+    path.write_text(
+        path.read_text() + '[auth]\n"gitlab_oauth" = { "client_id" = "app-7", "client_secret" = "s3cret" }\n'
+    )
+    shown = pushdeploy("check", "-c", str(path))
+    assert shown.returncode == 0, shown.stderr
+    assert (
+        "  sign-in:    GitLab (application app-7, redirect URI http://pushdeploy.test/auth/gitlab/callback); "
+        "admin token as break glass"
+    ) in shown.stdout.splitlines()
+    assert "protected (Maintainer)" in shown.stdout and "s3cret" not in shown.stdout
 
 
 def test_check_resolves_the_project_through_gitlab(

@@ -43,7 +43,7 @@ def make_deployment(redis: Redis, deployment_id: str = "d1", state: State = Stat
 
 
 def sign_in(client: FlaskClient) -> None:
-    answer = client.post("/login", data={"token": ADMIN_TOKEN, "next": "/"})
+    answer = client.post("/login/admin", data={"token": ADMIN_TOKEN, "next": "/"})
     assert answer.status_code == 302
 
 
@@ -61,7 +61,7 @@ def test_pages_ask_strangers_to_sign_in(client: FlaskClient, redis: Redis) -> No
 
 
 def test_a_wrong_token_does_not_sign_in(client: FlaskClient) -> None:
-    answer = client.post("/login", data={"token": "not-it"})
+    answer = client.post("/login/admin", data={"token": "not-it"})
     assert answer.status_code == 200 and b"not the admin token" in answer.data
     assert client.get("/").status_code == 302
 
@@ -133,7 +133,7 @@ def test_a_link_holder_cannot_act(client: FlaskClient, redis: Redis) -> None:
 
 
 def test_login_redirects_only_to_local_paths(client: FlaskClient) -> None:
-    answer = client.post("/login", data={"token": ADMIN_TOKEN, "next": "https://evil.example/"})
+    answer = client.post("/login/admin", data={"token": ADMIN_TOKEN, "next": "https://evil.example/"})
     assert answer.headers["Location"] == "/"
-    answer = client.post("/login", data={"token": ADMIN_TOKEN, "next": "//evil.example/"})
+    answer = client.post("/login/admin", data={"token": ADMIN_TOKEN, "next": "//evil.example/"})
     assert answer.headers["Location"] == "/"

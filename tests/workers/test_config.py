@@ -942,3 +942,73 @@ def test_a_public_url_too_long_for_gitlabs_target_url_is_refused(tmp_path: Path,
             continue
         message = keys(problems(tmp_path / "long.toml", text))["server.public_url"]
         assert "255" in message and f"at most {fits} characters" in message, message
+
+
+# -- people and permissions ---------------------------------------------------
+
+
+def test_gitlab_sign_in_and_protected_environments(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "pushdeploy.toml",
+        """
+        [gitlab]
+        url = "https://gitlab.example.org"
+        token = "literal-gitlab-token"
+        [auth]
+        gitlab_oauth = { client_id = "app-id", client_secret = "env:OAUTH_SECRET" }
+        token_max_days = 30
+        [projects.app]
+        gitlab_project = "tools/app"
+        repo_url = "https://gitlab.example.org/tools/app.git"
+        secret_token = "literal-hook-token"
+        [projects.app.environments.staging]
+        branch = "develop"
+        [projects.app.environments.production]
+        branch = "main"
+        protected = true
+        """,
+    )
+    settings = load(path, environ={"OAUTH_SECRET": "oauth-canary-1f2e"})
+    assert settings.auth.gitlab_oauth is not None and settings.auth.gitlab_oauth.client_id == "app-id"
+    assert settings.auth.gitlab_oauth.client_secret.reveal() == "oauth-canary-1f2e"
+    assert "oauth-canary-1f2e" not in repr(settings)
+    assert settings.auth.token_max_days == 30
+    assert settings.auth.gitlab_oauth.client_secret in settings.all_secrets()
+    environments = settings.projects["app"].environments
+    assert environments["production"].protected and not environments["staging"].protected
+
+
+def test_without_auth_only_the_admin_token_signs_in(tmp_path: Path) -> None:
+    settings = load(write(tmp_path / "pushdeploy.toml", PROJECT), environ={})
+    assert settings.auth.gitlab_oauth is None and settings.auth.token_max_days == 365
+
+
+def test_auth_problems_are_named(tmp_path: Path) -> None:
+    error = problems(
+        tmp_path / "pushdeploy.toml",
+        PROJECT
+        + """
+        [auth]
+        gitlab_oauth = { client_id = "app-id", scope = "api" }
+        token_max_days = 0
+        color = "blue"
+        """,
+    )
+    found = keys(error)
+    assert "needs a [gitlab] section" in found["auth.gitlab_oauth"]
+    assert "is required" in found["auth.gitlab_oauth.client_secret"]
+    assert "unknown key" in found["auth.gitlab_oauth.scope"]
+    assert "integer ≥ 1" in found["auth.token_max_days"]
+    assert "unknown key" in found["auth.color"]
+
+
+def test_protected_must_be_a_boolean(tmp_path: Path) -> None:
+    error = problems(tmp_path / "pushdeploy.toml", PROJECT + 'protected = "yes"\n')
+    assert keys(error) == {"projects.app.protected": "must be true or false"}
+
+
+def test_the_oauth_secret_is_one_of_the_secret_values() -> None:
+    from workers.config import secret_values
+
+    raw = {"auth": {"gitlab_oauth": {"client_id": "x", "client_secret": "fernet:abc"}}}
+    assert list(secret_values(raw)) == [("auth.gitlab_oauth.client_secret", "fernet:abc")]
