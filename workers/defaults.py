@@ -59,3 +59,12 @@ POLL_INTERVAL = 60
 
 JOURNAL_DRAIN_INTERVAL = 2.0
 """Seconds between a web process's tries to move journaled deliveries into Redis."""
+
+REVIEW_MAX = 10
+"""Live review apps per project at most: opening one more stops the least recently deployed."""
+
+REVIEW_TTL_DAYS = 7.0
+"""A review app not deployed for this many days is stopped."""
+
+REVIEW_KEEP_DAYS = 30
+"""How long a stopped review app's record (and its note's id) is kept, for a reopened merge request."""

@@ -117,6 +117,27 @@ class Mirror:
             raise SourceError(f"commit {sha} is not in {name!r} or any other branch or tag of the repository")
         return True
 
+    def fetch_merge_request(self, iid: int, sha: str) -> bool:
+        """Make a merge request's head ``sha`` present from ``refs/merge-requests/<iid>/head``.
+
+        GitLab keeps that ref in the target project's own repository, also for a fork's merge
+        request, so nothing is ever fetched from a URL a payload named. ``sha`` must be that head,
+        or behind it (a newer push moved the ref meanwhile): any other commit is refused.
+        """
+        check_sha(sha)
+        if not isinstance(iid, int) or iid < 1:
+            raise SourceError(f"not a merge request number: {iid!r}")
+        self.ensure()
+        ref = f"refs/merge-requests/{iid}/head"
+        self._fetch([f"+{ref}:{ref}"])
+        if not self.has_commit(sha):
+            raise SourceError(f"commit {sha} is not the head of merge request !{iid} ({ref})")
+        head = self._git(["rev-parse", "--verify", "--end-of-options", f"{ref}^{{commit}}"], check=False)
+        on_ref = self._git(["merge-base", "--is-ancestor", "--end-of-options", sha, ref], check=False)
+        if head.returncode != 0 or on_ref.returncode != 0:
+            raise SourceError(f"commit {sha} is not the head of merge request !{iid} ({ref})")
+        return True
+
     def export(self, sha: str, destination: Path) -> None:
         """Write the tree of ``sha`` into ``destination`` (created): no ``.git``, no hooks, no submodules."""
         check_sha(sha)
