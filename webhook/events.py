@@ -227,9 +227,9 @@ def _classify_merge_request(
     given = attributes.get("iid")
     if not isinstance(action, str):
         raise InvalidPayload("object_attributes.action must be a string")
-    if not _is_int(given) or not 0 < int(given) < 10**12:
+    if not isinstance(given, int) or isinstance(given, bool) or not 0 < given < 10**12:
         raise InvalidPayload("object_attributes.iid must be a positive integer")
-    iid = int(given)
+    iid = given
     if action in STOP_ACTIONS:
         return StopReview(iid, "merged" if action == "merge" else "closed")
     if action not in DEPLOY_ACTIONS:
