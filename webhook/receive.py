@@ -71,7 +71,7 @@ class HookEndpoint:
         self.journal = journal
         self.log = logger
         self.project_ids = project_ids
-        self.reviews = ReviewDesk(intake.redis, intake)
+        self.reviews = ReviewDesk(settings, intake.redis, intake)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path: str = environ.get("PATH_INFO", "")

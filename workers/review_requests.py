@@ -7,6 +7,7 @@ run on a worker, never in a request.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -15,8 +16,11 @@ from redis import Redis
 from rq import Queue
 
 from workers import defaults
-from workers.config import Environment, Project
+from workers.config import Environment, Project, Settings
+from workers.control import cancel
+from workers.deployments import DeploymentStore, State
 from workers.intake import Accepted, Intake, Push
+from workers.operations import OperationError
 from workers.reviews import AppState, ReviewApp, ReviewStore
 
 log = logging.getLogger(__name__)
@@ -43,7 +47,8 @@ class ReviewRequest:
 
 
 class ReviewDesk:
-    def __init__(self, redis: Redis, intake: Intake) -> None:
+    def __init__(self, settings: Settings, redis: Redis, intake: Intake) -> None:
+        self.settings = settings
         self.redis = redis
         self.intake = intake
         self.store = ReviewStore(redis)
@@ -81,6 +86,7 @@ class ReviewDesk:
         if app is None or app.state is AppState.STOPPED:
             return False
         self.store.mark(project.name, iid, AppState.STOPPING, STOP_REASONS[reason])
+        self.cancel_deployments(project, iid, who or f"review app stop ({reason})")
         self.queue.enqueue_call(
             STOP_JOB,
             args=(project.name, iid, reason, who[:255]),
@@ -90,6 +96,15 @@ class ReviewDesk:
             description=f"stop {project.name}/review/{iid} ({reason})",
         )
         return True
+
+    def cancel_deployments(self, project: Project, iid: int, who: str) -> None:
+        """Cancel the app's queued and running deployments now: a worker busy running one would
+        otherwise take the stop job only after it (the stop job cancels again, in case)."""
+        store = DeploymentStore(self.redis)
+        for deployment in store.history(project.name, f"review/{iid}", limit=20):
+            if deployment.state in (State.QUEUED, State.RUNNING):
+                with contextlib.suppress(OperationError):
+                    cancel(self.settings, self.redis, deployment.id, who)
 
     def evict(self, project: Project, keep: int = 0) -> list[int]:
         """Stop the least recently updated live apps beyond ``max`` (never ``keep``, just deployed)."""

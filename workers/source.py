@@ -121,21 +121,22 @@ class Mirror:
         """Make a merge request's head ``sha`` present from ``refs/merge-requests/<iid>/head``.
 
         GitLab keeps that ref in the target project's own repository, also for a fork's merge
-        request, so nothing is ever fetched from a URL a payload named. ``sha`` must be that head,
-        or behind it (a newer push moved the ref meanwhile): any other commit is refused.
+        request, so nothing is ever fetched from a URL a payload named. The ref must point at
+        ``sha`` itself: any other commit (even one of its ancestors) is refused.
         """
         check_sha(sha)
         if not isinstance(iid, int) or iid < 1:
             raise SourceError(f"not a merge request number: {iid!r}")
         self.ensure()
         ref = f"refs/merge-requests/{iid}/head"
-        self._fetch([f"+{ref}:{ref}"])
-        if not self.has_commit(sha):
-            raise SourceError(f"commit {sha} is not the head of merge request !{iid} ({ref})")
-        head = self._git(["rev-parse", "--verify", "--end-of-options", f"{ref}^{{commit}}"], check=False)
-        on_ref = self._git(["merge-base", "--is-ancestor", "--end-of-options", sha, ref], check=False)
-        if head.returncode != 0 or on_ref.returncode != 0:
-            raise SourceError(f"commit {sha} is not the head of merge request !{iid} ({ref})")
+        self._fetch([f"+{ref}:{ref}"], check=False)
+        found = self._git(
+            ["rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}"], check=False
+        )
+        head = found.stdout.strip() if found.returncode == 0 else ""
+        if head != sha:
+            now = f"it is {head[:12]} now (a newer push?)" if head else "the repository has no such ref"
+            raise SourceError(f"commit {sha} is not the head of merge request !{iid} ({ref}): {now}")
         return True
 
     def export(self, sha: str, destination: Path) -> None:
