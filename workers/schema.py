@@ -199,6 +199,11 @@ def review(project: str, iid: int) -> str:
     return f"{PREFIX}:review:{project}:{iid}"
 
 
+def reviews_checked(project: str) -> str:
+    """String with an expiry: a worker looked for idle review apps recently (one look per interval)."""
+    return f"{PREFIX}:reviews:{project}:checked"
+
+
 REVIEW_FIELDS = (
     "base",  # the environment of the target branch, whose settings the app is deployed with
     "branch",  # the source branch (statuses' ref)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,10 +25,9 @@ from workers import defaults, schema
 from workers.config import Settings
 from workers.deployments import DeploymentStore, State
 from workers.forge import forge_for
-from workers.intake import Intake
 from workers.outbox import DUE_KEY, Courier, recorded
-from workers.review_requests import ReviewDesk
 from workers.reviews import AppState, ReviewStore
+from workers.worker import Janitor
 
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "merge_request_hook.json"
 TOKEN = "gitlab-review-token-canary-77aa"
@@ -388,8 +388,9 @@ def test_idle_apps_expire_after_ttl(
         site.work()
     redis.hset(schema.review("sample-app", 1), "updated_at", str(time.time() - 3 * 86400))
 
-    desk = ReviewDesk(settings, redis, Intake(redis, settings.server.public_url))
-    assert desk.expire(settings.projects["sample-app"]) == [1]
+    janitor = Janitor(settings, redis)  # what every worker runs beside its jobs
+    assert janitor.expire_reviews() == [1]
+    assert janitor.expire_reviews() == []  # looked at once a minute, by one worker of many
     site.work()
 
     states = {app.iid: app.state for app in ReviewStore(redis).all("sample-app")}
@@ -424,3 +425,73 @@ def test_a_stop_cancels_the_deployment_that_runs(
     assert done.state is State.CANCELED
     assert not site.app_dir(7).exists()
     assert ReviewStore(redis).get("sample-app", 7).state is AppState.STOPPED  # type: ignore[union-attr]
+
+
+def test_review_apps_are_listed_and_stopped_by_hand_in_the_api_the_page_and_the_cli(
+    review_settings: Callable[..., Settings],
+    hub: Callable[[Settings], Hub],
+    git_repo: GitRepo,
+    gitlab: FakeGitLab,
+    redis: Redis,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from werkzeug.serving import make_server
+
+    from tests.helpers import ADMIN_TOKEN
+    from webhook.cli import main
+
+    settings = review_settings()
+    site = hub(settings)
+    for iid in (4, 5, 6):
+        sha = open_merge_request(git_repo, iid, {"app.txt": f"{iid}\n"}, branch=f"mr-{iid}")
+        assert site.deliver(mr_body(iid, sha, source=f"mr-{iid}"))[0] == 202
+        site.work()
+    bearer = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+    listed = site.client.get("/api/v1/projects/sample-app/reviews", headers=bearer).get_json()["reviews"]
+    assert [(r["iid"], r["branch"], r["state"], r["url"]) for r in listed] == [
+        (6, "mr-6", "live", "https://mr-6.review.test"),
+        (5, "mr-5", "live", "https://mr-5.review.test"),
+        (4, "mr-4", "live", "https://mr-4.review.test"),
+    ]
+    history = site.client.get("/api/v1/deployments?environment=review/5", headers=bearer).get_json()
+    assert [d["environment"] for d in history["deployments"]] == ["review/5"]
+
+    answer = site.client.post("/api/v1/projects/sample-app/reviews/4/stop", headers=bearer)
+    assert (answer.status_code, answer.get_json()) == (202, {"stopping": "review/4"})
+    assert site.client.post("/api/v1/projects/sample-app/reviews/99/stop", headers=bearer).status_code == 404
+    site.work()
+    assert not site.app_dir(4).exists()
+    assert "stopped by hand (api)" in gitlab.merge_request_notes(4)[0]["body"]
+
+    site.client.post("/login", data={"token": ADMIN_TOKEN, "next": "/"})
+    page = site.client.get("/projects/sample-app").get_data(as_text=True)
+    assert "Review apps" in page and "https://mr-5.review.test" in page and "stopped by hand" in page
+    token = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert token is not None
+    assert (
+        site.client.post("/projects/sample-app/reviews/5/stop", data={"csrf": token.group(1)}).status_code
+        == 302
+    )
+    site.work()
+    assert not site.app_dir(5).exists()
+
+    server = make_server("127.0.0.1", 0, site.client.application, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        capsys.readouterr()
+        assert main(["-c", str(settings.path), "review", "list", "sample-app", "--url", url]) == 0
+        out = capsys.readouterr().out
+        assert "!6" in out and "https://mr-6.review.test" in out and "stopped" in out
+        assert main(["-c", str(settings.path), "review", "stop", "sample-app", "6", "--url", url]) == 0
+        assert "sample-app/review/6: stopping" in capsys.readouterr().out
+        assert main(["-c", str(settings.path), "review", "stop", "sample-app", "6x", "--url", url]) == 2
+    finally:
+        server.shutdown()
+    site.work()
+    assert {app.iid: app.state for app in ReviewStore(redis).all("sample-app")} == {
+        4: AppState.STOPPED,
+        5: AppState.STOPPED,
+        6: AppState.STOPPED,
+    }
