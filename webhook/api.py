@@ -226,12 +226,12 @@ def list_reviews(project: str) -> Response:
     return jsonify(reviews=[app.public(configured) for app in apps])
 
 
-@api.post("/projects/<project>/reviews/<int:iid>/stop")
-def stop_review(project: str, iid: int) -> tuple[Response, int]:
+@api.post("/projects/<project>/reviews/<iid>/stop")
+def stop_review(project: str, iid: str) -> tuple[Response, int]:
     """202 while the app stops (a worker runs ``review.stop``), 404 when no app of it is live."""
     configured = _project(project)
     desk = ReviewDesk(_settings(), _redis(), _intake())
-    if not desk.request_stop(configured, iid, "manual", "api"):
+    if not review_iid(f"review/{iid}") or not desk.request_stop(configured, int(iid), "manual", "api"):
         raise ApiError(404, f"no live review app for merge request !{iid}")
     return jsonify(stopping=f"review/{iid}"), 202
 

@@ -58,7 +58,7 @@ PROJECT_ONLY_KEYS = {
     "poll_interval",
     "review",
 }
-REVIEW_KEYS = {"url", "deploy", "stop", "max", "forks", "drafts", "ttl"}
+REVIEW_KEYS = {"url", "deploy", "stop", "health_check", "max", "forks", "drafts", "ttl"}
 REVIEW_PREFIX = "review/"
 """Review environments are named ``review/<iid>``: the ``/`` keeps them apart from configured names."""
 ENV_KEYS = {
@@ -203,6 +203,8 @@ class Review:
     deploy: tuple[str, ...] | None = None
     """None: the target branch environment's own ``deploy``."""
     stop: tuple[str, ...] = ()
+    health_check: HealthCheck | None = None
+    """None: the target branch environment's own; ``{iid}`` (and ``{host}``) are filled in."""
     max: int = defaults.REVIEW_MAX
     forks: bool = False
     drafts: bool = True
@@ -243,7 +245,7 @@ class Project:
         URL gets ``{iid}`` filled in, and its steps are ``review.deploy`` (default: ``base``'s).
         """
         review = self.review or Review(url="")
-        health = base.health_check
+        health = review.health_check or base.health_check
         if health is not None:
             health = replace(health, url=health.url.replace("{iid}", str(iid)))
         return replace(
@@ -613,6 +615,7 @@ class _Loader:
             self.problem(key, "review apps need an environment that deploys a branch (the target branch)")
         deploy = self.commands(value, "deploy", key) if "deploy" in value else None
         stop = self.commands(value, "stop", key)
+        health = self.health_check(value.get("health_check"), f"{key}.health_check")
         limit = self.integer(value, "max", key, defaults.REVIEW_MAX, minimum=1)
         flags = {}
         for name, default in (("forks", False), ("drafts", True)):
@@ -624,7 +627,7 @@ class _Loader:
         ttl = self.number(value, "ttl", key, defaults.REVIEW_TTL_DAYS)  # days; fractions allowed
         if not url:
             return None
-        return Review(url, deploy, stop, limit, flags["forks"], flags["drafts"], ttl)
+        return Review(url, deploy, stop, health, limit, flags["forks"], flags["drafts"], ttl)
 
     def environment(self, project: str, name: str, table: dict[str, Any], key: str) -> Environment | None:
         if not NAME_RE.match(name):
@@ -640,6 +643,11 @@ class _Loader:
         targets = self.targets(table, key)
         if health is not None and "{host}" in health.url and not targets:
             self.problem(f"{key}.health_check.url", "{host} stands for a target's host: it needs targets")
+        if health is not None and "{iid}" in health.url:
+            self.problem(
+                f"{key}.health_check.url",
+                "{iid} stands for a merge request's number: use it in [review] health_check",
+            )
         env = table.get("env", {})
         if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
             self.problem(f"{key}.env", "must be a table of string values")

@@ -495,3 +495,67 @@ def test_review_apps_are_listed_and_stopped_by_hand_in_the_api_the_page_and_the_
         5: AppState.STOPPED,
         6: AppState.STOPPED,
     }
+
+
+def test_a_review_app_takes_the_target_branchs_settings_and_its_own_steps_and_check(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(
+        environments={
+            "production": {"branch": "main", "deploy": ["./prod.sh"], "env": {"MODE": "prod"}},
+            "staging": {"branch": "develop", "deploy": ["./staging.sh"], "env": {"MODE": "staging"}},
+        },
+        environment=None,
+        branch=None,
+        review={
+            "url": "https://mr-{iid}.example.test",
+            "health_check": {"url": "http://127.0.0.1:9{iid}/healthz"},
+        },
+    )
+    project = settings.projects["sample-app"]
+    app = project.review_environment(project.environments["staging"], 7)
+    assert (app.name, app.directory, app.status_name) == ("review/7", "review-7", "deploy/review")
+    assert (app.deploy, app.env) == (("./staging.sh",), {"MODE": "staging"})
+    assert app.health_check is not None and app.health_check.url == "http://127.0.0.1:97/healthz"
+    assert app.review_variables() == {
+        "PUSHDEPLOY_REVIEW_IID": "7",
+        "PUSHDEPLOY_REVIEW_URL": "https://mr-7.example.test",
+    }
+
+
+@pytest.mark.parametrize(
+    ("review", "problem"),
+    [
+        ({"url": "https://review.example.test"}, "projects.sample-app.review.url: must hold {iid}"),
+        (
+            {"url": "https://mr-{iid}.test", "max": 0},
+            "projects.sample-app.review.max: must be an integer ≥ 1",
+        ),
+        (
+            {"url": "https://mr-{iid}.test", "forks": "yes"},
+            "projects.sample-app.review.forks: must be true or false",
+        ),
+        (
+            {"url": "https://mr-{iid}.test", "ttl": 0},
+            "projects.sample-app.review.ttl: must be a positive number of days",
+        ),
+        ({"url": "https://mr-{iid}.test", "tll": 3}, "projects.sample-app.review.tll: unknown key"),
+        ({"deploy": ["x"]}, "projects.sample-app.review.url: is required"),
+    ],
+)
+def test_a_bad_review_table_is_refused_naming_the_key(
+    make_settings: Callable[..., Settings], review: dict[str, Any], problem: str
+) -> None:
+    from workers.config import ConfigError
+
+    with pytest.raises(ConfigError) as raised:
+        make_settings(review=review)
+    assert any(problem in str(p) for p in raised.value.problems), raised.value.problems
+
+
+def test_iid_in_an_environments_own_health_check_is_refused(make_settings: Callable[..., Settings]) -> None:
+    from workers.config import ConfigError
+
+    with pytest.raises(ConfigError) as raised:
+        make_settings(health_check={"url": "http://127.0.0.1:9{iid}/"})
+    assert "use it in [review] health_check" in str(raised.value)
