@@ -454,6 +454,9 @@ def test_review_apps_are_listed_and_stopped_by_hand_in_the_api_the_page_and_the_
         (5, "mr-5", "live", "https://mr-5.review.test"),
         (4, "mr-4", "live", "https://mr-4.review.test"),
     ]
+    badge = site.client.get("/badges/sample-app/review/5.json").get_json()
+    assert (badge["label"], badge["message"]) == ("review/5", f"deployed {listed[1]['sha'][:8]}")
+    assert "review/5" in site.client.get("/badges/sample-app/review/5.svg").get_data(as_text=True)
     history = site.client.get("/api/v1/deployments?environment=review/5", headers=bearer).get_json()
     assert [d["environment"] for d in history["deployments"]] == ["review/5"]
 
