@@ -20,6 +20,7 @@ from rq import Queue, SimpleWorker
 
 from tests.fakegitlab import FakeGitLab
 from tests.helpers import GitRepo, git, signed_headers, use_engine, wait_for
+from tests.sshd import HAVE_SSHD, SKIP_REASON, ssh_hosts
 from webhook.app import create_app
 from workers import defaults, schema
 from workers.config import Settings
@@ -562,3 +563,52 @@ def test_iid_in_an_environments_own_health_check_is_refused(make_settings: Calla
     with pytest.raises(ConfigError) as raised:
         make_settings(health_check={"url": "http://127.0.0.1:9{iid}/"})
     assert "use it in [review] health_check" in str(raised.value)
+
+
+@pytest.mark.skipif(not HAVE_SSHD, reason=SKIP_REASON)
+def test_with_targets_the_review_app_lives_and_stops_on_every_host(
+    review_settings: Callable[..., Settings],
+    hub: Callable[[Settings], Hub],
+    git_repo: GitRepo,
+    gitlab: FakeGitLab,
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    client_key = tmp_path_factory.mktemp("client") / "id_ed25519"
+    with ssh_hosts(tmp_path / "hosts", 2, client_key) as hosts:
+        known_hosts = tmp_path / "known_hosts"
+        known_hosts.write_text("\n".join(h.known_hosts_line() for h in hosts) + "\n")
+        settings = review_settings(
+            review={
+                "deploy": ['echo "$PUSHDEPLOY_REVIEW_IID $PUSHDEPLOY_HOST" > deployed.txt'],
+                "stop": [
+                    'echo "$PUSHDEPLOY_ENVIRONMENT $PUSHDEPLOY_HOST" '
+                    '>> "$PUSHDEPLOY_RELEASE_DIR/../../../stops.log"'
+                ],
+            },
+            targets=[h.target for h in hosts],
+            ssh_key=f"file:{client_key}",
+            known_hosts=f"file:{known_hosts}",
+        )
+        site = hub(settings)
+        sha = open_merge_request(git_repo, 7, {"app.txt": "on hosts\n"})
+
+        status, body = site.deliver(mr_body(7, sha))
+        site.work()
+
+        assert status == 202
+        done = DeploymentStore(site.redis).get(body["deployment"])
+        assert done.state is State.SUCCEEDED, done.reason
+        for host in hosts:
+            current = host.root / "review-7" / "current"
+            assert (current / "app.txt").read_text() == "on hosts\n"
+            assert (current / "deployed.txt").read_text() == f"7 {host.address}\n"
+            assert not (host.root / "current").exists()  # the main environment is not touched
+
+        site.deliver(mr_body(7, sha, action="merge"))
+        site.work()
+
+        for host in hosts:
+            assert not (host.root / "review-7").exists()
+            assert (host.root / "stops.log").read_text() == f"review/7 {host.address}\n"
+        assert ": stopped" in gitlab.merge_request_notes(7)[0]["body"]
