@@ -58,9 +58,12 @@ class ReviewDesk:
         self, project: Project, environment: Environment, push: Push, request: ReviewRequest
     ) -> Accepted:
         """Record the app as live and most recently updated, queue its deployment, keep within ``max``."""
+        before = self.store.get(project.name, request.iid)
         accepted = self.intake.accept(project, environment, push)
         if accepted.duplicate:
             return accepted
+        if before is not None and before.state is not AppState.LIVE:
+            self.store.keep(project.name, request.iid)  # reopened: what was set to expire stays
         with self.redis.pipeline() as pipe:
             self.store.record(
                 pipe,

@@ -67,12 +67,12 @@ class Stopper:
     def stop(self, project_name: str, iid: int, reason: str, who: str = "") -> str:
         app = self.reviews.get(project_name, iid)
         project = self.settings.projects.get(project_name)
-        if app is None or app.state is AppState.STOPPED:
-            return "not live"
+        if app is None or app.state is not AppState.STOPPING:
+            return "not stopping"  # stopped already, or reopened since the stop was asked for
         environment = environment_of(self.settings, self.redis, project_name, app.environment)
         why = STOP_REASONS.get(reason, reason) + (f" ({who})" if who else "")
         if project is None or environment is None:
-            self.reviews.mark(project_name, iid, AppState.STOPPED, why)
+            self.reviews.stopped(project_name, iid)
             return "stopped (no longer configured)"
         deplog = DeploymentLog(self.redis, app.deployment, self.masker) if app.deployment else None
         say = deplog.info if deplog is not None else (lambda text: log.info("%s: %s", app.environment, text))
@@ -85,7 +85,8 @@ class Stopper:
                 self.run_stop(project, environment, app, say)
                 self.report(project, environment, app, why)
                 self.redis.delete(schema.live(project.name, environment.name))
-                self.reviews.mark(project.name, iid, AppState.STOPPED, why)
+                if not self.reviews.stopped(project.name, iid):
+                    say("the merge request was reopened meanwhile: its new deployment starts the app again")
         finally:
             released = lane.release(token)
             if released.waiting:  # a reopened merge request's deployment: it starts the app again

@@ -93,6 +93,18 @@ def _app(project: str, iid: int, raw: Mapping[Any, Any]) -> ReviewApp | None:
     )
 
 
+KEEP_SECONDS = defaults.REVIEW_KEEP_DAYS * 86400
+
+_STOPPED = """
+-- KEYS[1]: the app's record. ARGV: seconds to keep, then every key of its environment.
+if redis.call('HGET', KEYS[1], 'state') ~= 'stopping' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'stopped')
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+for i = 2, #ARGV do redis.call('EXPIRE', ARGV[i], ARGV[1]) end
+return 1
+"""
+
+
 class ReviewStore:
     """The review apps' records: one hash per merge request and one sorted set per project."""
 
@@ -143,7 +155,33 @@ class ReviewStore:
         with self.redis.pipeline() as pipe:
             pipe.hset(key, mapping={"state": str(state), "reason": reason})
             if state is AppState.STOPPED:
-                pipe.expire(key, defaults.REVIEW_KEEP_DAYS * 86400)
+                pipe.expire(key, KEEP_SECONDS)
+            pipe.execute()
+
+    def stopped(self, project: str, iid: int) -> bool:
+        """``stopping`` → ``stopped``, unless the merge request was reopened meanwhile (then False).
+
+        Its record, its environment's keys and its deployments' then expire after
+        :data:`~workers.defaults.REVIEW_KEEP_DAYS`: forgotten merge requests leave nothing behind.
+        """
+        environment = f"review/{iid}"
+        ids = [_text(raw) for raw in self.redis.zrange(schema.history(project, environment), 0, -1)]
+        held = (schema.lock, schema.waiting)  # the lane: its holder and its waiting one handle those
+        keys = [make(project, environment) for make in schema.ENVIRONMENT_KEYS if make not in held]
+        keys += [key for deployment_id in ids for key in schema.deployment_keys(deployment_id)]
+        done = self.redis.eval(_STOPPED, 1, schema.review(project, iid), KEEP_SECONDS, *keys)
+        return bool(done)
+
+    def keep(self, project: str, iid: int) -> None:
+        """A stopped app deploys again (reopened): its keys no longer expire."""
+        environment = f"review/{iid}"
+        ids = [_text(raw) for raw in self.redis.zrange(schema.history(project, environment), 0, -1)]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for make in schema.ENVIRONMENT_KEYS:
+                pipe.persist(make(project, environment))
+            for deployment_id in ids:
+                for key in schema.deployment_keys(deployment_id):
+                    pipe.persist(key)
             pipe.execute()
 
     def set_note(self, project: str, iid: int, note_id: str) -> None:

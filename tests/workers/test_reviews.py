@@ -471,6 +471,8 @@ def test_review_apps_are_listed_and_stopped_by_hand_in_the_api_the_page_and_the_
     site.client.post("/login", data={"token": ADMIN_TOKEN, "next": "/"})
     page = site.client.get("/projects/sample-app").get_data(as_text=True)
     assert "Review apps" in page and "https://mr-5.review.test" in page and "stopped by hand" in page
+    shown = site.client.get(f"/deployments/{listed[1]['deployment']}")
+    assert shown.status_code == 200 and "review/5" in shown.get_data(as_text=True)
     token = re.search(r'name="csrf" value="([^"]+)"', page)
     assert token is not None
     assert (
@@ -612,3 +614,48 @@ def test_with_targets_the_review_app_lives_and_stops_on_every_host(
             assert not (host.root / "review-7").exists()
             assert (host.root / "stops.log").read_text() == f"review/7 {host.address}\n"
         assert ": stopped" in gitlab.merge_request_notes(7)[0]["body"]
+
+
+def test_a_stopped_apps_keys_expire_and_a_reopened_ones_are_kept_again(
+    review_settings: Callable[..., Settings],
+    hub: Callable[[Settings], Hub],
+    git_repo: GitRepo,
+    redis: Redis,
+) -> None:
+    site = hub(review_settings())
+    sha = open_merge_request(git_repo, 7, {"app.txt": "x\n"})
+    _, first = site.deliver(mr_body(7, sha))
+    site.work()
+    site.deliver(mr_body(7, sha, action="close"))
+    site.work()
+    history = schema.history("sample-app", "review/7")
+    assert 0 < redis.ttl(history) <= defaults.REVIEW_KEEP_DAYS * 86400
+    assert 0 < redis.ttl(schema.record(first["deployment"])) <= defaults.REVIEW_KEEP_DAYS * 86400
+
+    site.deliver(mr_body(7, sha, action="reopen"))
+    site.work()
+
+    assert redis.ttl(history) == -1
+    assert redis.ttl(schema.record(first["deployment"])) == -1
+    assert redis.ttl(schema.review("sample-app", 7)) == -1
+
+
+def test_a_stop_asked_for_before_a_reopen_leaves_the_reopened_app_alone(
+    review_settings: Callable[..., Settings],
+    hub: Callable[[Settings], Hub],
+    git_repo: GitRepo,
+    redis: Redis,
+) -> None:
+    site = hub(review_settings())
+    sha = open_merge_request(git_repo, 7, {"app.txt": "x\n"})
+    site.deliver(mr_body(7, sha))
+    site.work()
+    site.deliver(mr_body(7, sha, action="close"))  # its stop job is queued, not run yet
+    _, reopened = site.deliver(mr_body(7, sha, action="reopen"))
+
+    site.work()
+
+    assert DeploymentStore(redis).get(reopened["deployment"]).state is State.SUCCEEDED
+    assert (site.app_dir(7) / "current" / "app.txt").exists()
+    assert not site.marker.exists()
+    assert ReviewStore(redis).get("sample-app", 7).state is AppState.LIVE  # type: ignore[union-attr]
