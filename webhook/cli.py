@@ -133,6 +133,13 @@ def cmd_check(args: argparse.Namespace) -> int:
             steps = f"{len(env.build)} build, {len(env.deploy)} deploy step(s)"
             health = f", health check {env.health_check.url}" if env.health_check else ""
             print(f"  environment {env.name}: {env.follows}, {steps}{health}, timeout {env.timeout} s")
+        if project.review is not None:
+            review = project.review
+            forks = "forks too" if review.forks else "no forks"
+            drafts = "drafts too" if review.drafts else "no drafts"
+            limits = f"at most {review.max} live, idle {review.ttl_days:g} days at most"
+            print(f"  review apps: {review.url}, {limits}, {forks}, {drafts}")
+            print("               (the webhook must send Merge request events)")
         if lookup is not None and lookup.warning:
             print(f"  warning: {lookup.warning}")
         if credential_in_url(project.repo_url):
