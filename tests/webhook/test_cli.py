@@ -313,5 +313,7 @@ def test_check_describes_review_apps(make_settings: Callable[..., Settings]) -> 
     settings = make_settings(review={"url": "https://mr-{iid}.review.test", "max": 3, "forks": True})
     checked = pushdeploy("check", "-c", str(settings.path))
     assert checked.returncode == 0, checked.stderr
-    expected = "  review apps: https://mr-{iid}.review.test, at most 3 live, idle 7 days at most, forks too, drafts too"
+    expected = (
+        "  review apps: https://mr-{iid}.review.test, at most 3 live, idle 7 days at most, forks too, drafts too"
+    )
     assert expected in checked.stdout.splitlines()
