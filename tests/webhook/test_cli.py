@@ -314,6 +314,7 @@ def test_check_describes_review_apps(make_settings: Callable[..., Settings]) -> 
     checked = pushdeploy("check", "-c", str(settings.path))
     assert checked.returncode == 0, checked.stderr
     expected = (
-        "  review apps: https://mr-{iid}.review.test, at most 3 live, idle 7 days at most, forks too, drafts too"
+        "  review apps: https://mr-{iid}.review.test, at most 3 live, idle 7 days at most, "
+        "forks too, drafts too"
     )
     assert expected in checked.stdout.splitlines()
