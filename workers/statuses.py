@@ -57,7 +57,9 @@ def report(
     )
     with redis.pipeline() as pipe:
         enqueue_status(pipe, deployment.id, status)
-        if environment.review_iid and state is not StatusState.PENDING:
+        started = state is StatusState.RUNNING or bool(deployment.started_at)
+        if environment.review_iid and state is not StatusState.PENDING and started:
+            # A deployment superseded before it ran says nothing on the merge request: the newer one will.
             if project.gitlab_environments and state is StatusState.RUNNING:
                 start = EnvironmentAction(
                     project.gitlab_project, environment.name, "start", environment.review_url
