@@ -659,3 +659,28 @@ def test_a_stop_asked_for_before_a_reopen_leaves_the_reopened_app_alone(
     assert (site.app_dir(7) / "current" / "app.txt").exists()
     assert not site.marker.exists()
     assert ReviewStore(redis).get("sample-app", 7).state is AppState.LIVE  # type: ignore[union-attr]
+
+
+def test_a_burst_of_commits_deploys_the_newest_and_the_note_names_only_it(
+    review_settings: Callable[..., Settings],
+    hub: Callable[[Settings], Hub],
+    git_repo: GitRepo,
+    gitlab: FakeGitLab,
+    redis: Redis,
+) -> None:
+    site = hub(review_settings())
+    first = open_merge_request(git_repo, 7, {"app.txt": "one\n"})
+    _, older = site.deliver(mr_body(7, first))
+    second = open_merge_request(git_repo, 7, {"app.txt": "two\n"})
+    _, newer = site.deliver(mr_body(7, second, action="update", oldrev=first))
+
+    site.work()
+
+    store = DeploymentStore(redis)
+    assert store.get(older["deployment"]).state is State.CANCELED
+    assert store.get(older["deployment"]).reason == f"superseded by {newer['deployment']}"
+    assert store.get(newer["deployment"]).state is State.SUCCEEDED
+    [note] = gitlab.merge_request_notes(7)
+    assert second[:12] in note["body"] and ": live" in note["body"]
+    outbox = [json.loads(raw) for raw in redis.lrange(schema.statuses(older["deployment"]), 0, -1)]
+    assert [entry.get("kind") for entry in outbox if entry.get("kind")] == []  # it never ran: no note
