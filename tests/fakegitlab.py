@@ -106,7 +106,7 @@ SHA_RE = re.compile(r"(?:[0-9a-fA-F]{40}|[0-9a-fA-F]{64})")
 URL_RE = re.compile(r"https?://[^\s/?#]+[^\s]*")
 
 FaultKind = Literal["fail", "stall", "reset"]
-FaultRoute = Literal["statuses", "deployments"]
+FaultRoute = Literal["statuses", "deployments", "notes"]
 
 
 def _now() -> str:
@@ -503,7 +503,8 @@ class FakeGitLab:
     ) -> None:
         """Answer the next n status POSTs with a canned response (not recorded as accepted).
 
-        ``route="deployments"`` aims at the Deployments API's creates and updates instead.
+        ``route="deployments"`` aims at the Deployments API's creates and updates instead,
+        ``route="notes"`` at merge request notes' creates and edits.
         """
         with self.lock:
             self._faults.extend(
@@ -537,6 +538,10 @@ class FakeGitLab:
             method == "PUT" and re.fullmatch(r"/api/v4/projects/[^/]+/deployments/[^/]+", raw_path)
         ):
             route = "deployments"
+        elif method in ("POST", "PUT") and re.fullmatch(
+            r"/api/v4/projects/[^/]+/merge_requests/[^/]+/notes(?:/[^/]+)?", raw_path
+        ):
+            route = "notes"
         else:
             return None
         with self.lock:

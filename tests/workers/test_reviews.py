@@ -684,3 +684,23 @@ def test_a_burst_of_commits_deploys_the_newest_and_the_note_names_only_it(
     assert second[:12] in note["body"] and ": live" in note["body"]
     outbox = [json.loads(raw) for raw in redis.lrange(schema.statuses(older["deployment"]), 0, -1)]
     assert [entry.get("kind") for entry in outbox if entry.get("kind")] == []  # it never ran: no note
+
+
+def test_gitlab_failing_on_the_note_neither_fails_the_deployment_nor_loses_the_note(
+    review_settings: Callable[..., Settings],
+    hub: Callable[[Settings], Hub],
+    git_repo: GitRepo,
+    gitlab: FakeGitLab,
+    redis: Redis,
+) -> None:
+    site = hub(review_settings())
+    sha = open_merge_request(git_repo, 7, {"app.txt": "x\n"})
+    gitlab.fail_next(3, status=502, route="notes")
+
+    _, body = site.deliver(mr_body(7, sha))
+    site.work()  # the courier retries until GitLab takes it
+
+    assert DeploymentStore(redis).get(body["deployment"]).state is State.SUCCEEDED
+    assert gitlab.pending_faults == 0
+    [note] = gitlab.merge_request_notes(7)
+    assert ": live" in note["body"]
