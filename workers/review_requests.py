@@ -57,27 +57,22 @@ class ReviewDesk:
     def accept(
         self, project: Project, environment: Environment, push: Push, request: ReviewRequest
     ) -> Accepted:
-        """Record the app as live and most recently updated, queue its deployment, keep within ``max``."""
+        """Record the app as live and most recently updated, queue its deployment, keep within ``max``.
+
+        The record is written first: a worker may take the job the moment it is queued, and it finds
+        the app's environment (the target branch's settings) through that record.
+        """
         before = self.store.get(project.name, request.iid)
+        if before is not None and before.state is not AppState.LIVE:
+            self.store.keep(project.name, request.iid)  # reopened: what was set to expire stays
+        fields = {"base": request.base, "branch": request.branch, "title": request.title, "sha": push.sha}
+        with self.redis.pipeline() as pipe:
+            self.store.record(pipe, project.name, request.iid, fields)
+            pipe.execute()
         accepted = self.intake.accept(project, environment, push)
         if accepted.duplicate:
             return accepted
-        if before is not None and before.state is not AppState.LIVE:
-            self.store.keep(project.name, request.iid)  # reopened: what was set to expire stays
-        with self.redis.pipeline() as pipe:
-            self.store.record(
-                pipe,
-                project.name,
-                request.iid,
-                {
-                    "base": request.base,
-                    "branch": request.branch,
-                    "title": request.title,
-                    "sha": push.sha,
-                    "deployment": accepted.deployment_id,
-                },
-            )
-            pipe.execute()
+        self.store.set_deployment(project.name, request.iid, accepted.deployment_id)
         self.evict(project, keep=request.iid)
         return accepted
 

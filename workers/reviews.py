@@ -184,6 +184,10 @@ class ReviewStore:
                     pipe.persist(key)
             pipe.execute()
 
+    def set_deployment(self, project: str, iid: int, deployment_id: str) -> None:
+        """The app's newest deployment: the one whose outbox carries what its stop tells GitLab."""
+        self.redis.hset(schema.review(project, iid), "deployment", deployment_id)
+
     def set_note(self, project: str, iid: int, note_id: str) -> None:
         key = schema.review(project, iid)
         if self.redis.exists(key):  # a record that expired meanwhile is not brought back as a stub
