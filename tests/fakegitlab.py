@@ -111,7 +111,7 @@ SHA_RE = re.compile(r"(?:[0-9a-fA-F]{40}|[0-9a-fA-F]{64})")
 URL_RE = re.compile(r"https?://[^\s/?#]+[^\s]*")
 
 FaultKind = Literal["fail", "stall", "reset"]
-FaultRoute = Literal["statuses", "deployments"]
+FaultRoute = Literal["statuses", "deployments", "notes"]
 
 
 def _now() -> str:
@@ -217,6 +217,8 @@ def _branch_filter_error(strategy: str, pattern: str | None) -> str | None:
         if len(pattern) > 4000:
             return "is longer than the allowed length of 4000 characters."
     return None
+
+
 def _integer(params: Mapping[str, Any], key: str) -> int | None:
     """An optional Integer parameter as Grape coerces it; anything else is its 400."""
     value = params.get(key)
@@ -415,6 +417,10 @@ class FakeGitLab:
         self.badges: list[dict[str, Any]] = []
         self.deployments: list[dict[str, Any]] = []
         self.environments: dict[tuple[int, str], int] = {}
+        # environment id -> {"external_url", "state"}: what the environments API shows and changes
+        self.environment_details: dict[int, dict[str, Any]] = {}
+        # merge request notes: {"id", "project_id", "iid", "body", "created_at", "updated_at"}
+        self.notes: list[dict[str, Any]] = []
         self.lock = threading.RLock()
         self.errors: list[BaseException] = []  # unexpected exceptions inside the fake (should stay empty)
         self._host = host
@@ -504,7 +510,8 @@ class FakeGitLab:
     ) -> None:
         """Answer the next n status POSTs with a canned response (not recorded as accepted).
 
-        ``route="deployments"`` aims at the Deployments API's creates and updates instead.
+        ``route="deployments"`` aims at the Deployments API's creates and updates instead,
+        ``route="notes"`` at merge request notes' creates and edits.
         """
         with self.lock:
             self._faults.extend(
@@ -538,6 +545,10 @@ class FakeGitLab:
             method == "PUT" and re.fullmatch(r"/api/v4/projects/[^/]+/deployments/[^/]+", raw_path)
         ):
             route = "deployments"
+        elif method in ("POST", "PUT") and re.fullmatch(
+            r"/api/v4/projects/[^/]+/merge_requests/[^/]+/notes(?:/[^/]+)?", raw_path
+        ):
+            route = "notes"
         else:
             return None
         with self.lock:
@@ -799,7 +810,161 @@ class FakeGitLab:
             return self._get_branch(project_id, project_path, unquote("/".join(rest[2:])))
         if rest and rest[0] in ("hooks", "badges", "deployments"):
             return self._route_collection(method, rest, project_id, project_path, params, raw_path)
+        if len(rest) in (3, 4) and rest[0] == "merge_requests" and rest[2] == "notes":
+            return self._route_notes(method, rest, project_id, params, raw_path)
+        if rest and rest[0] == "environments":
+            return self._route_environments(method, rest, project_id, params, raw_path)
         return _json_response(404, {"error": "404 Not Found"})
+
+    # ------------------------------------------------------------------ merge request notes
+
+    def _route_notes(
+        self, method: str, rest: list[str], project_id: int, params: dict[str, Any], raw_path: str
+    ) -> _Response:
+        """``/merge_requests/:iid/notes[/:id]``: list, create, get, edit, delete (a deleted note is 404)."""
+        try:
+            iid = int(unquote(rest[1]))
+            note_id = int(unquote(rest[3])) if len(rest) == 4 else None
+        except ValueError as exc:
+            raise _HttpError(400, {"error": "id is invalid"}) from exc
+        if note_id is None:
+            if method == "GET":
+                with self.lock:
+                    items = [
+                        self._note_entity(n)
+                        for n in self.notes
+                        if (n["project_id"], n["iid"]) == (project_id, iid)
+                    ]
+                return self._paginate(items, params, raw_path)
+            if method == "POST":
+                body = params.get("body")
+                if not isinstance(body, str) or not body:
+                    raise _HttpError(400, {"error": "body is missing"})
+                now = _now()
+                with self.lock:
+                    note = {"id": self._new_id(), "project_id": project_id, "iid": iid, "body": body,
+                            "created_at": now, "updated_at": now}  # fmt: skip
+                    self.notes.append(note)
+                return _json_response(201, self._note_entity(note))
+            return _json_response(405, {"error": "405 Not Allowed"})
+        with self.lock:
+            found = [
+                n for n in self.notes if (n["project_id"], n["iid"], n["id"]) == (project_id, iid, note_id)
+            ]
+        if not found:
+            raise _message(404, "404 Not found")
+        note = found[0]
+        if method == "GET":
+            return _json_response(200, self._note_entity(note))
+        if method == "PUT":
+            body = params.get("body")
+            if not isinstance(body, str) or not body:
+                raise _HttpError(400, {"error": "body is missing"})
+            with self.lock:
+                note["body"], note["updated_at"] = body, _now()
+            return _json_response(200, self._note_entity(note))
+        if method == "DELETE":
+            with self.lock:
+                self.notes.remove(note)
+            return _Response(204)
+        return _json_response(405, {"error": "405 Not Allowed"})
+
+    def _note_entity(self, note: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "id": note["id"],
+            "type": None,
+            "body": note["body"],
+            "author": self._user(),
+            "created_at": note["created_at"],
+            "updated_at": note["updated_at"],
+            "system": False,
+            "noteable_id": note["iid"] + 100000,
+            "noteable_type": "MergeRequest",
+            "noteable_iid": note["iid"],
+            "project_id": note["project_id"],
+            "resolvable": False,
+            "confidential": False,
+            "internal": False,
+        }
+
+    def merge_request_notes(self, iid: int) -> list[dict[str, Any]]:
+        """The notes on merge request ``iid`` (any project), oldest first."""
+        with self.lock:
+            return [dict(n) for n in self.notes if n["iid"] == iid]
+
+    # ------------------------------------------------------------------ environments
+
+    def _route_environments(
+        self, method: str, rest: list[str], project_id: int, params: dict[str, Any], raw_path: str
+    ) -> _Response:
+        """List (``name``/``search``), create, get, edit ``external_url``, and ``POST .../stop``."""
+        if len(rest) == 1:
+            if method == "GET":
+                with self.lock:
+                    items = [
+                        self._environment_entity(eid, name)
+                        for (pid, name), eid in self.environments.items()
+                        if pid == project_id
+                        and (not params.get("name") or name == params["name"])
+                        and (not params.get("search") or str(params["search"]) in name)
+                    ]
+                return self._paginate(sorted(items, key=lambda e: e["id"]), params, raw_path)
+            if method == "POST":
+                name = params.get("name")
+                if not isinstance(name, str) or not name:
+                    raise _HttpError(400, {"error": "name is missing"})
+                with self.lock:
+                    if (project_id, name) in self.environments:
+                        raise _message(400, {"name": ["has already been taken"]})
+                    eid = self.environments[(project_id, name)] = self._new_id()
+                    self.environment_details[eid] = {
+                        "external_url": params.get("external_url"),
+                        "state": "available",
+                    }
+                    return _json_response(201, self._environment_entity(eid, name))
+            return _json_response(405, {"error": "405 Not Allowed"})
+        try:
+            eid = int(unquote(rest[1]))
+        except ValueError as exc:
+            raise _HttpError(400, {"error": "environment_id is invalid"}) from exc
+        with self.lock:
+            names = [
+                name for (pid, name), known in self.environments.items() if (pid, known) == (project_id, eid)
+            ]
+        if not names:
+            raise _message(404, "404 Environment Not Found")
+        details = self.environment_details.setdefault(eid, {"external_url": None, "state": "available"})
+        if len(rest) == 3 and rest[2] == "stop" and method == "POST":
+            with self.lock:
+                details["state"] = "stopped"
+            return _json_response(200, self._environment_entity(eid, names[0]))
+        if len(rest) == 2 and method == "GET":
+            return _json_response(200, self._environment_entity(eid, names[0]))
+        if len(rest) == 2 and method == "PUT":
+            with self.lock:
+                if "external_url" in params:
+                    details["external_url"] = params["external_url"]
+            return _json_response(200, self._environment_entity(eid, names[0]))
+        return _json_response(405, {"error": "405 Not Allowed"})
+
+    def _environment_entity(self, eid: int, name: str) -> dict[str, Any]:
+        details = self.environment_details.get(eid, {"external_url": None, "state": "available"})
+        return {
+            "id": eid,
+            "name": name,
+            "slug": re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-"),
+            "external_url": details["external_url"],
+            "state": details["state"],
+            "tier": "development" if name.startswith("review/") else "other",
+        }
+
+    def environment(self, name: str) -> dict[str, Any] | None:
+        """The environment called ``name`` (any project), as the API shows it, or None."""
+        with self.lock:
+            for (_pid, known), eid in self.environments.items():
+                if known == name:
+                    return self._environment_entity(eid, known)
+        return None
 
     def _route_collection(
         self,
@@ -1411,6 +1576,10 @@ class FakeGitLab:
         env_name = str(params["environment"])
         with self.lock:
             env_id = self.environments.setdefault((project_id, env_name), self._new_id())
+            details = self.environment_details.setdefault(
+                env_id, {"external_url": None, "state": "available"}
+            )
+            details["state"] = "available"  # a deployment starts a stopped environment again
             iid = 1 + sum(1 for d in self.deployments if d["project_id"] == project_id)
             deployment = {
                 "id": self._new_id(),
@@ -1485,7 +1654,9 @@ class FakeGitLab:
             "environment": {
                 "id": deployment["environment_id"],
                 "name": deployment["environment"],
-                "external_url": None,
+                "external_url": self.environment_details.get(deployment["environment_id"], {}).get(
+                    "external_url"
+                ),
             },
             "deployable": None,
         }

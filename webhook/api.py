@@ -24,11 +24,13 @@ from webhook import people, rights, services
 from webhook.openapi import document
 from webhook.tokens import TokenRefused, TokenStore, expiry
 from workers import deploylog, routes, targets
-from workers.config import NAME_RE, Environment, Project, Settings
+from workers.config import NAME_RE, Environment, Project, Settings, review_iid
 from workers.control import NotCancelable, cancel
 from workers.deployments import Deployment, DeploymentStore, State, UnknownDeployment
 from workers.intake import Intake
 from workers.operations import NotRollbackable, OperationError, manual_deploy, rollback
+from workers.review_requests import ReviewDesk
+from workers.reviews import ReviewStore, environment_of
 from workers.routes import deployment_url
 
 api = Blueprint("api", __name__, url_prefix=routes.API_PREFIX)
@@ -104,7 +106,7 @@ def list_deployments() -> Response:
     project = request.args.get("project", "")
     environment = request.args.get("environment", "")
     for name, value in (("project", project), ("environment", environment)):
-        if value and not NAME_RE.match(value):
+        if value and not NAME_RE.match(value) and not (name == "environment" and review_iid(value)):
             raise ApiError(400, f"{name} is not a valid name")
     visible = set(rights.visible(people.current()))
     if project and project not in visible:
@@ -116,6 +118,10 @@ def list_deployments() -> Response:
         for e in p.environments
         if not environment or e == environment
     ]
+    if review_iid(environment):  # a review app's environment, review/<iid>
+        pairs += [
+            (p.name, environment) for p in settings.projects.values() if not project or p.name == project
+        ]
     state_text = request.args.get("state", "")
     if state_text and state_text not in {s.value for s in State}:
         raise ApiError(400, "state must be one of " + ", ".join(s.value for s in State))
@@ -230,6 +236,39 @@ def cancel_deployment(deployment_id: str) -> tuple[Response, int]:
     return jsonify(deployment=deployment_id, state=str(state)), 200 if state is State.CANCELED else 202
 
 
+@api.get("/projects/<project>/reviews")
+def list_reviews(project: str) -> Response:
+    """The project's review apps, live and recently stopped, most recently deployed first."""
+    configured = _project(project)
+    if not rights.may_view(project):
+        raise ApiError(404, f"no project {project!r}")
+    apps = ReviewStore(_redis()).all(project)
+    return jsonify(reviews=[app.public(configured) for app in apps])
+
+
+@api.post("/projects/<project>/reviews/<iid>/stop")
+def stop_review(project: str, iid: str) -> tuple[Response, int]:
+    """202 while the app stops (a worker runs ``review.stop``), 404 when no app of it is live."""
+    configured = _project(project)
+    if not rights.may_view(project):
+        raise ApiError(404, f"no project {project!r}")
+    name = f"review/{iid}"
+    if not review_iid(name) or environment_of(_settings(), _redis(), project, name) is None:
+        raise ApiError(404, f"no live review app for merge request !{iid}")
+    _may_act(project, name)
+    desk = ReviewDesk(_settings(), _redis(), _intake())
+    if not review_iid(f"review/{iid}") or not desk.request_stop(configured, int(iid), "manual", "api"):
+        raise ApiError(404, f"no live review app for merge request !{iid}")
+    return jsonify(stopping=f"review/{iid}"), 202
+
+
+def _project(project: str) -> Project:
+    configured = _settings().projects.get(project)
+    if configured is None:
+        raise ApiError(404, f"no project {project!r}")
+    return configured
+
+
 def _get(deployment_id: str) -> Deployment:
     """The deployment, if the caller may see its project (else it does not exist for them)."""
     try:
@@ -251,8 +290,8 @@ def _environment(project: str, environment: str) -> tuple[Project, Environment]:
 
 def _may_act(project: str, environment: str) -> None:
     if not rights.may_act(project, environment):
-        env = _settings().projects[project].environments[environment]
-        role = "Maintainer" if env.protected else "Developer"
+        env = environment_of(_settings(), _redis(), project, environment)
+        role = "Maintainer" if env is not None and env.protected else "Developer"
         raise ApiError(403, f"deploy, rollback and cancel in {project}/{environment} need {role} or above")
 
 

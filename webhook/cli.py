@@ -136,6 +136,13 @@ def cmd_check(args: argparse.Namespace) -> int:
             guarded = ", protected (Maintainer)" if env.protected else ""
             timeout = f"timeout {env.timeout} s"
             print(f"  environment {env.name}: {env.follows}, {steps}{health}, {timeout}{guarded}")
+        if project.review is not None:
+            review = project.review
+            forks = "forks too" if review.forks else "no forks"
+            drafts = "drafts too" if review.drafts else "no drafts"
+            limits = f"at most {review.max} live, idle {review.ttl_days:g} days at most"
+            print(f"  review apps: {review.url}, {limits}, {forks}, {drafts}")
+            print("               (the webhook must send Merge request events)")
         if lookup is not None and lookup.warning:
             print(f"  warning: {lookup.warning}")
         if credential_in_url(project.repo_url):

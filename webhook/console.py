@@ -26,7 +26,16 @@ from workers.config import Settings
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_UNREACHABLE = 0, 1, 2, 3
 TERMINAL = {"succeeded", "failed", "canceled"}
 ANSI = re.compile(r"\033\[[0-9;]*m")
-COLOURS = {"succeeded": "32", "failed": "31", "canceled": "90", "running": "33", "queued": "33"}
+COLOURS = {
+    "succeeded": "32",
+    "failed": "31",
+    "canceled": "90",
+    "running": "33",
+    "queued": "33",
+    "live": "32",
+    "stopping": "33",
+    "stopped": "90",
+}
 
 
 def add_commands(sub: Any, settings_from: Callable[[argparse.Namespace], Settings]) -> None:
@@ -65,6 +74,22 @@ def add_commands(sub: Any, settings_from: Callable[[argparse.Namespace], Setting
     sp.add_argument("--wait", action="store_true")
     sp = command("cancel", cmd_cancel, "cancel a queued or running deployment")
     sp.add_argument("deployment")
+    review = sub.add_parser(
+        "review", help="merge request review apps", description="merge request review apps"
+    )
+    review.set_defaults(handler=lambda args: (review.print_help(), EXIT_INPUT)[1])
+    reviews = review.add_subparsers(title="review commands", metavar="COMMAND")
+    for name, handler, text in (
+        ("list", cmd_review_list, "list a project's review apps, most recently deployed first"),
+        ("stop", cmd_review_stop, "stop a review app: review.stop runs, its directories are removed"),
+    ):
+        sp = reviews.add_parser(name, help=text, description=text)
+        sp.add_argument("--url", help="server base URL (default: server.public_url)")
+        sp.add_argument("--json", action="store_true", help="machine-readable output")
+        sp.add_argument("project")
+        if name == "stop":
+            sp.add_argument("iid", help="the merge request's number (its !iid)")
+        sp.set_defaults(handler=lambda args, h=handler: _run(h, args, settings_from))
 
 
 def _run(
@@ -202,6 +227,37 @@ def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
         print(f"{args.deployment}: canceled")
     else:
         print(f"{args.deployment}: running; its worker was asked to stop (it ends canceled within seconds)")
+    return EXIT_OK
+
+
+def cmd_review_list(client: Client, args: argparse.Namespace) -> int:
+    found = client.get(f"/projects/{args.project}/reviews")["reviews"]
+    if args.json:
+        return _json(found)
+    rows = [
+        [
+            f"!{r['iid']}",
+            r["branch"],
+            r["sha"][:8] or "…",
+            r["url"],
+            _state(r["state"]),
+            _ago(r["updated_at"]),
+        ]
+        for r in found
+    ]
+    table(["MR", "BRANCH", "COMMIT", "URL", "STATE", "UPDATED"], rows)
+    return EXIT_OK
+
+
+def cmd_review_stop(client: Client, args: argparse.Namespace) -> int:
+    if not args.iid.lstrip("!").isdigit():
+        print(f"pushdeploy: {args.iid!r} is not a merge request number", file=sys.stderr)
+        return EXIT_INPUT
+    args.iid = args.iid.lstrip("!")
+    answer = client.post(f"/projects/{args.project}/reviews/{args.iid}/stop")
+    if args.json:
+        return _json(answer)
+    print(f"{args.project}/{answer['stopping']}: stopping (a worker runs review.stop and removes it)")
     return EXIT_OK
 
 

@@ -13,6 +13,12 @@ from workers.targets import HostState
 
 NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"}
 NAME_FILTER = {"type": "string", "pattern": "^([A-Za-z0-9][A-Za-z0-9._-]{0,62})?$"}
+ENVIRONMENT_FILTER = {
+    "type": "string",
+    "pattern": "^([A-Za-z0-9][A-Za-z0-9._-]{0,62}|review/[1-9][0-9]{0,11})?$",
+}
+"""An environment's name, or a merge request's review app: ``review/<iid>``."""
+IID = {"type": "string", "pattern": "^[1-9][0-9]{0,11}$"}
 DEPLOYMENT_ID = {"type": "string", "minLength": 1, "maxLength": 64}
 STATES = ["queued", "running", "succeeded", "failed", "canceled"]
 HOST_STATES = [str(state) for state in HostState]
@@ -84,7 +90,7 @@ def document(settings: Settings) -> dict[str, Any]:
                     "summary": "Deployments, newest first",
                     "parameters": [
                         {"name": "project", "in": "query", "schema": NAME_FILTER},
-                        {"name": "environment", "in": "query", "schema": NAME_FILTER},
+                        {"name": "environment", "in": "query", "schema": ENVIRONMENT_FILTER},
                         {"name": "state", "in": "query", "schema": {"type": "string", "enum": STATES}},
                         {
                             "name": "sha",
@@ -160,6 +166,33 @@ def document(settings: Settings) -> dict[str, Any]:
                         "503": UNAVAILABLE,
                         "404": NOT_FOUND,
                         "409": _error("the deployment already ended"),
+                    },
+                }
+            },
+            "/api/v1/projects/{project}/reviews": {
+                "get": {
+                    "operationId": "listReviews",
+                    "summary": "Review apps, live and recently stopped, most recently deployed first",
+                    "parameters": [_path_param("project", {**NAME, "enum": projects})],
+                    "responses": {
+                        "200": _json("the review apps", "Reviews"),
+                        "401": UNAUTHORIZED,
+                        "404": NOT_FOUND,
+                    },
+                }
+            },
+            "/api/v1/projects/{project}/reviews/{iid}/stop": {
+                "post": {
+                    "operationId": "stopReview",
+                    "summary": "Stop a review app: a worker runs review.stop and removes its directories",
+                    "parameters": [
+                        _path_param("project", {**NAME, "enum": projects}),
+                        _path_param("iid", IID),
+                    ],
+                    "responses": {
+                        "202": _json("the app is stopping", "Stopping"),
+                        "401": UNAUTHORIZED,
+                        "404": _error("no such project, or no live review app for that merge request"),
                     },
                 }
             },
@@ -424,6 +457,35 @@ def document(settings: Settings) -> dict[str, Any]:
                     "properties": {
                         "tokens": {"type": "array", "items": {"$ref": "#/components/schemas/Token"}}
                     },
+                },
+                "Reviews": {
+                    "type": "object",
+                    "required": ["reviews"],
+                    "properties": {
+                        "reviews": {"type": "array", "items": {"$ref": "#/components/schemas/Review"}}
+                    },
+                },
+                "Review": {
+                    "type": "object",
+                    "required": ["iid", "environment", "branch", "sha", "state", "url", "updated_at"],
+                    "properties": {
+                        "iid": {"type": "integer"},
+                        "environment": {"type": "string"},
+                        "target_environment": {"type": "string"},
+                        "branch": {"type": "string"},
+                        "title": {"type": "string"},
+                        "sha": {"type": "string"},
+                        "deployment": {"type": "string"},
+                        "state": {"type": "string", "enum": ["live", "stopping", "stopped"]},
+                        "reason": {"type": "string"},
+                        "updated_at": {"type": "number"},
+                        "url": {"type": "string"},
+                    },
+                },
+                "Stopping": {
+                    "type": "object",
+                    "required": ["stopping"],
+                    "properties": {"stopping": {"type": "string"}},
                 },
                 "Canceled": {
                     "type": "object",

@@ -29,6 +29,8 @@ from workers.intake import Intake
 from workers.links import PARAMETER
 from workers.operations import OperationError, manual_deploy, rollback
 from workers.outbox import recorded
+from workers.review_requests import ReviewDesk
+from workers.reviews import ReviewStore, environment_of
 
 pages = Blueprint("pages", __name__)
 
@@ -104,7 +106,9 @@ def project_history(project: str) -> str:
     rights.require_view(project)
     wanted_state = request.args.get("state", "")
     state = State(wanted_state) if wanted_state in {s.value for s in State} else None
+    reviews = ReviewStore(_redis()).all(project) if configured.review is not None else []
     environments = [(project, name) for name in configured.environments]
+    environments += [(project, app.environment) for app in reviews]
     deployments = DeploymentStore(_redis()).query(
         environments, state=state, sha=request.args.get("sha", "")[:64], limit=HISTORY_PAGE
     )
@@ -114,6 +118,7 @@ def project_history(project: str) -> str:
         project=configured,
         deployments=deployments,
         lives=lives,
+        reviews=[app.public(configured) for app in reviews],
         state=wanted_state,
         states=[s.value for s in State],
     )
@@ -172,6 +177,22 @@ def cancel_action(deployment_id: str) -> Response:
     return redirect(url_for("pages.deployment", deployment_id=deployment_id))
 
 
+@pages.post(routes.PROJECT + "/reviews/<int:iid>/stop")
+@action_required
+def stop_review_action(project: str, iid: int) -> Response:
+    configured = _settings().projects.get(project)
+    if configured is None:
+        abort(404)
+    rights.require_view(project)
+    if environment_of(_settings(), _redis(), project, f"review/{iid}") is not None:
+        rights.require_act(project, f"review/{iid}")
+    if ReviewDesk(_settings(), _redis(), _intake()).request_stop(configured, iid, "manual", "operator (web)"):
+        flash(f"Stopping review/{iid}: a worker runs review.stop and removes its directories.")
+    else:
+        flash(f"No live review app for merge request !{iid}.")
+    return redirect(url_for("pages.project_history", project=project))
+
+
 @pages.post(routes.DEPLOYMENT + "/redeploy")
 @action_required
 def redeploy_action(deployment_id: str) -> Response:
@@ -198,7 +219,7 @@ def rollback_action(deployment_id: str) -> Response:
 
 def _environment_of(record: Deployment) -> tuple[Any, Any]:
     project = _settings().projects.get(record.project)
-    environment = project.environments.get(record.environment) if project else None
+    environment = environment_of(_settings(), _redis(), record.project, record.environment)
     if project is None or environment is None:
         abort(409, description="this deployment's project or environment is no longer configured")
     return project, environment

@@ -22,6 +22,7 @@ from webhook import people, services
 from webhook.people import Person
 from workers.config import Environment
 from workers.gitlab_members import AccessLevel, Memberships, RightsUnavailable
+from workers.reviews import environment_of
 
 KEY = "pushdeploy.memberships"
 
@@ -82,8 +83,8 @@ def may_view(project: str, person: Person | None = None) -> bool:
 
 def may_act(project: str, environment: str, person: Person | None = None) -> bool:
     """Whether the person may deploy, roll back and cancel in ``project/environment``."""
-    configured = services.current().settings.projects.get(project)
-    env = configured.environments.get(environment) if configured else None
+    found = services.current()
+    env = environment_of(found.settings, found.redis, project, environment)  # review apps too
     if env is None:
         return False
     return level(person or people.current(), project) >= needed(env)
@@ -99,6 +100,7 @@ def require_act(project: str, environment: str) -> None:
     """404 unless the person may see the project, 403 unless they may act in the environment."""
     require_view(project)
     if not may_act(project, environment):
-        env = services.current().settings.projects[project].environments.get(environment)
+        found = services.current()
+        env = environment_of(found.settings, found.redis, project, environment)
         role = "Maintainer" if env is not None and env.protected else "Developer"
         abort(403, description=f"deploy, rollback and cancel in {project}/{environment} need {role} or above")

@@ -12,7 +12,7 @@ import pwd
 import re
 import tomllib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
@@ -58,7 +58,11 @@ PROJECT_ONLY_KEYS = {
     "gitlab_environments",
     "trigger",
     "poll_interval",
+    "review",
 }
+REVIEW_KEYS = {"url", "deploy", "stop", "health_check", "max", "forks", "drafts", "ttl"}
+REVIEW_PREFIX = "review/"
+"""Review environments are named ``review/<iid>``: the ``/`` keeps them apart from configured names."""
 ENV_KEYS = {
     "branch",
     "tags",
@@ -162,13 +166,28 @@ class Environment:
     rollout: Rollout = field(default_factory=Rollout)
     protected: bool = False
     """Deploy, rollback and cancel here need Maintainer or above in the GitLab project."""
+    review_iid: int = 0
+    """A merge request's review app (``review/<iid>``, see :meth:`Project.review_environment`); 0: not one."""
+    review_url: str = ""
+    """The review app's address (``[review] url`` with ``{iid}`` filled in)."""
 
     def secrets(self) -> tuple[Secret, ...]:
         return (self.ssh_key,) if self.ssh_key is not None else ()
 
     @property
     def status_name(self) -> str:
-        return f"deploy/{self.name}"
+        return "deploy/review" if self.review_iid else f"deploy/{self.name}"
+
+    def review_variables(self) -> dict[str, str]:
+        """``PUSHDEPLOY_REVIEW_IID`` and ``PUSHDEPLOY_REVIEW_URL`` for a review app's steps, else none."""
+        if not self.review_iid:
+            return {}
+        return {"PUSHDEPLOY_REVIEW_IID": str(self.review_iid), "PUSHDEPLOY_REVIEW_URL": self.review_url}
+
+    @property
+    def directory(self) -> str:
+        """Its directory under the project (``review-<iid>`` for a review app: no ``/`` in a path part)."""
+        return f"review-{self.review_iid}" if self.review_iid else self.name
 
     def deploys_tag(self, tag: str) -> bool:
         """Whether a push of tag ``tag`` (its name, not ``refs/tags/…``) deploys here."""
@@ -178,6 +197,34 @@ class Environment:
     def follows(self) -> str:
         """What the environment deploys, for people: ``branch main`` or ``tags v*``."""
         return f"tags {self.tags}" if self.tags else f"branch {self.branch}"
+
+
+@dataclass(frozen=True)
+class Review:
+    """``[projects.NAME.review]``: a live copy of every merge request into a deployed branch."""
+
+    url: str
+    """The app's address, ``{iid}`` standing for the merge request's number."""
+    deploy: tuple[str, ...] | None = None
+    """None: the target branch environment's own ``deploy``."""
+    stop: tuple[str, ...] = ()
+    health_check: HealthCheck | None = None
+    """None: the target branch environment's own; ``{iid}`` (and ``{host}``) are filled in."""
+    max: int = defaults.REVIEW_MAX
+    forks: bool = False
+    drafts: bool = True
+    ttl_days: float = defaults.REVIEW_TTL_DAYS
+
+    def app_url(self, iid: int) -> str:
+        return self.url.replace("{iid}", str(iid))
+
+
+def review_iid(environment: str) -> int:
+    """The merge request number of a ``review/<iid>`` environment name, else 0."""
+    number = environment.removeprefix(REVIEW_PREFIX)
+    if number == environment or not number.isdigit() or len(number) > 12 or number.startswith("0"):
+        return 0
+    return int(number)
 
 
 @dataclass(frozen=True)
@@ -193,6 +240,30 @@ class Project:
     poll_interval: int = defaults.POLL_INTERVAL
     repo_token: Secret | None = None
     """The HTTPS credential for ``repo_url`` (``token`` or ``user:token``), sent as a header."""
+    review: Review | None = None
+    """``[projects.NAME.review]``: merge requests get review apps; None: merge requests are ignored."""
+
+    def review_environment(self, base: Environment, iid: int) -> Environment:
+        """Environment ``review/<iid>``: ``base``'s settings (the target branch's), the review's steps.
+
+        Its releases live apart (``review-<iid>``, also under each target's path), its health check
+        URL gets ``{iid}`` filled in, and its steps are ``review.deploy`` (default: ``base``'s).
+        """
+        review = self.review or Review(url="")
+        health = review.health_check or base.health_check
+        if health is not None:
+            health = replace(health, url=health.url.replace("{iid}", str(iid)))
+        return replace(
+            base,
+            name=f"{REVIEW_PREFIX}{iid}",
+            tags="",
+            deploy=review.deploy if review.deploy is not None else base.deploy,
+            health_check=health,
+            targets=tuple(replace(t, path=f"{t.path}/review-{iid}") for t in base.targets),
+            protected=False,  # a review app is no protected environment: Developers run and stop it
+            review_iid=iid,
+            review_url=review.app_url(iid),
+        )
 
     def environment_for_branch(self, branch: str) -> Environment | None:
         for environment in self.environments.values():
@@ -571,6 +642,7 @@ class _Loader:
         if not isinstance(gitlab_environments, bool):
             self.problem(f"{key}.gitlab_environments", "must be true or false")
             gitlab_environments = False
+        review = self.review(table["review"], f"{key}.review", environments) if "review" in table else None
         return Project(
             name,
             gitlab_project,
@@ -582,7 +654,37 @@ class _Loader:
             trigger,
             poll_interval,
             repo_token,
+            review,
         )
+
+    def review(self, value: Any, key: str, environments: Mapping[str, Environment]) -> Review | None:
+        """``[projects.NAME.review]``; every bad key named."""
+        if not isinstance(value, dict):
+            self.problem(key, 'must be a table like { url = "https://mr-{iid}.review.example.org" }')
+            return None
+        self.unknown(value, REVIEW_KEYS, key)
+        url = self.url(value, "url", key, None)
+        if url and "{iid}" not in url:
+            self.problem(
+                f"{key}.url", "must hold {iid}: each merge request's app needs an address of its own"
+            )
+        if not any(env.branch for env in environments.values()):
+            self.problem(key, "review apps need an environment that deploys a branch (the target branch)")
+        deploy = self.commands(value, "deploy", key) if "deploy" in value else None
+        stop = self.commands(value, "stop", key)
+        health = self.health_check(value.get("health_check"), f"{key}.health_check")
+        limit = self.integer(value, "max", key, defaults.REVIEW_MAX, minimum=1)
+        flags = {}
+        for name, default in (("forks", False), ("drafts", True)):
+            flag = value.get(name, default)
+            if not isinstance(flag, bool):
+                self.problem(f"{key}.{name}", "must be true or false")
+                flag = default
+            flags[name] = flag
+        ttl = self.number(value, "ttl", key, defaults.REVIEW_TTL_DAYS)  # days; fractions allowed
+        if not url:
+            return None
+        return Review(url, deploy, stop, health, limit, flags["forks"], flags["drafts"], ttl)
 
     def environment(self, project: str, name: str, table: dict[str, Any], key: str) -> Environment | None:
         if not NAME_RE.match(name):
@@ -598,6 +700,11 @@ class _Loader:
         targets = self.targets(table, key)
         if health is not None and "{host}" in health.url and not targets:
             self.problem(f"{key}.health_check.url", "{host} stands for a target's host: it needs targets")
+        if health is not None and "{iid}" in health.url:
+            self.problem(
+                f"{key}.health_check.url",
+                "{iid} stands for a merge request's number: use it in [review] health_check",
+            )
         env = table.get("env", {})
         if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
             self.problem(f"{key}.env", "must be a table of string values")
@@ -758,7 +865,8 @@ class _Loader:
     def number(self, table: dict[str, Any], name: str, prefix: str, default: float) -> float:
         value = table.get(name, default)
         if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-            self.problem(f"{prefix}.{name}", "must be a positive number of seconds")
+            unit = "days" if name == "ttl" else "seconds"
+            self.problem(f"{prefix}.{name}", f"must be a positive number of {unit}")
             return default
         return float(value)
 

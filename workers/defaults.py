@@ -65,3 +65,12 @@ TOKEN_DAYS = 90
 
 TOKEN_MAX_DAYS = 365
 """The longest life a personal API token may be given (``[auth] token_max_days``)."""
+
+REVIEW_MAX = 10
+"""Live review apps per project at most: opening one more stops the least recently deployed."""
+
+REVIEW_TTL_DAYS = 7.0
+"""A review app not deployed for this many days is stopped."""
+
+REVIEW_KEEP_DAYS = 30
+"""How long a stopped review app's record (and its note's id) is kept, for a reopened merge request."""

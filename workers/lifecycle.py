@@ -23,6 +23,7 @@ from workers.deployments import Deployment, DeploymentStore, InvalidTransition, 
 from workers.forge import StatusState
 from workers.intake import enqueue_job
 from workers.lanes import Lane
+from workers.reviews import environment_of
 from workers.statuses import report
 
 log = logging.getLogger(__name__)
@@ -83,8 +84,7 @@ def start_waiting(
 
     The job id has a suffix of its own: the deployment's first job may still be in RQ's registries.
     """
-    configured = settings.projects.get(project)
-    env = configured.environments.get(environment) if configured else None
+    env = environment_of(settings, redis, project, environment)
     if env is None:
         end(
             settings,

@@ -32,6 +32,7 @@ from workers.errors import RunStopped
 from workers.forge import StatusState
 from workers.lanes import Lane, Renewal, Verdict
 from workers.releases import Releases
+from workers.reviews import environment_of
 from workers.rollout import Rollout, RolloutFailed
 from workers.source import Mirror, SourceError, check_sha
 from workers.statuses import report
@@ -158,7 +159,7 @@ class Runner:
         if deployment.state is not State.QUEUED:
             return Outcome.of(deployment.state)  # canceled meanwhile, or a duplicate job: nothing to do
         project = self.settings.projects.get(deployment.project)
-        environment = project.environments.get(deployment.environment) if project else None
+        environment = environment_of(self.settings, self.redis, deployment.project, deployment.environment)
         if project is None or environment is None:
             reason = "project or environment no longer in the configuration"
             return self.end(deployment_id, State.FAILED, reason)
@@ -190,7 +191,7 @@ class Runner:
         self, deployment: Deployment, project: Project, environment: Environment, hold: Hold
     ) -> Outcome:
         deplog = DeploymentLog(self.redis, deployment.id, self.masker)
-        releases = Releases(self.settings.server.data_dir, project.name, environment.name)
+        releases = Releases(self.settings.server.data_dir, project.name, environment.directory)
         job = Job(project, environment, deployment, deplog, hold, releases)
         if not deployment.sha:
             try:
@@ -310,7 +311,8 @@ class Runner:
         mirror = self.mirror(job.project)
         started = time.monotonic()
         job.log.step(f"fetch {sha[:12]} from {job.deployment.branch}")
-        fetched = mirror.fetch(job.deployment.ref, sha)
+        iid = job.environment.review_iid
+        fetched = mirror.fetch_merge_request(iid, sha) if iid else mirror.fetch(job.deployment.ref, sha)
         self.measure(Phase.FETCH, started)
         job.log.info(
             f"{'fetched' if fetched else 'already in the mirror'} in {time.monotonic() - started:.2f} s"
@@ -507,6 +509,7 @@ class Runner:
                 "PUSHDEPLOY_PREVIOUS_SHA": previous_sha,
                 "PUSHDEPLOY_RELEASE_DIR": str(job.releases.path(release_id)),
                 "PUSHDEPLOY_CURRENT_DIR": str(job.releases.current_link),
+                **job.environment.review_variables(),
             },
         )
 

@@ -346,6 +346,7 @@ class Rollout:
             "PUSHDEPLOY_RELEASE_DIR": host.path("releases", release),
             "PUSHDEPLOY_CURRENT_DIR": host.path("current"),
             "PUSHDEPLOY_HOST": host.target.host,
+            **self.environment.review_variables(),
         }
 
     # -- helpers ----------------------------------------------------------

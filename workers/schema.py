@@ -208,6 +208,38 @@ def api_token(token_id: str) -> str:
     return f"{PREFIX}:token:{token_id}"
 
 
+# -- review apps ------------------------------------------------------------------------------
+
+def reviews(project: str) -> str:
+    """Sorted set: merge request iid → when its review app was last deployed (live or stopped).
+
+    Bounded: an iid is removed when its :func:`review` hash is gone (a stopped app's expires)."""
+    return f"{PREFIX}:reviews:{project}"
+
+
+def review(project: str, iid: int) -> str:
+    """Hash: one merge request's review app (:data:`REVIEW_FIELDS`); expires once the app stopped."""
+    return f"{PREFIX}:review:{project}:{iid}"
+
+
+def reviews_checked(project: str) -> str:
+    """String with an expiry: a worker looked for idle review apps recently (one look per interval)."""
+    return f"{PREFIX}:reviews:{project}:checked"
+
+
+REVIEW_FIELDS = (
+    "base",  # the environment of the target branch, whose settings the app is deployed with
+    "branch",  # the source branch (statuses' ref)
+    "title",  # the merge request's title, for pages (at most 200 characters)
+    "sha",  # the newest commit asked for
+    "deployment",  # the newest deployment's id (its outbox carries the note and environment stop)
+    "state",  # live | stopping | stopped
+    "reason",  # why it stopped
+    "updated_at",  # when a deployment was last queued
+    "note_id",  # the GitLab note on the merge request, edited in place
+)
+
+
 # -- the whole engine -------------------------------------------------------------------------
 
 OUTBOX_DUE = f"{PREFIX}:outbox"

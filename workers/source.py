@@ -117,6 +117,28 @@ class Mirror:
             raise SourceError(f"commit {sha} is not in {name!r} or any other branch or tag of the repository")
         return True
 
+    def fetch_merge_request(self, iid: int, sha: str) -> bool:
+        """Make a merge request's head ``sha`` present from ``refs/merge-requests/<iid>/head``.
+
+        GitLab keeps that ref in the target project's own repository, also for a fork's merge
+        request, so nothing is ever fetched from a URL a payload named. The ref must point at
+        ``sha`` itself: any other commit (even one of its ancestors) is refused.
+        """
+        check_sha(sha)
+        if not isinstance(iid, int) or iid < 1:
+            raise SourceError(f"not a merge request number: {iid!r}")
+        self.ensure()
+        ref = f"refs/merge-requests/{iid}/head"
+        self._fetch([f"+{ref}:{ref}"], check=False)
+        found = self._git(
+            ["rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}"], check=False
+        )
+        head = found.stdout.strip() if found.returncode == 0 else ""
+        if head != sha:
+            now = f"it is {head[:12]} now (a newer push?)" if head else "the repository has no such ref"
+            raise SourceError(f"commit {sha} is not the head of merge request !{iid} ({ref}): {now}")
+        return True
+
     def export(self, sha: str, destination: Path) -> None:
         """Write the tree of ``sha`` into ``destination`` (created): no ``.git``, no hooks, no submodules."""
         check_sha(sha)

@@ -431,7 +431,9 @@ def toml_blocks(page: Path) -> list[str]:
     return re.findall(r"^```toml\n(.*?)^```", page.read_text(encoding="utf-8"), re.MULTILINE | re.DOTALL)
 
 
-@pytest.mark.parametrize(("page", "index"), [("configuration.md", 0), ("quickstart.md", 0)])
+@pytest.mark.parametrize(
+    ("page", "index"), [("configuration.md", 0), ("quickstart.md", 0), ("review-apps.md", 0)]
+)
 def test_the_complete_configuration_examples_load(page: str, index: int, tmp_path: Path) -> None:
     text = toml_blocks(DOCS / page)[index]
     raw = tomllib.loads(text)

@@ -324,3 +324,14 @@ def test_gitlab_hook_reports_a_refused_local_url_in_gitlabs_words(
     assert err.startswith("pushdeploy: GitLab answered 422 (Invalid url given) for http://192.168.1.20:8000/")
     assert "19.0" not in err and "signing" not in err
     assert fake.hooks == []
+
+
+def test_check_describes_review_apps(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(review={"url": "https://mr-{iid}.review.test", "max": 3, "forks": True})
+    checked = pushdeploy("check", "-c", str(settings.path))
+    assert checked.returncode == 0, checked.stderr
+    expected = (
+        "  review apps: https://mr-{iid}.review.test, at most 3 live, idle 7 days at most, "
+        "forks too, drafts too"
+    )
+    assert expected in checked.stdout.splitlines()
