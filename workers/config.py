@@ -71,6 +71,7 @@ ENV_KEYS = {
     "ssh_key",
     "known_hosts",
     "rollout",
+    "recipe",
 }
 FLAT_ONLY_KEYS = {"environment"}
 
@@ -124,6 +125,13 @@ class OnRedisDown(StrEnum):
     REFUSE = "503"  # answer 503, so GitLab retries
 
 
+class RecipeSource(StrEnum):
+    """Where an environment's steps come from: the deployed commit's ``.pushdeploy.toml``, or here."""
+
+    REPO = "repo"  # the file wins where the commit has one; this config's steps are the fallback
+    SERVER = "server"  # the file is ignored
+
+
 @dataclass(frozen=True)
 class HealthCheck:
     url: str
@@ -157,6 +165,8 @@ class Environment:
     known_hosts: Secret | None = None
     """The pinned host keys (``known_hosts`` lines): the only keys a target may present."""
     rollout: Rollout = field(default_factory=Rollout)
+    recipe: RecipeSource = RecipeSource.REPO
+    """Whether a ``.pushdeploy.toml`` in the deployed commit may replace the steps above."""
 
     def secrets(self) -> tuple[Secret, ...]:
         return (self.ssh_key,) if self.ssh_key is not None else ()
@@ -565,7 +575,15 @@ class _Loader:
             ssh_key=self.secret(table, "ssh_key", key) if targets else None,
             known_hosts=self.secret(table, "known_hosts", key) if targets else None,
             rollout=self.rollout(table, key),
+            recipe=self.recipe_source(table, key),
         )
+
+    def recipe_source(self, table: dict[str, Any], key: str) -> RecipeSource:
+        try:
+            return RecipeSource(table.get("recipe", RecipeSource.REPO.value))
+        except ValueError:
+            self.problem(f"{key}.recipe", 'must be "repo" (the commit\'s .pushdeploy.toml wins) or "server"')
+            return RecipeSource.REPO
 
     def targets(self, table: dict[str, Any], key: str) -> tuple[Target, ...]:
         """``targets`` with the ``ssh_key`` and ``known_hosts`` they need; every bad value named."""

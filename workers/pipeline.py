@@ -7,6 +7,7 @@ record and the worker's own config, so no payload text and no secret is ever in 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -16,8 +17,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from workers import engine, health, lifecycle, steps, telemetry
-from workers.config import Environment, Project
+from workers import engine, health, lifecycle, recipe, steps, telemetry
+from workers.config import Environment, Project, RecipeSource
 from workers.control import cancel_requested, supersede, supersede_older
 from workers.deploylog import DeploymentLog
 from workers.deployments import (
@@ -121,6 +122,7 @@ class Job:
     deadline: float = 0.0
     live: Mapping[str, str] = field(default_factory=dict)  # what served before: sha, deployment, release
     switched: bool = False
+    fetched: bool = False  # the commit is in the mirror already (fetched to read its recipe)
 
 
 def run_deployment(deployment_id: str) -> Outcome:
@@ -224,6 +226,7 @@ class Runner:
     def attempt(self, job: Job) -> tuple[State, str]:
         """Deploy, rolling back where it failed after the switch: the state it ends in, and why."""
         try:
+            self.choose_steps(job)
             if self.already_live(job):
                 return State.SUCCEEDED, "already deployed"
             self.deploy(job)
@@ -236,6 +239,11 @@ class Runner:
             if isinstance(exc, StepFailed) and exc.result.tail:
                 job.log.info("last lines:\n" + "\n".join(exc.result.tail[-5:]))
             return State.FAILED, self.recover(job, str(exc))
+        except recipe.RecipeError as exc:
+            for problem in exc.problems:
+                job.log.info(f"refused: {problem}")
+            job.log.info("no step has run: fix the file (pushdeploy check --recipe checks it) and push again")
+            return State.FAILED, str(exc)
         except SourceError as exc:
             job.log.info(self.masker(f"git: {exc}"))
             return State.FAILED, self.masker(str(exc))
@@ -247,6 +255,33 @@ class Runner:
                 job, self.masker(f"internal error: {type(exc).__name__}: {exc}")
             )
         return State.SUCCEEDED, ""
+
+    def choose_steps(self, job: Job) -> None:
+        """Read the commit's ``.pushdeploy.toml`` (from git objects, nothing run) and take its steps.
+
+        Raises:
+            RecipeError: the recipe is refused; nothing has run yet.
+        """
+        environment, sha = job.environment, check_sha(job.deployment.sha)
+        if environment.recipe is RecipeSource.SERVER:
+            chosen = recipe.server_steps(environment)
+            job.log.info(f'the server\'s steps (recipe = "server": {recipe.FILE} is not read)')
+        else:
+            mirror = self.fetch(job, sha)
+            job.fetched = True
+            job.log.step(f"recipe: {recipe.FILE} at {sha[:12]}")
+            chosen = recipe.resolve(mirror, sha, environment)
+            if chosen.source == RecipeSource.SERVER:
+                job.log.info(f"no {recipe.FILE} in the commit: the server's steps run")
+            else:
+                job.log.info(
+                    f"steps from {recipe.FILE} ({chosen.source}); the server's for keys it leaves out"
+                )
+        job.environment = chosen.apply(environment)
+        job.deadline = job.deployment.started_at + job.environment.timeout
+        effective = json.dumps(chosen.public())
+        self.store.update(job.deployment.id, recipe=chosen.source, effective_steps=effective)
+        job.deployment.recipe, job.deployment.effective_steps = chosen.source, effective
 
     def resolve(self, job: Job) -> None:
         """A manual deployment of a branch or tag: find the commit it names now."""
@@ -299,7 +334,7 @@ class Runner:
             return
         if reuse:
             job.log.info(f"release {reuse} was pruned: building {sha[:12]} again")
-        mirror = self.fetch(job, sha)
+        mirror = self.mirror(job.project) if job.fetched else self.fetch(job, sha)
         self.export(job, mirror, sha)
         variables = self.variables(job, deployment.id, sha, deployment.previous_sha)
         self.build(job, variables)
