@@ -15,6 +15,7 @@ import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,6 +28,7 @@ MAX_BYTES = 64 * 1024
 """A recipe is a few lines: anything larger is refused before it is read."""
 
 FILE_MODES = {"100644", "100755"}
+REGULAR_ONLY = "a recipe must be a regular file, so it is refused"
 STEP_KEYS = ("build", "deploy", "health_check", "env", "timeout")
 REVIEW_KEYS = ("deploy", "stop")
 SECRET_FORMS = ("env:", "file:", "fernet:")
@@ -210,12 +212,31 @@ def read(mirror: Mirror, sha: str) -> str | None:
     if entry.kind != "blob" or entry.mode not in FILE_MODES:
         what = {"120000": "a symbolic link", "160000": "a submodule", "040000": "a directory"}
         kind = what.get(entry.mode, f"not a regular file (mode {entry.mode})")
-        raise RecipeError([Problem("", f"is {kind}: a recipe must be a regular file, so it is refused")])
-    size = mirror.blob_size(entry.object_id)
+        raise RecipeError([Problem("", f"is {kind}: {REGULAR_ONLY}")])
+    _check_size(mirror.blob_size(entry.object_id))
+    return _text(mirror.blob(entry.object_id))
+
+
+def read_file(path: Path, timeout_limit: int | None = None) -> Recipe:
+    """Check a recipe on disk as a deployment would check it in a commit (``pushdeploy check --recipe``).
+
+    Raises:
+        RecipeError: what a deployment of a commit with this file would fail with.
+        OSError: the file cannot be read.
+    """
+    if path.is_symlink():
+        raise RecipeError([Problem("", f"is a symbolic link: {REGULAR_ONLY}")])
+    _check_size(path.stat().st_size)
+    return parse(_text(path.read_bytes()), timeout_limit)
+
+
+def _check_size(size: int) -> None:
     if size > MAX_BYTES:
         limit = f"the limit of {MAX_BYTES} ({MAX_BYTES // 1024} KiB)"
         raise RecipeError([Problem("", f"is {size} bytes, over {limit}: refused")])
-    data = mirror.blob(entry.object_id)
+
+
+def _text(data: bytes) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -288,10 +309,7 @@ class _Checker:
             if key not in ("url", "timeout"):
                 self.problem((*path, key), "unknown key (a health check has url and timeout)")
         url = value.get("url")
-        parts = urlsplit(url) if isinstance(url, str) else None
-        if not isinstance(url, str) or parts is None or parts.scheme not in ("http", "https"):
-            parts = None
-        if parts is None or not parts.netloc:
+        if not isinstance(url, str) or not _http_url(url):
             self.problem((*path, "url"), "must be an http:// or https:// URL")
             return None
         timeout = value.get("timeout", 30.0)
@@ -340,6 +358,11 @@ class _Checker:
             else:
                 self.problem((*path, key), "unknown key (a recipe's [review] may set deploy and stop)")
         return found
+
+
+def _http_url(text: str) -> bool:
+    parts = urlsplit(text)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
 def _kind(value: Any) -> str:
