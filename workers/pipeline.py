@@ -241,9 +241,9 @@ class Runner:
             return State.FAILED, self.recover(job, str(exc))
         except recipe.RecipeError as exc:
             for problem in exc.problems:
-                job.log.info(f"refused: {problem}")
+                job.log.info(self.masker(f"refused: {problem}"))
             job.log.info("no step has run: fix the file (pushdeploy check --recipe checks it) and push again")
-            return State.FAILED, str(exc)
+            return State.FAILED, self.masker(str(exc))
         except SourceError as exc:
             job.log.info(self.masker(f"git: {exc}"))
             return State.FAILED, self.masker(str(exc))

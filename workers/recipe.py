@@ -11,6 +11,7 @@ is wrong, in the same words for a deployment and for ``pushdeploy check --recipe
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from collections.abc import Iterator, Mapping
@@ -269,7 +270,7 @@ class _Checker:
         self.problems: list[Problem] = []
 
     def problem(self, path: tuple[str, ...], message: str) -> None:
-        self.problems.append(Problem(".".join(path), message, self.lines.find(path)))
+        self.problems.append(Problem(_key_text(path), message, self.lines.find(path)))
 
     def table(self, raw: Mapping[str, Any], prefix: tuple[str, ...]) -> dict[str, Any]:
         """The step keys of one table (top level or one environment's), checked."""
@@ -358,6 +359,12 @@ class _Checker:
             else:
                 self.problem((*path, key), "unknown key (a recipe's [review] may set deploy and stop)")
         return found
+
+
+def _key_text(path: tuple[str, ...]) -> str:
+    """A key as TOML writes it: a part that is not a bare key is quoted, so no name can break a line."""
+    parts = (p if re.fullmatch(r"[A-Za-z0-9_-]+", p) else json.dumps(p[:60]) for p in path)
+    return ".".join(parts)
 
 
 def _http_url(text: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -278,3 +279,21 @@ def test_resolve_applies_the_servers_timeout_as_the_ceiling(
 
     with pytest.raises(RecipeError, match="61 s is above the server's timeout of 60 s"):
         recipe.resolve(mirror, sha, environment)
+
+
+def test_every_toml_example_on_the_recipe_page_is_a_valid_recipe() -> None:
+    page = (Path(__file__).resolve().parents[2] / "docs" / "recipe.md").read_text(encoding="utf-8")
+    examples = re.findall(r"```toml\n(.*?)```", page, re.DOTALL)
+
+    assert len(examples) == 4
+    for example in examples:
+        recipe.parse(example, 1800)  # raises, naming the line, if the page shows a refused recipe
+
+
+def test_a_key_that_is_not_a_bare_name_is_quoted_in_the_message() -> None:
+    found = problems('"evil\\nfake log line" = 1\n')
+
+    assert found == [
+        '.pushdeploy.toml: "evil\\nfake log line": unknown key (a recipe may set build, deploy, '
+        "health_check, env, timeout, review, environments)"
+    ]
