@@ -229,11 +229,7 @@ def document(settings: Settings) -> dict[str, Any]:
                                 '.pushdeploy.toml) or "server"; "" until the run has read it'
                             ),
                         },
-                        "effective_steps": {
-                            "allOf": [{"$ref": "#/components/schemas/EffectiveSteps"}],
-                            "nullable": True,
-                            "description": "the steps this deployment runs; null before the recipe is read",
-                        },
+                        "effective_steps": {"$ref": "#/components/schemas/EffectiveSteps"},
                         "url": {"type": "string"},
                         "steps": {"type": "array", "items": {"$ref": "#/components/schemas/Step"}},
                         "hosts": {
@@ -245,6 +241,8 @@ def document(settings: Settings) -> dict[str, Any]:
                 },
                 "EffectiveSteps": {
                     "type": "object",
+                    "nullable": True,
+                    "description": "the steps a deployment runs; null before its run has read the recipe",
                     "required": ["build", "deploy", "health_check", "timeout", "env", "review"],
                     "properties": {
                         "build": {"type": "array", "items": {"type": "string"}},

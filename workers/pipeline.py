@@ -123,6 +123,8 @@ class Job:
     live: Mapping[str, str] = field(default_factory=dict)  # what served before: sha, deployment, release
     switched: bool = False
     fetched: bool = False  # the commit is in the mirror already (fetched to read its recipe)
+    configured: Environment | None = None  # the server's environment, before a recipe replaced steps
+    rollback_steps: Environment | None = None  # the previous release's steps, once looked up
 
 
 def run_deployment(deployment_id: str) -> Outcome:
@@ -277,7 +279,7 @@ class Runner:
                 job.log.info(
                     f"steps from {recipe.FILE} ({chosen.source}); the server's for keys it leaves out"
                 )
-        job.environment = chosen.apply(environment)
+        job.configured, job.environment = environment, chosen.apply(environment)
         job.deadline = job.deployment.started_at + job.environment.timeout
         effective = json.dumps(chosen.public())
         self.store.update(job.deployment.id, recipe=chosen.source, effective_steps=effective)
@@ -438,10 +440,11 @@ class Runner:
         job.releases.switch(previous_release)
         job.log.step(f"rollback: current → releases/{previous_release} ({previous_sha[:12]})")
         job.deadline = time.time() + job.environment.timeout  # the rollback has a budget of its own
-        variables = self.variables(job, previous_release, previous_sha, job.deployment.sha)
+        back = self.previous_steps(job)
+        variables = self.variables(job, previous_release, previous_sha, job.deployment.sha, back)
         started = time.monotonic()
         try:
-            for index, command in enumerate(job.environment.deploy, start=1):
+            for index, command in enumerate(back.deploy, start=1):
                 self.step(
                     job, "rollback", index, command, job.releases.current_link, variables, cancelable=False
                 )
@@ -451,6 +454,26 @@ class Runner:
         finally:
             self.measure(Phase.ROLLBACK, started)
         return f"{reason}; rolled back to {previous_sha}"
+
+    def previous_steps(self, job: Job) -> Environment:
+        """The steps of the release a rollback puts back: its own commit's recipe, as it was deployed.
+
+        A recipe changes with the code, so the failed commit's ``deploy`` may not suit the release
+        before it; when the previous commit's recipe cannot be read, this deployment's steps run.
+        """
+        if job.rollback_steps is not None:
+            return job.rollback_steps
+        previous_sha, configured = job.live.get("sha", ""), job.configured
+        back = job.environment
+        if configured is not None and configured.recipe is RecipeSource.REPO and previous_sha:
+            try:
+                back = recipe.resolve(self.mirror(job.project), previous_sha, configured).apply(configured)
+            except (recipe.RecipeError, SourceError) as exc:
+                job.log.info(self.masker(f"rollback: the previous commit's steps are unknown ({exc})"))
+        if back.deploy != job.environment.deploy:
+            job.log.info(f"rollback: the deploy steps of {previous_sha[:12]}, as it was deployed")
+        job.rollback_steps = back
+        return back
 
     def step(
         self,
@@ -529,11 +552,14 @@ class Runner:
             job.hold.lease.lost.set()
             raise LaneLost(job.switched)
 
-    def variables(self, job: Job, release_id: str, sha: str, previous_sha: str) -> dict[str, str]:
+    def variables(
+        self, job: Job, release_id: str, sha: str, previous_sha: str, steps_of: Environment | None = None
+    ) -> dict[str, str]:
+        """What a step sees; ``steps_of`` gives the ``env`` of another release's steps (a rollback's)."""
         return steps.scrubbed_environment(
             self.environ,
             {
-                **job.environment.env,
+                **(steps_of or job.environment).env,
                 "PUSHDEPLOY_PROJECT": job.project.name,
                 "PUSHDEPLOY_ENVIRONMENT": job.environment.name,
                 "PUSHDEPLOY_DEPLOYMENT_ID": job.deployment.id,

@@ -540,3 +540,24 @@ def test_a_recipes_lower_timeout_bounds_its_steps(
     assert bad.state is State.FAILED
     assert "ran out of time" in bad.reason
     assert bad.finished_at - bad.started_at < 15
+
+
+def test_a_rollback_runs_the_deploy_steps_of_the_release_it_puts_back(
+    make_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    deploy: Callable[[Settings, str], Deployment],
+    redis: Redis,
+) -> None:
+    settings = make_settings(build=[])
+    good = git_repo.commit({".pushdeploy.toml": 'deploy = "echo one > deployed-by.txt"\n'}, "one")
+    assert deploy(settings, good).state is State.SUCCEEDED
+    recipe_two = 'deploy = ["./restart-two.sh"]\n'  # a script the release before it does not have
+    bad = git_repo.commit({".pushdeploy.toml": recipe_two, "restart-two.sh": "#!/bin/sh\nexit 4\n"}, "two")
+
+    failed = deploy(settings, bad)
+
+    assert failed.state is State.FAILED
+    assert failed.reason.endswith(f"rolled back to {good}")
+    assert (env_dir(settings) / "current" / "deployed-by.txt").read_text() == "one\n"
+    ran = [(s.phase, s.command, s.exit_code) for s in DeploymentStore(redis).steps(failed.id)]
+    assert ran == [("deploy", "./restart-two.sh", 4), ("rollback", "echo one > deployed-by.txt", 0)]
