@@ -405,7 +405,14 @@ class _KeyLines:
     ASSIGNMENT = re.compile(rf"^\s*({PART}(?:\s*\.\s*{PART})*)\s*=")
 
     def __init__(self, text: str) -> None:
-        self.places = list(self._places(text))
+        self.text = text
+        self._found: list[tuple[int, tuple[str, ...], bool]] | None = None
+
+    @property
+    def places(self) -> list[tuple[int, tuple[str, ...], bool]]:
+        if self._found is None:  # read only for a file with a problem
+            self._found = list(self._places(self.text))
+        return self._found
 
     def _places(self, text: str) -> Iterator[tuple[int, tuple[str, ...], bool]]:
         table: tuple[str, ...] = ()
