@@ -279,6 +279,10 @@ class Runner:
                 job.log.info(
                     f"steps from {recipe.FILE} ({chosen.source}); the server's for keys it leaves out"
                 )
+            for name in (n for n in chosen.tables if n not in job.project.environments):
+                job.log.info(
+                    f"{recipe.FILE}: [environments.{name}] ignored: {job.project.name} has no {name}"
+                )
         job.configured, job.environment = environment, chosen.apply(environment)
         job.deadline = job.deployment.started_at + job.environment.timeout
         effective = json.dumps(chosen.public())

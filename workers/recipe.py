@@ -101,6 +101,8 @@ class Steps:
     env: Mapping[str, str] = field(default_factory=dict)
     review_deploy: tuple[str, ...] = ()
     review_stop: tuple[str, ...] = ()
+    tables: tuple[str, ...] = ()
+    """The environments the recipe has ``[environments.NAME]`` tables for (a typo shows here)."""
 
     def apply(self, environment: Environment) -> Environment:
         """The environment as this deployment runs it: the server's, with the recipe's steps."""
@@ -164,6 +166,7 @@ class Recipe:
             env,
             chosen.get("review_deploy", base.review_deploy),
             chosen.get("review_stop", base.review_stop),
+            tuple(self.environments),
         )
 
 

@@ -452,7 +452,9 @@ def test_a_commit_with_a_recipe_runs_its_steps(
     effective = done.public()["effective_steps"]
     assert effective["build"] == ["echo built by the recipe > recipe-build.txt"]
     assert effective["timeout"] == 60
-    assert any(".pushdeploy.toml" in line.text and "repo@" in line.text for line in read(redis, done.id))
+    lines = [line.text for line in read(redis, done.id)]
+    assert any(".pushdeploy.toml" in line and "repo@" in line for line in lines)
+    assert ".pushdeploy.toml: [environments.staging] ignored: sample-app has no staging" in lines
 
 
 def test_a_refused_recipe_fails_the_deployment_before_any_step(
