@@ -156,8 +156,9 @@ def _print_recipe(deployment: dict[str, Any]) -> None:
         return
     source = deployment["recipe"]
     shown = "server" if source == "server" else f".pushdeploy.toml at {source.removeprefix('repo@')}"
-    print(f"  recipe:   {shown}")
     steps = deployment.get("effective_steps") or {}
+    refused = not steps and deployment["state"] in TERMINAL
+    print(f"  recipe:   {shown}" + (" (refused: no step ran)" if refused else ""))
     for key in ("build", "deploy"):
         for command in steps.get(key) or []:
             print(f"    {key}: {command}")

@@ -242,7 +242,7 @@ def document(settings: Settings) -> dict[str, Any]:
                 "EffectiveSteps": {
                     "type": "object",
                     "nullable": True,
-                    "description": "the steps a deployment runs; null before its run has read the recipe",
+                    "description": "the steps a deployment runs; null before they are read, or when refused",
                     "required": ["build", "deploy", "health_check", "timeout", "env", "review"],
                     "properties": {
                         "build": {"type": "array", "items": {"type": "string"}},

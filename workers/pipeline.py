@@ -242,6 +242,7 @@ class Runner:
                 job.log.info("last lines:\n" + "\n".join(exc.result.tail[-5:]))
             return State.FAILED, self.recover(job, str(exc))
         except recipe.RecipeError as exc:
+            self.store.update(job.deployment.id, recipe=f"{RecipeSource.REPO.value}@{job.deployment.sha[:8]}")
             for problem in exc.problems:
                 job.log.info(self.masker(f"refused: {problem}"))
             job.log.info("no step has run: fix the file (pushdeploy check --recipe checks it) and push again")

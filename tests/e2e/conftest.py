@@ -176,6 +176,7 @@ ARGS = [
     "--disable-sync",
 ]
 
+
 @pytest.fixture
 def browser() -> object:
     if CHROMIUM is None:

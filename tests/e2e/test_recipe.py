@@ -21,8 +21,23 @@ GREETING = "hello from git"
 """
 
 
+def show(stack: Stack, deployment_id: str) -> str:
+    """``pushdeploy show`` as an operator runs it, against the stack's server."""
+    shown = subprocess.run(
+        [sys.executable, "-m", "webhook.cli", "show", deployment_id],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=stack.env(),
+        timeout=60,
+        check=False,
+    )
+    assert shown.returncode in (0, 1), shown.stderr  # 1: the deployment failed
+    return shown.stdout
+
+
 def test_a_pushed_recipe_runs_and_a_refused_one_fails_before_any_step(stack: object) -> None:
-    made: Stack = stack(build=["echo the server's build"], deploy=["echo the server's deploy"])  # type: ignore[operator]
+    made: Stack = stack(build=["echo server build"], deploy=["echo server deploy"])  # type: ignore[operator]
     made.start_web()
     made.start_worker()
 
@@ -43,18 +58,9 @@ def test_a_pushed_recipe_runs_and_a_refused_one_fails_before_any_step(stack: obj
     ]
     current = made.data_dir / "projects" / "sample-app" / "production" / "current"
     assert (current / "from-recipe.txt").read_text() == f"built by the recipe at {sha}\n"
-    shown = subprocess.run(
-        [sys.executable, "-m", "webhook.cli", "show", deployment_id],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=made.env(),
-        timeout=60,
-        check=False,
-    )
-    assert shown.returncode == 0, shown.stderr
-    assert f"  recipe:   .pushdeploy.toml at {sha[:8]}" in shown.stdout
-    assert "    build: echo built by the recipe at $PUSHDEPLOY_SHA > from-recipe.txt" in shown.stdout
+    shown = show(made, deployment_id)
+    assert f"  recipe:   .pushdeploy.toml at {sha[:8]}\n" in shown
+    assert "    build: echo built by the recipe at $PUSHDEPLOY_SHA > from-recipe.txt" in shown
 
     refused = made.repo.commit({".pushdeploy.toml": 'build = "make"\nrun_as = "root"\n'}, "asks for root")
     refused_id = push(made, refused)["deployment"]
@@ -68,3 +74,4 @@ def test_a_pushed_recipe_runs_and_a_refused_one_fails_before_any_step(stack: obj
     failed = made.api(f"/deployments/{refused_id}")
     assert failed["state"] == "failed" and failed["steps"] == [] and failed["reason"] == description
     assert (current / "from-recipe.txt").read_text() == f"built by the recipe at {sha}\n"  # still the first
+    assert f"  recipe:   .pushdeploy.toml at {refused[:8]} (refused: no step ran)" in show(made, refused_id)

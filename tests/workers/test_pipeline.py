@@ -475,6 +475,7 @@ def test_a_refused_recipe_fails_the_deployment_before_any_step(
         " (and 1 more problem(s): see the log)"
     )
     assert DeploymentStore(redis).steps(bad.id) == []
+    assert (bad.recipe, bad.public()["effective_steps"]) == (f"repo@{sha[:8]}", None)
     releases = env_dir(settings) / "releases"
     assert not releases.exists() or not any(releases.iterdir())
     statuses = recorded(redis, bad.id)
