@@ -176,7 +176,6 @@ ARGS = [
     "--disable-sync",
 ]
 
-
 @pytest.fixture
 def browser() -> object:
     if CHROMIUM is None:
