@@ -181,6 +181,8 @@ def parse(text: str, timeout_limit: int | None = None) -> Recipe:
     except tomllib.TOMLDecodeError as exc:
         message, line = _decode_error(str(exc))
         raise RecipeError([Problem("", f"not valid TOML: {message}", line)]) from None
+    except RecursionError:  # tomllib recurses per nested array or inline table
+        raise RecipeError([Problem("", "not a recipe: arrays or tables nested too deeply")]) from None
     checker = _Checker(text, timeout_limit)
     keys = checker.table(raw, ())
     environments: dict[str, dict[str, Any]] = {}

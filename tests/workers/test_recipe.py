@@ -159,6 +159,12 @@ def test_a_wrong_type_is_refused_with_its_key_and_line(text: str, expected: str)
     assert found[0].startswith(f".pushdeploy.toml line {text.count(chr(10))}: ")
 
 
+def test_arrays_nested_thousands_deep_are_refused_not_a_crash() -> None:
+    assert problems("build = " + "[" * 5000 + "]" * 5000 + "\n") == [
+        ".pushdeploy.toml: not a recipe: arrays or tables nested too deeply"
+    ]
+
+
 def test_a_timeout_above_the_servers_is_refused_and_a_lower_one_allowed() -> None:
     assert problems("timeout = 900\n", 600) == [
         ".pushdeploy.toml line 1: timeout: 900 s is above the server's timeout of 600 s: refused"
