@@ -95,7 +95,10 @@ def test_every_key_comes_back_with_its_type_value_and_ttl(raw: Redis) -> None:
 def test_records_steps_and_logs_read_back_as_written(loaded: Redis) -> None:
     store = DeploymentStore(loaded)
     for deployment in FIXTURE.deployments.values():
-        assert store.get(deployment.id).public() == deployment.record, deployment.label
+        public = store.get(deployment.id).public()
+        assert {k: public[k] for k in deployment.record} == deployment.record, deployment.label
+        added = {k: v for k, v in public.items() if k not in deployment.record}
+        assert all(v in ("", None) for v in added.values()), (deployment.label, added)  # fields added since
         assert [asdict(s) for s in store.steps(deployment.id)] == deployment.steps, deployment.label
         lines = [asdict(line) for line in deploylog.read(loaded, deployment.id)]
         assert lines == deployment.log, deployment.label

@@ -7,11 +7,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import requests
 
 from webhook import console, secrets_cli
-from workers.config import ConfigError, Settings, config_path, load
+from workers import recipe
+from workers.config import ConfigError, HealthCheck, RecipeSource, Settings, config_path, load
 from workers.migrations import SchemaError
 from workers.secrets import new_signing_key
 
@@ -61,7 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp = command("worker", cmd_worker, "run a deployment worker")
     sp.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     sp.add_argument("--name", help="worker name (default: generated)")
-    command("check", cmd_check, "validate the configuration and print each webhook URL")
+    sp = command("check", cmd_check, "validate the configuration and print each webhook URL")
+    sp.add_argument(
+        "--recipe",
+        metavar="PATH",
+        help="validate a .pushdeploy.toml instead, as a deployment would (no configuration needed)",
+    )
+    sp.add_argument("--project", help="with --recipe: check against this project's configured steps")
+    sp.add_argument("--environment", "-e", help="with --recipe: show the steps this environment would run")
     command("new-secret", cmd_new_secret, "print a new signing token (whsec_…) for GitLab's webhook settings")
     sp = command("simulate-push", cmd_simulate, "sign and send a push delivery like GitLab does")
     sp.add_argument("project")
@@ -109,6 +118,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def cmd_check(args: argparse.Namespace) -> int:
     from workers.gitlab_projects import credential_in_url, lookup_projects
 
+    if args.recipe:
+        return check_recipe(args)
     settings = settings_from(args)
     print(f"{settings.path}: OK")
     print(f"  public URL: {settings.server.public_url}")
@@ -159,6 +170,76 @@ def _sign_in(settings: Settings) -> str:
         return "admin token only ([auth] gitlab_oauth is not set)"
     callback = f"{settings.server.public_url}/auth/gitlab/callback"
     return f"GitLab (application {oauth.client_id}, redirect URI {callback}); admin token as break glass"
+
+
+def check_recipe(args: argparse.Namespace) -> int:
+    """``check --recipe``: the messages a deployment would fail with, for a merge request or a hook.
+
+    With ``--project`` the recipe is checked against that environment's configuration (its
+    timeout is the ceiling) and the steps it would run are printed; without, only the file.
+    """
+    path = Path(args.recipe)
+    environment = None
+    if args.project:
+        settings = settings_from(args)
+        project = settings.projects.get(args.project)
+        if project is None:
+            print(f"pushdeploy: no project {args.project!r} in {settings.path}", file=sys.stderr)
+            return EXIT_USAGE
+        name = args.environment or next(iter(project.environments))
+        environment = project.environments.get(name)
+        if environment is None:
+            print(f"pushdeploy: project {project.name} has no environment {name!r}", file=sys.stderr)
+            return EXIT_USAGE
+    try:
+        parsed = recipe.read_file(path, environment.timeout if environment else None)
+    except OSError as exc:
+        print(f"pushdeploy: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    except recipe.RecipeError as exc:
+        print(f"{path}: refused, {len(exc.problems)} problem(s):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"{path}: OK")
+    if environment is not None:
+        if environment.recipe is RecipeSource.SERVER:
+            print(
+                f'  note: {environment.project}/{environment.name} has recipe = "server": the file is ignored'
+            )
+        steps = parsed.steps(environment, "repo")
+        print(
+            f"  steps for {environment.project}/{environment.name} (the server's where the file is silent):"
+        )
+        _print_steps(steps.public())
+        return EXIT_OK
+    sets: dict[str, Any] = dict(parsed.keys)
+    if args.environment:
+        override = parsed.environments.get(args.environment, {})
+        env = {**sets.get("env", {}), **override.get("env", {})}
+        sets |= {**override, "env": env} if env else override
+        print(f"  for environment {args.environment} it sets (the server's steps stand for the rest):")
+    else:
+        for name, keys in parsed.environments.items():
+            print(f"  [environments.{name}] sets {', '.join(sorted(keys)) or 'nothing'}")
+    for key in sorted(sets):
+        print(f"  {key}: {_shown(sets[key])}")
+    return EXIT_OK
+
+
+def _print_steps(steps: dict[str, object]) -> None:
+    for key, value in steps.items():
+        print(f"    {key}: {_shown(value)}")
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, tuple | list):
+        return " && ".join(str(v) for v in value) or "(none)"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_shown(v)}" for k, v in value.items()) if value else "(none)"
+    if isinstance(value, HealthCheck):
+        return f"{value.url} (timeout {value.timeout:g} s)"
+    return "(none)" if value is None else str(value)
 
 
 def _delivery_rule(signed: bool) -> str:

@@ -155,6 +155,7 @@ def cmd_show(client: Client, args: argparse.Namespace) -> int:
     print(f"  page:     {deployment['url']}")
     if deployment.get("status_problem"):
         print(f"  status:   {deployment['status_problem']}")
+    _print_recipe(deployment)
     rows = [
         [
             f"{s['phase']} {s['index']}",
@@ -172,6 +173,24 @@ def cmd_show(client: Client, args: argparse.Namespace) -> int:
         print()
         table(["STEP", "COMMAND", "EXIT", "DURATION"], rows)
     return _exit_for(deployment["state"])
+
+
+def _print_recipe(deployment: dict[str, Any]) -> None:
+    """Which recipe ran (the commit's ``.pushdeploy.toml`` or the server's) and its steps."""
+    if not deployment.get("recipe"):
+        return
+    source = deployment["recipe"]
+    shown = "server" if source == "server" else f".pushdeploy.toml at {source.removeprefix('repo@')}"
+    steps = deployment.get("effective_steps") or {}
+    refused = not steps and deployment["state"] in TERMINAL
+    print(f"  recipe:   {shown}" + (" (refused: no step ran)" if refused else ""))
+    for key in ("build", "deploy"):
+        for command in steps.get(key) or []:
+            print(f"    {key}: {command}")
+    if steps.get("health_check"):
+        print(f"    health check: {steps['health_check']['url']}")
+    if "timeout" in steps:
+        print(f"    timeout: {steps['timeout']} s")
 
 
 def cmd_logs(client: Client, args: argparse.Namespace) -> int:

@@ -327,12 +327,48 @@ def document(settings: Settings) -> dict[str, Any]:
                         "started_at": {"type": "number"},
                         "finished_at": {"type": "number"},
                         "release": {"type": "string"},
+                        "recipe": {
+                            "type": "string",
+                            "description": (
+                                'where the steps came from: "repo@<short sha>" (the commit\'s '
+                                '.pushdeploy.toml) or "server"; "" until the run has read it'
+                            ),
+                        },
+                        "effective_steps": {"$ref": "#/components/schemas/EffectiveSteps"},
                         "url": {"type": "string"},
                         "steps": {"type": "array", "items": {"$ref": "#/components/schemas/Step"}},
                         "hosts": {
                             "type": "array",
                             "description": "each target host in targets order (empty without targets)",
                             "items": {"$ref": "#/components/schemas/Host"},
+                        },
+                    },
+                },
+                "EffectiveSteps": {
+                    "type": "object",
+                    "nullable": True,
+                    "description": "the steps a deployment runs; null before they are read, or when refused",
+                    "required": ["build", "deploy", "health_check", "timeout", "env", "review"],
+                    "properties": {
+                        "build": {"type": "array", "items": {"type": "string"}},
+                        "deploy": {"type": "array", "items": {"type": "string"}},
+                        "health_check": {
+                            "type": "object",
+                            "nullable": True,
+                            "properties": {"url": {"type": "string"}, "timeout": {"type": "number"}},
+                        },
+                        "timeout": {"type": "integer", "description": "seconds for the whole deployment"},
+                        "env": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "description": "names of the variables the steps get (values are not shown)",
+                        },
+                        "review": {
+                            "type": "object",
+                            "properties": {
+                                "deploy": {"type": "array", "items": {"type": "string"}},
+                                "stop": {"type": "array", "items": {"type": "string"}},
+                            },
                         },
                     },
                 },

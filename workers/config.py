@@ -78,6 +78,7 @@ ENV_KEYS = {
     "known_hosts",
     "rollout",
     "protected",
+    "recipe",
 }
 FLAT_ONLY_KEYS = {"environment"}
 
@@ -131,6 +132,13 @@ class OnRedisDown(StrEnum):
     REFUSE = "503"  # answer 503, so GitLab retries
 
 
+class RecipeSource(StrEnum):
+    """Where an environment's steps come from: the deployed commit's ``.pushdeploy.toml``, or here."""
+
+    REPO = "repo"  # the file wins where the commit has one; this config's steps are the fallback
+    SERVER = "server"  # the file is ignored
+
+
 @dataclass(frozen=True)
 class HealthCheck:
     url: str
@@ -170,6 +178,14 @@ class Environment:
     """A merge request's review app (``review/<iid>``, see :meth:`Project.review_environment`); 0: not one."""
     review_url: str = ""
     """The review app's address (``[review] url`` with ``{iid}`` filled in)."""
+    review_base: str = ""
+    """A review app's target branch environment, whose recipe table (``[environments.NAME]``) it takes."""
+    review_deploy: tuple[str, ...] | None = None
+    """The server's ``review.deploy`` (None: the steps are the target environment's ``deploy``)."""
+    review_stop: tuple[str, ...] = ()
+    """The server's ``review.stop``."""
+    recipe: RecipeSource = RecipeSource.REPO
+    """Whether a ``.pushdeploy.toml`` in the deployed commit may replace the steps above."""
 
     def secrets(self) -> tuple[Secret, ...]:
         return (self.ssh_key,) if self.ssh_key is not None else ()
@@ -263,6 +279,9 @@ class Project:
             protected=False,  # a review app is no protected environment: Developers run and stop it
             review_iid=iid,
             review_url=review.app_url(iid),
+            review_base=base.name,
+            review_deploy=review.deploy,
+            review_stop=review.stop,
         )
 
     def environment_for_branch(self, branch: str) -> Environment | None:
@@ -729,6 +748,7 @@ class _Loader:
             known_hosts=self.secret(table, "known_hosts", key) if targets else None,
             rollout=self.rollout(table, key),
             protected=self.flag(table, "protected", key),
+            recipe=self.recipe_source(table, key),
         )
 
     def flag(self, table: dict[str, Any], name: str, key: str) -> bool:
@@ -737,6 +757,13 @@ class _Loader:
             self.problem(f"{key}.{name}", "must be true or false")
             return False
         return value
+
+    def recipe_source(self, table: dict[str, Any], key: str) -> RecipeSource:
+        try:
+            return RecipeSource(table.get("recipe", RecipeSource.REPO.value))
+        except ValueError:
+            self.problem(f"{key}.recipe", 'must be "repo" (the commit\'s .pushdeploy.toml wins) or "server"')
+            return RecipeSource.REPO
 
     def targets(self, table: dict[str, Any], key: str) -> tuple[Target, ...]:
         """``targets`` with the ``ssh_key`` and ``known_hosts`` they need; every bad value named."""

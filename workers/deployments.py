@@ -87,6 +87,8 @@ class Deployment:
     release: str = ""
     status_problem: str = ""
     reuse_release: str = ""  # a rollback's kept release: switched to without fetching or building
+    recipe: str = ""  # where the steps came from: "repo@<short sha>" or "server" ("" before it is known)
+    effective_steps: str = ""  # JSON of the steps this deployment runs (workers.recipe.Steps.public)
 
     def to_redis(self) -> dict[str, str]:
         """The fields a new record is written with: empty ones are left out, ``from_redis`` restores them.
@@ -120,7 +122,15 @@ class Deployment:
         """The record as shown by the API and pages."""
         data = asdict(self)
         data["state"] = str(self.state)
+        data["effective_steps"] = self.steps_run()
         return data
+
+    def steps_run(self) -> dict[str, Any] | None:
+        """The effective steps as an object, or None before the recipe was read."""
+        if not self.effective_steps:
+            return None
+        found: dict[str, Any] = json.loads(self.effective_steps)
+        return found
 
 
 _REQUIRED = frozenset(

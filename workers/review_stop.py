@@ -23,7 +23,7 @@ from workers import engine, lifecycle, schema, steps
 from workers.config import Environment, Project, Settings
 from workers.control import cancel
 from workers.deploylog import DeploymentLog, Masker
-from workers.deployments import DeploymentStore, State
+from workers.deployments import DeploymentStore, State, UnknownDeployment
 from workers.forge import EnvironmentAction, ReviewNote
 from workers.lanes import LOCK_TTL_MS, Lane
 from workers.links import LinkSigner
@@ -120,11 +120,24 @@ class Stopper:
             time.sleep(LANE_WAIT)
         return token
 
+    def stop_commands(self, project: Project, app: ReviewApp) -> tuple[str, ...]:
+        """The ``stop`` of the app's last deployment's steps (its recipe's ``[review] stop`` or the
+        server's), so an app stops the way the commit that started it says; else the server's."""
+        server = project.review.stop if project.review is not None else ()
+        if not app.deployment:
+            return server
+        try:
+            ran = DeploymentStore(self.redis).get(app.deployment).steps_run()
+        except UnknownDeployment:
+            return server
+        if ran is None:
+            return server
+        return tuple(str(command) for command in ran.get("review", {}).get("stop", server))
+
     def run_stop(
         self, project: Project, environment: Environment, app: ReviewApp, say: Callable[[str], None]
     ) -> None:
-        review = project.review
-        commands = review.stop if review is not None else ()
+        commands = self.stop_commands(project, app)
         deadline = time.time() + environment.timeout
         if environment.targets:
             self.stop_on_targets(project, environment, app, commands, deadline, say)

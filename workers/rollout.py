@@ -246,6 +246,7 @@ class Rollout:
             return "; no host was switched"
         self.log.step(f"rollback on {len(switched)} host(s)")
         self.job.deadline = time.time() + self.environment.timeout  # the rollback has a budget of its own
+        self.runner.previous_steps(self.job)  # looked up once, before the hosts' threads use it
         started = time.monotonic()
         results = parallel(switched, self.roll_back_one)
         self.runner.measure(Phase.ROLLBACK, started)
@@ -269,8 +270,9 @@ class Rollout:
             run.host.switch(run.previous, self.job.deadline)
             self.log.info(f"{run.name}: rollback: current → releases/{run.previous}")
             live_sha = self.job.live.get("sha", "")
-            variables = self.variables(run, run.previous, live_sha, self.job.deployment.sha)
-            for index, command in enumerate(self.environment.deploy, start=1):
+            back = self.runner.previous_steps(self.job)
+            variables = self.variables(run, run.previous, live_sha, self.job.deployment.sha, back.env)
+            for index, command in enumerate(back.deploy, start=1):
                 self.step(run, "rollback", index, command, run.previous, variables, cancelable=False)
         except (RemoteError, RolloutFailed, Stopped) as error:
             self.log.info(f"{run.name}: rollback failed: {detail(error)}")
@@ -332,11 +334,13 @@ class Rollout:
             self.mark(run, HostState.FAILED, what)
             raise RolloutFailed(what)
 
-    def variables(self, run: HostRun, release: str, sha: str, previous_sha: str) -> dict[str, str]:
+    def variables(
+        self, run: HostRun, release: str, sha: str, previous_sha: str, env: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
         """The same ``PUSHDEPLOY_*`` as a local deploy, with the host's paths, plus ``PUSHDEPLOY_HOST``."""
         job, host = self.job, run.host
         return {
-            **self.environment.env,
+            **(self.environment.env if env is None else env),
             "PUSHDEPLOY_PROJECT": job.project.name,
             "PUSHDEPLOY_ENVIRONMENT": self.environment.name,
             "PUSHDEPLOY_DEPLOYMENT_ID": job.deployment.id,

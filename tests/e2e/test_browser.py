@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from tests.e2e.conftest import SHOTS, Stack
-from tests.helpers import ADMIN_TOKEN, push_body, signed_headers
+from tests.helpers import ADMIN_TOKEN, push_body, signed_headers, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -57,3 +57,46 @@ def test_overview_and_a_live_log_in_a_real_browser(stack: object, browser: objec
     page.wait_for_function("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
     page.screenshot(path=str(SHOTS / "overview.png"), full_page=True)
     assert Path(SHOTS / "overview.png").stat().st_size > 1000
+
+
+def test_which_recipe_ran_and_a_refused_one_in_a_real_browser(stack: object, browser: object) -> None:
+    made: Stack = stack(build=["echo server build"], deploy=["echo server deploy"])  # type: ignore[operator]
+    made.start_web()
+    made.start_worker()
+    page = browser.new_page(viewport={"width": 1200, "height": 800})  # type: ignore[attr-defined]
+    page.goto(made.base_url + "/login")
+    page.fill("input[name=token]", ADMIN_TOKEN)
+    page.click("button:has-text('Sign in')")
+    page.wait_for_selector("h1:has-text('Projects')")
+
+    def deploy(files: dict[str, str]) -> str:
+        body = push_body(made.repo.commit(files))
+        answer = requests.post(
+            f"{made.base_url}/hooks/gitlab/sample-app", data=body, headers=signed_headers(body), timeout=5
+        )
+        deployment_id, url = answer.json()["deployment"], answer.json()["url"]
+        wait_for(
+            lambda: made.api(f"/deployments/{deployment_id}")["state"] in ("succeeded", "failed"),
+            timeout=30,
+            what="the deployment to end",
+        )
+        page.goto(url)  # an ended deployment's page: no live reload under the test
+        return str(url)
+
+    steps = 'build = ["mkdir -p public", "echo hello > public/index.html"]\n[env]\nSITE = "www"\n'
+    deploy({".pushdeploy.toml": steps})
+    assert page.inner_text("#state") == "succeeded", page.inner_text("#log")
+    recipe = page.inner_text("#recipe")
+    assert (
+        ".pushdeploy.toml at" in recipe and "public/index.html" in recipe and "echo server deploy" in recipe
+    )
+    page.screenshot(path=str(SHOTS / "deployment-recipe.png"), full_page=True)
+
+    deploy({".pushdeploy.toml": 'build = "make"\ntargets = ["ssh://root@elsewhere/srv"]\n'})
+    assert page.inner_text("#state") == "failed"
+    assert page.inner_text(".reason") == (
+        ".pushdeploy.toml line 2: targets: is the server's to set, not the repository's: refused"
+    )
+    assert "no step has run" in page.inner_text("#log")
+    assert "refused, no step ran" in page.inner_text("#recipe")
+    page.screenshot(path=str(SHOTS / "deployment-recipe-refused.png"), full_page=True)

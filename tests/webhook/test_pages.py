@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 
@@ -15,6 +16,7 @@ from workers import links
 from workers.config import Settings
 from workers.deploylog import DeploymentLog, Masker
 from workers.deployments import Deployment, DeploymentStore, State
+from workers.recipe import parse
 from workers.secrets import Secret
 
 SHA = "ab" * 20
@@ -137,3 +139,22 @@ def test_login_redirects_only_to_local_paths(client: FlaskClient) -> None:
     assert answer.headers["Location"] == "/"
     answer = client.post("/login/admin", data={"token": ADMIN_TOKEN, "next": "//evil.example/"})
     assert answer.headers["Location"] == "/"
+
+
+def test_the_deployment_page_shows_which_recipe_ran_and_its_steps(
+    client: FlaskClient, redis: Redis, settings: Settings
+) -> None:
+    make_deployment(redis)
+    text = 'build = ["make dist"]\n[health_check]\nurl = "http://127.0.0.1:9/ok"\n[env]\nAPI_KEY = "x"\n'
+    steps = parse(text, 60).steps(settings.environment("sample-app", "production"), "repo@abababab")
+    DeploymentStore(redis).update("d1", recipe=steps.source, effective_steps=json.dumps(steps.public()))
+    sign_in(client)
+
+    page = client.get("/deployments/d1").get_data(as_text=True)
+
+    recipe = page[page.index('<section id="recipe">') : page.index("</section>")]
+    assert "<code>.pushdeploy.toml</code> at <code>abababab</code>" in recipe
+    assert "<code>make dist</code>" in recipe
+    assert "<code>echo deployed $PUSHDEPLOY_SHA</code>" in recipe  # the server's, where the file is silent
+    assert "<code>http://127.0.0.1:9/ok</code> (30 s)" in recipe
+    assert "<code>API_KEY</code>" in recipe and '"x"' not in recipe

@@ -11,7 +11,7 @@ import pytest
 
 from tests.helpers import SIGNING_TOKEN
 from webhook.cli import main
-from workers.config import ConfigError, HealthCheck, Settings, load
+from workers.config import ConfigError, HealthCheck, RecipeSource, Settings, load
 from workers.secrets import Keyring, key_id, new_fernet_key
 
 HOOK_TOKEN = "hook-token-canary-0a1b2c"
@@ -147,6 +147,41 @@ def test_environments_inherit_project_keys_and_override_them(tmp_path: Path) -> 
     assert project.environment_for_branch("develop") is staging
     assert project.environment_for_branch("main") is production
     assert {e.project for e in project.environments.values()} == {"app"}
+
+
+def test_recipe_is_repo_by_default_and_server_per_project_or_environment(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "pushdeploy.toml",
+        PROJECT
+        + """
+        recipe = "server"
+
+        [projects.app.environments.staging]
+        branch = "develop"
+        recipe = "repo"
+
+        [projects.app.environments.production]
+        branch = "main"
+
+        [projects.other]
+        gitlab_project = "tools/other"
+        repo_url = "https://gitlab.example.org/tools/other.git"
+        secret_token = "literal-hook-token"
+        """,
+    )
+    settings = load(path, environ={})
+    app = settings.projects["app"].environments
+
+    assert (app["staging"].recipe, app["production"].recipe) == (RecipeSource.REPO, RecipeSource.SERVER)
+    assert settings.environment("other", "production").recipe is RecipeSource.REPO
+
+
+def test_a_recipe_setting_other_than_repo_or_server_is_named(tmp_path: Path) -> None:
+    error = problems(tmp_path / "pushdeploy.toml", PROJECT + 'recipe = "git"\n')
+
+    assert keys(error) == {
+        "projects.app.recipe": 'must be "repo" (the commit\'s .pushdeploy.toml wins) or "server"'
+    }
 
 
 def test_environment_table_rejects_project_only_keys_and_flat_environment(tmp_path: Path) -> None:

@@ -704,3 +704,38 @@ def test_gitlab_failing_on_the_note_neither_fails_the_deployment_nor_loses_the_n
     assert gitlab.pending_faults == 0
     [note] = gitlab.merge_request_notes(7)
     assert ": live" in note["body"]
+
+
+def test_a_recipe_in_the_merge_request_sets_the_review_apps_steps(
+    review_settings: Callable[..., Settings],
+    hub: Callable[[Settings], Hub],
+    git_repo: GitRepo,
+    redis: Redis,
+) -> None:
+    """The commit's .pushdeploy.toml: [review] deploy and stop run for the app, and the target
+    environment's table ([environments.production]) applies to it, as its other settings do."""
+    site = hub(review_settings())
+    recipe = (
+        '[review]\ndeploy = "echo recipe-up $PUSHDEPLOY_REVIEW_IID $GREETING > deployed.txt"\n'
+        'stop = "echo recipe-down $PUSHDEPLOY_REVIEW_IID > $STOP_MARKER"\n'
+        '[environments.production]\nenv = { GREETING = "from-production-table" }\n'
+    )
+    sha = open_merge_request(git_repo, 9, {".pushdeploy.toml": recipe})
+
+    status, body = site.deliver(mr_body(9, sha))
+    site.work()
+
+    done = DeploymentStore(redis).get(body["deployment"])
+    assert (status, done.state, done.recipe) == (202, State.SUCCEEDED, f"repo@{sha[:8]}")
+    current = site.app_dir(9) / "current"
+    assert (current / "deployed.txt").read_text() == "recipe-up 9 from-production-table\n"
+    steps = done.steps_run()
+    assert steps is not None and steps["review"]["stop"] == [
+        "echo recipe-down $PUSHDEPLOY_REVIEW_IID > $STOP_MARKER"
+    ]
+
+    site.deliver(mr_body(9, sha, action="close"))
+    site.work()
+
+    assert site.marker.read_text() == "recipe-down 9\n"
+    assert not site.app_dir(9).exists()
