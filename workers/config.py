@@ -56,7 +56,9 @@ PROJECT_ONLY_KEYS = {
     "gitlab_environments",
     "trigger",
     "poll_interval",
+    "notify",
 }
+NOTIFY_KEYS = {"urls", "on"}
 ENV_KEYS = {
     "branch",
     "tags",
@@ -115,6 +117,31 @@ class Trigger(StrEnum):
 
     WEBHOOK = "webhook"  # GitLab's deliveries (the reconciler catches missed ones)
     POLL = "poll"  # no webhook: the reconciler polls the branch head
+
+
+class NotifyEvent(StrEnum):
+    """What a notification can be sent for."""
+
+    STARTED = "started"
+    SUCCEEDED = "succeeded"
+    RECOVERED = "recovered"  # the first success after a failure in that environment
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+DEFAULT_NOTIFY_ON = frozenset({NotifyEvent.FAILED, NotifyEvent.RECOVERED})
+"""Word when something breaks and when it is mended, not on every push."""
+
+
+@dataclass(frozen=True)
+class Notify:
+    """Where notifications go (Apprise URLs, each a secret) and which events send one."""
+
+    urls: tuple[Secret, ...] = ()
+    on: frozenset[NotifyEvent] = DEFAULT_NOTIFY_ON
+
+    def wants(self, event: NotifyEvent) -> bool:
+        return bool(self.urls) and event in self.on
 
 
 class OnRedisDown(StrEnum):
@@ -188,6 +215,8 @@ class Project:
     poll_interval: int = defaults.POLL_INTERVAL
     repo_token: Secret | None = None
     """The HTTPS credential for ``repo_url`` (``token`` or ``user:token``), sent as a header."""
+    notify: Notify | None = None
+    """The project's own ``[projects.NAME.notify]``, which replaces the server's; None: the server's."""
 
     def environment_for_branch(self, branch: str) -> Environment | None:
         for environment in self.environments.values():
@@ -213,7 +242,8 @@ class Project:
     def secrets(self) -> tuple[Secret, ...]:
         token = (self.repo_token,) if self.repo_token is not None else ()
         keys = tuple(s for env in self.environments.values() for s in env.secrets())
-        return self.secret_tokens + self.signing_keys + token + keys
+        urls = self.notify.urls if self.notify is not None else ()
+        return self.secret_tokens + self.signing_keys + token + keys + urls
 
     def __repr__(self) -> str:
         return _repr(self, {"repo_url"})
@@ -250,6 +280,15 @@ class Settings:
     server: ServerSettings
     gitlab: GitLabSettings | None
     projects: Mapping[str, Project]
+    notify: Notify = field(default_factory=Notify)
+    """The server-wide ``[notify]`` table: for every project without one of its own."""
+
+    def notify_for(self, project: str) -> Notify:
+        """The project's ``[projects.NAME.notify]`` if it has one (the whole table), else the server's."""
+        configured = self.projects.get(project)
+        if configured is not None and configured.notify is not None:
+            return configured.notify
+        return self.notify
 
     def environment(self, project: str, environment: str) -> Environment:
         return self.projects[project].environments[environment]
@@ -263,6 +302,7 @@ class Settings:
             found.append(self.gitlab.token)
         if self.server.admin_token:
             found.append(self.server.admin_token)
+        found.extend(self.notify.urls)
         return tuple(found)
 
     def webhook_url(self, project: str) -> str:
@@ -289,11 +329,17 @@ def secret_values(raw: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
         table = raw.get(section)
         if isinstance(table, dict) and name in table:
             places.append((f"{section}.{name}", table[name]))
+    notify = raw.get("notify")
+    if isinstance(notify, dict) and "urls" in notify:
+        places.append(("notify.urls", notify["urls"]))
     projects = raw.get("projects")
     for project, table in projects.items() if isinstance(projects, dict) else ():
         for name in ("secret_token", "signing_token", "repo_token", "ssh_key"):
             if isinstance(table, dict) and name in table:
                 places.append((f"projects.{project}.{name}", table[name]))
+        own = table.get("notify") if isinstance(table, dict) else None
+        if isinstance(own, dict) and "urls" in own:
+            places.append((f"projects.{project}.notify.urls", own["urls"]))
         environments = table.get("environments") if isinstance(table, dict) else None
         for env_name, env_table in environments.items() if isinstance(environments, dict) else ():
             if isinstance(env_table, dict) and "ssh_key" in env_table:
@@ -303,6 +349,18 @@ def secret_values(raw: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
             yield key, value
         elif isinstance(value, list):
             yield from ((f"{key}[{i}]", v) for i, v in enumerate(value) if isinstance(v, str))
+
+
+def notify_url_problem(url: str) -> str:
+    """What is wrong with an Apprise URL, in words that never repeat the URL (it holds secrets)."""
+    if "://" not in url:
+        return "is not an Apprise URL (like slack://…, mailto://…, json://host/path)"
+    import apprise  # only configs that notify pay for loading Apprise's plugins
+
+    if apprise.Apprise.instantiate(url, suppress_exceptions=True) is None:
+        scheme = url.split("://", 1)[0][:20]
+        return f"Apprise cannot send to this {scheme}:// URL (unknown service or a malformed URL)"
+    return ""
 
 
 def config_path(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Path:
@@ -342,9 +400,10 @@ class _Loader:
         self.problems.append(Problem(str(self.file), key, message))
 
     def settings(self, raw: dict[str, Any]) -> Settings:
-        self.unknown(raw, {"server", "gitlab", "projects"}, "")
+        self.unknown(raw, {"server", "gitlab", "projects", "notify"}, "")
         self.keyring()
         server = self.server(self.table(raw, "server", ""))
+        notify = self.notify(raw, "notify") or Notify()
         gitlab = self.gitlab(raw["gitlab"]) if isinstance(raw.get("gitlab"), dict) else None
         if "gitlab" in raw and not isinstance(raw["gitlab"], dict):
             self.problem("gitlab", "must be a table")
@@ -368,7 +427,7 @@ class _Loader:
             self.problem("projects", "no project is configured")
         if self.problems:
             raise ConfigError(self.problems)
-        return Settings(self.file, server, gitlab, projects)
+        return Settings(self.file, server, gitlab, projects, notify)
 
     # -- sections ---------------------------------------------------------
 
@@ -515,6 +574,7 @@ class _Loader:
         if not isinstance(gitlab_environments, bool):
             self.problem(f"{key}.gitlab_environments", "must be true or false")
             gitlab_environments = False
+        notify = self.notify(table, f"{key}.notify")
         return Project(
             name,
             gitlab_project,
@@ -526,6 +586,7 @@ class _Loader:
             trigger,
             poll_interval,
             repo_token,
+            notify,
         )
 
     def environment(self, project: str, name: str, table: dict[str, Any], key: str) -> Environment | None:
@@ -607,6 +668,35 @@ class _Loader:
             self.problem(f"{key}.rollout.batch", 'must be an integer ≥ 1 or "all"')
             return Rollout()
         return Rollout(batch)
+
+    def notify(self, table: dict[str, Any], key: str) -> Notify | None:
+        """A ``notify`` table (None when absent): Apprise URLs, each a secret form, and the events."""
+        name = key.rpartition(".")[2]
+        if name not in table:
+            return None
+        value = table[name]
+        if not isinstance(value, dict):
+            self.problem(key, 'must be a table like { urls = ["env:CHAT_URL"], on = ["failed"] }')
+            return None
+        self.unknown(value, NOTIFY_KEYS, key)
+        urls = tuple(self.secrets(value, "urls", key, Secret))
+        for index, url in enumerate(urls):
+            problem = notify_url_problem(url.reveal())
+            if problem:
+                self.problem(f"{key}.urls[{index}]", problem)
+        on = value.get("on", sorted(DEFAULT_NOTIFY_ON))
+        known = ", ".join(event.value for event in NotifyEvent)
+        if not isinstance(on, list) or not all(isinstance(e, str) for e in on):
+            self.problem(f"{key}.on", f"must be a list of events ({known})")
+            return Notify(urls)
+        events: set[NotifyEvent] = set()
+        for index, event in enumerate(on):
+            try:
+                events.add(NotifyEvent(event))
+            except ValueError:
+                what = f"{event[:40]!r} is not an event (expected one of: {known})"
+                self.problem(f"{key}.on[{index}]", what)
+        return Notify(urls, frozenset(events))
 
     def tag_glob(self, table: dict[str, Any], key: str) -> str:
         if "tags" not in table:

@@ -87,6 +87,9 @@ class Deployment:
     release: str = ""
     status_problem: str = ""
     reuse_release: str = ""  # a rollback's kept release: switched to without fetching or building
+    commit_title: str = ""
+    """The head commit's first line, from the delivery or (manual deploys, long pushes) from git."""
+    commit_author: str = ""
 
     def to_redis(self) -> dict[str, str]:
         """The fields a new record is written with: empty ones are left out, ``from_redis`` restores them.

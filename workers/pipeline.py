@@ -17,7 +17,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from workers import engine, health, lifecycle, steps, telemetry
-from workers.config import Environment, Project
+from workers.config import Environment, NotifyEvent, Project
 from workers.control import cancel_requested, supersede, supersede_older
 from workers.deploylog import DeploymentLog
 from workers.deployments import (
@@ -219,6 +219,7 @@ class Runner:
         hosts = len(job.environment.targets)
         what = f"Deploying to {hosts} host{'s' if hosts != 1 else ''}" if hosts else "Deploying"
         report(self.redis, self.settings, job.deployment, StatusState.RUNNING, what)
+        lifecycle.notify(self.settings, self.redis, job.deployment, NotifyEvent.STARTED)
         return True
 
     def attempt(self, job: Job) -> tuple[State, str]:

@@ -1,4 +1,5 @@
-"""A worker process: an RQ worker for deployments, plus the status courier and the lane janitor."""
+"""A worker process: an RQ worker for deployments, plus the status courier, the notifier and the
+lane janitor."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from workers.engine import Engine
 from workers.forge import forge_for
 from workers.lanes import Lane
 from workers.lifecycle import start_waiting
+from workers.notifier import Notifier
 from workers.outbox import Courier
 from workers.reconciler import Reconciler
 from workers.recovery import horse_killed
@@ -48,6 +50,8 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None)
         keep_deployments=settings.server.keep_deployments,
     )
     courier.start()
+    notifier = Notifier(worker_redis(settings.server.redis_url), settings)
+    notifier.start()
     janitor = Janitor(settings, worker_redis(settings.server.redis_url))
     janitor.start()
     worker = Worker(
@@ -64,6 +68,7 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None)
         return bool(worker.work(burst=burst, logging_level="INFO", with_scheduler=False))
     finally:
         courier.stop()
+        notifier.stop()
         janitor.stop()
 
 
