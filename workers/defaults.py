@@ -60,6 +60,6 @@ POLL_INTERVAL = 60
 JOURNAL_DRAIN_INTERVAL = 2.0
 """Seconds between a web process's tries to move journaled deliveries into Redis."""
 
-NOTIFY_RETRY_DELAYS = (2, 5, 15, 30, 60, 120, 300, 600, 900, 1800)
+NOTIFY_RETRY_DELAYS = (1, 2, 5, 15, 30, 60, 120, 300, 600, 900, 1800)
 """Seconds between tries to send a notification; after the last one it is given up (about 1 h 5 min
 in all): news of a deployment is not worth sending a day late."""
