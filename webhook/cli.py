@@ -10,7 +10,7 @@ from pathlib import Path
 
 import requests
 
-from webhook import console, secrets_cli
+from webhook import console, notify_cli, secrets_cli
 from workers.config import ConfigError, Settings, config_path, load
 from workers.migrations import SchemaError
 from workers.secrets import new_signing_key
@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--now", action="store_true", help="ignore the grace period")
     console.add_commands(sub, settings_from)
     secrets_cli.add_commands(sub)
+    notify_cli.add_commands(sub, settings_from)
     _config_after_commands(parser)
     return parser
 
