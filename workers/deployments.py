@@ -8,6 +8,7 @@ deployment's history must outlive them.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import time
 from collections.abc import Iterable, Mapping
@@ -153,6 +154,19 @@ class Runtime:
     host: str
     step_pgid: str
     lane_token: str
+
+
+COMMIT_TEXT_LIMIT = 255
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+
+
+def commit_text(text: str) -> str:
+    """A commit's title or author as we keep it: its first line, no control characters, bounded.
+
+    It comes from a push payload or a repository, and is shown on pages, in a terminal and in chats.
+    """
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return CONTROL_RE.sub(" ", first).strip()[:COMMIT_TEXT_LIMIT]
 
 
 def _text(value: bytes | str) -> str:

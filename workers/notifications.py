@@ -76,6 +76,17 @@ class Notice:
     tries: int = 0
     problem: str = ""
 
+    def public(self) -> dict[str, Any]:
+        """How the API shows it: what was said, and how its sending went (never where it went)."""
+        return {
+            "event": str(self.event),
+            "type": str(self.kind),
+            "title": self.title,
+            "delivery": str(self.delivery),
+            "tries": self.tries,
+            "problem": self.problem,
+        }
+
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 

@@ -26,6 +26,7 @@ from workers.deployments import (
     State,
     StepResult,
     UnknownDeployment,
+    commit_text,
 )
 from workers.engine import Engine
 from workers.errors import RunStopped
@@ -219,6 +220,7 @@ class Runner:
         hosts = len(job.environment.targets)
         what = f"Deploying to {hosts} host{'s' if hosts != 1 else ''}" if hosts else "Deploying"
         report(self.redis, self.settings, job.deployment, StatusState.RUNNING, what)
+        self.describe(job, self.mirror(job.project), fetched=False)
         lifecycle.notify(self.settings, self.redis, job.deployment, NotifyEvent.STARTED)
         return True
 
@@ -301,6 +303,7 @@ class Runner:
         if reuse:
             job.log.info(f"release {reuse} was pruned: building {sha[:12]} again")
         mirror = self.fetch(job, sha)
+        self.describe(job, mirror)
         self.export(job, mirror, sha)
         variables = self.variables(job, deployment.id, sha, deployment.previous_sha)
         self.build(job, variables)
@@ -318,6 +321,25 @@ class Runner:
         )
         self.check_cancel(job)
         return mirror
+
+    def describe(self, job: Job, mirror: Mirror, fetched: bool = True) -> None:
+        """Read the commit's title and author from git when the delivery did not carry them (a manual
+        deploy, a push of more than 20 commits, a tag, a journaled delivery); before the fetch,
+        only from a mirror that already has the commit."""
+        deployment = job.deployment
+        if deployment.commit_title or not deployment.sha:
+            return
+        try:
+            if not fetched and not mirror.has_commit(deployment.sha):
+                return
+            title, author = mirror.describe(deployment.sha)
+        except SourceError as exc:
+            job.log.info(self.masker(f"git: the commit's title could not be read: {exc}"))
+            return
+        deployment.commit_title, deployment.commit_author = commit_text(title), commit_text(author)
+        self.store.update(
+            deployment.id, commit_title=deployment.commit_title, commit_author=deployment.commit_author
+        )
 
     def export(self, job: Job, mirror: Mirror, sha: str) -> None:
         """Write the commit's tree into a new release directory named by the deployment."""
