@@ -254,6 +254,7 @@ SECTIONS = {
     "gitlab": loader.GITLAB_KEYS,
     "projects": loader.PROJECT_ONLY_KEYS | loader.FLAT_ONLY_KEYS,
     "environment-keys": loader.ENV_KEYS,
+    "notify": loader.NOTIFY_KEYS,
 }
 KEY_HEADING = re.compile(r"^`([a-z_]+)`$")
 
@@ -342,6 +343,7 @@ def loaded_defaults(tmp_path: Path) -> dict[str, dict[str, Any]]:
         "gitlab": {key: getattr(settings.gitlab, key) for key in loader.GITLAB_KEYS},
         "projects": projects,
         "environment-keys": environments,
+        "notify": {"urls": list(settings.notify.urls), "on": sorted(settings.notify.on)},
     }
 
 
