@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
 import pytest
@@ -27,13 +27,14 @@ from tests.helpers import use_engine
 from webhook.app import create_app
 from workers import defaults, deploylog, migrations, schema
 from workers.config import load
-from workers.deployments import DeploymentStore, Runtime, State
+from workers.deployments import Deployment, DeploymentStore, Runtime, State
 from workers.forge import forge_for
 from workers.intake import Intake, Push, seen_deployment
 from workers.lanes import Lane
 from workers.outbox import DUE_KEY, Courier, recorded, statuses_key
 
 FIXTURE = schema_v1.expected()
+ADDED_DEFAULTS = {f.name: f.default for f in fields(Deployment) if f.default is not MISSING}
 FINAL_STATES = {State.SUCCEEDED: "success", State.FAILED: "failed", State.CANCELED: "canceled"}
 
 
@@ -95,7 +96,11 @@ def test_every_key_comes_back_with_its_type_value_and_ttl(raw: Redis) -> None:
 def test_records_steps_and_logs_read_back_as_written(loaded: Redis) -> None:
     store = DeploymentStore(loaded)
     for deployment in FIXTURE.deployments.values():
-        assert store.get(deployment.id).public() == deployment.record, deployment.label
+        public = store.get(deployment.id).public()
+        # What the old release wrote reads back as written; fields added since read as their defaults.
+        assert {k: public[k] for k in deployment.record} == deployment.record, deployment.label
+        added = {k: v for k, v in public.items() if k not in deployment.record}
+        assert added == {k: ADDED_DEFAULTS[k] for k in added}, deployment.label
         assert [asdict(s) for s in store.steps(deployment.id)] == deployment.steps, deployment.label
         lines = [asdict(line) for line in deploylog.read(loaded, deployment.id)]
         assert lines == deployment.log, deployment.label
