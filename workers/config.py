@@ -7,6 +7,7 @@ so an operator fixes a config in one pass.
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
 import pwd
 import re
@@ -357,6 +358,9 @@ def notify_url_problem(url: str) -> str:
         return "is not an Apprise URL (like slack://…, mailto://…, json://host/path)"
     import apprise  # only configs that notify pay for loading Apprise's plugins
 
+    # Apprise explains a bad URL in its log by quoting it, and URLs hold secrets: its log stays
+    # out of ours (the notifier captures and masks it while sending).
+    logging.getLogger(apprise.LOGGER_NAME).propagate = False
     if apprise.Apprise.instantiate(url, suppress_exceptions=True) is None:
         scheme = url.split("://", 1)[0][:20]
         return f"Apprise cannot send to this {scheme}:// URL (unknown service or a malformed URL)"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -168,3 +170,24 @@ def test_a_bad_notify_table_is_named_and_never_repeats_a_url(
     assert problem.key == f"projects.sample-app.{key}"
     assert words in problem.message
     assert "x/y" not in problem.message
+
+
+def test_a_url_apprise_refuses_is_not_quoted_in_the_processs_log(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Apprise explains a bad URL by quoting it; a process logging everything to its root logger
+    (as gunicorn or a worker may be set up) never sees those lines."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    before = root.level
+    root.setLevel(logging.DEBUG)
+    try:
+        with pytest.raises(ConfigError) as caught:
+            make_settings(notify={"urls": [f"slack://{URL_CANARY}"]})
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(before)
+    assert "Apprise cannot send to this slack:// URL" in str(caught.value)
+    assert URL_CANARY not in stream.getvalue() + str(caught.value)
