@@ -127,6 +127,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"project {project.name} (GitLab {project.gitlab_project}; {', '.join(auth)})")
         print(f"  webhook URL: {settings.webhook_url(project.name)}")
         print(f"  deliveries:  {_delivery_rule(project.signing_keys != ())}")
+        print(f"  notify:      {_notify_rule(settings, project.name)}")
         lookup = found.get(project.name)
         if lookup is not None and lookup.project_id is not None:
             print(f"  on GitLab:   {lookup.path} (id {lookup.project_id})")
@@ -142,6 +143,19 @@ def cmd_check(args: argparse.Namespace) -> int:
                 "written: drop it from the URL and give it as repo_token (env:, file: or fernet:)"
             )
     return EXIT_OK
+
+
+def _notify_rule(settings: Settings, project: str) -> str:
+    """Where the project's notifications go and on what, each URL named by service and host only."""
+    from workers.notifier import shown
+
+    notify = settings.notify_for(project)
+    if not notify.urls:
+        return "none"
+    whose = "own [projects.NAME.notify]" if settings.projects[project].notify else "[notify]"
+    events = ", ".join(sorted(str(event) for event in notify.on)) or "no event"
+    urls = ", ".join(shown(url.reveal()) for url in notify.urls)
+    return f"{urls} ({whose}) on {events}"
 
 
 def _delivery_rule(signed: bool) -> str:

@@ -149,6 +149,18 @@ def test_check_offline_says_what_each_project_requires(make_settings: Callable[.
     assert f"  deliveries:  {SIGNED}" in signed.stdout.splitlines()
     assert "  deliveries:  token only (X-Gitlab-Token)" in token_only.stdout.splitlines()
     assert "GitLab:     none" in signed.stdout and "warning" not in signed.stdout
+    assert "  notify:      none" in signed.stdout.splitlines()
+
+
+def test_check_names_where_notifications_go_without_their_secrets(
+    make_settings: Callable[..., Settings],
+) -> None:
+    path = make_settings(notify={"urls": ["json://hooks.example.org/secret-path-canary-77"]}).path
+    checked = pushdeploy("check", "-c", str(path))
+    assert checked.returncode == 0, checked.stderr
+    line = "  notify:      json://hooks.example.org/… (own [projects.NAME.notify]) on failed, recovered"
+    assert line in checked.stdout.splitlines()
+    assert "secret-path-canary-77" not in checked.stdout
 
 
 def test_check_resolves_the_project_through_gitlab(
