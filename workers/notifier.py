@@ -18,7 +18,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -78,12 +78,15 @@ def shown(url: str) -> str:
     return f"{parts.scheme}://{named}{rest}"
 
 
-def send(url: Secret, title: str, body: str, kind: Kind, masker: Masker) -> Sent:
-    """Send one message to one URL through Apprise; never raises, never lets the URL out."""
+def send(url: Secret, title: str, body: str, kind: Kind, hidden: Sequence[Secret] = ()) -> Sent:
+    """Send one message to one URL through Apprise; never raises, never lets the URL out.
+
+    What Apprise said about a failure is kept, with ``hidden`` and every part of the URL masked.
+    """
     import apprise  # heavy (a hundred plugins): loaded by the processes that send, when they send
 
     value = url.reveal()
-    mask = Masker([*masker_secrets(masker), *url_parts(value)])
+    mask = Masker([*hidden, *url_parts(value)])
     name = shown(value)
     logger = logging.getLogger(apprise.LOGGER_NAME)
     logger.propagate = False  # its lines can hold URL parts: they are captured and masked below
@@ -102,19 +105,15 @@ def send(url: Secret, title: str, body: str, kind: Kind, masker: Masker) -> Sent
     return Sent(name, ok, detail or ("" if ok else "the service did not accept it"))
 
 
-def masker_secrets(masker: Masker) -> Iterable[Secret]:
-    return (Secret(form) for form in masker.forms)
-
-
 def send_test(settings: Settings, project: str) -> list[Sent]:
     """Send a test message to each of ``project``'s notification URLs now: what ``notify test`` shows."""
     notify = settings.notify_for(project)
-    masker = Masker(settings.all_secrets())
+    hidden = settings.all_secrets()
     body = (
         f"A test from pushdeploy for project {project}: notifications for "
         f"{', '.join(sorted(str(e) for e in notify.on)) or 'no event'} come here."
     )
-    return [send(url, TEST_TITLE, body, Kind.INFO, masker) for url in notify.urls]
+    return [send(url, TEST_TITLE, body, Kind.INFO, hidden) for url in notify.urls]
 
 
 _SAVE = """
@@ -134,7 +133,7 @@ class Notifier:
         self.redis = redis
         self.settings = settings
         self.delays = delays
-        self.masker = Masker(settings.all_secrets())
+        self.hidden = settings.all_secrets()
         self.stopping = threading.Event()
 
     def start(self) -> threading.Thread:
@@ -201,7 +200,7 @@ class Notifier:
             uid = url_id(url.reveal())
             if uid in notice.sent_to:
                 continue
-            result = send(url, notice.title, notice.body, notice.kind, self.masker)
+            result = send(url, notice.title, notice.body, notice.kind, self.hidden)
             if result.ok:
                 notice.sent_to.append(uid)
                 self.save(key, notice)  # before the next URL: a retry never sends here again
