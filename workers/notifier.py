@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from redis import Redis
 from redis.exceptions import RedisError
 
-from workers import defaults, schema
+from workers import defaults, schema, telemetry
 from workers.config import Settings
 from workers.deploylog import Masker
 from workers.notifications import Delivery, Kind, Notice, split
@@ -220,6 +220,7 @@ class Notifier:
             return
         delay = self.delays[notice.tries - 1]
         self.save(key, notice)
+        telemetry.count(self.redis, "notifications", "retry")
         self.redis.zadd(schema.NOTIFY_DUE, {member: time.time() + delay})
         log.info("notification %s of %s: %s; retry in %.0f s", event, deployment_id, notice.problem, delay)
 
@@ -230,4 +231,5 @@ class Notifier:
         with self.redis.pipeline() as pipe:
             pipe.eval(_SAVE, 1, key, str(notice.event), notice.to_json())
             pipe.zrem(schema.NOTIFY_DUE, member)
+            telemetry.count(pipe, "notifications", str(notice.delivery).replace(" ", "_"))
             pipe.execute()

@@ -14,10 +14,12 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import requests
 from redis import Redis
 
 from tests.chat import ChatReceiver
 from tests.e2e.conftest import GITLAB_TOKEN, Stack
+from tests.e2e.test_metrics import sample
 from tests.faults.harness import deliver, wait_state
 from tests.helpers import ADMIN_TOKEN, SECRET_TOKEN, SIGNING_TOKEN, wait_for
 from workers import schema
@@ -93,6 +95,11 @@ def test_a_failure_then_a_recovery_through_500s_reach_the_chat_once_each(
     assert record["commit_title"] == "Mend the build"
     [notice] = record["notifications"]
     assert (notice["event"], notice["delivery"], notice["tries"]) == ("recovered", "sent", 3)
+
+    metrics = requests.get(f"{made.base_url}/metrics", timeout=5).text
+    assert sample(metrics, "pushdeploy_notifications_total", outcome="sent") == 2
+    assert sample(metrics, "pushdeploy_notifications_total", outcome="retry") == 3
+    assert sample(metrics, "pushdeploy_notify_outbox") == 0
 
     for post in chat.posts:
         for canary in CANARIES:
