@@ -92,11 +92,20 @@ class Notice:
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Notice:
-        data: dict[str, Any] = json.loads(raw)
-        data["event"] = NotifyEvent(data["event"])
-        data["kind"] = Kind(data["kind"])
-        data["delivery"] = Delivery(data["delivery"])
-        return cls(**data)
+        """Read a stored notification; fields another release added are ignored.
+
+        Raises:
+            ValueError: it is not a notification this release can read.
+        """
+        try:
+            data: dict[str, Any] = json.loads(raw)
+            known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+            known["event"] = NotifyEvent(known["event"])
+            known["kind"] = Kind(known["kind"])
+            known["delivery"] = Delivery(known.get("delivery", Delivery.PENDING))
+            return cls(**known)
+        except (TypeError, KeyError, AttributeError) as exc:
+            raise ValueError(f"not a notification: {type(exc).__name__}") from None
 
 
 def member(deployment_id: str, event: NotifyEvent) -> str:
@@ -131,8 +140,13 @@ def queue(redis: Redis, deployment_id: str, notice: Notice) -> bool:
 
 def recorded(redis: Redis, deployment_id: str) -> list[Notice]:
     """The notifications a deployment queued, in the order they were queued."""
-    raw = redis.hgetall(schema.notices(deployment_id))
-    return sorted((Notice.from_json(value) for value in raw.values()), key=lambda n: n.queued_at)
+    found = []
+    for value in redis.hgetall(schema.notices(deployment_id)).values():
+        try:
+            found.append(Notice.from_json(value))
+        except ValueError:
+            continue  # written by a release that this one cannot read: not shown rather than an error
+    return sorted(found, key=lambda n: n.queued_at)
 
 
 def announce(redis: Redis, settings: Settings, deployment: Deployment, event: NotifyEvent) -> bool:

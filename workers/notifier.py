@@ -186,7 +186,12 @@ class Notifier:
         if raw is None:  # its deployment was pruned from the history meanwhile
             self.redis.zrem(schema.NOTIFY_DUE, member)
             return
-        notice = Notice.from_json(raw)
+        try:
+            notice = Notice.from_json(raw)
+        except ValueError as exc:  # never retried forever: this release cannot read it
+            log.warning("notification %s of %s dropped: %s", event, deployment_id, exc)
+            self.redis.zrem(schema.NOTIFY_DUE, member)
+            return
         if notice.delivery is not Delivery.PENDING:
             self.redis.zrem(schema.NOTIFY_DUE, member)
             return

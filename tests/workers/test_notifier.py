@@ -154,3 +154,21 @@ def test_send_test_reports_each_url_without_its_secrets(
     [message] = chat.delivered()
     assert message.payload["title"] == "pushdeploy: test notification"
     assert message.payload["type"] == "info"
+
+
+def test_a_notification_this_release_cannot_read_is_dropped_not_retried_forever(
+    redis: Redis, make_settings: Callable[..., Settings], chat: ChatReceiver
+) -> None:
+    import json
+
+    settings = make_settings(notify={"urls": [chat.url()]})
+    newer, broken = failed(redis, 1), failed(redis, 2)
+    announce(redis, settings, newer, NotifyEvent.FAILED)
+    stored = json.loads(redis.hget(schema.notices(newer.id), "failed") or b"{}")
+    redis.hset(schema.notices(newer.id), "failed", json.dumps({**stored, "added_later": 1}))
+    redis.hset(schema.notices(broken.id), "failed", b"{not json")
+    redis.zadd(schema.NOTIFY_DUE, {f"{broken.id}:failed": 0})
+    drain(Notifier(redis, settings), redis)
+    assert len(chat.delivered()) == 1  # the newer release's notification, its extra field ignored
+    assert [n.delivery for n in recorded(redis, newer.id)] == [Delivery.SENT]
+    assert recorded(redis, broken.id) == []  # the page shows nothing rather than failing
