@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from tests.e2e.conftest import SHOTS, Stack
-from tests.helpers import ADMIN_TOKEN, push_body, signed_headers
+from tests.helpers import ADMIN_TOKEN, push_body, signed_headers, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -56,3 +56,33 @@ def test_overview_and_a_live_log_in_a_real_browser(stack: object, browser: objec
     page.wait_for_function("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
     page.screenshot(path=str(SHOTS / "overview.png"), full_page=True)
     assert Path(SHOTS / "overview.png").stat().st_size > 1000
+
+
+def test_an_already_deployed_success_is_calm_and_commits_have_titles(stack: object, browser: object) -> None:
+    """A redeploy of what is live ends "already deployed": not shown in the failure banner's red."""
+    made: Stack = stack(deploy=["echo live"])  # type: ignore[operator]
+    made.start_web()
+    made.start_worker()
+    sha = made.repo.commit({"app.txt": "calm\n"}, "Calm the banner")
+    ids = []
+    for _ in range(2):  # the second delivery (a new one) finds the sha live
+        body = push_body(sha, message="Calm the banner\n\nbody")
+        answer = requests.post(
+            f"{made.base_url}/hooks/gitlab/sample-app", data=body, headers=signed_headers(body), timeout=5
+        )
+        ids.append(answer.json()["deployment"])
+        wait_for(lambda: made.api(f"/deployments/{ids[-1]}")["state"] == "succeeded", timeout=60)
+    assert made.api(f"/deployments/{ids[1]}")["reason"] == "already deployed"
+    page = browser.new_page(viewport={"width": 1200, "height": 800})  # type: ignore[attr-defined]
+    page.goto(made.base_url + "/login")
+    page.fill("input[name=token]", ADMIN_TOKEN)
+    page.click("button:has-text('Sign in')")
+    page.goto(f"{made.base_url}/deployments/{ids[1]}")
+    banner = page.locator("p.reason")
+    assert banner.inner_text() == "already deployed"
+    background = banner.evaluate("e => getComputedStyle(e).backgroundColor")
+    assert background != "rgb(253, 236, 234)"  # the failure banner's colour
+    assert page.inner_text("#commit-title") == "Calm the banner"
+    page.screenshot(path=str(SHOTS / "deployment-already-deployed.png"), full_page=True)
+    page.goto(f"{made.base_url}/projects/sample-app")
+    assert page.inner_text("table").count("Calm the banner") == 2
