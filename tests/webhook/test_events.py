@@ -840,3 +840,17 @@ def test_a_non_string_author_is_ignored_not_trusted(
     commit(push, push["after"])["author"] = {"name": ["not", "a", "name"]}
     decision = decide(push, diaspora, push_headers)
     assert isinstance(decision, Deploy) and decision.push.commit_author == ""
+
+
+def test_a_tag_push_takes_the_tagged_commits_title_when_it_lists_it(tagged: Project) -> None:
+    payload = sample("tag_push_hook")
+    payload["after"] = "1" * 40  # an annotated tag: its object, not the commit
+    decision = decide(payload, tagged, sample_headers("tag_push_hook"))
+    assert isinstance(decision, Deploy) and decision.push.commit_title == ""  # none listed: git tells
+    payload["commits"] = [
+        {"id": "1" * 40, "title": "the tag object, never deployed", "author": {"name": "X"}},
+        {"id": TAG_SHA, "title": "Release 1.0.0", "message": "Release 1.0.0\n", "author": {"name": "John"}},
+    ]
+    decision = decide(payload, tagged, sample_headers("tag_push_hook"))
+    assert isinstance(decision, Deploy)
+    assert (decision.push.commit_title, decision.push.commit_author) == ("Release 1.0.0", "John")
