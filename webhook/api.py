@@ -23,7 +23,7 @@ from werkzeug.exceptions import HTTPException
 from webhook import people, rights, services
 from webhook.openapi import document
 from webhook.tokens import TokenRefused, TokenStore, expiry
-from workers import deploylog, routes, targets
+from workers import deploylog, notifications, routes, targets
 from workers.config import NAME_RE, Environment, Project, Settings, review_iid
 from workers.control import NotCancelable, cancel
 from workers.deployments import Deployment, DeploymentStore, State, UnknownDeployment
@@ -142,6 +142,7 @@ def show(deployment_id: str) -> Response:
     data = _public(deployment)
     data["steps"] = [vars(step) for step in DeploymentStore(_redis()).steps(deployment_id)]
     data["hosts"] = [host.public() for host in targets.hosts(_redis(), deployment_id)]
+    data["notifications"] = [notice.public() for notice in notifications.recorded(_redis(), deployment_id)]
     return jsonify(data)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import requests
 
-from webhook import console, secrets_cli
+from webhook import console, notify_cli, secrets_cli
 from workers import recipe
 from workers.config import ConfigError, HealthCheck, RecipeSource, Settings, config_path, load
 from workers.migrations import SchemaError
@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--now", action="store_true", help="ignore the grace period")
     console.add_commands(sub, settings_from)
     secrets_cli.add_commands(sub)
+    notify_cli.add_commands(sub, settings_from)
     _config_after_commands(parser)
     return parser
 
@@ -138,6 +139,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"project {project.name} (GitLab {project.gitlab_project}; {', '.join(auth)})")
         print(f"  webhook URL: {settings.webhook_url(project.name)}")
         print(f"  deliveries:  {_delivery_rule(project.signing_keys != ())}")
+        print(f"  notify:      {_notify_rule(settings, project.name)}")
         lookup = found.get(project.name)
         if lookup is not None and lookup.project_id is not None:
             print(f"  on GitLab:   {lookup.path} (id {lookup.project_id})")
@@ -240,6 +242,19 @@ def _shown(value: object) -> str:
     if isinstance(value, HealthCheck):
         return f"{value.url} (timeout {value.timeout:g} s)"
     return "(none)" if value is None else str(value)
+
+
+def _notify_rule(settings: Settings, project: str) -> str:
+    """Where the project's notifications go and on what, each URL named by service and host only."""
+    from workers.notifier import shown
+
+    notify = settings.notify_for(project)
+    if not notify.urls:
+        return "none"
+    whose = "own [projects.NAME.notify]" if settings.projects[project].notify else "[notify]"
+    events = ", ".join(sorted(str(event) for event in notify.on)) or "no event"
+    urls = ", ".join(shown(url.reveal()) for url in notify.urls)
+    return f"{urls} ({whose}) on {events}"
 
 
 def _delivery_rule(signed: bool) -> str:

@@ -124,7 +124,7 @@ def cmd_deployments(client: Client, args: argparse.Namespace) -> int:
         [
             d["id"],
             f"{d['project']}/{d['environment']}",
-            d["sha"][:8] or "…",
+            _commit(d),
             _state(d["state"]),
             _duration(d),
             _ago(d["created_at"]),
@@ -147,6 +147,9 @@ def cmd_show(client: Client, args: argparse.Namespace) -> int:
     print(
         f"  commit:   {deployment['sha'] or '(resolving)'} on {deployment['ref'].removeprefix('refs/heads/')}"
     )
+    if deployment.get("commit_title"):
+        author = deployment.get("commit_author")
+        print(f"  title:    {deployment['commit_title']}" + (f" ({author})" if author else ""))
     print(
         f"  trigger:  {deployment['trigger']}"
         + (f" by {deployment['pusher']}" if deployment["pusher"] else "")
@@ -353,3 +356,17 @@ def _ago(timestamp: float) -> str:
         if seconds >= size:
             return f"{seconds // size} {unit} ago"
     return f"{seconds} s ago"
+
+
+COMMIT_COLUMN = 48
+"""Characters of sha, title and author a history row shows, as GitLab's commit lists cut titles."""
+
+
+def _commit(deployment: dict[str, Any]) -> str:
+    """The short sha with the commit's title and author, cut to fit a table column."""
+    text = deployment["sha"][:8] or "…"
+    if deployment.get("commit_title"):
+        text += f" {deployment['commit_title']}"
+    if deployment.get("commit_author"):
+        text += f" ({deployment['commit_author']})"
+    return text if len(text) <= COMMIT_COLUMN else text[: COMMIT_COLUMN - 1] + "…"

@@ -16,6 +16,7 @@ from typing import Any
 from webhook.errors import InvalidPayload, ProjectMismatch
 from webhook.verify import Headers, header
 from workers.config import Environment, Project
+from workers.deployments import commit_text
 from workers.intake import REF_RE, Push
 from workers.project_ids import numeric_id
 from workers.review_requests import ReviewRequest
@@ -209,9 +210,12 @@ def _classify_ref(
     if not kind.head_is_after and payload.get("checkout_sha") is None:
         return Ignored(f"tag {_quote(name)} does not point to a commit")
     sha = _commit_sha(payload, after)
-    if _skips(_head_message(payload, after if kind.head_is_after else sha)):
+    head = _head_commit(payload, after if kind.head_is_after else sha)
+    if _skips(_message(head)):
         return Ignored(f"{kind.skip} asks to skip the deployment ([skip deploy])")
-    return Deploy(environment, Push(ref=ref, sha=sha, pusher=_pusher(payload), delivery_key=delivery_key))
+    title, author = _title_and_author(head)
+    push = Push(ref, sha, _pusher(payload), delivery_key, commit_title=title, commit_author=author)
+    return Deploy(environment, push)
 
 
 def _classify_merge_request(
@@ -305,17 +309,33 @@ def delivery_key(headers: Headers, signed: bool = False) -> str:
     return ""
 
 
-def _head_message(payload: Mapping[str, Any], after: str) -> str:
+def _head_commit(payload: Mapping[str, Any], sha: str) -> Mapping[str, Any]:
+    """The ``commits[]`` entry of the deployed commit; empty when the payload has none (GitLab lists
+    at most 20 commits, and a new tag's push lists none): the worker then asks git."""
     commits = payload.get("commits") or []
     if not isinstance(commits, list):
         raise InvalidPayload("commits must be a list")
     for commit in commits:
-        if isinstance(commit, dict) and commit.get("id") == after:
-            message = commit.get("message") or ""
-            if not isinstance(message, str):
-                raise InvalidPayload("commit message must be a string")
-            return message
-    return ""
+        if isinstance(commit, dict) and commit.get("id") == sha:
+            return commit
+    return {}
+
+
+def _message(commit: Mapping[str, Any]) -> str:
+    message = commit.get("message") or ""
+    if not isinstance(message, str):
+        raise InvalidPayload("commit message must be a string")
+    return message
+
+
+def _title_and_author(commit: Mapping[str, Any]) -> tuple[str, str]:
+    """The commit's title (GitLab's ``title``, else the message's first line) and author's name."""
+    title = commit.get("title")
+    if not isinstance(title, str) or not title.strip():
+        title = _message(commit)
+    author = commit.get("author")
+    name = author.get("name") if isinstance(author, dict) else None
+    return commit_text(title), commit_text(name) if isinstance(name, str) else ""
 
 
 def _string(payload: Mapping[str, Any], name: str) -> str:

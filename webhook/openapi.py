@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from workers.config import Settings
+from workers.config import NotifyEvent, Settings
+from workers.notifications import Delivery
 from workers.targets import HostState
 
 NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"}
@@ -22,6 +23,8 @@ IID = {"type": "string", "pattern": "^[1-9][0-9]{0,11}$"}
 DEPLOYMENT_ID = {"type": "string", "minLength": 1, "maxLength": 64}
 STATES = ["queued", "running", "succeeded", "failed", "canceled"]
 HOST_STATES = [str(state) for state in HostState]
+NOTIFY_EVENTS = [str(event) for event in NotifyEvent]
+NOTIFY_DELIVERIES = [str(delivery) for delivery in Delivery]
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -321,6 +324,12 @@ def document(settings: Settings) -> dict[str, Any]:
                         "previous_sha": {"type": "string"},
                         "pusher": {"type": "string"},
                         "trigger": {"type": "string"},
+                        "commit_title": {
+                            "type": "string",
+                            "description": "the commit's title (first line), from the push or from git; "
+                            "empty until known",
+                        },
+                        "commit_author": {"type": "string", "description": "the commit author's name"},
                         "state": {"type": "string", "enum": STATES},
                         "reason": {"type": "string"},
                         "created_at": {"type": "number"},
@@ -342,6 +351,23 @@ def document(settings: Settings) -> dict[str, Any]:
                             "description": "each target host in targets order (empty without targets)",
                             "items": {"$ref": "#/components/schemas/Host"},
                         },
+                        "notifications": {
+                            "type": "array",
+                            "description": "the notifications this deployment queued (one deployment only)",
+                            "items": {"$ref": "#/components/schemas/Notification"},
+                        },
+                    },
+                },
+                "Notification": {
+                    "type": "object",
+                    "required": ["event", "type", "title", "delivery", "tries", "problem"],
+                    "properties": {
+                        "event": {"type": "string", "enum": NOTIFY_EVENTS},
+                        "type": {"type": "string", "enum": ["info", "success", "warning", "failure"]},
+                        "title": {"type": "string"},
+                        "delivery": {"type": "string", "enum": NOTIFY_DELIVERIES},
+                        "tries": {"type": "integer", "description": "failed tries so far"},
+                        "problem": {"type": "string", "description": "why the last try failed; URLs masked"},
                     },
                 },
                 "EffectiveSteps": {

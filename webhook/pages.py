@@ -21,7 +21,7 @@ from werkzeug.wrappers import Response
 
 from webhook import people, rights, services
 from webhook.auth import action_required, link_grants, signin_required
-from workers import deploylog, routes, targets
+from workers import deploylog, notifications, routes, targets
 from workers.config import Settings
 from workers.control import NotCancelable, cancel
 from workers.deployments import Deployment, DeploymentStore, State, UnknownDeployment
@@ -137,6 +137,7 @@ def deployment(deployment_id: str) -> str:
         hosts=targets.hosts(redis, deployment_id),
         log=deploylog.read(redis, deployment_id),
         statuses=recorded(redis, deployment_id),
+        notices=notifications.recorded(redis, deployment_id),
         live=live,
         access=request.args.get(PARAMETER, ""),
         needed_role=_needed_role(record),

@@ -7,6 +7,7 @@ so an operator fixes a config in one pass.
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
 import pwd
 import re
@@ -59,10 +60,12 @@ PROJECT_ONLY_KEYS = {
     "trigger",
     "poll_interval",
     "review",
+    "notify",
 }
 REVIEW_KEYS = {"url", "deploy", "stop", "health_check", "max", "forks", "drafts", "ttl"}
 REVIEW_PREFIX = "review/"
 """Review environments are named ``review/<iid>``: the ``/`` keeps them apart from configured names."""
+NOTIFY_KEYS = {"urls", "on"}
 ENV_KEYS = {
     "branch",
     "tags",
@@ -123,6 +126,31 @@ class Trigger(StrEnum):
 
     WEBHOOK = "webhook"  # GitLab's deliveries (the reconciler catches missed ones)
     POLL = "poll"  # no webhook: the reconciler polls the branch head
+
+
+class NotifyEvent(StrEnum):
+    """What a notification can be sent for."""
+
+    STARTED = "started"
+    SUCCEEDED = "succeeded"
+    RECOVERED = "recovered"  # the first success after a failure in that environment
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+DEFAULT_NOTIFY_ON = frozenset({NotifyEvent.FAILED, NotifyEvent.RECOVERED})
+"""Word when something breaks and when it is mended, not on every push."""
+
+
+@dataclass(frozen=True)
+class Notify:
+    """Where notifications go (Apprise URLs, each a secret) and which events send one."""
+
+    urls: tuple[Secret, ...] = ()
+    on: frozenset[NotifyEvent] = DEFAULT_NOTIFY_ON
+
+    def wants(self, event: NotifyEvent) -> bool:
+        return bool(self.urls) and event in self.on
 
 
 class OnRedisDown(StrEnum):
@@ -283,6 +311,8 @@ class Project:
             review_deploy=review.deploy,
             review_stop=review.stop,
         )
+    notify: Notify | None = None
+    """The project's own ``[projects.NAME.notify]``, which replaces the server's; None: the server's."""
 
     def environment_for_branch(self, branch: str) -> Environment | None:
         for environment in self.environments.values():
@@ -308,7 +338,8 @@ class Project:
     def secrets(self) -> tuple[Secret, ...]:
         token = (self.repo_token,) if self.repo_token is not None else ()
         keys = tuple(s for env in self.environments.values() for s in env.secrets())
-        return self.secret_tokens + self.signing_keys + token + keys
+        urls = self.notify.urls if self.notify is not None else ()
+        return self.secret_tokens + self.signing_keys + token + keys + urls
 
     def __repr__(self) -> str:
         return _repr(self, {"repo_url"})
@@ -362,6 +393,15 @@ class Settings:
     gitlab: GitLabSettings | None
     projects: Mapping[str, Project]
     auth: AuthSettings = field(default_factory=AuthSettings)
+    notify: Notify = field(default_factory=Notify)
+    """The server-wide ``[notify]`` table: for every project without one of its own."""
+
+    def notify_for(self, project: str) -> Notify:
+        """The project's ``[projects.NAME.notify]`` if it has one (the whole table), else the server's."""
+        configured = self.projects.get(project)
+        if configured is not None and configured.notify is not None:
+            return configured.notify
+        return self.notify
 
     def environment(self, project: str, environment: str) -> Environment:
         return self.projects[project].environments[environment]
@@ -377,6 +417,7 @@ class Settings:
             found.append(self.server.admin_token)
         if self.auth.gitlab_oauth:
             found.append(self.auth.gitlab_oauth.client_secret)
+        found.extend(self.notify.urls)
         return tuple(found)
 
     def webhook_url(self, project: str) -> str:
@@ -407,11 +448,17 @@ def secret_values(raw: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
     oauth = auth.get("gitlab_oauth") if isinstance(auth, dict) else None
     if isinstance(oauth, dict) and "client_secret" in oauth:
         places.append(("auth.gitlab_oauth.client_secret", oauth["client_secret"]))
+    notify = raw.get("notify")
+    if isinstance(notify, dict) and "urls" in notify:
+        places.append(("notify.urls", notify["urls"]))
     projects = raw.get("projects")
     for project, table in projects.items() if isinstance(projects, dict) else ():
         for name in ("secret_token", "signing_token", "repo_token", "ssh_key"):
             if isinstance(table, dict) and name in table:
                 places.append((f"projects.{project}.{name}", table[name]))
+        own = table.get("notify") if isinstance(table, dict) else None
+        if isinstance(own, dict) and "urls" in own:
+            places.append((f"projects.{project}.notify.urls", own["urls"]))
         environments = table.get("environments") if isinstance(table, dict) else None
         for env_name, env_table in environments.items() if isinstance(environments, dict) else ():
             if isinstance(env_table, dict) and "ssh_key" in env_table:
@@ -421,6 +468,21 @@ def secret_values(raw: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
             yield key, value
         elif isinstance(value, list):
             yield from ((f"{key}[{i}]", v) for i, v in enumerate(value) if isinstance(v, str))
+
+
+def notify_url_problem(url: str) -> str:
+    """What is wrong with an Apprise URL, in words that never repeat the URL (it holds secrets)."""
+    if "://" not in url:
+        return "is not an Apprise URL (like slack://…, mailto://…, json://host/path)"
+    import apprise  # only configs that notify pay for loading Apprise's plugins
+
+    # Apprise explains a bad URL in its log by quoting it, and URLs hold secrets: its log stays
+    # out of ours (the notifier captures and masks it while sending).
+    logging.getLogger(apprise.LOGGER_NAME).propagate = False
+    if apprise.Apprise.instantiate(url, suppress_exceptions=True) is None:
+        scheme = url.split("://", 1)[0][:20]
+        return f"Apprise cannot send to this {scheme}:// URL (unknown service or a malformed URL)"
+    return ""
 
 
 def config_path(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Path:
@@ -460,9 +522,10 @@ class _Loader:
         self.problems.append(Problem(str(self.file), key, message))
 
     def settings(self, raw: dict[str, Any]) -> Settings:
-        self.unknown(raw, {"server", "gitlab", "projects", "auth"}, "")
+        self.unknown(raw, {"server", "gitlab", "projects", "auth", "notify"}, "")
         self.keyring()
         server = self.server(self.table(raw, "server", ""))
+        notify = self.notify(raw, "notify") or Notify()
         gitlab = self.gitlab(raw["gitlab"]) if isinstance(raw.get("gitlab"), dict) else None
         if "gitlab" in raw and not isinstance(raw["gitlab"], dict):
             self.problem("gitlab", "must be a table")
@@ -487,7 +550,7 @@ class _Loader:
             self.problem("projects", "no project is configured")
         if self.problems:
             raise ConfigError(self.problems)
-        return Settings(self.file, server, gitlab, projects, auth)
+        return Settings(self.file, server, gitlab, projects, auth, notify)
 
     # -- sections ---------------------------------------------------------
 
@@ -662,6 +725,7 @@ class _Loader:
             self.problem(f"{key}.gitlab_environments", "must be true or false")
             gitlab_environments = False
         review = self.review(table["review"], f"{key}.review", environments) if "review" in table else None
+        notify = self.notify(table, f"{key}.notify")
         return Project(
             name,
             gitlab_project,
@@ -674,6 +738,7 @@ class _Loader:
             poll_interval,
             repo_token,
             review,
+            notify,
         )
 
     def review(self, value: Any, key: str, environments: Mapping[str, Environment]) -> Review | None:
@@ -805,6 +870,35 @@ class _Loader:
             self.problem(f"{key}.rollout.batch", 'must be an integer ≥ 1 or "all"')
             return Rollout()
         return Rollout(batch)
+
+    def notify(self, table: dict[str, Any], key: str) -> Notify | None:
+        """A ``notify`` table (None when absent): Apprise URLs, each a secret form, and the events."""
+        name = key.rpartition(".")[2]
+        if name not in table:
+            return None
+        value = table[name]
+        if not isinstance(value, dict):
+            self.problem(key, 'must be a table like { urls = ["env:CHAT_URL"], on = ["failed"] }')
+            return None
+        self.unknown(value, NOTIFY_KEYS, key)
+        urls = tuple(self.secrets(value, "urls", key, Secret))
+        for index, url in enumerate(urls):
+            problem = notify_url_problem(url.reveal())
+            if problem:
+                self.problem(f"{key}.urls[{index}]", problem)
+        on = value.get("on", sorted(DEFAULT_NOTIFY_ON))
+        known = ", ".join(event.value for event in NotifyEvent)
+        if not isinstance(on, list) or not all(isinstance(e, str) for e in on):
+            self.problem(f"{key}.on", f"must be a list of events ({known})")
+            return Notify(urls)
+        events: set[NotifyEvent] = set()
+        for index, event in enumerate(on):
+            try:
+                events.add(NotifyEvent(event))
+            except ValueError:
+                what = f"{event[:40]!r} is not an event (expected one of: {known})"
+                self.problem(f"{key}.on[{index}]", what)
+        return Notify(urls, frozenset(events))
 
     def tag_glob(self, table: dict[str, Any], key: str) -> str:
         if "tags" not in table:

@@ -74,3 +74,6 @@ REVIEW_TTL_DAYS = 7.0
 
 REVIEW_KEEP_DAYS = 30
 """How long a stopped review app's record (and its note's id) is kept, for a reopened merge request."""
+NOTIFY_RETRY_DELAYS = (1, 2, 5, 15, 30, 60, 120, 300, 600, 900, 1800)
+"""Seconds between tries to send a notification; after the last one it is given up (about 1 h 5 min
+in all): news of a deployment is not worth sending a day late."""

@@ -18,7 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from workers import engine, health, lifecycle, recipe, steps, telemetry
-from workers.config import Environment, Project, RecipeSource
+from workers.config import Environment, NotifyEvent, Project, RecipeSource
 from workers.control import cancel_requested, supersede, supersede_older
 from workers.deploylog import DeploymentLog
 from workers.deployments import (
@@ -27,6 +27,7 @@ from workers.deployments import (
     State,
     StepResult,
     UnknownDeployment,
+    commit_text,
 )
 from workers.engine import Engine
 from workers.errors import RunStopped
@@ -224,6 +225,8 @@ class Runner:
         hosts = len(job.environment.targets)
         what = f"Deploying to {hosts} host{'s' if hosts != 1 else ''}" if hosts else "Deploying"
         report(self.redis, self.settings, job.deployment, StatusState.RUNNING, what)
+        self.describe(job, self.mirror(job.project), fetched=False)
+        lifecycle.notify(self.settings, self.redis, job.deployment, NotifyEvent.STARTED)
         return True
 
     def attempt(self, job: Job) -> tuple[State, str]:
@@ -343,6 +346,7 @@ class Runner:
         if reuse:
             job.log.info(f"release {reuse} was pruned: building {sha[:12]} again")
         mirror = self.mirror(job.project) if job.fetched else self.fetch(job, sha)
+        self.describe(job, mirror)
         self.export(job, mirror, sha)
         variables = self.variables(job, deployment.id, sha, deployment.previous_sha)
         self.build(job, variables)
@@ -361,6 +365,25 @@ class Runner:
         )
         self.check_cancel(job)
         return mirror
+
+    def describe(self, job: Job, mirror: Mirror, fetched: bool = True) -> None:
+        """Read the commit's title and author from git when the delivery did not carry them (a manual
+        deploy, a push of more than 20 commits, a tag, a journaled delivery); before the fetch,
+        only from a mirror that already has the commit."""
+        deployment = job.deployment
+        if deployment.commit_title or not deployment.sha:
+            return
+        try:
+            if not fetched and not mirror.has_commit(deployment.sha):
+                return
+            title, author = mirror.describe(deployment.sha)
+        except SourceError as exc:
+            job.log.info(self.masker(f"git: the commit's title could not be read: {exc}"))
+            return
+        deployment.commit_title, deployment.commit_author = commit_text(title), commit_text(author)
+        self.store.update(
+            deployment.id, commit_title=deployment.commit_title, commit_author=deployment.commit_author
+        )
 
     def export(self, job: Job, mirror: Mirror, sha: str) -> None:
         """Write the commit's tree into a new release directory named by the deployment."""

@@ -60,6 +60,13 @@ def remote_steps(deployment_id: str) -> str:
     return f"{PREFIX}:dep:{deployment_id}:remote"
 
 
+def notices(deployment_id: str) -> str:
+    """Hash: event → JSON notification (title, body, type, URLs delivered to, tries, outcome).
+
+    One field per event, so each event of a deployment is queued once (the idempotency key)."""
+    return f"{PREFIX}:dep:{deployment_id}:notices"
+
+
 DEPLOYMENT_KEYS: tuple[Callable[[str], str], ...] = (
     record,
     steps,
@@ -68,6 +75,7 @@ DEPLOYMENT_KEYS: tuple[Callable[[str], str], ...] = (
     cancel,
     hosts,
     remote_steps,
+    notices,
 )
 """Every key of one deployment: pruning deletes exactly these."""
 
@@ -148,6 +156,11 @@ def drift(project: str, environment: str) -> str:
     return _env(project, environment, "drift")
 
 
+def last_outcome(project: str, environment: str) -> str:
+    """String: ``succeeded`` or ``failed``, how the last finished deployment ended (for ``recovered``)."""
+    return _env(project, environment, "outcome")
+
+
 ENVIRONMENT_KEYS: tuple[Callable[[str, str], str], ...] = (
     history,
     live,
@@ -156,6 +169,7 @@ ENVIRONMENT_KEYS: tuple[Callable[[str, str], str], ...] = (
     waiting,
     reconciled,
     drift,
+    last_outcome,
 )
 
 
@@ -251,6 +265,20 @@ OUTBOX_WAKE = f"{PREFIX}:outbox:wake"
 def outbox_lock(deployment_id: str) -> str:
     """String with an expiry: the courier delivering this deployment's outbox."""
     return f"{PREFIX}:outbox:lock:{deployment_id}"
+
+
+NOTIFY_DUE = f"{PREFIX}:notify"
+"""Sorted set: ``<deployment id>:<event>`` of notifications still to send, by when they are due.
+
+A member leaves when every URL has the message or when its tries run out
+(:data:`workers.defaults.NOTIFY_RETRY_DELAYS`), so the set holds only what is in flight."""
+NOTIFY_WAKE = f"{PREFIX}:notify:wake"
+"""List: a nudge for notifiers blocked waiting for work (trimmed to one entry)."""
+
+
+def notify_lock(member: str) -> str:
+    """String with an expiry: the notifier sending this ``<deployment id>:<event>`` now."""
+    return f"{PREFIX}:notify:lock:{member}"
 
 
 METRICS = f"{PREFIX}:metrics"

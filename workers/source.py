@@ -150,6 +150,13 @@ class Mirror:
             raise SourceError(f"commit {sha} is not the head of merge request !{iid} ({ref}): {now}")
         return True
 
+    def describe(self, sha: str) -> tuple[str, str]:
+        """The title (first line of the message) and author name of commit ``sha``, already fetched."""
+        check_sha(sha)
+        shown = self._git(["log", "-1", "--no-show-signature", "--format=%s%x00%an", "--end-of-options", sha])
+        title, _, author = shown.stdout.rstrip("\n").partition("\0")
+        return title, author
+
     def export(self, sha: str, destination: Path) -> None:
         """Write the tree of ``sha`` into ``destination`` (created): no ``.git``, no hooks, no submodules."""
         check_sha(sha)

@@ -1,4 +1,5 @@
-"""A worker process: an RQ worker for deployments, plus the status courier and the lane janitor."""
+"""A worker process: an RQ worker for deployments, plus the status courier, the notifier and the
+lane janitor."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from workers.forge import forge_for
 from workers.intake import Intake
 from workers.lanes import Lane
 from workers.lifecycle import start_waiting
+from workers.notifier import Notifier
 from workers.outbox import Courier
 from workers.reconciler import Reconciler
 from workers.recovery import horse_killed
@@ -54,6 +56,8 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None)
         keep_deployments=settings.server.keep_deployments,
     )
     courier.start()
+    notifier = Notifier(worker_redis(settings.server.redis_url), settings)
+    notifier.start()
     janitor = Janitor(settings, worker_redis(settings.server.redis_url))
     janitor.start()
     worker = Worker(
@@ -70,6 +74,7 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None)
         return bool(worker.work(burst=burst, logging_level="INFO", with_scheduler=False))
     finally:
         courier.stop()
+        notifier.stop()
         janitor.stop()
 
 

@@ -255,6 +255,7 @@ SECTIONS = {
     "auth": loader.AUTH_KEYS,
     "projects": loader.PROJECT_ONLY_KEYS | loader.FLAT_ONLY_KEYS,
     "environment-keys": loader.ENV_KEYS,
+    "notify": loader.NOTIFY_KEYS,
 }
 KEY_HEADING = re.compile(r"^`([a-z_]+)`$")
 
@@ -344,6 +345,7 @@ def loaded_defaults(tmp_path: Path) -> dict[str, dict[str, Any]]:
         "auth": {key: getattr(settings.auth, key) for key in loader.AUTH_KEYS},
         "projects": projects,
         "environment-keys": environments,
+        "notify": {"urls": list(settings.notify.urls), "on": sorted(settings.notify.on)},
     }
 
 

@@ -150,6 +150,7 @@ def test_check_offline_says_what_each_project_requires(make_settings: Callable[.
     assert "  deliveries:  token only (X-Gitlab-Token)" in token_only.stdout.splitlines()
     assert "GitLab:     none" in signed.stdout and "warning" not in signed.stdout
     assert "  sign-in:    admin token only ([auth] gitlab_oauth is not set)" in signed.stdout.splitlines()
+    assert "  notify:      none" in signed.stdout.splitlines()
 
 
 def test_check_says_how_people_sign_in_and_which_environments_are_protected(
@@ -166,6 +167,17 @@ def test_check_says_how_people_sign_in_and_which_environments_are_protected(
         "admin token as break glass"
     ) in shown.stdout.splitlines()
     assert "protected (Maintainer)" in shown.stdout and "s3cret" not in shown.stdout
+
+
+def test_check_names_where_notifications_go_without_their_secrets(
+    make_settings: Callable[..., Settings],
+) -> None:
+    path = make_settings(notify={"urls": ["json://hooks.example.org/secret-path-canary-77"]}).path
+    checked = pushdeploy("check", "-c", str(path))
+    assert checked.returncode == 0, checked.stderr
+    line = "  notify:      json://hooks.example.org/… (own [projects.NAME.notify]) on failed, recovered"
+    assert line in checked.stdout.splitlines()
+    assert "secret-path-canary-77" not in checked.stdout
 
 
 def test_check_resolves_the_project_through_gitlab(

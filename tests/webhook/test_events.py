@@ -871,3 +871,59 @@ def test_an_unusual_source_branch_name_is_ignored_not_reported_to(gitlab_test: P
     payload["object_attributes"]["source_branch"] = "feature/$(reboot)"
     decision = decide(payload, gitlab_test, sample_headers("merge_request_hook"))
     assert isinstance(decision, Ignored) and "source branch name" in decision.reason
+# -- the head commit's title and author ------------------------------------------------------
+
+
+def test_the_head_commits_title_and_author_come_from_its_commits_entry(
+    push: dict[str, Any], push_headers: dict[str, str], diaspora: Project
+) -> None:
+    decision = decide(push, diaspora, push_headers)
+    assert isinstance(decision, Deploy)
+    # GitLab's sample lists two commits; the deployed one is the entry whose id is the new head.
+    assert (decision.push.commit_title, decision.push.commit_author) == ("fixed readme", "GitLab dev user")
+
+
+def test_without_a_title_the_messages_first_line_is_kept_plain_and_bounded(
+    push: dict[str, Any], push_headers: dict[str, str], diaspora: Project
+) -> None:
+    head = commit(push, push["after"])
+    del head["title"]
+    head["message"] = "\x1b[31mRed\x1b[0m title\u0007 " + "x" * 400 + "\n\nbody line"
+    head["author"] = {"name": "Eve\r\nInjected: header", "email": "e@example.org"}
+    decision = decide(push, diaspora, push_headers)
+    assert isinstance(decision, Deploy)
+    title = decision.push.commit_title
+    assert title.startswith("[31mRed [0m title") and len(title) == 255
+    assert not any(ord(c) < 0x20 for c in title)
+    assert decision.push.commit_author == "Eve"
+
+
+def test_a_head_commit_missing_from_the_payload_leaves_the_title_to_git(
+    push: dict[str, Any], push_headers: dict[str, str], diaspora: Project
+) -> None:
+    push["commits"] = [c for c in push["commits"] if c["id"] != push["after"]]  # a push of > 20 commits
+    decision = decide(push, diaspora, push_headers)
+    assert isinstance(decision, Deploy)
+    assert (decision.push.commit_title, decision.push.commit_author) == ("", "")
+
+
+def test_a_non_string_author_is_ignored_not_trusted(
+    push: dict[str, Any], push_headers: dict[str, str], diaspora: Project
+) -> None:
+    commit(push, push["after"])["author"] = {"name": ["not", "a", "name"]}
+    decision = decide(push, diaspora, push_headers)
+    assert isinstance(decision, Deploy) and decision.push.commit_author == ""
+
+
+def test_a_tag_push_takes_the_tagged_commits_title_when_it_lists_it(tagged: Project) -> None:
+    payload = sample("tag_push_hook")
+    payload["after"] = "1" * 40  # an annotated tag: its object, not the commit
+    decision = decide(payload, tagged, sample_headers("tag_push_hook"))
+    assert isinstance(decision, Deploy) and decision.push.commit_title == ""  # none listed: git tells
+    payload["commits"] = [
+        {"id": "1" * 40, "title": "the tag object, never deployed", "author": {"name": "X"}},
+        {"id": TAG_SHA, "title": "Release 1.0.0", "message": "Release 1.0.0\n", "author": {"name": "John"}},
+    ]
+    decision = decide(payload, tagged, sample_headers("tag_push_hook"))
+    assert isinstance(decision, Deploy)
+    assert (decision.push.commit_title, decision.push.commit_author) == ("Release 1.0.0", "John")

@@ -158,3 +158,45 @@ def test_the_deployment_page_shows_which_recipe_ran_and_its_steps(
     assert "<code>echo deployed $PUSHDEPLOY_SHA</code>" in recipe  # the server's, where the file is silent
     assert "<code>http://127.0.0.1:9/ok</code> (30 s)" in recipe
     assert "<code>API_KEY</code>" in recipe and '"x"' not in recipe
+def test_the_commits_title_and_author_are_on_the_overview_history_and_page(
+    client: FlaskClient, redis: Redis
+) -> None:
+    deployment = make_deployment(redis)
+    DeploymentStore(redis).update(
+        deployment.id, commit_title="Fix <the> cart total", commit_author="Alice Liddell"
+    )
+    sign_in(client)
+    for path in ("/", "/projects/sample-app", "/deployments/d1"):
+        page = client.get(path).get_data(as_text=True)
+        assert "Fix &lt;the&gt; cart total" in page, path  # payload text, escaped
+        assert "Alice Liddell" in page, path
+
+
+def test_an_already_deployed_success_is_not_an_error_banner(client: FlaskClient, redis: Redis) -> None:
+    make_deployment(redis, "ok", State.SUCCEEDED)
+    DeploymentStore(redis).update("ok", reason="already deployed")
+    make_deployment(redis, "bad", State.FAILED)
+    DeploymentStore(redis).update("bad", reason="build step 1 `make` exited with 2")
+    sign_in(client)
+    assert '<p class="reason succeeded">already deployed</p>' in client.get("/deployments/ok").get_data(
+        as_text=True
+    )
+    assert '<p class="reason failed">' in client.get("/deployments/bad").get_data(as_text=True)
+    css = client.get("/static/style.css").get_data(as_text=True)
+    error = re.search(r"\.reason, \.problem \{ background: (#[0-9a-f]+)", css)
+    calm = re.search(r"\.reason\.succeeded \{ background: (#[0-9a-f]+)", css)
+    assert error and calm and calm.group(1) != error.group(1)
+
+
+def test_a_deployments_notifications_are_on_its_page(
+    client: FlaskClient, redis: Redis, make_settings: Callable[..., Settings]
+) -> None:
+    from workers.config import NotifyEvent
+    from workers.notifications import announce
+
+    settings = make_settings(notify={"urls": ["json://127.0.0.1:9/hooks"]})
+    deployment = make_deployment(redis, "f1", State.FAILED)
+    announce(redis, settings, deployment, NotifyEvent.FAILED)
+    sign_in(client)
+    page = client.get("/deployments/f1").get_data(as_text=True)
+    assert "<h2>Notifications</h2>" in page and "failed – pending" in page

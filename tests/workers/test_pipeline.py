@@ -564,3 +564,92 @@ def test_a_rollback_runs_the_deploy_steps_of_the_release_it_puts_back(
     assert (env_dir(settings) / "current" / "deployed-by.txt").read_text() == "one\n"
     ran = [(s.phase, s.command, s.exit_code) for s in DeploymentStore(redis).steps(failed.id)]
     assert ran == [("deploy", "./restart-two.sh", 4), ("rollback", "echo one > deployed-by.txt", 0)]
+
+
+# -- the commit's title and author; notifications ----------------------------------------------
+
+
+def test_a_push_without_the_commits_title_gets_it_from_git(
+    make_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    deploy: Callable[[Settings, str], Deployment],
+) -> None:
+    settings = make_settings()
+    sha = git_repo.commit({"build.sh": BUILD, "app.txt": "t\n"}, "Fix the cart total\n\nLong body.")
+    done = deploy(settings, sha)
+    assert (done.commit_title, done.commit_author) == ("Fix the cart total", "Test Author")
+    again = deploy(settings, sha)  # already deployed: read from the mirror without a fetch
+    assert "already deployed" in again.reason
+    assert (again.commit_title, again.commit_author) == ("Fix the cart total", "Test Author")
+
+
+def test_the_deliverys_title_is_kept_and_git_is_not_asked(
+    make_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    redis: Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = make_settings()
+    sha = git_repo.commit({"build.sh": BUILD, "app.txt": "d\n"}, "what git says")
+    use_config(settings, monkeypatch)
+    project = settings.projects["sample-app"]
+    push = Push("refs/heads/main", sha, "alice", "", commit_title="what GitLab said", commit_author="Alice")
+    accepted = Intake(redis, settings.server.public_url).accept(
+        project, project.environments["production"], push
+    )
+    queued = DeploymentStore(redis).get(accepted.deployment_id)
+    assert (queued.commit_title, queued.commit_author) == ("what GitLab said", "Alice")  # from the start
+    work(redis)
+    done = DeploymentStore(redis).get(accepted.deployment_id)
+    assert (done.state, done.commit_title, done.commit_author) == (
+        State.SUCCEEDED,
+        "what GitLab said",
+        "Alice",
+    )
+
+
+def test_a_manual_deploy_of_a_branch_gets_its_heads_title(
+    make_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    redis: Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from workers.operations import manual_deploy
+
+    settings = make_settings()
+    git_repo.commit({"build.sh": BUILD, "app.txt": "m\n"}, "Release the spring menu")
+    use_config(settings, monkeypatch)
+    project = settings.projects["sample-app"]
+    intake = Intake(redis, settings.server.public_url)
+    queued = manual_deploy(intake, project, project.environments["production"], "operator", ref="main")
+    work(redis)
+    done = DeploymentStore(redis).get(queued.id)
+    assert (done.state, done.commit_title, done.commit_author) == (
+        State.SUCCEEDED,
+        "Release the spring menu",
+        "Test Author",
+    )
+
+
+def test_a_failure_then_a_success_queue_failed_then_recovered(
+    make_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    deploy: Callable[[Settings, str], Deployment],
+    redis: Redis,
+) -> None:
+    from workers.notifications import recorded as notices
+
+    settings = make_settings(
+        notify={"urls": ["json://127.0.0.1:9/hooks"], "on": ["failed", "recovered", "started"]}
+    )
+    bad = deploy(settings, git_repo.commit({"build.sh": "#!/bin/sh\nexit 3\n"}, "Break it"))
+    good = deploy(settings, git_repo.commit({"build.sh": BUILD, "app.txt": "ok\n"}, "Mend it"))
+    assert (bad.state, good.state) == (State.FAILED, State.SUCCEEDED)
+    assert [(n.event, n.kind) for n in notices(redis, bad.id)] == [("started", "info"), ("failed", "failure")]
+    assert [(n.event, n.kind) for n in notices(redis, good.id)] == [
+        ("started", "info"),
+        ("recovered", "success"),
+    ]
+    failed = notices(redis, bad.id)[1]
+    assert "Commit: " + bad.sha[:8] + " Break it (Test Author) on main" in failed.body
+    assert "build step 1 `./build.sh` exited with 3" in failed.body
