@@ -116,6 +116,14 @@ class LocalReleases:
                     self.scanned[release] = None
             return self.scanned[release]
 
+    def prefetch(self, release: str) -> threading.Thread:
+        """Scan ``release`` and the worker's newest build before it (most hosts' base) in the background."""
+        older = sorted(p.name for p in self.folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        wanted = [release, *[r for r in older if r < release][-1:]]
+        thread = threading.Thread(target=lambda: [self.digest(r) for r in wanted], daemon=True)
+        thread.start()
+        return thread
+
     def digest(self, release: str) -> str | None:
         found = self.get(release)
         with self.lock:
@@ -147,6 +155,7 @@ class Rollout:
                 HostRun(Host(t, directory, i, self.runner.environ)) for i, t in enumerate(environment.targets)
             ]
             pruned = False
+            scanning = self.manifests.prefetch(self.release)  # while the hosts are reached
             try:
                 self.connect()
                 self.ship()
@@ -154,6 +163,7 @@ class Rollout:
                 self.prune()
                 pruned = True
             finally:
+                scanning.join()
                 if not pruned:  # the pid files of this deployment's steps; prune removes them otherwise
                     parallel(self.runs, lambda r: r.host.prune([], self.deployment_id, time.time() + 15))
                 parallel((r.host for r in self.runs), lambda host: host.close())
