@@ -29,6 +29,7 @@ ENGINE_INTERNALS = (
     "workers.health",
     "workers.remote",
     "workers.rollout",
+    "workers.manifest",
 )
 ENTRY_POINTS = {"workers.worker": {"webhook/cli.py"}}
 """Engine modules the CLI may import to run the engine itself, and where."""
