@@ -239,7 +239,9 @@ class Host:
             incremental = run.ok
         if run is None or not run.ok:
             fresh = f"cd {q(self.path('releases'))} && rm -rf {q(temporary)} && exec rsync"  # no stale links
-            compare = ["-rlpc", f"--link-dest=../{base}"] if base else ["-rlp"]  # no base: no checksums
+            # No base: no checksums, and every file written in place (the directory is new and unseen,
+            # so a temporary name and a rename per file would only cost the host CPU).
+            compare = ["-rlpc", f"--link-dest=../{base}"] if base else ["-rlp", "--inplace"]
             options = [*compare, "--delete", f"--rsync-path={fresh}"]
             run = self.rsync(source, temporary, options, deadline, should_stop)
         if not run.ok:
