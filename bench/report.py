@@ -345,8 +345,9 @@ def _many_hosts(found: dict[str, Any]) -> list[str]:
         f"sharing its {found['cores']} cores with the worker: first a full deployment, then an incremental "
         f"one (one file changed). Seconds from the rollout's first connection to the deployment's end; "
         f"bytes as rsync counts them, per host; CPU seconds of the hosts' sshd and their sessions, and of "
-        f"the worker and its children (fetch and export included). The floor is both sides' CPU over the "
-        f"cores: no schedule on this machine could finish sooner.{shown}",
+        f"the worker's job and its children (fetch and export included, the detached ssh master "
+        f"connections not). The floor is the hosts' CPU over the cores: with the hosts on this machine, no "
+        f"schedule could finish sooner.{shown}",
         "",
         "| hosts | deploy | seconds | floor s | phases s: connect / ship / switch, deploy, health / "
         "prune, end | bytes per host | CPU s: hosts / worker |",

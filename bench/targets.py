@@ -73,7 +73,7 @@ def many_hosts_verdicts(scenarios: dict[str, Any]) -> list[Verdict]:
     one, most = rows[0], rows[-1]
     ratio = found["most_vs_one"]
     floor = found.get("most_floor_vs_one")
-    note = (f"the CPU both sides needed, over {found['cores']} cores: {most['first_floor_seconds']:.1f} s, "
+    note = (f"the hosts' CPU alone, over {found['cores']} cores: {most['first_floor_seconds']:.1f} s, "
             f"{floor:.1f}× one host's time" if floor is not None else "")
     worst = max(rows, key=lambda r: r["incremental_share"])
     return [
