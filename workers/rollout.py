@@ -229,11 +229,11 @@ class Rollout:
 
     def changes_from(self, base: str) -> tuple[str, list[str]] | None:
         """(base's digest, the paths that differ from it) from the worker's copies, None if it has none."""
-        old = self.manifests.get(base)
-        new = self.manifests.get(self.release)
-        if old is None or new is None:
+        local = self.manifests
+        old, new, digest = local.get(base), local.get(self.release), local.digest(base)
+        if old is None or new is None or digest is None:
             return None
-        return manifest.digest(old), manifest.changes(old, new)
+        return digest, manifest.changes(old, new)
 
     def switch_all(self) -> None:
         self.runner.check_lane(self.job)  # still ours, renewed now: nobody else is switching meanwhile

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -445,3 +446,28 @@ def test_a_release_written_into_on_the_host_is_not_carried_into_the_next(
     assert third.state is State.SUCCEEDED, third.reason
     assert "changed path(s)" not in hosts(redis, third.id)[0].detail
     assert f"by-{second_sha}" not in release_tree(releases / third.id)
+
+
+def test_without_its_copy_of_the_hosts_release_the_worker_compares_every_file(
+    three: list[SshHost],
+    targets_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    redis: Redis,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    host = three[0]
+    settings = targets_settings([host])
+    local = tmp_path / "data" / "projects" / "sample-app" / "production" / "releases"
+    (git_repo.work / "big.bin").write_bytes(BIG)
+    first = deploy(redis, settings, commit(git_repo, "one\n"), monkeypatch)
+    assert first.state is State.SUCCEEDED, first.reason
+    shutil.rmtree(local / first.id)  # pruned on the worker, say
+
+    second = deploy(redis, settings, commit(git_repo, "two\n"), monkeypatch)
+
+    assert second.state is State.SUCCEEDED, second.reason
+    (progress,) = hosts(redis, second.id)
+    assert progress.detail.endswith(f"bytes sent (against releases/{first.id})")  # rsync --link-dest
+    assert int(progress.detail.split()[0]) < len(BIG) // 100  # the big file still linked, not sent
+    assert release_tree(host.root / "releases" / second.id) == release_tree(local / second.id)
