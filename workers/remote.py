@@ -192,7 +192,8 @@ class Host:
             'for r in releases/*; do [ -d "$r" ] && printf \'release %s\\n\' "${r#releases/}"; done; '
             'case "$c" in ""|*[!0-9A-Za-z_-]*) exit 0;; esac; '
             f't={STATE_DIR}/tree-$c; [ -f "$t" ] && [ -d "releases/$c" ] || exit 0; '
-            f'[ "$(sed -n 2p "$t")" = "$( {tree_fingerprint("releases/$c")} )" ] && '
+            f'f=$( {tree_fingerprint("releases/$c")} ) && [ -n "${{f%% *}}" ] && '
+            '[ "$(sed -n 2p "$t")" = "$f" ] && '
             'printf \'tree %s\\n\' "$(sed -n 1p "$t")"; true'
         )
         lines = self.quick("connect", command, min(deadline, time.time() + QUICK_TIMEOUT))
