@@ -30,6 +30,7 @@ ENGINE_INTERNALS = (
     "workers.remote",
     "workers.rollout",
     "workers.review_stop",
+    "workers.manifest",
 )
 ENTRY_POINTS = {"workers.worker": {"webhook/cli.py"}}
 """Engine modules the CLI may import to run the engine itself, and where."""
