@@ -87,7 +87,7 @@ def render_only(path: Path, markdown: Path) -> int:
     """Rewrite a results file's summaries, targets and page from its raw rounds, measuring nothing."""
     results = json.loads(path.read_text())
     accept.resummarize(results["scenarios"].get("accept", {}))
-    results["targets"] = [v.to_dict() for v in evaluate(results["scenarios"])]
+    results["targets"] = [v.to_dict() for v in evaluate(report.with_latest(results["scenarios"]))]
     path.write_text(json.dumps(results, indent=2) + "\n")
     markdown.write_text(report.render(results, report.kept_analysis(markdown)))
     print(f"rewrote {path} and {markdown}")
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     results["duration_s"] = round(time.monotonic() - started, 1)
     results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    verdicts = evaluate(results["scenarios"])
+    verdicts = evaluate(report.with_latest(results["scenarios"]))
     results["targets"] = [v.to_dict() for v in verdicts]
     shown = json_path.resolve()
     results["json_path"] = str(shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown)

@@ -23,6 +23,8 @@ RECEIVERS = {
 RESULTS = ROOT / "bench" / "results"
 GROWTH_BASELINE = RESULTS / "growth-before-83260a9.json"
 """The growth scenario on the engine before its one lifecycle (history pruned only by ``Runner.finish``)."""
+MANY_HOSTS_LATEST = RESULTS / "many_hosts.json"
+"""``python -m bench --only many_hosts``'s results: used when the run being rendered did not measure it."""
 GROWTH_LATEST = RESULTS / "growth.json"
 """``python -m bench --only growth``'s results: shown when the run being rendered did not measure growth."""
 
@@ -76,6 +78,7 @@ def render(results: dict[str, Any], analysis: str) -> str:
     lines += _burst(scenarios.get("burst", {}))
     lines += _breakdown(scenarios.get("accept_breakdown", {}))
     lines += _growth(growth_runs(results))
+    lines += _many_hosts(with_latest(scenarios).get("many_hosts", {}))
     lines += ["", "## Analysis", "", START, analysis, END, ""]
     return "\n".join(lines)
 
@@ -313,4 +316,52 @@ def _growth(runs: list[GrowthRun]) -> list[str]:
         row(f"{name}, {counts} requests",
             lambda g, f=field: f"{g[f]['median_ms']:.1f} / {g[f]['p99_ms']:.1f}")
     row("`/metrics` body, bytes", lambda g: f"{g['metrics_scrape']['bytes']:,}")
+    return lines
+
+
+def with_latest(scenarios: dict[str, Any]) -> dict[str, Any]:
+    """The run's scenarios, with many_hosts from its own latest run when this one did not measure it."""
+    if scenarios.get("many_hosts", {}).get("status") == "ok":
+        return scenarios
+    latest = _load(MANY_HOSTS_LATEST)
+    found = (latest or {}).get("scenarios", {}).get("many_hosts", {})
+    if found.get("status") != "ok" or latest is None:
+        return scenarios
+    return scenarios | {"many_hosts": found | {"run": {k: latest.get(k) for k in ("command", "started_at")}
+                                                | {"load": latest["machine"].get("load_average_at_start")}}}
+
+
+def _many_hosts(found: dict[str, Any]) -> list[str]:
+    lines = ["", "## Many hosts: rollout over SSH", ""]
+    if found.get("status") != "ok":
+        return [*lines, "_Not measured: no many_hosts results (`python -m bench --only many_hosts`)._"]
+    run = found.get("run")
+    shown = (f" Measured by `{run['command']}` on {run['started_at']}, load average {run['load']} at "
+             "its start." if run else "")
+    rows = found["rows"]
+    lines += [
+        f"A {found['files']:,}-file release ({rows[0]['release_bytes']:,} bytes) rolled out with batch "
+        f"\"all\" to 1 to {rows[-1]['hosts']} hosts, each a real sshd on a loopback address of this machine, "
+        f"sharing its {found['cores']} cores with the worker: first a full deployment, then an incremental "
+        f"one (one file changed). Seconds from the rollout's first connection to the deployment's end; "
+        f"bytes as rsync counts them, per host; CPU seconds of the hosts' sshd and their sessions, and of "
+        f"the worker's job and its children (fetch and export included, the detached ssh master "
+        f"connections not). The floor is the hosts' CPU over the cores: with the hosts on this machine, no "
+        f"schedule could finish sooner.{shown}",
+        "",
+        "| hosts | deploy | seconds | floor s | phases s: connect / ship / switch, deploy, health / "
+        "prune, end | bytes per host | CPU s: hosts / worker |",
+        "|---:|---|---:|---:|---|---:|---|",
+    ]
+    for row in rows:
+        for name in ("first", "incremental"):
+            phases = row.get(f"{name}_phases") or {}
+            cells = [
+                str(row["hosts"]), name, f"{row[f'{name}_seconds']:.1f}",
+                f"{row.get(f'{name}_floor_seconds', 0):.1f}", " / ".join(f"{v:.1f}" for v in phases.values()),
+                f"{row[f'{name}_bytes_per_host']:,}",
+                f"{row.get(f'{name}_host_cpu_seconds', 0):.1f} / "
+                f"{row.get(f'{name}_worker_cpu_seconds', 0):.1f}",
+            ]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
     return lines

@@ -63,6 +63,27 @@ def accept_verdicts(scenarios: dict[str, Any]) -> list[Verdict]:
     return verdicts
 
 
+def many_hosts_verdicts(scenarios: dict[str, Any]) -> list[Verdict]:
+    names = ("many hosts: all hosts (batch \"all\") in ≤ 1.5× one host's time",
+             "many hosts: an incremental deploy (one file changed) sends < 1% of the release")
+    found = _ok(scenarios, "many_hosts")
+    if found is None:
+        return [_missing(name, "many_hosts scenario did not run") for name in names]
+    rows = found["rows"]
+    one, most = rows[0], rows[-1]
+    ratio = found["most_vs_one"]
+    floor = found.get("most_floor_vs_one")
+    note = (f"the hosts' CPU alone, over {found['cores']} cores: {most['first_floor_seconds']:.1f} s, "
+            f"{floor:.1f}× one host's time" if floor is not None else "")
+    worst = max(rows, key=lambda r: r["incremental_share"])
+    return [
+        Verdict(names[0], f"{ratio:.1f}× ({most['hosts']} hosts {most['first_seconds']:.1f} s, "
+                          f"{one['hosts']} host {one['first_seconds']:.1f} s)", ratio <= 1.5, note),
+        Verdict(names[1], f"{worst['incremental_share']:.3%} ({worst['incremental_bytes_per_host']:,} of "
+                          f"{worst['release_bytes']:,} bytes)", worst["incremental_share"] < 0.01),
+    ]
+
+
 def evaluate(scenarios: dict[str, Any]) -> list[Verdict]:
     verdicts = accept_verdicts(scenarios)
     latency = _ok(scenarios, "push_to_running")
@@ -96,4 +117,4 @@ def evaluate(scenarios: dict[str, Any]) -> list[Verdict]:
             f"{burst['deliveries']} deliveries, at most {burst['max_ran_per_environment']} per environment",
             burst["max_ran_per_environment"] <= 2,
         ))
-    return verdicts
+    return verdicts + many_hosts_verdicts(scenarios)

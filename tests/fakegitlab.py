@@ -35,6 +35,11 @@ from types import TracebackType
 from typing import Any, Literal, cast
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
+try:
+    from tests.fakegitlab_people import People
+except ImportError:  # tests/ is not importable as a package: rootdir not on sys.path
+    from fakegitlab_people import People  # type: ignore[no-redef,import-not-found,unused-ignore]
+
 __all__ = ["FakeGitLab"]
 
 API_PREFIX = "/api/v4"
@@ -106,7 +111,7 @@ SHA_RE = re.compile(r"(?:[0-9a-fA-F]{40}|[0-9a-fA-F]{64})")
 URL_RE = re.compile(r"https?://[^\s/?#]+[^\s]*")
 
 FaultKind = Literal["fail", "stall", "reset"]
-FaultRoute = Literal["statuses", "deployments"]
+FaultRoute = Literal["statuses", "deployments", "notes"]
 
 
 def _now() -> str:
@@ -212,6 +217,8 @@ def _branch_filter_error(strategy: str, pattern: str | None) -> str | None:
         if len(pattern) > 4000:
             return "is longer than the allowed length of 4000 characters."
     return None
+
+
 def _integer(params: Mapping[str, Any], key: str) -> int | None:
     """An optional Integer parameter as Grape coerces it; anything else is its 400."""
     value = params.get(key)
@@ -410,6 +417,10 @@ class FakeGitLab:
         self.badges: list[dict[str, Any]] = []
         self.deployments: list[dict[str, Any]] = []
         self.environments: dict[tuple[int, str], int] = {}
+        # environment id -> {"external_url", "state"}: what the environments API shows and changes
+        self.environment_details: dict[int, dict[str, Any]] = {}
+        # merge request notes: {"id", "project_id", "iid", "body", "created_at", "updated_at"}
+        self.notes: list[dict[str, Any]] = []
         self.lock = threading.RLock()
         self.errors: list[BaseException] = []  # unexpected exceptions inside the fake (should stay empty)
         self._host = host
@@ -430,6 +441,8 @@ class FakeGitLab:
         self._found_in_repositories: set[str] = set()
         self._next_id = 1000
         self._redirect_routes: dict[str, int] = {}  # old path (lower case) -> project id, see rename_project
+        # Users, memberships and the OAuth provider (tests/fakegitlab_people.py).
+        self.people = People(lambda: self.url)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -497,7 +510,8 @@ class FakeGitLab:
     ) -> None:
         """Answer the next n status POSTs with a canned response (not recorded as accepted).
 
-        ``route="deployments"`` aims at the Deployments API's creates and updates instead.
+        ``route="deployments"`` aims at the Deployments API's creates and updates instead,
+        ``route="notes"`` at merge request notes' creates and edits.
         """
         with self.lock:
             self._faults.extend(
@@ -531,6 +545,10 @@ class FakeGitLab:
             method == "PUT" and re.fullmatch(r"/api/v4/projects/[^/]+/deployments/[^/]+", raw_path)
         ):
             route = "deployments"
+        elif method in ("POST", "PUT") and re.fullmatch(
+            r"/api/v4/projects/[^/]+/merge_requests/[^/]+/notes(?:/[^/]+)?", raw_path
+        ):
+            route = "notes"
         else:
             return None
         with self.lock:
@@ -691,10 +709,12 @@ class FakeGitLab:
     def _route(
         self, method: str, raw_path: str, query: dict[str, str], headers: Any, raw_body: bytes, raw_query: str
     ) -> _Response:
+        if raw_path.startswith(("/oauth/", "/users/")):
+            return self._route_oauth(method, raw_path, query, headers, raw_body)
         if not raw_path.startswith(API_PREFIX + "/"):
             return _json_response(404, {"error": "404 Not Found"})
         if not self._authorized(headers):
-            return _json_response(401, {"message": "401 Unauthorized"})
+            return self._route_as_user(method, raw_path, headers)
         # Split the *raw* path so an encoded "group%2Fproject" stays a single segment.
         segments = raw_path[len(API_PREFIX) + 1 :].split("/")
         try:
@@ -706,6 +726,38 @@ class FakeGitLab:
             with self.lock:
                 self.errors.append(exc)
             return _json_response(500, {"message": "500 Internal Server Error"})
+
+    def _route_oauth(
+        self, method: str, raw_path: str, query: dict[str, str], headers: Any, raw_body: bytes
+    ) -> _Response:
+        if raw_path == "/oauth/authorize" and method == "GET":
+            status, body, hdrs = self.people.authorize(query)
+        elif raw_path == "/oauth/token" and method == "POST":
+            status, body, hdrs = self.people.token(headers, raw_body)
+        elif raw_path == "/users/sign_in" and method == "GET":
+            status, body, hdrs = 200, b"<!doctype html><title>Sign in - GitLab</title>", {}
+        else:
+            return _json_response(404, {"error": "404 Not Found"})
+        return _Response(status, body, hdrs)
+
+    def _route_as_user(self, method: str, raw_path: str, headers: Any) -> _Response:
+        """A person's OAuth token (scope ``read_user``) reads ``/user`` and nothing else."""
+        scheme, _, bearer = (headers.get("Authorization") or "").partition(" ")
+        user = self.people.user_of(bearer) if scheme == "Bearer" else None
+        if user is None:
+            return _json_response(401, {"message": "401 Unauthorized"})
+        if raw_path == f"{API_PREFIX}/user" and method == "GET":
+            return _json_response(200, self.people.user_entity(user))
+        return _json_response(
+            403,
+            {
+                "error": "insufficient_scope",
+                "error_description": (
+                    "The request requires higher privileges than provided by the access token."
+                ),
+                "scope": "api read_api",
+            },
+        )
 
     @staticmethod
     def _params(query: dict[str, str], headers: Any, raw_body: bytes) -> dict[str, Any]:
@@ -742,6 +794,9 @@ class FakeGitLab:
         rest = seg[2:]
         if rest == [] and method == "GET":
             return _json_response(200, self._project_entity(project_id, project_path))
+        if method == "GET" and len(rest) == 3 and rest[:2] == ["members", "all"]:
+            status, body, hdrs = self.people.member(project_id, unquote(rest[2]))
+            return _Response(status, body, hdrs)
         if method == "POST" and len(rest) == 2 and rest[0] == "statuses":
             return self._post_status(given, project_id, project_path, unquote(rest[1]), params)
         if (
@@ -755,7 +810,161 @@ class FakeGitLab:
             return self._get_branch(project_id, project_path, unquote("/".join(rest[2:])))
         if rest and rest[0] in ("hooks", "badges", "deployments"):
             return self._route_collection(method, rest, project_id, project_path, params, raw_path)
+        if len(rest) in (3, 4) and rest[0] == "merge_requests" and rest[2] == "notes":
+            return self._route_notes(method, rest, project_id, params, raw_path)
+        if rest and rest[0] == "environments":
+            return self._route_environments(method, rest, project_id, params, raw_path)
         return _json_response(404, {"error": "404 Not Found"})
+
+    # ------------------------------------------------------------------ merge request notes
+
+    def _route_notes(
+        self, method: str, rest: list[str], project_id: int, params: dict[str, Any], raw_path: str
+    ) -> _Response:
+        """``/merge_requests/:iid/notes[/:id]``: list, create, get, edit, delete (a deleted note is 404)."""
+        try:
+            iid = int(unquote(rest[1]))
+            note_id = int(unquote(rest[3])) if len(rest) == 4 else None
+        except ValueError as exc:
+            raise _HttpError(400, {"error": "id is invalid"}) from exc
+        if note_id is None:
+            if method == "GET":
+                with self.lock:
+                    items = [
+                        self._note_entity(n)
+                        for n in self.notes
+                        if (n["project_id"], n["iid"]) == (project_id, iid)
+                    ]
+                return self._paginate(items, params, raw_path)
+            if method == "POST":
+                body = params.get("body")
+                if not isinstance(body, str) or not body:
+                    raise _HttpError(400, {"error": "body is missing"})
+                now = _now()
+                with self.lock:
+                    note = {"id": self._new_id(), "project_id": project_id, "iid": iid, "body": body,
+                            "created_at": now, "updated_at": now}  # fmt: skip
+                    self.notes.append(note)
+                return _json_response(201, self._note_entity(note))
+            return _json_response(405, {"error": "405 Not Allowed"})
+        with self.lock:
+            found = [
+                n for n in self.notes if (n["project_id"], n["iid"], n["id"]) == (project_id, iid, note_id)
+            ]
+        if not found:
+            raise _message(404, "404 Not found")
+        note = found[0]
+        if method == "GET":
+            return _json_response(200, self._note_entity(note))
+        if method == "PUT":
+            body = params.get("body")
+            if not isinstance(body, str) or not body:
+                raise _HttpError(400, {"error": "body is missing"})
+            with self.lock:
+                note["body"], note["updated_at"] = body, _now()
+            return _json_response(200, self._note_entity(note))
+        if method == "DELETE":
+            with self.lock:
+                self.notes.remove(note)
+            return _Response(204)
+        return _json_response(405, {"error": "405 Not Allowed"})
+
+    def _note_entity(self, note: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "id": note["id"],
+            "type": None,
+            "body": note["body"],
+            "author": self._user(),
+            "created_at": note["created_at"],
+            "updated_at": note["updated_at"],
+            "system": False,
+            "noteable_id": note["iid"] + 100000,
+            "noteable_type": "MergeRequest",
+            "noteable_iid": note["iid"],
+            "project_id": note["project_id"],
+            "resolvable": False,
+            "confidential": False,
+            "internal": False,
+        }
+
+    def merge_request_notes(self, iid: int) -> list[dict[str, Any]]:
+        """The notes on merge request ``iid`` (any project), oldest first."""
+        with self.lock:
+            return [dict(n) for n in self.notes if n["iid"] == iid]
+
+    # ------------------------------------------------------------------ environments
+
+    def _route_environments(
+        self, method: str, rest: list[str], project_id: int, params: dict[str, Any], raw_path: str
+    ) -> _Response:
+        """List (``name``/``search``), create, get, edit ``external_url``, and ``POST .../stop``."""
+        if len(rest) == 1:
+            if method == "GET":
+                with self.lock:
+                    items = [
+                        self._environment_entity(eid, name)
+                        for (pid, name), eid in self.environments.items()
+                        if pid == project_id
+                        and (not params.get("name") or name == params["name"])
+                        and (not params.get("search") or str(params["search"]) in name)
+                    ]
+                return self._paginate(sorted(items, key=lambda e: e["id"]), params, raw_path)
+            if method == "POST":
+                name = params.get("name")
+                if not isinstance(name, str) or not name:
+                    raise _HttpError(400, {"error": "name is missing"})
+                with self.lock:
+                    if (project_id, name) in self.environments:
+                        raise _message(400, {"name": ["has already been taken"]})
+                    eid = self.environments[(project_id, name)] = self._new_id()
+                    self.environment_details[eid] = {
+                        "external_url": params.get("external_url"),
+                        "state": "available",
+                    }
+                    return _json_response(201, self._environment_entity(eid, name))
+            return _json_response(405, {"error": "405 Not Allowed"})
+        try:
+            eid = int(unquote(rest[1]))
+        except ValueError as exc:
+            raise _HttpError(400, {"error": "environment_id is invalid"}) from exc
+        with self.lock:
+            names = [
+                name for (pid, name), known in self.environments.items() if (pid, known) == (project_id, eid)
+            ]
+        if not names:
+            raise _message(404, "404 Environment Not Found")
+        details = self.environment_details.setdefault(eid, {"external_url": None, "state": "available"})
+        if len(rest) == 3 and rest[2] == "stop" and method == "POST":
+            with self.lock:
+                details["state"] = "stopped"
+            return _json_response(200, self._environment_entity(eid, names[0]))
+        if len(rest) == 2 and method == "GET":
+            return _json_response(200, self._environment_entity(eid, names[0]))
+        if len(rest) == 2 and method == "PUT":
+            with self.lock:
+                if "external_url" in params:
+                    details["external_url"] = params["external_url"]
+            return _json_response(200, self._environment_entity(eid, names[0]))
+        return _json_response(405, {"error": "405 Not Allowed"})
+
+    def _environment_entity(self, eid: int, name: str) -> dict[str, Any]:
+        details = self.environment_details.get(eid, {"external_url": None, "state": "available"})
+        return {
+            "id": eid,
+            "name": name,
+            "slug": re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-"),
+            "external_url": details["external_url"],
+            "state": details["state"],
+            "tier": "development" if name.startswith("review/") else "other",
+        }
+
+    def environment(self, name: str) -> dict[str, Any] | None:
+        """The environment called ``name`` (any project), as the API shows it, or None."""
+        with self.lock:
+            for (_pid, known), eid in self.environments.items():
+                if known == name:
+                    return self._environment_entity(eid, known)
+        return None
 
     def _route_collection(
         self,
@@ -1367,6 +1576,10 @@ class FakeGitLab:
         env_name = str(params["environment"])
         with self.lock:
             env_id = self.environments.setdefault((project_id, env_name), self._new_id())
+            details = self.environment_details.setdefault(
+                env_id, {"external_url": None, "state": "available"}
+            )
+            details["state"] = "available"  # a deployment starts a stopped environment again
             iid = 1 + sum(1 for d in self.deployments if d["project_id"] == project_id)
             deployment = {
                 "id": self._new_id(),
@@ -1441,7 +1654,9 @@ class FakeGitLab:
             "environment": {
                 "id": deployment["environment_id"],
                 "name": deployment["environment"],
-                "external_url": None,
+                "external_url": self.environment_details.get(deployment["environment_id"], {}).get(
+                    "external_url"
+                ),
             },
             "deployable": None,
         }

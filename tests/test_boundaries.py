@@ -4,8 +4,8 @@
 needs none of them and no engine code can reach into a request. ``webhook`` is the HTTP tier and
 the CLI: it uses the engine through its services (config, stores, intake, control, outbox, …),
 never through the internals that run deployments (the runner, steps, releases, lanes, recovery,
-the lifecycle, health checks, the SSH transport and the rollout to target hosts). Starting a
-worker is the CLI's one way in, through ``workers.worker``.
+the lifecycle, health checks, the SSH transport, the rollout to target hosts and the stop of a
+review app). Starting a worker is the CLI's one way in, through ``workers.worker``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ ENGINE_INTERNALS = (
     "workers.health",
     "workers.remote",
     "workers.rollout",
+    "workers.review_stop",
+    "workers.manifest",
 )
 ENTRY_POINTS = {"workers.worker": {"webhook/cli.py"}}
 """Engine modules the CLI may import to run the engine itself, and where."""

@@ -1,36 +1,39 @@
-"""JSON API under ``/api/v1`` (bearer ``admin_token``): deployments, logs, deploy, rollback, cancel, audit.
+"""JSON API under ``/api/v1``: deployments, logs, deploy, rollback, cancel, personal tokens, audit.
 
-A browser signed in with the admin token may call it with its session; unsafe methods then need
-the session's CSRF token in ``X-CSRF-Token``. Every action goes to the audit log.
-
-Errors are JSON ``{"error": "..."}`` with 400 (bad input), 401 (no or wrong token), 404 (no such
-thing) or 409 (not possible in the current state). ``/api/v1/openapi.json`` describes it all.
+A caller is a person (:mod:`webhook.people`): ``Authorization: Bearer`` with the admin token or a
+personal token, or the browser's session with its CSRF token in ``X-CSRF-Token`` for unsafe
+methods. What they may do follows :mod:`webhook.rights`. Errors are JSON ``{"error": "..."}`` with
+400 (bad input), 401 (no or wrong token), 403 (not allowed), 404 (no such thing, or one the caller
+may not see), 409 (not possible in the current state) or 503 (GitLab cannot say what the caller
+may do). ``/api/v1/openapi.json`` describes it all.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, g, jsonify, request, stream_with_context
+from flask import Blueprint, Response, jsonify, request, stream_with_context
 from flask_wtf.csrf import CSRFError
 from redis import Redis
 from werkzeug.exceptions import HTTPException
 
-from webhook import audit, services
+from webhook import audit, people, rights, services
 from webhook.auth import csrf
 from webhook.openapi import document
+from webhook.tokens import TokenRefused, TokenStore, expiry
 from workers import audit as audit_log
-from workers import deploylog, routes, targets
+from workers import deploylog, notifications, routes, targets
 from workers.audit import Action
-from workers.config import NAME_RE, Environment, Project, Settings
+from workers.config import NAME_RE, Environment, Project, Settings, review_iid
 from workers.control import NotCancelable, cancel
 from workers.deployments import Deployment, DeploymentStore, State, UnknownDeployment
 from workers.intake import Intake
 from workers.operations import NotRollbackable, OperationError, manual_deploy, rollback
+from workers.review_requests import ReviewDesk
+from workers.reviews import ReviewStore, environment_of
 from workers.routes import deployment_url
 
 api = Blueprint("api", __name__, url_prefix=routes.API_PREFIX)
@@ -60,24 +63,23 @@ def _redis() -> Redis:
 def authenticate() -> tuple[Response, int] | None:
     if request.endpoint == "api.openapi":
         return None
-    admin = _settings().server.admin_token
-    if admin is None:
-        return jsonify(error="the API is disabled: set server.admin_token"), 401
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if not scheme and audit.actor().admin:  # the browser's session: cookies are sent by any site
-        csrf.protect()  # raises CSRFError (400) for an unsafe method without X-CSRF-Token
-        return None
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), admin.reveal().encode()):
+    settings = _settings()
+    if settings.server.admin_token is None and settings.auth.gitlab_oauth is None:
+        return jsonify(error="the API is disabled: set server.admin_token or [auth] gitlab_oauth"), 401
+    person = people.current()
+    if person is None:
         return jsonify(error="missing or wrong bearer token"), 401
-    g.actor = audit.Actor(audit.ADMIN, "admin_token")
-    if request.method in ("GET", "HEAD"):
+    if not person.by_bearer:  # the browser's session: cookies are sent by any site
+        csrf.protect()  # raises CSRFError (400) for an unsafe method without X-CSRF-Token
+    elif person.is_admin and request.method in ("GET", "HEAD"):
         audit.admin_read()  # actions are logged as themselves
     return None
 
 
 @api.errorhandler(CSRFError)
 def csrf_refused(error: CSRFError) -> tuple[Response, int]:
-    return jsonify(error=f"{error.description} (send the session's CSRF token in X-CSRF-Token)"), 400
+    why = "a request with the browser's session needs its CSRF token in X-CSRF-Token"
+    return jsonify(error=f"{error.description} ({why})"), 400
 
 
 @api.errorhandler(ApiError)
@@ -110,17 +112,22 @@ def list_deployments() -> Response:
     project = request.args.get("project", "")
     environment = request.args.get("environment", "")
     for name, value in (("project", project), ("environment", environment)):
-        if value and not NAME_RE.match(value):
+        if value and not NAME_RE.match(value) and not (name == "environment" and review_iid(value)):
             raise ApiError(400, f"{name} is not a valid name")
-    if project and project not in settings.projects:
+    visible = set(rights.visible(people.current()))
+    if project and project not in visible:
         raise ApiError(404, f"no project {project!r}")
     pairs = [
         (p.name, e)
         for p in settings.projects.values()
-        if not project or p.name == project
+        if p.name in visible and (not project or p.name == project)
         for e in p.environments
         if not environment or e == environment
     ]
+    if review_iid(environment):  # a review app's environment, review/<iid>
+        pairs += [
+            (p.name, environment) for p in settings.projects.values() if not project or p.name == project
+        ]
     state_text = request.args.get("state", "")
     if state_text and state_text not in {s.value for s in State}:
         raise ApiError(400, "state must be one of " + ", ".join(s.value for s in State))
@@ -141,6 +148,7 @@ def show(deployment_id: str) -> Response:
     data = _public(deployment)
     data["steps"] = [vars(step) for step in DeploymentStore(_redis()).steps(deployment_id)]
     data["hosts"] = [host.public() for host in targets.hosts(_redis(), deployment_id)]
+    data["notifications"] = [notice.public() for notice in notifications.recorded(_redis(), deployment_id)]
     return jsonify(data)
 
 
@@ -183,6 +191,7 @@ def _follow(redis: Redis, deployment_id: str, after: str) -> Iterator[str]:
 @api.post("/projects/<project>/environments/<environment>/deployments")
 def deploy(project: str, environment: str) -> tuple[Response, int]:
     configured, env = _environment(project, environment)
+    _may_act(project, environment)
     body = _json_body()
     unknown = set(body) - {"ref", "sha", "by"}
     if unknown:
@@ -219,6 +228,7 @@ def _detail(ref: str, sha: str, said: str = "") -> str:
 def rollback_to(deployment_id: str) -> tuple[Response, int]:
     target = _get(deployment_id)
     configured, env = _environment(target.project, target.environment)
+    _may_act(target.project, target.environment)
     queued = rollback(_intake(), configured, env, target, audit.actor().name)
     audit.log(Action.ROLLBACK, target.project, target.environment, queued.id, f"to {target.id}")
     return jsonify(deployment=queued.id, url=deployment_url(_settings().server.public_url, queued.id)), 202
@@ -228,6 +238,7 @@ def rollback_to(deployment_id: str) -> tuple[Response, int]:
 def rollback_previous(project: str, environment: str) -> tuple[Response, int]:
     """Roll back to the newest successful deployment before the live one."""
     configured, env = _environment(project, environment)
+    _may_act(project, environment)
     store = DeploymentStore(_redis())
     live = store.live(project, environment).get("deployment", "")
     candidates = store.query([(project, environment)], State.SUCCEEDED, limit=MAX_LIMIT)
@@ -245,6 +256,7 @@ def rollback_previous(project: str, environment: str) -> tuple[Response, int]:
 def cancel_deployment(deployment_id: str) -> tuple[Response, int]:
     """200 when a queued deployment ended, 202 when a running one was asked to stop, 409 when over."""
     target = _get(deployment_id)
+    _may_act(target.project, target.environment)
     try:
         state = cancel(_settings(), _redis(), deployment_id, audit.actor().name)
     except NotCancelable as exc:
@@ -270,25 +282,122 @@ def audit_entries() -> Response:
     if cursor and not audit_log.valid_cursor(cursor):
         raise ApiError(400, "cursor must be the next value of an earlier page")
     query = audit_log.Query(
-        **values, since=_float_arg("since", 0.0), until=_float_arg("until", 0.0)
+        **values, since=_float_arg("since", 0.0), until=_float_arg("until", 0.0), scope=audit.scope()
     )
     entries, following = audit_log.read(_redis(), query, _int_arg("limit", 50, 1, MAX_LIMIT), cursor)
     return jsonify(entries=[e.public() for e in entries], next=following or None)
 
 
+@api.get("/projects/<project>/reviews")
+def list_reviews(project: str) -> Response:
+    """The project's review apps, live and recently stopped, most recently deployed first."""
+    configured = _project(project)
+    if not rights.may_view(project):
+        raise ApiError(404, f"no project {project!r}")
+    apps = ReviewStore(_redis()).all(project)
+    return jsonify(reviews=[app.public(configured) for app in apps])
+
+
+@api.post("/projects/<project>/reviews/<iid>/stop")
+def stop_review(project: str, iid: str) -> tuple[Response, int]:
+    """202 while the app stops (a worker runs ``review.stop``), 404 when no app of it is live."""
+    configured = _project(project)
+    if not rights.may_view(project):
+        raise ApiError(404, f"no project {project!r}")
+    name = f"review/{iid}"
+    if not review_iid(name) or environment_of(_settings(), _redis(), project, name) is None:
+        raise ApiError(404, f"no live review app for merge request !{iid}")
+    _may_act(project, name)
+    desk = ReviewDesk(_settings(), _redis(), _intake())
+    if not desk.request_stop(configured, int(iid), "manual", audit.actor().name):
+        raise ApiError(404, f"no live review app for merge request !{iid}")
+    audit.log(Action.REVIEW_STOP, project, name)
+    return jsonify(stopping=name), 202
+
+
+def _project(project: str) -> Project:
+    configured = _settings().projects.get(project)
+    if configured is None:
+        raise ApiError(404, f"no project {project!r}")
+    return configured
+
+
 def _get(deployment_id: str) -> Deployment:
+    """The deployment, if the caller may see its project (else it does not exist for them)."""
     try:
-        return DeploymentStore(_redis()).get(deployment_id)
+        found = DeploymentStore(_redis()).get(deployment_id)
     except UnknownDeployment:
         raise ApiError(404, "no such deployment") from None
+    if not rights.may_view(found.project):
+        raise ApiError(404, "no such deployment")
+    return found
 
 
 def _environment(project: str, environment: str) -> tuple[Project, Environment]:
     configured = _settings().projects.get(project)
     env = configured.environments.get(environment) if configured else None
-    if configured is None or env is None:
+    if configured is None or env is None or not rights.may_view(project):
         raise ApiError(404, f"no environment {project}/{environment}")
     return configured, env
+
+
+def _may_act(project: str, environment: str) -> None:
+    if not rights.may_act(project, environment):
+        env = environment_of(_settings(), _redis(), project, environment)
+        role = "Maintainer" if env is not None and env.protected else "Developer"
+        raise ApiError(403, f"deploy, rollback and cancel in {project}/{environment} need {role} or above")
+
+
+# -- personal API tokens ---------------------------------------------------------------------
+
+
+@api.get("/tokens")
+def list_tokens() -> Response:
+    owner = _token_owner()
+    return jsonify(tokens=[record.public() for record in TokenStore(_redis()).owned_by(owner)])
+
+
+@api.post("/tokens")
+def create_token() -> tuple[Response, int]:
+    """A new personal token, shown in this answer only."""
+    person = people.current()
+    owner = _token_owner()
+    assert person is not None
+    if person.via is people.Via.TOKEN:
+        raise ApiError(403, "a personal token cannot create tokens: sign in with GitLab to create one")
+    body = _json_body()
+    unknown = set(body) - {"name", "expires_at"}
+    if unknown:
+        raise ApiError(400, f"unknown field(s): {', '.join(sorted(unknown))[:200]}")
+    name = body.get("name")
+    if not isinstance(name, str):
+        raise ApiError(400, "name is required: a string that says what the token is for")
+    try:
+        record, token = TokenStore(_redis()).create(
+            person.username, owner, name, expiry(body.get("expires_at"), _settings().auth.token_max_days)
+        )
+    except TokenRefused as exc:
+        raise ApiError(400, str(exc)) from None
+    audit.log(Action.TOKEN_CREATED, detail=f"{record.name} ({record.id})")
+    answer = jsonify({**record.public(), "token": token})
+    answer.headers["Cache-Control"] = "no-store"  # the token must not stay in a cache
+    return answer, 201
+
+
+@api.delete("/tokens/<token_id>")
+def revoke_token(token_id: str) -> tuple[str, int]:
+    if not TokenStore(_redis()).revoke(_token_owner(), token_id):
+        raise ApiError(404, "you have no such token")
+    audit.log(Action.TOKEN_REVOKED, detail=token_id)
+    return "", 204
+
+
+def _token_owner() -> int:
+    """The GitLab user id of the caller: tokens belong to people, and the admin token is nobody."""
+    person = people.current()
+    if person is None or person.user_id is None:
+        raise ApiError(403, "personal tokens belong to GitLab users: sign in with GitLab to manage them")
+    return person.user_id
 
 
 def _intake() -> Intake:

@@ -11,6 +11,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from webhook import auth, headers, services
+from webhook.account import account
 from webhook.api import api
 from webhook.audit import audit
 from webhook.badges import badges
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None, dra
     auth.init_app(app, settings)
     headers.init_app(app)
     app.register_blueprint(pages)
+    app.register_blueprint(account)
     app.register_blueprint(audit)
     app.register_blueprint(api)
     app.register_blueprint(badges)  # public: they show only a state

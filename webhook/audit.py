@@ -11,18 +11,20 @@ import ipaddress
 import time
 from dataclasses import dataclass
 
-from flask import Blueprint, abort, current_app, g, redirect, render_template, request, session, url_for
+from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
 from redis.exceptions import RedisError
+from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
-from webhook import services
+from webhook import people, rights, services
 from workers import audit as store
 from workers import schema
-from workers.audit import Action, Entry, Query
+from workers.audit import Action, Entry, Query, Scope
+from workers.gitlab_members import AccessLevel
 
 audit = Blueprint("audit", __name__)
 
-ADMIN = "admin"
+ADMIN = people.ADMIN_NAME
 """The name the admin token acts under: one shared credential, so no person's name."""
 
 ADMIN_READ_INTERVAL = 600
@@ -30,6 +32,9 @@ ADMIN_READ_INTERVAL = 600
 (the CLI follows logs, scripts poll), so each use is noted, not each request."""
 
 PAGE = 50
+
+READER = AccessLevel.MAINTAINER
+"""The level in a project that reads its audit entries."""
 
 
 @dataclass(frozen=True)
@@ -47,24 +52,44 @@ NOBODY = Actor("", "")
 
 
 def actor() -> Actor:
-    """Who makes this request: the one function to point at the signed-in person.
+    """Who makes this request: the person :func:`webhook.people.current` found (the admin token
+    acts as ``admin``), or :data:`NOBODY`."""
+    person = people.current()
+    if person is None:
+        return NOBODY
+    return Actor(person.username, str(person.via))
 
-    Today the only identity is the admin token, as a bearer token on the API (the API's
-    authentication sets ``g.actor``) or as the session flag set by the admin sign-in form.
+
+def scope() -> Scope | None:
+    """What the current person may read of the log: None for everything (the admin token).
+
+    A person reads the entries of the projects where they are Maintainer or above, and the
+    entries with no project (sign-ins, tokens) that are their own.
     """
-    found = g.get("actor")
-    if isinstance(found, Actor):
-        return found
-    if session.get("admin") is True:
-        return Actor(ADMIN, "admin_token")
-    return NOBODY
+    person = people.current()
+    if person is None or person.is_admin:
+        return None
+    levels = rights.levels(person)
+    return Scope(frozenset(p for p, level in levels.items() if level >= READER), person.username)
 
 
 def may_read() -> bool:
-    """Whether the current person may read the audit log: Maintainers and the admin token.
+    """Whether the current person may read the audit log at all: the admin token, or a person
+    who is Maintainer or above in at least one configured project."""
+    person = people.current()
+    if person is None:
+        return False
+    found = scope()
+    return found is None or bool(found.projects)
 
-    Today only the admin token; extend here when people have rights."""
-    return actor().admin
+
+@audit.app_template_global("audit_link")
+def shows_link() -> bool:
+    """Whether the header links to the audit page: a GitLab outage hides the link, not the page."""
+    try:
+        return may_read()
+    except HTTPException:
+        return False
 
 
 def client_address() -> str:
@@ -147,10 +172,12 @@ def page() -> str | Response:
         return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
     if not may_read():
         abort(403)
+    readable = scope()
     query = Query(
         project=request.args.get("project", "")[:64],
         action=request.args.get("action", "")[:64],
         who=request.args.get("who", "")[:255],
+        scope=readable,
     )
     cursor = request.args.get("cursor", "")
     if cursor and not store.valid_cursor(cursor):
@@ -162,7 +189,7 @@ def page() -> str | Response:
         following=following,
         query=query,
         actions=[a.value for a in Action],
-        projects=sorted(services.current().settings.projects),
+        projects=sorted(readable.projects if readable else services.current().settings.projects),
     )
 
 

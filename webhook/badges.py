@@ -33,7 +33,7 @@ from redis.exceptions import RedisError
 
 from webhook import services
 from workers import routes
-from workers.config import NAME_RE
+from workers.config import NAME_RE, review_iid
 from workers.deployments import Deployment, DeploymentStore, State
 
 badges = Blueprint("badges", __name__)
@@ -149,7 +149,8 @@ def current_badge(project: str, environment: str) -> tuple[Badge, int]:
     """The badge and HTTP status for a request: unknown names get the ``unknown`` badge, Redis down a 503."""
     settings = services.current().settings
     configured = settings.projects.get(project)
-    if configured is None or environment not in configured.environments:
+    review = configured is not None and configured.review is not None and review_iid(environment) > 0
+    if configured is None or (environment not in configured.environments and not review):
         # Same badge as a known environment that never deployed; only a plain name is echoed back.
         return unknown(environment if NAME_RE.match(environment) else "deploy"), 200
     store = DeploymentStore(services.current().redis)
@@ -188,3 +189,14 @@ def endpoint(project: str, environment: str) -> Response:
     response = jsonify(endpoint_json(badge))
     response.status_code = status
     return _fresh(response)
+
+
+@badges.get(routes.REVIEW_BADGE_SVG)
+def review_svg(project: str, iid: str) -> Response:
+    """A review app's badge (``review/<iid>``); an unknown or stopped one is ``unknown``/its last state."""
+    return svg(project, f"review/{iid}")
+
+
+@badges.get(routes.REVIEW_BADGE_JSON)
+def review_endpoint(project: str, iid: str) -> Response:
+    return endpoint(project, f"review/{iid}")

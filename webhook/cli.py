@@ -7,11 +7,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import requests
 
-from webhook import console, secrets_cli
-from workers.config import ConfigError, Settings, config_path, load
+from webhook import console, notify_cli, secrets_cli
+from workers import recipe
+from workers.config import ConfigError, HealthCheck, RecipeSource, Settings, config_path, load
 from workers.migrations import SchemaError
 from workers.secrets import new_signing_key
 
@@ -61,7 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp = command("worker", cmd_worker, "run a deployment worker")
     sp.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     sp.add_argument("--name", help="worker name (default: generated)")
-    command("check", cmd_check, "validate the configuration and print each webhook URL")
+    sp = command("check", cmd_check, "validate the configuration and print each webhook URL")
+    sp.add_argument(
+        "--recipe",
+        metavar="PATH",
+        help="validate a .pushdeploy.toml instead, as a deployment would (no configuration needed)",
+    )
+    sp.add_argument("--project", help="with --recipe: check against this project's configured steps")
+    sp.add_argument("--environment", "-e", help="with --recipe: show the steps this environment would run")
     command("new-secret", cmd_new_secret, "print a new signing token (whsec_…) for GitLab's webhook settings")
     sp = command("simulate-push", cmd_simulate, "sign and send a push delivery like GitLab does")
     sp.add_argument("project")
@@ -83,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--now", action="store_true", help="ignore the grace period")
     console.add_commands(sub, settings_from)
     secrets_cli.add_commands(sub)
+    notify_cli.add_commands(sub, settings_from)
     _config_after_commands(parser)
     return parser
 
@@ -109,6 +119,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def cmd_check(args: argparse.Namespace) -> int:
     from workers.gitlab_projects import credential_in_url, lookup_projects
 
+    if args.recipe:
+        return check_recipe(args)
     settings = settings_from(args)
     print(f"{settings.path}: OK")
     print(f"  public URL: {settings.server.public_url}")
@@ -116,6 +128,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"  data dir:   {settings.server.data_dir}")
     gitlab = settings.gitlab.url if settings.gitlab else "none (statuses are recorded locally only)"
     print(f"  GitLab:     {gitlab}")
+    print(f"  sign-in:    {_sign_in(settings)}")
     found = {lookup.project: lookup for lookup in lookup_projects(settings)}
     for project in settings.projects.values():
         auth = []
@@ -126,13 +139,23 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"project {project.name} (GitLab {project.gitlab_project}; {', '.join(auth)})")
         print(f"  webhook URL: {settings.webhook_url(project.name)}")
         print(f"  deliveries:  {_delivery_rule(project.signing_keys != ())}")
+        print(f"  notify:      {_notify_rule(settings, project.name)}")
         lookup = found.get(project.name)
         if lookup is not None and lookup.project_id is not None:
             print(f"  on GitLab:   {lookup.path} (id {lookup.project_id})")
         for env in project.environments.values():
             steps = f"{len(env.build)} build, {len(env.deploy)} deploy step(s)"
             health = f", health check {env.health_check.url}" if env.health_check else ""
-            print(f"  environment {env.name}: {env.follows}, {steps}{health}, timeout {env.timeout} s")
+            guarded = ", protected (Maintainer)" if env.protected else ""
+            timeout = f"timeout {env.timeout} s"
+            print(f"  environment {env.name}: {env.follows}, {steps}{health}, {timeout}{guarded}")
+        if project.review is not None:
+            review = project.review
+            forks = "forks too" if review.forks else "no forks"
+            drafts = "drafts too" if review.drafts else "no drafts"
+            limits = f"at most {review.max} live, idle {review.ttl_days:g} days at most"
+            print(f"  review apps: {review.url}, {limits}, {forks}, {drafts}")
+            print("               (the webhook must send Merge request events)")
         if lookup is not None and lookup.warning:
             print(f"  warning: {lookup.warning}")
         if credential_in_url(project.repo_url):
@@ -141,6 +164,97 @@ def cmd_check(args: argparse.Namespace) -> int:
                 "written: drop it from the URL and give it as repo_token (env:, file: or fernet:)"
             )
     return EXIT_OK
+
+
+def _sign_in(settings: Settings) -> str:
+    oauth = settings.auth.gitlab_oauth
+    if oauth is None:
+        return "admin token only ([auth] gitlab_oauth is not set)"
+    callback = f"{settings.server.public_url}/auth/gitlab/callback"
+    return f"GitLab (application {oauth.client_id}, redirect URI {callback}); admin token as break glass"
+
+
+def check_recipe(args: argparse.Namespace) -> int:
+    """``check --recipe``: the messages a deployment would fail with, for a merge request or a hook.
+
+    With ``--project`` the recipe is checked against that environment's configuration (its
+    timeout is the ceiling) and the steps it would run are printed; without, only the file.
+    """
+    path = Path(args.recipe)
+    environment = None
+    if args.project:
+        settings = settings_from(args)
+        project = settings.projects.get(args.project)
+        if project is None:
+            print(f"pushdeploy: no project {args.project!r} in {settings.path}", file=sys.stderr)
+            return EXIT_USAGE
+        name = args.environment or next(iter(project.environments))
+        environment = project.environments.get(name)
+        if environment is None:
+            print(f"pushdeploy: project {project.name} has no environment {name!r}", file=sys.stderr)
+            return EXIT_USAGE
+    try:
+        parsed = recipe.read_file(path, environment.timeout if environment else None)
+    except OSError as exc:
+        print(f"pushdeploy: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    except recipe.RecipeError as exc:
+        print(f"{path}: refused, {len(exc.problems)} problem(s):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"{path}: OK")
+    if environment is not None:
+        if environment.recipe is RecipeSource.SERVER:
+            print(
+                f'  note: {environment.project}/{environment.name} has recipe = "server": the file is ignored'
+            )
+        steps = parsed.steps(environment, "repo")
+        print(
+            f"  steps for {environment.project}/{environment.name} (the server's where the file is silent):"
+        )
+        _print_steps(steps.public())
+        return EXIT_OK
+    sets: dict[str, Any] = dict(parsed.keys)
+    if args.environment:
+        override = parsed.environments.get(args.environment, {})
+        env = {**sets.get("env", {}), **override.get("env", {})}
+        sets |= {**override, "env": env} if env else override
+        print(f"  for environment {args.environment} it sets (the server's steps stand for the rest):")
+    else:
+        for name, keys in parsed.environments.items():
+            print(f"  [environments.{name}] sets {', '.join(sorted(keys)) or 'nothing'}")
+    for key in sorted(sets):
+        print(f"  {key}: {_shown(sets[key])}")
+    return EXIT_OK
+
+
+def _print_steps(steps: dict[str, object]) -> None:
+    for key, value in steps.items():
+        print(f"    {key}: {_shown(value)}")
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, tuple | list):
+        return " && ".join(str(v) for v in value) or "(none)"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_shown(v)}" for k, v in value.items()) if value else "(none)"
+    if isinstance(value, HealthCheck):
+        return f"{value.url} (timeout {value.timeout:g} s)"
+    return "(none)" if value is None else str(value)
+
+
+def _notify_rule(settings: Settings, project: str) -> str:
+    """Where the project's notifications go and on what, each URL named by service and host only."""
+    from workers.notifier import shown
+
+    notify = settings.notify_for(project)
+    if not notify.urls:
+        return "none"
+    whose = "own [projects.NAME.notify]" if settings.projects[project].notify else "[notify]"
+    events = ", ".join(sorted(str(event) for event in notify.on)) or "no event"
+    urls = ", ".join(shown(url.reveal()) for url in notify.urls)
+    return f"{urls} ({whose}) on {events}"
 
 
 def _delivery_rule(signed: bool) -> str:

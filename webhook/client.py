@@ -1,9 +1,17 @@
-"""A small client of pushdeploy's own JSON API, for the operator commands of the CLI."""
+"""A small client of pushdeploy's own JSON API, for the operator commands of the CLI.
+
+It calls as a person when it can: a personal token from ``PUSHDEPLOY_TOKEN``, else from the token
+file in the user's home (:func:`token_file`, which must be private to its owner); the server's
+``admin_token`` from the configuration is the fallback, for the operator on the server itself.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import os
+import stat
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -20,6 +28,39 @@ class ApiFailure(Exception):
         super().__init__(message)
 
 
+TOKEN_ENV = "PUSHDEPLOY_TOKEN"  # noqa: S105 - the variable's name, not a token
+
+
+def token_file(environ: Mapping[str, str]) -> Path:
+    """``$XDG_CONFIG_HOME/pushdeploy/token``, by default ``~/.config/pushdeploy/token``."""
+    base = environ.get("XDG_CONFIG_HOME") or str(Path(environ.get("HOME") or Path.home()) / ".config")
+    return Path(base) / "pushdeploy" / "token"
+
+
+def personal_token(environ: Mapping[str, str]) -> str | None:
+    """The person's token from the environment or their token file, or None when they have neither.
+
+    Raises:
+        ApiFailure: the token file can be read by others than its owner (it is then not used).
+    """
+    given = environ.get(TOKEN_ENV, "").strip()
+    if given:
+        return given
+    path = token_file(environ)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ApiFailure(
+            401,
+            f"{path} is readable by others (mode {stat.S_IMODE(mode):04o}), so it is not used: "
+            f"chmod 600 {path}",
+        )
+    text = path.read_text(encoding="utf-8").strip()
+    return text or None
+
+
 class Client:
     def __init__(self, base_url: str, token: str, timeout: float = 10.0) -> None:
         self.base_url = base_url.rstrip("/")
@@ -28,10 +69,20 @@ class Client:
         self.timeout = timeout
 
     @classmethod
-    def for_settings(cls, settings: Settings, url: str | None = None) -> Client:
+    def for_settings(
+        cls, settings: Settings, url: str | None = None, environ: Mapping[str, str] | None = None
+    ) -> Client:
+        environ = os.environ if environ is None else environ
+        personal = personal_token(environ)
+        if personal is not None:
+            return cls(url or settings.server.public_url, personal)
         token = settings.server.admin_token
         if token is None:
-            raise ApiFailure(401, f"{settings.path}: server.admin_token is not set, so the API is disabled")
+            raise ApiFailure(
+                401,
+                f"no token: set {TOKEN_ENV} or write a personal token to {token_file(environ)} (mode 0600); "
+                f"{settings.path} has no server.admin_token to fall back on",
+            )
         return cls(url or settings.server.public_url, token.reveal())
 
     def get(self, path: str, **params: Any) -> Any:

@@ -26,7 +26,16 @@ from workers.config import Settings
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_UNREACHABLE = 0, 1, 2, 3
 TERMINAL = {"succeeded", "failed", "canceled"}
 ANSI = re.compile(r"\033\[[0-9;]*m")
-COLOURS = {"succeeded": "32", "failed": "31", "canceled": "90", "running": "33", "queued": "33"}
+COLOURS = {
+    "succeeded": "32",
+    "failed": "31",
+    "canceled": "90",
+    "running": "33",
+    "queued": "33",
+    "live": "32",
+    "stopping": "33",
+    "stopped": "90",
+}
 
 
 def add_commands(sub: Any, settings_from: Callable[[argparse.Namespace], Settings]) -> None:
@@ -73,6 +82,22 @@ def add_commands(sub: Any, settings_from: Callable[[argparse.Namespace], Setting
     sp.add_argument("--since", type=_when, help="Unix time, or an age such as 2h, 7d")
     sp.add_argument("--until", type=_when, help="Unix time, or an age such as 30min")
     sp.add_argument("--limit", type=int, default=50, help="entries to print (pages are fetched as needed)")
+    review = sub.add_parser(
+        "review", help="merge request review apps", description="merge request review apps"
+    )
+    review.set_defaults(handler=lambda args: (review.print_help(), EXIT_INPUT)[1])
+    reviews = review.add_subparsers(title="review commands", metavar="COMMAND")
+    for name, handler, text in (
+        ("list", cmd_review_list, "list a project's review apps, most recently deployed first"),
+        ("stop", cmd_review_stop, "stop a review app: review.stop runs, its directories are removed"),
+    ):
+        sp = reviews.add_parser(name, help=text, description=text)
+        sp.add_argument("--url", help="server base URL (default: server.public_url)")
+        sp.add_argument("--json", action="store_true", help="machine-readable output")
+        sp.add_argument("project")
+        if name == "stop":
+            sp.add_argument("iid", help="the merge request's number (its !iid)")
+        sp.set_defaults(handler=lambda args, h=handler: _run(h, args, settings_from))
 
 
 def _run(
@@ -107,7 +132,7 @@ def cmd_deployments(client: Client, args: argparse.Namespace) -> int:
         [
             d["id"],
             f"{d['project']}/{d['environment']}",
-            d["sha"][:8] or "…",
+            _commit(d),
             _state(d["state"]),
             _duration(d),
             _ago(d["created_at"]),
@@ -130,11 +155,15 @@ def cmd_show(client: Client, args: argparse.Namespace) -> int:
     print(
         f"  commit:   {deployment['sha'] or '(resolving)'} on {deployment['ref'].removeprefix('refs/heads/')}"
     )
+    if deployment.get("commit_title"):
+        author = deployment.get("commit_author")
+        print(f"  title:    {deployment['commit_title']}" + (f" ({author})" if author else ""))
     print(f"  trigger:  {_triggered_by(deployment)}")
     print(f"  created:  {_ago(deployment['created_at'])}   duration: {_duration(deployment)}")
     print(f"  page:     {deployment['url']}")
     if deployment.get("status_problem"):
         print(f"  status:   {deployment['status_problem']}")
+    _print_recipe(deployment)
     rows = [
         [
             f"{s['phase']} {s['index']}",
@@ -152,6 +181,24 @@ def cmd_show(client: Client, args: argparse.Namespace) -> int:
         print()
         table(["STEP", "COMMAND", "EXIT", "DURATION"], rows)
     return _exit_for(deployment["state"])
+
+
+def _print_recipe(deployment: dict[str, Any]) -> None:
+    """Which recipe ran (the commit's ``.pushdeploy.toml`` or the server's) and its steps."""
+    if not deployment.get("recipe"):
+        return
+    source = deployment["recipe"]
+    shown = "server" if source == "server" else f".pushdeploy.toml at {source.removeprefix('repo@')}"
+    steps = deployment.get("effective_steps") or {}
+    refused = not steps and deployment["state"] in TERMINAL
+    print(f"  recipe:   {shown}" + (" (refused: no step ran)" if refused else ""))
+    for key in ("build", "deploy"):
+        for command in steps.get(key) or []:
+            print(f"    {key}: {command}")
+    if steps.get("health_check"):
+        print(f"    health check: {steps['health_check']['url']}")
+    if "timeout" in steps:
+        print(f"    timeout: {steps['timeout']} s")
 
 
 def cmd_logs(client: Client, args: argparse.Namespace) -> int:
@@ -264,6 +311,37 @@ def _triggered_by(deployment: dict[str, Any]) -> str:
     return text + (f", canceled by {deployment['canceled_by']}" if deployment.get("canceled_by") else "")
 
 
+def cmd_review_list(client: Client, args: argparse.Namespace) -> int:
+    found = client.get(f"/projects/{args.project}/reviews")["reviews"]
+    if args.json:
+        return _json(found)
+    rows = [
+        [
+            f"!{r['iid']}",
+            r["branch"],
+            r["sha"][:8] or "…",
+            r["url"],
+            _state(r["state"]),
+            _ago(r["updated_at"]),
+        ]
+        for r in found
+    ]
+    table(["MR", "BRANCH", "COMMIT", "URL", "STATE", "UPDATED"], rows)
+    return EXIT_OK
+
+
+def cmd_review_stop(client: Client, args: argparse.Namespace) -> int:
+    if not args.iid.lstrip("!").isdigit():
+        print(f"pushdeploy: {args.iid!r} is not a merge request number", file=sys.stderr)
+        return EXIT_INPUT
+    args.iid = args.iid.lstrip("!")
+    answer = client.post(f"/projects/{args.project}/reviews/{args.iid}/stop")
+    if args.json:
+        return _json(answer)
+    print(f"{args.project}/{answer['stopping']}: stopping (a worker runs review.stop and removes it)")
+    return EXIT_OK
+
+
 def _queued(client: Client, args: argparse.Namespace, queued: dict[str, Any]) -> int:
     if args.json and not args.wait:
         return _json(queued)
@@ -337,3 +415,17 @@ def _ago(timestamp: float) -> str:
         if seconds >= size:
             return f"{seconds // size} {unit} ago"
     return f"{seconds} s ago"
+
+
+COMMIT_COLUMN = 48
+"""Characters of sha, title and author a history row shows, as GitLab's commit lists cut titles."""
+
+
+def _commit(deployment: dict[str, Any]) -> str:
+    """The short sha with the commit's title and author, cut to fit a table column."""
+    text = deployment["sha"][:8] or "…"
+    if deployment.get("commit_title"):
+        text += f" {deployment['commit_title']}"
+    if deployment.get("commit_author"):
+        text += f" ({deployment['commit_author']})"
+    return text if len(text) <= COMMIT_COLUMN else text[: COMMIT_COLUMN - 1] + "…"

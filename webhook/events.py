@@ -16,13 +16,18 @@ from typing import Any
 from webhook.errors import InvalidPayload, ProjectMismatch
 from webhook.verify import Headers, header
 from workers.config import Environment, Project
-from workers.intake import Push
+from workers.deployments import commit_text
+from workers.intake import REF_RE, Push
 from workers.project_ids import numeric_id
+from workers.review_requests import ReviewRequest
 from workers.source import SHA_RE, ZERO_SHA_RE
 
 SKIP_MARKERS = ("[skip deploy]", "[deploy skip]")
 PUSH_EVENT = "Push Hook"
 TAG_PUSH_EVENT = "Tag Push Hook"
+MERGE_REQUEST_EVENT = "Merge Request Hook"
+DEPLOY_ACTIONS = ("open", "reopen", "update")
+STOP_ACTIONS = ("close", "merge")
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,21 @@ class Ignored:
 class Deploy:
     environment: Environment
     push: Push
+
+
+@dataclass(frozen=True)
+class DeployReview(Deploy):
+    """A merge request to deploy as its review app ``review/<iid>``; ``environment`` is that app's."""
+
+    review: ReviewRequest
+
+
+@dataclass(frozen=True)
+class StopReview:
+    """A merge request closed or merged: its review app stops."""
+
+    iid: int
+    reason: str  # "closed" or "merged"
 
 
 def parse(body: bytes) -> dict[str, Any]:
@@ -141,13 +161,16 @@ def _mismatch_reason(configured: str, path: str | None, given_id: int | None) ->
 
 def classify(
     headers: Headers, payload: Mapping[str, Any], project: Project, delivery_key: str
-) -> Deploy | Ignored:
+) -> Deploy | StopReview | Ignored:
     """Decide what to do with a verified, project-checked payload."""
     event = header(headers, "X-Gitlab-Event") or ""
+    if event == MERGE_REQUEST_EVENT and project.review is not None:
+        return _classify_merge_request(payload, project, delivery_key)
     if event == TAG_PUSH_EVENT and project.deploys_tags:
         return _classify_ref(payload, delivery_key, _TAGS, project.environment_for_tag)
     if event != PUSH_EVENT:
         deployed = "Push Hook and Tag Push Hook" if project.deploys_tags else "only Push Hook"
+        deployed += " and Merge Request Hook" if project.review is not None else ""
         return Ignored(f"event {_quote(event)} is not deployed ({deployed})")
     return _classify_ref(payload, delivery_key, _BRANCHES, project.environment_for_branch)
 
@@ -187,9 +210,66 @@ def _classify_ref(
     if not kind.head_is_after and payload.get("checkout_sha") is None:
         return Ignored(f"tag {_quote(name)} does not point to a commit")
     sha = _commit_sha(payload, after)
-    if _skips(_head_message(payload, after if kind.head_is_after else sha)):
+    head = _head_commit(payload, after if kind.head_is_after else sha)
+    if _skips(_message(head)):
         return Ignored(f"{kind.skip} asks to skip the deployment ([skip deploy])")
-    return Deploy(environment, Push(ref=ref, sha=sha, pusher=_pusher(payload), delivery_key=delivery_key))
+    title, author = _title_and_author(head)
+    push = Push(ref, sha, _pusher(payload), delivery_key, commit_title=title, commit_author=author)
+    return Deploy(environment, push)
+
+
+def _classify_merge_request(
+    payload: Mapping[str, Any], project: Project, delivery_key: str
+) -> DeployReview | StopReview | Ignored:
+    """open, reopen and update with new commits deploy ``review/<iid>``; close and merge stop it."""
+    review = project.review
+    assert review is not None
+    attributes = payload.get("object_attributes")
+    if not isinstance(attributes, dict):
+        raise InvalidPayload("object_attributes must be an object")
+    action = attributes.get("action")
+    given = attributes.get("iid")
+    if not isinstance(action, str):
+        raise InvalidPayload("object_attributes.action must be a string")
+    if not isinstance(given, int) or isinstance(given, bool) or not 0 < given < 10**12:
+        raise InvalidPayload("object_attributes.iid must be a positive integer")
+    iid = given
+    if action in STOP_ACTIONS:
+        return StopReview(iid, "merged" if action == "merge" else "closed")
+    if action not in DEPLOY_ACTIONS:
+        return Ignored(f"merge request action {_quote(action)} neither deploys nor stops a review app")
+    if action == "update" and not attributes.get("oldrev"):
+        return Ignored("merge request update without new commits (no oldrev)")
+    target = attributes.get("target_branch")
+    if not isinstance(target, str):
+        raise InvalidPayload("object_attributes.target_branch must be a string")
+    base = project.environment_for_branch(target)
+    if base is None:
+        return Ignored(f"target branch {_quote(target)} is not deployed")
+    source_id, target_id = attributes.get("source_project_id"), attributes.get("target_project_id")
+    if source_id != target_id and not review.forks:
+        return Ignored("merge request from a fork: review apps for forks are off (forks = false)")
+    if not review.drafts and (attributes.get("draft") is True or attributes.get("work_in_progress") is True):
+        return Ignored("draft merge request: review apps for drafts are off (drafts = false)")
+    branch = attributes.get("source_branch")
+    if not isinstance(branch, str) or not REF_RE.match(branch) or ".." in branch:
+        return Ignored("source branch name is not one pushdeploy reports to (letters, digits, ._/-)")
+    last = attributes.get("last_commit")
+    sha = last.get("id") if isinstance(last, dict) else None
+    if not isinstance(sha, str) or not SHA_RE.fullmatch(sha.lower()):
+        raise InvalidPayload("object_attributes.last_commit.id is not a commit sha (40 or 64 hex characters)")
+    title = attributes.get("title")
+    user = payload.get("user")
+    pusher = user.get("username") if isinstance(user, dict) else None
+    push = Push(
+        ref=f"refs/heads/{branch}",
+        sha=sha.lower(),
+        pusher=pusher[:255] if isinstance(pusher, str) else "",
+        delivery_key=delivery_key,
+        trigger="merge request",
+    )
+    request = ReviewRequest(iid, base.name, branch, title[:200] if isinstance(title, str) else "")
+    return DeployReview(project.review_environment(base, iid), push, request)
 
 
 def _commit_sha(payload: Mapping[str, Any], after: str) -> str:
@@ -229,17 +309,33 @@ def delivery_key(headers: Headers, signed: bool = False) -> str:
     return ""
 
 
-def _head_message(payload: Mapping[str, Any], after: str) -> str:
+def _head_commit(payload: Mapping[str, Any], sha: str) -> Mapping[str, Any]:
+    """The ``commits[]`` entry of the deployed commit; empty when the payload has none (GitLab lists
+    at most 20 commits, and a new tag's push lists none): the worker then asks git."""
     commits = payload.get("commits") or []
     if not isinstance(commits, list):
         raise InvalidPayload("commits must be a list")
     for commit in commits:
-        if isinstance(commit, dict) and commit.get("id") == after:
-            message = commit.get("message") or ""
-            if not isinstance(message, str):
-                raise InvalidPayload("commit message must be a string")
-            return message
-    return ""
+        if isinstance(commit, dict) and commit.get("id") == sha:
+            return commit
+    return {}
+
+
+def _message(commit: Mapping[str, Any]) -> str:
+    message = commit.get("message") or ""
+    if not isinstance(message, str):
+        raise InvalidPayload("commit message must be a string")
+    return message
+
+
+def _title_and_author(commit: Mapping[str, Any]) -> tuple[str, str]:
+    """The commit's title (GitLab's ``title``, else the message's first line) and author's name."""
+    title = commit.get("title")
+    if not isinstance(title, str) or not title.strip():
+        title = _message(commit)
+    author = commit.get("author")
+    name = author.get("name") if isinstance(author, dict) else None
+    return commit_text(title), commit_text(name) if isinstance(name, str) else ""
 
 
 def _string(payload: Mapping[str, Any], name: str) -> str:

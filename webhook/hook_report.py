@@ -22,6 +22,8 @@ def describe(report: HookReport) -> list[str]:
         events.append(f"push (branch filter {report.branch_filter}, {report.branch_filter_strategy})")
     if report.tag_push_events:
         events.append("tag push")
+    if report.merge_requests_events:
+        events.append("merge request")
     lines.append(f"  events: {' and '.join(events)}, nothing else")
     lines.append("  SSL verification: on")
     for change in report.changes:

@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 from rq import Queue
 
 from webhook import services
-from workers import defaults, telemetry
+from workers import defaults, schema, telemetry
 from workers.config import Settings
 from workers.deployments import DeploymentStore
 from workers.outbox import DUE_KEY
@@ -93,6 +93,15 @@ class EngineCollector(Collector):
         for outcome, number in telemetry.counters(self.redis, "status_posts").items():
             posts.add_metric([outcome], number)
         yield posts
+        notices = CounterMetricFamily(
+            "pushdeploy_notifications", "Notifications through Apprise, by outcome", labels=["outcome"]
+        )
+        for outcome, number in telemetry.counters(self.redis, "notifications").items():
+            notices.add_metric([outcome], number)
+        yield notices
+        pending = GaugeMetricFamily("pushdeploy_notify_outbox", "Notifications not yet sent to every URL")
+        pending.add_metric([], self.redis.zcard(schema.NOTIFY_DUE))
+        yield pending
         yield self._histogram(
             "pushdeploy_phase_duration_seconds",
             "Time spent in each phase of a deployment",

@@ -9,14 +9,23 @@ from __future__ import annotations
 from typing import Any
 
 from workers.audit import Action
-from workers.config import Settings
+from workers.config import NotifyEvent, Settings
+from workers.notifications import Delivery
 from workers.targets import HostState
 
 NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"}
 NAME_FILTER = {"type": "string", "pattern": "^([A-Za-z0-9][A-Za-z0-9._-]{0,62})?$"}
+ENVIRONMENT_FILTER = {
+    "type": "string",
+    "pattern": "^([A-Za-z0-9][A-Za-z0-9._-]{0,62}|review/[1-9][0-9]{0,11})?$",
+}
+"""An environment's name, or a merge request's review app: ``review/<iid>``."""
+IID = {"type": "string", "pattern": "^[1-9][0-9]{0,11}$"}
 DEPLOYMENT_ID = {"type": "string", "minLength": 1, "maxLength": 64}
 STATES = ["queued", "running", "succeeded", "failed", "canceled"]
 HOST_STATES = [str(state) for state in HostState]
+NOTIFY_EVENTS = [str(event) for event in NotifyEvent]
+NOTIFY_DELIVERIES = [str(delivery) for delivery in Delivery]
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -39,7 +48,12 @@ def _path_param(name: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 UNAUTHORIZED = _error("missing or wrong bearer token")
 ACTIONS = [str(action) for action in Action]
-NOT_FOUND = _error("no such deployment, project or environment")
+NOT_FOUND = _error("no such deployment, project or environment, or one the caller may not see")
+FORBIDDEN = _error(
+    "the caller's GitLab role does not allow this here (Developer, or Maintainer when protected)"
+)
+UNAVAILABLE = _error("GitLab cannot say what the caller may do now: refused, never guessed")
+NOT_A_PERSON = _error("tokens belong to GitLab users: the admin token has none, and a token cannot make one")
 
 
 def document(settings: Settings) -> dict[str, Any]:
@@ -67,13 +81,14 @@ def document(settings: Settings) -> dict[str, Any]:
             "title": "pushdeploy API",
             "version": "1",
             "description": (
-                "Deployments of pushdeploy: list, show, log, deploy, roll back, cancel; and the audit log. "
-                "Every call takes a bearer token; a browser signed in to the pages may instead send its "
-                "session cookie, with the session's CSRF token in `X-CSRF-Token` on unsafe methods."
+                "Deployments of pushdeploy: list, show, log, deploy, roll back, cancel; personal tokens; "
+                "the audit log. "
+                "Callers are the admin token, a personal token, or a browser session (with its CSRF "
+                "token in X-CSRF-Token for unsafe methods); what they may do follows their GitLab role."
             ),
         },
         "servers": [{"url": settings.server.public_url}],
-        "security": [{"bearer": []}],
+        "security": [{"bearer": []}, {"session": [], "csrf": []}],
         "paths": {
             "/api/v1/deployments": {
                 "get": {
@@ -81,7 +96,7 @@ def document(settings: Settings) -> dict[str, Any]:
                     "summary": "Deployments, newest first",
                     "parameters": [
                         {"name": "project", "in": "query", "schema": NAME_FILTER},
-                        {"name": "environment", "in": "query", "schema": NAME_FILTER},
+                        {"name": "environment", "in": "query", "schema": ENVIRONMENT_FILTER},
                         {"name": "state", "in": "query", "schema": {"type": "string", "enum": STATES}},
                         {
                             "name": "sha",
@@ -100,6 +115,7 @@ def document(settings: Settings) -> dict[str, Any]:
                         "200": _json("deployments", "DeploymentList"),
                         "400": _error("a filter is malformed"),
                         "401": UNAUTHORIZED,
+                        "503": UNAVAILABLE,
                         "404": _error("no such project"),
                     },
                 }
@@ -141,6 +157,7 @@ def document(settings: Settings) -> dict[str, Any]:
                     "responses": {
                         "200": _json("the deployment with its steps", "Deployment"),
                         "401": UNAUTHORIZED,
+                        "503": UNAVAILABLE,
                         "404": NOT_FOUND,
                     },
                 }
@@ -168,6 +185,7 @@ def document(settings: Settings) -> dict[str, Any]:
                         },
                         "400": _error("after is malformed"),
                         "401": UNAUTHORIZED,
+                        "503": UNAVAILABLE,
                         "404": NOT_FOUND,
                     },
                 }
@@ -180,8 +198,37 @@ def document(settings: Settings) -> dict[str, Any]:
                         "200": _json("a queued deployment was canceled", "Canceled"),
                         "202": _json("a running deployment was asked to stop", "Canceled"),
                         "401": UNAUTHORIZED,
+                        "403": FORBIDDEN,
+                        "503": UNAVAILABLE,
                         "404": NOT_FOUND,
                         "409": _error("the deployment already ended"),
+                    },
+                }
+            },
+            "/api/v1/projects/{project}/reviews": {
+                "get": {
+                    "operationId": "listReviews",
+                    "summary": "Review apps, live and recently stopped, most recently deployed first",
+                    "parameters": [_path_param("project", {**NAME, "enum": projects})],
+                    "responses": {
+                        "200": _json("the review apps", "Reviews"),
+                        "401": UNAUTHORIZED,
+                        "404": NOT_FOUND,
+                    },
+                }
+            },
+            "/api/v1/projects/{project}/reviews/{iid}/stop": {
+                "post": {
+                    "operationId": "stopReview",
+                    "summary": "Stop a review app: a worker runs review.stop and removes its directories",
+                    "parameters": [
+                        _path_param("project", {**NAME, "enum": projects}),
+                        _path_param("iid", IID),
+                    ],
+                    "responses": {
+                        "202": _json("the app is stopping", "Stopping"),
+                        "401": UNAUTHORIZED,
+                        "404": _error("no such project, or no live review app for that merge request"),
                     },
                 }
             },
@@ -194,6 +241,8 @@ def document(settings: Settings) -> dict[str, Any]:
                         "202": queued,
                         "400": _error("not possible"),
                         "401": UNAUTHORIZED,
+                        "403": FORBIDDEN,
+                        "503": UNAVAILABLE,
                         "404": NOT_FOUND,
                         "409": _error("the deployment did not succeed"),
                     },
@@ -214,7 +263,48 @@ def document(settings: Settings) -> dict[str, Any]:
                         "202": queued,
                         "400": _error("bad ref or sha"),
                         "401": UNAUTHORIZED,
+                        "403": FORBIDDEN,
+                        "503": UNAVAILABLE,
                         "404": NOT_FOUND,
+                    },
+                }
+            },
+            "/api/v1/tokens": {
+                "get": {
+                    "operationId": "listTokens",
+                    "summary": "The caller's personal API tokens (never the tokens themselves)",
+                    "responses": {
+                        "200": _json("the caller's live tokens, newest first", "TokenList"),
+                        "401": UNAUTHORIZED,
+                        "403": NOT_A_PERSON,
+                    },
+                },
+                "post": {
+                    "operationId": "createToken",
+                    "summary": "A new personal token with the caller's rights, shown in this answer only",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/TokenRequest"}}
+                        },
+                    },
+                    "responses": {
+                        "201": _json("the token, shown once", "NewToken"),
+                        "400": _error("bad name or expires_at, or too many tokens"),
+                        "401": UNAUTHORIZED,
+                        "403": NOT_A_PERSON,
+                    },
+                },
+            },
+            "/api/v1/tokens/{token_id}": {
+                "delete": {
+                    "operationId": "revokeToken",
+                    "parameters": [_path_param("token_id", {"type": "string", "pattern": "^[0-9a-f]{16}$"})],
+                    "responses": {
+                        "204": {"description": "revoked: it no longer works"},
+                        "401": UNAUTHORIZED,
+                        "403": NOT_A_PERSON,
+                        "404": _error("the caller has no such token"),
                     },
                 }
             },
@@ -226,6 +316,8 @@ def document(settings: Settings) -> dict[str, Any]:
                     "responses": {
                         "202": queued,
                         "401": UNAUTHORIZED,
+                        "403": FORBIDDEN,
+                        "503": UNAVAILABLE,
                         "404": NOT_FOUND,
                         "409": _error("nothing earlier to roll back to"),
                     },
@@ -233,7 +325,20 @@ def document(settings: Settings) -> dict[str, Any]:
             },
         },
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "the admin token, or a personal token (pdt_…)",
+                },
+                "session": {"type": "apiKey", "in": "cookie", "name": "pushdeploy_session"},
+                "csrf": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-CSRF-Token",
+                    "description": "the session's CSRF token, for POST and DELETE with the session",
+                },
+            },
             "schemas": {
                 "Error": {
                     "type": "object",
@@ -261,18 +366,77 @@ def document(settings: Settings) -> dict[str, Any]:
                             "type": "string",
                             "description": "how and by whom: `push by X`, `deploy by Y`, `rollback by Z`",
                         },
+                        "commit_title": {
+                            "type": "string",
+                            "description": "the commit's title (first line), from the push or from git; "
+                            "empty until known",
+                        },
+                        "commit_author": {"type": "string", "description": "the commit author's name"},
                         "state": {"type": "string", "enum": STATES},
                         "reason": {"type": "string"},
                         "created_at": {"type": "number"},
                         "started_at": {"type": "number"},
                         "finished_at": {"type": "number"},
                         "release": {"type": "string"},
+                        "recipe": {
+                            "type": "string",
+                            "description": (
+                                'where the steps came from: "repo@<short sha>" (the commit\'s '
+                                '.pushdeploy.toml) or "server"; "" until the run has read it'
+                            ),
+                        },
+                        "effective_steps": {"$ref": "#/components/schemas/EffectiveSteps"},
                         "url": {"type": "string"},
                         "steps": {"type": "array", "items": {"$ref": "#/components/schemas/Step"}},
                         "hosts": {
                             "type": "array",
                             "description": "each target host in targets order (empty without targets)",
                             "items": {"$ref": "#/components/schemas/Host"},
+                        },
+                        "notifications": {
+                            "type": "array",
+                            "description": "the notifications this deployment queued (one deployment only)",
+                            "items": {"$ref": "#/components/schemas/Notification"},
+                        },
+                    },
+                },
+                "Notification": {
+                    "type": "object",
+                    "required": ["event", "type", "title", "delivery", "tries", "problem"],
+                    "properties": {
+                        "event": {"type": "string", "enum": NOTIFY_EVENTS},
+                        "type": {"type": "string", "enum": ["info", "success", "warning", "failure"]},
+                        "title": {"type": "string"},
+                        "delivery": {"type": "string", "enum": NOTIFY_DELIVERIES},
+                        "tries": {"type": "integer", "description": "failed tries so far"},
+                        "problem": {"type": "string", "description": "why the last try failed; URLs masked"},
+                    },
+                },
+                "EffectiveSteps": {
+                    "type": "object",
+                    "nullable": True,
+                    "description": "the steps a deployment runs; null before they are read, or when refused",
+                    "required": ["build", "deploy", "health_check", "timeout", "env", "review"],
+                    "properties": {
+                        "build": {"type": "array", "items": {"type": "string"}},
+                        "deploy": {"type": "array", "items": {"type": "string"}},
+                        "health_check": {
+                            "type": "object",
+                            "nullable": True,
+                            "properties": {"url": {"type": "string"}, "timeout": {"type": "number"}},
+                        },
+                        "timeout": {"type": "integer", "description": "seconds for the whole deployment"},
+                        "env": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "description": "names of the variables the steps get (values are not shown)",
+                        },
+                        "review": {
+                            "type": "object",
+                            "properties": {
+                                "deploy": {"type": "array", "items": {"type": "string"}},
+                                "stop": {"type": "array", "items": {"type": "string"}},
+                            },
                         },
                     },
                 },
@@ -386,6 +550,77 @@ def document(settings: Settings) -> dict[str, Any]:
                         "from": {"type": "string", "description": "the client, through trusted proxies"},
                         "detail": {"type": "string"},
                     },
+                },
+                "TokenRequest": {
+                    "type": "object",
+                    "required": ["name"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "name": {"type": "string", "minLength": 1, "maxLength": 100},
+                        "expires_at": {
+                            "type": "string",
+                            "description": "a date (end of that day, UTC) or an ISO 8601 time; "
+                            "default in 90 days, at most auth.token_max_days",
+                        },
+                    },
+                },
+                "Token": {
+                    "type": "object",
+                    "required": ["id", "name", "owner", "created_at", "expires_at", "last_used_at"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "name": {"type": "string"},
+                        "owner": {"type": "string", "description": "the GitLab username"},
+                        "created_at": {"type": "string", "format": "date-time"},
+                        "expires_at": {"type": "string", "format": "date-time"},
+                        "last_used_at": {"type": "string", "format": "date-time", "nullable": True},
+                    },
+                },
+                "NewToken": {
+                    "allOf": [
+                        {"$ref": "#/components/schemas/Token"},
+                        {
+                            "type": "object",
+                            "required": ["token"],
+                            "properties": {"token": {"type": "string", "description": "pdt_…, shown once"}},
+                        },
+                    ]
+                },
+                "TokenList": {
+                    "type": "object",
+                    "required": ["tokens"],
+                    "properties": {
+                        "tokens": {"type": "array", "items": {"$ref": "#/components/schemas/Token"}}
+                    },
+                },
+                "Reviews": {
+                    "type": "object",
+                    "required": ["reviews"],
+                    "properties": {
+                        "reviews": {"type": "array", "items": {"$ref": "#/components/schemas/Review"}}
+                    },
+                },
+                "Review": {
+                    "type": "object",
+                    "required": ["iid", "environment", "branch", "sha", "state", "url", "updated_at"],
+                    "properties": {
+                        "iid": {"type": "integer"},
+                        "environment": {"type": "string"},
+                        "target_environment": {"type": "string"},
+                        "branch": {"type": "string"},
+                        "title": {"type": "string"},
+                        "sha": {"type": "string"},
+                        "deployment": {"type": "string"},
+                        "state": {"type": "string", "enum": ["live", "stopping", "stopped"]},
+                        "reason": {"type": "string"},
+                        "updated_at": {"type": "number"},
+                        "url": {"type": "string"},
+                    },
+                },
+                "Stopping": {
+                    "type": "object",
+                    "required": ["stopping"],
+                    "properties": {"stopping": {"type": "string"}},
                 },
                 "Canceled": {
                     "type": "object",

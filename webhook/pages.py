@@ -19,9 +19,9 @@ from redis import Redis
 from redis.exceptions import RedisError
 from werkzeug.wrappers import Response
 
-from webhook import audit, services
-from webhook.auth import action_required, admin_required, is_admin, link_grants
-from workers import deploylog, routes, targets
+from webhook import audit, people, rights, services
+from webhook.auth import action_required, link_grants, signin_required
+from workers import deploylog, notifications, routes, targets
 from workers.audit import Action
 from workers.config import Settings
 from workers.control import NotCancelable, cancel
@@ -30,6 +30,8 @@ from workers.intake import Intake
 from workers.links import PARAMETER
 from workers.operations import OperationError, manual_deploy, rollback
 from workers.outbox import recorded
+from workers.review_requests import ReviewDesk
+from workers.reviews import ReviewStore, environment_of
 
 pages = Blueprint("pages", __name__)
 
@@ -51,12 +53,25 @@ def _deployment_or_404(deployment_id: str) -> Deployment:
         abort(404)
 
 
-def _viewable(deployment_id: str) -> None:
-    """Admins see everything; a signed link sees its own deployment; everyone else signs in."""
-    if not is_admin() and not link_grants(deployment_id):
+def _viewable(deployment_id: str) -> Deployment:
+    """A signed link sees its own deployment; a person sees the deployments of projects they may
+    view (others do not exist for them); everyone else signs in."""
+    if link_grants(deployment_id):
+        return _deployment_or_404(deployment_id)
+    if people.current() is None:
         if request.args.get(PARAMETER):
             abort(403, description="this link is not valid (expired, changed, or for another deployment)")
         abort(redirect(url_for("auth.login", next=request.full_path.rstrip("?"))))
+    record = _deployment_or_404(deployment_id)
+    rights.require_view(record.project)
+    return record
+
+
+def _actionable(deployment_id: str) -> Deployment:
+    """The deployment, when the person may deploy, roll back and cancel in its environment."""
+    record = _deployment_or_404(deployment_id)
+    rights.require_act(record.project, record.environment)
+    return record
 
 
 @pages.get("/healthz")
@@ -69,12 +84,13 @@ def healthz() -> tuple[Response, int]:
 
 
 @pages.get("/")
-@admin_required
+@signin_required
 def overview() -> str:
     settings = _settings()
     store = DeploymentStore(_redis())
     rows = []
-    for project in settings.projects.values():
+    for name in rights.visible(people.current()):
+        project = settings.projects[name]
         for environment in project.environments.values():
             latest = store.history(project.name, environment.name, limit=1)
             live = store.live(project.name, environment.name)
@@ -83,14 +99,17 @@ def overview() -> str:
 
 
 @pages.get(routes.PROJECT)
-@admin_required
+@signin_required
 def project_history(project: str) -> str:
     configured = _settings().projects.get(project)
     if configured is None:
         abort(404)
+    rights.require_view(project)
     wanted_state = request.args.get("state", "")
     state = State(wanted_state) if wanted_state in {s.value for s in State} else None
+    reviews = ReviewStore(_redis()).all(project) if configured.review is not None else []
     environments = [(project, name) for name in configured.environments]
+    environments += [(project, app.environment) for app in reviews]
     deployments = DeploymentStore(_redis()).query(
         environments, state=state, sha=request.args.get("sha", "")[:64], limit=HISTORY_PAGE
     )
@@ -100,6 +119,7 @@ def project_history(project: str) -> str:
         project=configured,
         deployments=deployments,
         lives=lives,
+        reviews=[app.public(configured) for app in reviews],
         state=wanted_state,
         states=[s.value for s in State],
     )
@@ -107,8 +127,7 @@ def project_history(project: str) -> str:
 
 @pages.get(routes.DEPLOYMENT)
 def deployment(deployment_id: str) -> str:
-    _viewable(deployment_id)
-    record = _deployment_or_404(deployment_id)
+    record = _viewable(deployment_id)
     redis = _redis()
     store = DeploymentStore(redis)
     live = store.live(record.project, record.environment)
@@ -119,16 +138,23 @@ def deployment(deployment_id: str) -> str:
         hosts=targets.hosts(redis, deployment_id),
         log=deploylog.read(redis, deployment_id),
         statuses=recorded(redis, deployment_id),
+        notices=notifications.recorded(redis, deployment_id),
         live=live,
         access=request.args.get(PARAMETER, ""),
+        needed_role=_needed_role(record),
     )
+
+
+def _needed_role(record: Deployment) -> str:
+    project = _settings().projects.get(record.project)
+    environment = project.environments.get(record.environment) if project else None
+    return "Maintainer" if environment is not None and environment.protected else "Developer"
 
 
 @pages.get(routes.DEPLOYMENT + "/log")
 def log_lines(deployment_id: str) -> tuple[Response, int]:
     """Lines after ``after``, the state and each host's progress: what the page's live log polls."""
-    _viewable(deployment_id)
-    record = _deployment_or_404(deployment_id)
+    record = _viewable(deployment_id)
     after = request.args.get("after", "-")
     if after != "-" and not deploylog.valid_entry_id(after):
         abort(400, description="after must be a log entry id")
@@ -144,7 +170,7 @@ def log_lines(deployment_id: str) -> tuple[Response, int]:
 @pages.post(routes.DEPLOYMENT + "/cancel")
 @action_required
 def cancel_action(deployment_id: str) -> Response:
-    record = _deployment_or_404(deployment_id)
+    record = _actionable(deployment_id)
     try:
         state = cancel(_settings(), _redis(), deployment_id, audit.actor().name)
         flash("Canceled." if state is State.CANCELED else "Asked the worker to stop; it ends within seconds.")
@@ -154,10 +180,28 @@ def cancel_action(deployment_id: str) -> Response:
     return redirect(url_for("pages.deployment", deployment_id=deployment_id))
 
 
+@pages.post(routes.PROJECT + "/reviews/<int:iid>/stop")
+@action_required
+def stop_review_action(project: str, iid: int) -> Response:
+    configured = _settings().projects.get(project)
+    if configured is None:
+        abort(404)
+    rights.require_view(project)
+    if environment_of(_settings(), _redis(), project, f"review/{iid}") is not None:
+        rights.require_act(project, f"review/{iid}")
+    desk = ReviewDesk(_settings(), _redis(), _intake())
+    if desk.request_stop(configured, iid, "manual", audit.actor().name):
+        audit.log(Action.REVIEW_STOP, project, f"review/{iid}")
+        flash(f"Stopping review/{iid}: a worker runs review.stop and removes its directories.")
+    else:
+        flash(f"No live review app for merge request !{iid}.")
+    return redirect(url_for("pages.project_history", project=project))
+
+
 @pages.post(routes.DEPLOYMENT + "/redeploy")
 @action_required
 def redeploy_action(deployment_id: str) -> Response:
-    record = _deployment_or_404(deployment_id)
+    record = _actionable(deployment_id)
     project, environment = _environment_of(record)
     queued = manual_deploy(
         _intake(), project, environment, audit.actor().name, ref=record.ref, sha=record.sha
@@ -169,7 +213,7 @@ def redeploy_action(deployment_id: str) -> Response:
 @pages.post(routes.DEPLOYMENT + "/rollback")
 @action_required
 def rollback_action(deployment_id: str) -> Response:
-    record = _deployment_or_404(deployment_id)
+    record = _actionable(deployment_id)
     project, environment = _environment_of(record)
     try:
         queued = rollback(_intake(), project, environment, record, audit.actor().name)
@@ -182,7 +226,7 @@ def rollback_action(deployment_id: str) -> Response:
 
 def _environment_of(record: Deployment) -> tuple[Any, Any]:
     project = _settings().projects.get(record.project)
-    environment = project.environments.get(record.environment) if project else None
+    environment = environment_of(_settings(), _redis(), record.project, record.environment)
     if project is None or environment is None:
         abort(409, description="this deployment's project or environment is no longer configured")
     return project, environment

@@ -23,10 +23,11 @@ from webhook import events, metrics
 from webhook.errors import InvalidToken, PayloadTooLarge, QueueUnavailable, UnknownProject, WebhookError
 from webhook.journal import Journal, Record
 from webhook.verify import check_envelope, verify_signature, verify_token
-from workers.config import OnRedisDown, Settings
+from workers.config import OnRedisDown, Project, Settings
 from workers.deployments import new_id
 from workers.intake import Accepted, Intake
 from workers.project_ids import ProjectIds
+from workers.review_requests import ReviewDesk
 from workers.routes import deployment_url
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ class HookEndpoint:
         self.journal = journal
         self.log = logger
         self.project_ids = project_ids
+        self.reviews = ReviewDesk(settings, intake.redis, intake)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path: str = environ.get("PATH_INFO", "")
@@ -129,10 +131,19 @@ class HookEndpoint:
         if isinstance(decision, events.Ignored):
             metrics.delivered("ignored")
             return 200, {"ignored": decision.reason}
+        if isinstance(decision, events.StopReview):
+            return self.stop_review(configured, decision)
         try:
-            accepted = self.intake.accept(configured, decision.environment, decision.push)
+            if isinstance(decision, events.DeployReview):
+                accepted = self.reviews.accept(
+                    configured, decision.environment, decision.push, decision.review
+                )
+            else:
+                accepted = self.intake.accept(configured, decision.environment, decision.push)
             outcome = "duplicate" if accepted.duplicate else "accepted"
         except RedisError:
+            if isinstance(decision, events.DeployReview):  # its record lives in Redis: GitLab retries
+                raise QueueUnavailable() from None
             accepted = self.keep_for_later(configured.name, decision)
             outcome = "journaled"
         metrics.delivered(outcome)
@@ -140,6 +151,15 @@ class HookEndpoint:
             return 200, {"duplicate": True, "deployment": accepted.deployment_id}
         url = deployment_url(settings.server.public_url, accepted.deployment_id)
         return 202, {"deployment": accepted.deployment_id, "url": url}
+
+    def stop_review(self, project: Project, decision: events.StopReview) -> Answer:
+        """Close or merge: 202 ``{"stopping": "review/<iid>"}`` (also when no app was live: nothing to do)."""
+        try:
+            self.reviews.request_stop(project, decision.iid, decision.reason)
+        except RedisError:
+            raise QueueUnavailable() from None
+        metrics.delivered("accepted")
+        return 202, {"stopping": f"review/{decision.iid}"}
 
     def keep_for_later(self, project: str, decision: events.Deploy) -> Accepted:
         """Redis is unreachable: journal the delivery on local disk (or answer 503 if so configured)."""

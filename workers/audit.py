@@ -33,6 +33,8 @@ class Action(StrEnum):
     ADMIN_TOKEN = "admin_token"  # noqa: S105
     """A read with the admin token (actions taken with it are logged as themselves, ``via`` it)."""
     CONFIG_RELOAD = "config_reload"
+    REVIEW_STOP = "review_stop"
+    """A review app stopped by hand (page or API)."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,18 @@ def _fields(entry: Entry) -> Iterator[tuple[str, str]]:
 
 
 @dataclass(frozen=True)
+class Scope:
+    """What one reader may see: the entries of ``projects``, and the entries with no project
+    (sign-ins, tokens) that ``who`` made."""
+
+    projects: frozenset[str]
+    who: str
+
+    def allows(self, entry: Entry) -> bool:
+        return entry.project in self.projects if entry.project else entry.who == self.who
+
+
+@dataclass(frozen=True)
 class Query:
     project: str = ""
     environment: str = ""
@@ -87,8 +101,12 @@ class Query:
     since: float = 0.0
     until: float = 0.0
     """0: up to now."""
+    scope: Scope | None = None
+    """None: every entry (the admin token)."""
 
     def matches(self, entry: Entry) -> bool:
+        if self.scope is not None and not self.scope.allows(entry):
+            return False
         return all(
             not wanted or wanted == found
             for wanted, found in (

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import logging
 import os
 import pwd
 import re
 import tomllib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
@@ -50,6 +51,8 @@ SERVER_KEYS = {
     "trusted_proxies",
 }
 GITLAB_KEYS = {"url", "token", "timeout"}
+AUTH_KEYS = {"gitlab_oauth", "token_max_days"}
+OAUTH_KEYS = {"client_id", "client_secret"}
 PROJECT_ONLY_KEYS = {
     "gitlab_project",
     "repo_url",
@@ -60,7 +63,13 @@ PROJECT_ONLY_KEYS = {
     "gitlab_environments",
     "trigger",
     "poll_interval",
+    "review",
+    "notify",
 }
+REVIEW_KEYS = {"url", "deploy", "stop", "health_check", "max", "forks", "drafts", "ttl"}
+REVIEW_PREFIX = "review/"
+"""Review environments are named ``review/<iid>``: the ``/`` keeps them apart from configured names."""
+NOTIFY_KEYS = {"urls", "on"}
 ENV_KEYS = {
     "branch",
     "tags",
@@ -75,6 +84,8 @@ ENV_KEYS = {
     "ssh_key",
     "known_hosts",
     "rollout",
+    "protected",
+    "recipe",
 }
 FLAT_ONLY_KEYS = {"environment"}
 
@@ -121,11 +132,43 @@ class Trigger(StrEnum):
     POLL = "poll"  # no webhook: the reconciler polls the branch head
 
 
+class NotifyEvent(StrEnum):
+    """What a notification can be sent for."""
+
+    STARTED = "started"
+    SUCCEEDED = "succeeded"
+    RECOVERED = "recovered"  # the first success after a failure in that environment
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+DEFAULT_NOTIFY_ON = frozenset({NotifyEvent.FAILED, NotifyEvent.RECOVERED})
+"""Word when something breaks and when it is mended, not on every push."""
+
+
+@dataclass(frozen=True)
+class Notify:
+    """Where notifications go (Apprise URLs, each a secret) and which events send one."""
+
+    urls: tuple[Secret, ...] = ()
+    on: frozenset[NotifyEvent] = DEFAULT_NOTIFY_ON
+
+    def wants(self, event: NotifyEvent) -> bool:
+        return bool(self.urls) and event in self.on
+
+
 class OnRedisDown(StrEnum):
     """What the webhook does with a verified delivery while Redis cannot be reached."""
 
     JOURNAL = "journal"  # accept it (202) and keep it on local disk until Redis is back
     REFUSE = "503"  # answer 503, so GitLab retries
+
+
+class RecipeSource(StrEnum):
+    """Where an environment's steps come from: the deployed commit's ``.pushdeploy.toml``, or here."""
+
+    REPO = "repo"  # the file wins where the commit has one; this config's steps are the fallback
+    SERVER = "server"  # the file is ignored
 
 
 @dataclass(frozen=True)
@@ -161,13 +204,38 @@ class Environment:
     known_hosts: Secret | None = None
     """The pinned host keys (``known_hosts`` lines): the only keys a target may present."""
     rollout: Rollout = field(default_factory=Rollout)
+    protected: bool = False
+    """Deploy, rollback and cancel here need Maintainer or above in the GitLab project."""
+    review_iid: int = 0
+    """A merge request's review app (``review/<iid>``, see :meth:`Project.review_environment`); 0: not one."""
+    review_url: str = ""
+    """The review app's address (``[review] url`` with ``{iid}`` filled in)."""
+    review_base: str = ""
+    """A review app's target branch environment, whose recipe table (``[environments.NAME]``) it takes."""
+    review_deploy: tuple[str, ...] | None = None
+    """The server's ``review.deploy`` (None: the steps are the target environment's ``deploy``)."""
+    review_stop: tuple[str, ...] = ()
+    """The server's ``review.stop``."""
+    recipe: RecipeSource = RecipeSource.REPO
+    """Whether a ``.pushdeploy.toml`` in the deployed commit may replace the steps above."""
 
     def secrets(self) -> tuple[Secret, ...]:
         return (self.ssh_key,) if self.ssh_key is not None else ()
 
     @property
     def status_name(self) -> str:
-        return f"deploy/{self.name}"
+        return "deploy/review" if self.review_iid else f"deploy/{self.name}"
+
+    def review_variables(self) -> dict[str, str]:
+        """``PUSHDEPLOY_REVIEW_IID`` and ``PUSHDEPLOY_REVIEW_URL`` for a review app's steps, else none."""
+        if not self.review_iid:
+            return {}
+        return {"PUSHDEPLOY_REVIEW_IID": str(self.review_iid), "PUSHDEPLOY_REVIEW_URL": self.review_url}
+
+    @property
+    def directory(self) -> str:
+        """Its directory under the project (``review-<iid>`` for a review app: no ``/`` in a path part)."""
+        return f"review-{self.review_iid}" if self.review_iid else self.name
 
     def deploys_tag(self, tag: str) -> bool:
         """Whether a push of tag ``tag`` (its name, not ``refs/tags/…``) deploys here."""
@@ -177,6 +245,34 @@ class Environment:
     def follows(self) -> str:
         """What the environment deploys, for people: ``branch main`` or ``tags v*``."""
         return f"tags {self.tags}" if self.tags else f"branch {self.branch}"
+
+
+@dataclass(frozen=True)
+class Review:
+    """``[projects.NAME.review]``: a live copy of every merge request into a deployed branch."""
+
+    url: str
+    """The app's address, ``{iid}`` standing for the merge request's number."""
+    deploy: tuple[str, ...] | None = None
+    """None: the target branch environment's own ``deploy``."""
+    stop: tuple[str, ...] = ()
+    health_check: HealthCheck | None = None
+    """None: the target branch environment's own; ``{iid}`` (and ``{host}``) are filled in."""
+    max: int = defaults.REVIEW_MAX
+    forks: bool = False
+    drafts: bool = True
+    ttl_days: float = defaults.REVIEW_TTL_DAYS
+
+    def app_url(self, iid: int) -> str:
+        return self.url.replace("{iid}", str(iid))
+
+
+def review_iid(environment: str) -> int:
+    """The merge request number of a ``review/<iid>`` environment name, else 0."""
+    number = environment.removeprefix(REVIEW_PREFIX)
+    if number == environment or not number.isdigit() or len(number) > 12 or number.startswith("0"):
+        return 0
+    return int(number)
 
 
 @dataclass(frozen=True)
@@ -192,6 +288,35 @@ class Project:
     poll_interval: int = defaults.POLL_INTERVAL
     repo_token: Secret | None = None
     """The HTTPS credential for ``repo_url`` (``token`` or ``user:token``), sent as a header."""
+    review: Review | None = None
+    """``[projects.NAME.review]``: merge requests get review apps; None: merge requests are ignored."""
+
+    def review_environment(self, base: Environment, iid: int) -> Environment:
+        """Environment ``review/<iid>``: ``base``'s settings (the target branch's), the review's steps.
+
+        Its releases live apart (``review-<iid>``, also under each target's path), its health check
+        URL gets ``{iid}`` filled in, and its steps are ``review.deploy`` (default: ``base``'s).
+        """
+        review = self.review or Review(url="")
+        health = review.health_check or base.health_check
+        if health is not None:
+            health = replace(health, url=health.url.replace("{iid}", str(iid)))
+        return replace(
+            base,
+            name=f"{REVIEW_PREFIX}{iid}",
+            tags="",
+            deploy=review.deploy if review.deploy is not None else base.deploy,
+            health_check=health,
+            targets=tuple(replace(t, path=f"{t.path}/review-{iid}") for t in base.targets),
+            protected=False,  # a review app is no protected environment: Developers run and stop it
+            review_iid=iid,
+            review_url=review.app_url(iid),
+            review_base=base.name,
+            review_deploy=review.deploy,
+            review_stop=review.stop,
+        )
+    notify: Notify | None = None
+    """The project's own ``[projects.NAME.notify]``, which replaces the server's; None: the server's."""
 
     def environment_for_branch(self, branch: str) -> Environment | None:
         for environment in self.environments.values():
@@ -217,7 +342,8 @@ class Project:
     def secrets(self) -> tuple[Secret, ...]:
         token = (self.repo_token,) if self.repo_token is not None else ()
         keys = tuple(s for env in self.environments.values() for s in env.secrets())
-        return self.secret_tokens + self.signing_keys + token + keys
+        urls = self.notify.urls if self.notify is not None else ()
+        return self.secret_tokens + self.signing_keys + token + keys + urls
 
     def __repr__(self) -> str:
         return _repr(self, {"repo_url"})
@@ -228,6 +354,22 @@ class GitLabSettings:
     url: str
     token: Secret
     timeout: float = defaults.GITLAB_TIMEOUT
+
+
+@dataclass(frozen=True)
+class OAuthClient:
+    """The application registered in GitLab that people sign in through."""
+
+    client_id: str
+    client_secret: Secret
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """How people sign in: with GitLab when ``gitlab_oauth`` is set, else only with the admin token."""
+
+    gitlab_oauth: OAuthClient | None = None
+    token_max_days: int = defaults.TOKEN_MAX_DAYS
 
 
 @dataclass(frozen=True)
@@ -258,6 +400,16 @@ class Settings:
     server: ServerSettings
     gitlab: GitLabSettings | None
     projects: Mapping[str, Project]
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    notify: Notify = field(default_factory=Notify)
+    """The server-wide ``[notify]`` table: for every project without one of its own."""
+
+    def notify_for(self, project: str) -> Notify:
+        """The project's ``[projects.NAME.notify]`` if it has one (the whole table), else the server's."""
+        configured = self.projects.get(project)
+        if configured is not None and configured.notify is not None:
+            return configured.notify
+        return self.notify
 
     def environment(self, project: str, environment: str) -> Environment:
         return self.projects[project].environments[environment]
@@ -273,6 +425,9 @@ class Settings:
             found.append(self.server.admin_token)
         if self.server.metrics_token:
             found.append(self.server.metrics_token)
+        if self.auth.gitlab_oauth:
+            found.append(self.auth.gitlab_oauth.client_secret)
+        found.extend(self.notify.urls)
         return tuple(found)
 
     def webhook_url(self, project: str) -> str:
@@ -299,11 +454,21 @@ def secret_values(raw: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
         table = raw.get(section)
         if isinstance(table, dict) and name in table:
             places.append((f"{section}.{name}", table[name]))
+    auth = raw.get("auth")
+    oauth = auth.get("gitlab_oauth") if isinstance(auth, dict) else None
+    if isinstance(oauth, dict) and "client_secret" in oauth:
+        places.append(("auth.gitlab_oauth.client_secret", oauth["client_secret"]))
+    notify = raw.get("notify")
+    if isinstance(notify, dict) and "urls" in notify:
+        places.append(("notify.urls", notify["urls"]))
     projects = raw.get("projects")
     for project, table in projects.items() if isinstance(projects, dict) else ():
         for name in ("secret_token", "signing_token", "repo_token", "ssh_key"):
             if isinstance(table, dict) and name in table:
                 places.append((f"projects.{project}.{name}", table[name]))
+        own = table.get("notify") if isinstance(table, dict) else None
+        if isinstance(own, dict) and "urls" in own:
+            places.append((f"projects.{project}.notify.urls", own["urls"]))
         environments = table.get("environments") if isinstance(table, dict) else None
         for env_name, env_table in environments.items() if isinstance(environments, dict) else ():
             if isinstance(env_table, dict) and "ssh_key" in env_table:
@@ -313,6 +478,21 @@ def secret_values(raw: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
             yield key, value
         elif isinstance(value, list):
             yield from ((f"{key}[{i}]", v) for i, v in enumerate(value) if isinstance(v, str))
+
+
+def notify_url_problem(url: str) -> str:
+    """What is wrong with an Apprise URL, in words that never repeat the URL (it holds secrets)."""
+    if "://" not in url:
+        return "is not an Apprise URL (like slack://…, mailto://…, json://host/path)"
+    import apprise  # only configs that notify pay for loading Apprise's plugins
+
+    # Apprise explains a bad URL in its log by quoting it, and URLs hold secrets: its log stays
+    # out of ours (the notifier captures and masks it while sending).
+    logging.getLogger(apprise.LOGGER_NAME).propagate = False
+    if apprise.Apprise.instantiate(url, suppress_exceptions=True) is None:
+        scheme = url.split("://", 1)[0][:20]
+        return f"Apprise cannot send to this {scheme}:// URL (unknown service or a malformed URL)"
+    return ""
 
 
 def config_path(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Path:
@@ -352,9 +532,10 @@ class _Loader:
         self.problems.append(Problem(str(self.file), key, message))
 
     def settings(self, raw: dict[str, Any]) -> Settings:
-        self.unknown(raw, {"server", "gitlab", "projects"}, "")
+        self.unknown(raw, {"server", "gitlab", "projects", "auth", "notify"}, "")
         self.keyring()
         server = self.server(self.table(raw, "server", ""))
+        notify = self.notify(raw, "notify") or Notify()
         gitlab = self.gitlab(raw["gitlab"]) if isinstance(raw.get("gitlab"), dict) else None
         if "gitlab" in raw and not isinstance(raw["gitlab"], dict):
             self.problem("gitlab", "must be a table")
@@ -374,11 +555,12 @@ class _Loader:
                         f"projects.{project.name}.gitlab_environments",
                         "needs a [gitlab] section (url and token) to create GitLab deployments",
                     )
+        auth = self.auth(self.table(raw, "auth", ""), gitlab)
         if not projects and not self.problems:
             self.problem("projects", "no project is configured")
         if self.problems:
             raise ConfigError(self.problems)
-        return Settings(self.file, server, gitlab, projects)
+        return Settings(self.file, server, gitlab, projects, auth, notify)
 
     # -- sections ---------------------------------------------------------
 
@@ -445,6 +627,33 @@ class _Loader:
                 f"target_url; use a shorter public_url "
                 f"(at most {len(public_url) - len(longest) + TARGET_URL_LIMIT} characters)",
             )
+
+    def auth(self, table: dict[str, Any], gitlab: GitLabSettings | None) -> AuthSettings:
+        self.unknown(table, AUTH_KEYS, "auth")
+        max_days = self.integer(table, "token_max_days", "auth", defaults.TOKEN_MAX_DAYS, minimum=1)
+        if "gitlab_oauth" not in table:
+            return AuthSettings(None, max_days)
+        value = table["gitlab_oauth"]
+        key = "auth.gitlab_oauth"
+        if not isinstance(value, dict):
+            self.problem(key, 'must be a table like { client_id = "…", client_secret = "env:…" }')
+            return AuthSettings(None, max_days)
+        self.unknown(value, OAUTH_KEYS, key)
+        client_id = self.string(value, "client_id", key, "")
+        secret = self.secret(value, "client_secret", key)
+        if "client_secret" not in value:
+            self.problem(
+                f"{key}.client_secret", "is required: the application's secret (env:, file: or fernet:)"
+            )
+        if gitlab is None:
+            self.problem(
+                key,
+                "needs a [gitlab] section (url and token): people sign in at that GitLab, and their "
+                "rights are read from it with its token",
+            )
+        if not client_id or secret is None:
+            return AuthSettings(None, max_days)
+        return AuthSettings(OAuthClient(client_id, secret), max_days)
 
     def gitlab(self, table: dict[str, Any]) -> GitLabSettings | None:
         self.unknown(table, GITLAB_KEYS, "gitlab")
@@ -531,6 +740,8 @@ class _Loader:
         if not isinstance(gitlab_environments, bool):
             self.problem(f"{key}.gitlab_environments", "must be true or false")
             gitlab_environments = False
+        review = self.review(table["review"], f"{key}.review", environments) if "review" in table else None
+        notify = self.notify(table, f"{key}.notify")
         return Project(
             name,
             gitlab_project,
@@ -542,7 +753,38 @@ class _Loader:
             trigger,
             poll_interval,
             repo_token,
+            review,
+            notify,
         )
+
+    def review(self, value: Any, key: str, environments: Mapping[str, Environment]) -> Review | None:
+        """``[projects.NAME.review]``; every bad key named."""
+        if not isinstance(value, dict):
+            self.problem(key, 'must be a table like { url = "https://mr-{iid}.review.example.org" }')
+            return None
+        self.unknown(value, REVIEW_KEYS, key)
+        url = self.url(value, "url", key, None)
+        if url and "{iid}" not in url:
+            self.problem(
+                f"{key}.url", "must hold {iid}: each merge request's app needs an address of its own"
+            )
+        if not any(env.branch for env in environments.values()):
+            self.problem(key, "review apps need an environment that deploys a branch (the target branch)")
+        deploy = self.commands(value, "deploy", key) if "deploy" in value else None
+        stop = self.commands(value, "stop", key)
+        health = self.health_check(value.get("health_check"), f"{key}.health_check")
+        limit = self.integer(value, "max", key, defaults.REVIEW_MAX, minimum=1)
+        flags = {}
+        for name, default in (("forks", False), ("drafts", True)):
+            flag = value.get(name, default)
+            if not isinstance(flag, bool):
+                self.problem(f"{key}.{name}", "must be true or false")
+                flag = default
+            flags[name] = flag
+        ttl = self.number(value, "ttl", key, defaults.REVIEW_TTL_DAYS)  # days; fractions allowed
+        if not url:
+            return None
+        return Review(url, deploy, stop, health, limit, flags["forks"], flags["drafts"], ttl)
 
     def environment(self, project: str, name: str, table: dict[str, Any], key: str) -> Environment | None:
         if not NAME_RE.match(name):
@@ -558,6 +800,11 @@ class _Loader:
         targets = self.targets(table, key)
         if health is not None and "{host}" in health.url and not targets:
             self.problem(f"{key}.health_check.url", "{host} stands for a target's host: it needs targets")
+        if health is not None and "{iid}" in health.url:
+            self.problem(
+                f"{key}.health_check.url",
+                "{iid} stands for a merge request's number: use it in [review] health_check",
+            )
         env = table.get("env", {})
         if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
             self.problem(f"{key}.env", "must be a table of string values")
@@ -581,7 +828,23 @@ class _Loader:
             ssh_key=self.secret(table, "ssh_key", key) if targets else None,
             known_hosts=self.secret(table, "known_hosts", key) if targets else None,
             rollout=self.rollout(table, key),
+            protected=self.flag(table, "protected", key),
+            recipe=self.recipe_source(table, key),
         )
+
+    def flag(self, table: dict[str, Any], name: str, key: str) -> bool:
+        value = table.get(name, False)
+        if not isinstance(value, bool):
+            self.problem(f"{key}.{name}", "must be true or false")
+            return False
+        return value
+
+    def recipe_source(self, table: dict[str, Any], key: str) -> RecipeSource:
+        try:
+            return RecipeSource(table.get("recipe", RecipeSource.REPO.value))
+        except ValueError:
+            self.problem(f"{key}.recipe", 'must be "repo" (the commit\'s .pushdeploy.toml wins) or "server"')
+            return RecipeSource.REPO
 
     def targets(self, table: dict[str, Any], key: str) -> tuple[Target, ...]:
         """``targets`` with the ``ssh_key`` and ``known_hosts`` they need; every bad value named."""
@@ -623,6 +886,35 @@ class _Loader:
             self.problem(f"{key}.rollout.batch", 'must be an integer ≥ 1 or "all"')
             return Rollout()
         return Rollout(batch)
+
+    def notify(self, table: dict[str, Any], key: str) -> Notify | None:
+        """A ``notify`` table (None when absent): Apprise URLs, each a secret form, and the events."""
+        name = key.rpartition(".")[2]
+        if name not in table:
+            return None
+        value = table[name]
+        if not isinstance(value, dict):
+            self.problem(key, 'must be a table like { urls = ["env:CHAT_URL"], on = ["failed"] }')
+            return None
+        self.unknown(value, NOTIFY_KEYS, key)
+        urls = tuple(self.secrets(value, "urls", key, Secret))
+        for index, url in enumerate(urls):
+            problem = notify_url_problem(url.reveal())
+            if problem:
+                self.problem(f"{key}.urls[{index}]", problem)
+        on = value.get("on", sorted(DEFAULT_NOTIFY_ON))
+        known = ", ".join(event.value for event in NotifyEvent)
+        if not isinstance(on, list) or not all(isinstance(e, str) for e in on):
+            self.problem(f"{key}.on", f"must be a list of events ({known})")
+            return Notify(urls)
+        events: set[NotifyEvent] = set()
+        for index, event in enumerate(on):
+            try:
+                events.add(NotifyEvent(event))
+            except ValueError:
+                what = f"{event[:40]!r} is not an event (expected one of: {known})"
+                self.problem(f"{key}.on[{index}]", what)
+        return Notify(urls, frozenset(events))
 
     def tag_glob(self, table: dict[str, Any], key: str) -> str:
         if "tags" not in table:
@@ -724,7 +1016,8 @@ class _Loader:
     def number(self, table: dict[str, Any], name: str, prefix: str, default: float) -> float:
         value = table.get(name, default)
         if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-            self.problem(f"{prefix}.{name}", "must be a positive number of seconds")
+            unit = "days" if name == "ttl" else "seconds"
+            self.problem(f"{prefix}.{name}", f"must be a positive number of {unit}")
             return default
         return float(value)
 

@@ -71,3 +71,20 @@ TRUSTED_PROXIES = ("127.0.0.1", "::1")
 
 SIGN_IN_LIMIT = 20
 """Sign-in attempts allowed per address (and per account) per minute before 429."""
+TOKEN_DAYS = 90
+"""Days a personal API token lives when its creator names no ``expires_at``."""
+
+TOKEN_MAX_DAYS = 365
+"""The longest life a personal API token may be given (``[auth] token_max_days``)."""
+
+REVIEW_MAX = 10
+"""Live review apps per project at most: opening one more stops the least recently deployed."""
+
+REVIEW_TTL_DAYS = 7.0
+"""A review app not deployed for this many days is stopped."""
+
+REVIEW_KEEP_DAYS = 30
+"""How long a stopped review app's record (and its note's id) is kept, for a reopened merge request."""
+NOTIFY_RETRY_DELAYS = (1, 2, 5, 15, 30, 60, 120, 300, 600, 900, 1800)
+"""Seconds between tries to send a notification; after the last one it is given up (about 1 h 5 min
+in all): news of a deployment is not worth sending a day late."""

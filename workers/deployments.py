@@ -8,6 +8,7 @@ deployment's history must outlive them.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import time
 from collections.abc import Iterable, Mapping
@@ -89,6 +90,11 @@ class Deployment:
     reuse_release: str = ""  # a rollback's kept release: switched to without fetching or building
     requested_by: str = ""  # who asked for a manual deploy or a rollback (pushes: ``pusher``)
     canceled_by: str = ""  # who canceled it, when someone did
+    recipe: str = ""  # where the steps came from: "repo@<short sha>" or "server" ("" before it is known)
+    effective_steps: str = ""  # JSON of the steps this deployment runs (workers.recipe.Steps.public)
+    commit_title: str = ""
+    """The head commit's first line, from the delivery or (manual deploys, long pushes) from git."""
+    commit_author: str = ""
 
     def to_redis(self) -> dict[str, str]:
         """The fields a new record is written with: empty ones are left out, ``from_redis`` restores them.
@@ -137,7 +143,15 @@ class Deployment:
         data = asdict(self)
         data["state"] = str(self.state)
         data["triggered_by"] = self.triggered_by
+        data["effective_steps"] = self.steps_run()
         return data
+
+    def steps_run(self) -> dict[str, Any] | None:
+        """The effective steps as an object, or None before the recipe was read."""
+        if not self.effective_steps:
+            return None
+        found: dict[str, Any] = json.loads(self.effective_steps)
+        return found
 
 
 _REQUIRED = frozenset(
@@ -167,6 +181,19 @@ class Runtime:
     host: str
     step_pgid: str
     lane_token: str
+
+
+COMMIT_TEXT_LIMIT = 255
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+
+
+def commit_text(text: str) -> str:
+    """A commit's title or author as we keep it: its first line, no control characters, bounded.
+
+    It comes from a push payload or a repository, and is shown on pages, in a terminal and in chats.
+    """
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return CONTROL_RE.sub(" ", first).strip()[:COMMIT_TEXT_LIMIT]
 
 
 def _text(value: bytes | str) -> str:

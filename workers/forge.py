@@ -95,6 +95,42 @@ class DeploymentUpdate:
         return cls(**data)
 
 
+@dataclass(frozen=True)
+class ReviewNote:
+    """The one note on a merge request about its review app: created once, then edited in place."""
+
+    project: str  # GitLab path or id
+    owner: str  # the pushdeploy project whose review record keeps the note's id
+    iid: int
+    body: str
+    kind: str = "note"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReviewNote:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class EnvironmentAction:
+    """A GitLab environment made to show a review app's address (``start``), or stopped (``stop``)."""
+
+    project: str
+    name: str
+    action: str  # start | stop
+    external_url: str = ""
+    kind: str = "environment"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EnvironmentAction:
+        return cls(**data)
+
+
 class ForgeError(EngineError):
     """A status could not be posted; the message never holds the token."""
 
@@ -149,6 +185,14 @@ class Forge(Protocol):
         """The commit a branch points at now, or None when the forge cannot tell."""
         ...
 
+    def post_note(self, note: ReviewNote, note_id: str) -> str:
+        """Edit note ``note_id`` (or create one when "" or deleted on the forge); returns its id."""
+        ...
+
+    def environment(self, action: EnvironmentAction) -> None:
+        """Create or update the environment with its address, or stop it."""
+        ...
+
 
 class NullForge:
     """No ``[gitlab]`` section: statuses are only recorded on the deployment."""
@@ -170,6 +214,12 @@ class NullForge:
         return ""
 
     def branch_head(self, project: str, branch: str) -> str | None:
+        return None
+
+    def post_note(self, note: ReviewNote, note_id: str) -> str:
+        return note_id
+
+    def environment(self, action: EnvironmentAction) -> None:
         return None
 
 
@@ -284,6 +334,43 @@ class GitLabForge:
             raise translate(exc) from None
         sha = (found.commit or {}).get("id")
         return str(sha) if sha else None
+
+    def post_note(self, note: ReviewNote, note_id: str) -> str:
+        """Edit in place; a note deleted on GitLab (404) is created again, once, and its new id kept."""
+        request = self._project(note.project).mergerequests.get(note.iid, lazy=True)
+        options = {"max_retries": self.max_retries, "obey_rate_limit": True}
+        with _translated():
+            if note_id:
+                try:
+                    request.notes.update(int(note_id), {"body": note.body}, **options)
+                    return note_id
+                except gitlab.exceptions.GitlabUpdateError as exc:
+                    if exc.response_code != 404:
+                        raise
+            # Not retried blind: a create that timed out may have landed (then a second note shows).
+            created = request.notes.create({"body": note.body}, retry_transient_errors=False, **options)
+        return str(created.id)
+
+    def environment(self, action: EnvironmentAction) -> None:
+        project = self._project(action.project)
+        options = {"max_retries": self.max_retries, "obey_rate_limit": True}
+        with _translated():
+            found = [
+                env
+                for env in project.environments.list(name=action.name, get_all=True, **options)
+                if getattr(env, "name", "") == action.name
+            ]
+            if action.action == "stop":
+                for env in found:
+                    if getattr(env, "state", "") != "stopped":
+                        env.stop(**options)
+                return
+            if found:
+                project.environments.update(found[0].id, {"external_url": action.external_url}, **options)
+            else:
+                project.environments.create(
+                    {"name": action.name, "external_url": action.external_url}, **options
+                )
 
     def post_status(
         self, status: CommitStatus, retrying: bool = False, pipeline_id: int | None = None

@@ -130,6 +130,7 @@ class HookReport:
     """What leaves the project unable to receive deliveries although the hook was written: exit non-zero."""
     push_events: bool = True
     tag_push_events: bool = False
+    merge_requests_events: bool = False
 
     @property
     def changed(self) -> bool:
@@ -152,7 +153,7 @@ def branch_filter(branches: Sequence[str]) -> tuple[str, str]:
 def desired_hook(settings: Settings, project: Project) -> dict[str, Any]:
     """Every hook field we manage except the tokens: push events on the configured branches, and
     tag push events where an environment deploys tags (GitLab never applies the branch filter to
-    tag pushes); every other event off."""
+    tag pushes), merge request events where merge requests get review apps; every other event off."""
     branches = [env.branch for env in project.environments.values() if env.branch]
     pattern, strategy = branch_filter(branches) if branches else ("", "all_branches")
     return {
@@ -160,6 +161,7 @@ def desired_hook(settings: Settings, project: Project) -> dict[str, Any]:
         **dict.fromkeys(OTHER_EVENTS, False),
         "push_events": bool(branches),
         "tag_push_events": project.deploys_tags,
+        "merge_requests_events": project.review is not None,
         "push_events_branch_filter": pattern,
         "branch_filter_strategy": strategy,
         "enable_ssl_verification": True,
@@ -389,6 +391,7 @@ class _Writer:
             problems=tuple(self.problems),
             push_events=self.desired["push_events"],
             tag_push_events=self.desired["tag_push_events"],
+            merge_requests_events=self.desired["merge_requests_events"],
         )
 
 

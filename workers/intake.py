@@ -41,6 +41,8 @@ class Push:
     pusher: str
     delivery_key: str  # Idempotency-Key, webhook-id or X-Gitlab-Event-UUID; "" when none was sent
     trigger: str = "push"
+    commit_title: str = ""  # the head commit's, when the delivery carries it (else git tells the worker)
+    commit_author: str = ""
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,8 @@ class Intake:
             pusher=push.pusher,
             delivery_id=push.delivery_key,
             trigger=push.trigger,
+            commit_title=push.commit_title,
+            commit_author=push.commit_author,
             created_at=created_at or time.time(),
         )
         holder = self.enqueue(project, environment, deployment, push.delivery_key, job_id)

@@ -2,7 +2,8 @@
 
 An ending is the state transition (refused when the deployment already ended, so every deployment
 ends exactly once), its last log line, the finished counter and durations, the ``live`` marker of
-a success, the final commit status into the outbox, the history pruned to ``keep_deployments``,
+a success, the final commit status into the outbox, its notification (``failed``, ``recovered``…)
+into the notification outbox, the history pruned to ``keep_deployments``,
 and the lane handed on to the deployment waiting for it. The pipeline, the recovery of a dead
 worker, cancel and supersede all end deployments through :func:`end`; the lane's waiting
 deployment is started only through :func:`start_waiting`.
@@ -16,13 +17,14 @@ import os
 from redis import Redis
 from rq import Queue
 
-from workers import defaults, telemetry
-from workers.config import Settings
+from workers import defaults, notifications, telemetry
+from workers.config import NotifyEvent, Settings
 from workers.deploylog import DeploymentLog, Masker
 from workers.deployments import Deployment, DeploymentStore, InvalidTransition, State, UnknownDeployment
 from workers.forge import StatusState
 from workers.intake import enqueue_job
 from workers.lanes import Lane
+from workers.reviews import environment_of
 from workers.statuses import report
 
 log = logging.getLogger(__name__)
@@ -62,10 +64,24 @@ def end(
     if state is State.SUCCEEDED:
         store.mark_live(final)
     report(redis, settings, final, FINAL_STATUS[state], reason or "Deployed")
+    notify(settings, redis, final)
     store.prune_history(final.project, final.environment, settings.server.keep_deployments)
     if lane_token:
         hand_over(settings, redis, final.project, final.environment, lane_token)
     return final
+
+
+def notify(
+    settings: Settings, redis: Redis, deployment: Deployment, event: NotifyEvent | None = None
+) -> None:
+    """Queue a deployment's notification (its ending's, by default); a problem here never fails it."""
+    try:
+        if event is None:
+            notifications.announce_end(redis, settings, deployment)
+        else:
+            notifications.announce(redis, settings, deployment, event)
+    except Exception:
+        log.exception("deployment %s: its notification could not be queued", deployment.id)
 
 
 def hand_over(settings: Settings, redis: Redis, project: str, environment: str, token: str) -> str:
@@ -83,8 +99,7 @@ def start_waiting(
 
     The job id has a suffix of its own: the deployment's first job may still be in RQ's registries.
     """
-    configured = settings.projects.get(project)
-    env = configured.environments.get(environment) if configured else None
+    env = environment_of(settings, redis, project, environment)
     if env is None:
         end(
             settings,

@@ -86,6 +86,8 @@ def rollback(
         requested_by=who[:255],
         trigger=f"rollback to {target.id}",
         reuse_release=target.release or target.id,
+        commit_title=target.commit_title,
+        commit_author=target.commit_author,
     )
     intake.enqueue(project, environment, deployment)
     return deployment

@@ -31,12 +31,15 @@ from workers.deployments import DeploymentStore, UnknownDeployment
 from workers.forge import (
     CommitStatus,
     DeploymentUpdate,
+    EnvironmentAction,
     Forge,
     ForgeRejected,
     Outcome,
     PipelineGone,
+    ReviewNote,
     TransientForgeError,
 )
+from workers.reviews import ReviewStore
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +70,10 @@ def forbidden_advice(ref: str) -> str:
 statuses_key = schema.statuses
 
 
-def entry(status: CommitStatus | DeploymentUpdate) -> str:
+Entry = CommitStatus | DeploymentUpdate | ReviewNote | EnvironmentAction
+
+
+def entry(status: Entry) -> str:
     """How a status is kept in an outbox list."""
     return json.dumps(status.to_dict())
 
@@ -75,7 +81,7 @@ def entry(status: CommitStatus | DeploymentUpdate) -> str:
 def enqueue_status(
     pipe: Pipeline | Redis,
     deployment_id: str,
-    status: CommitStatus | DeploymentUpdate,
+    status: Entry,
     now: float | None = None,
 ) -> None:
     """Add a status (or a GitLab deployment update) to a deployment's outbox, on the caller's pipeline."""
@@ -171,6 +177,11 @@ class Courier:
             try:
                 if data.get("kind") == "deployment":
                     outcome = self._deliver_deployment(record, DeploymentUpdate.from_dict(data))
+                elif data.get("kind") == "note":
+                    outcome = self._deliver_note(ReviewNote.from_dict(data))
+                elif data.get("kind") == "environment":
+                    self.forge.environment(EnvironmentAction.from_dict(data))
+                    outcome = Outcome.POSTED
                 else:
                     outcome = self._deliver_status(deployment_id, record, CommitStatus.from_dict(data))
             except TransientForgeError as exc:
@@ -237,6 +248,15 @@ class Courier:
                     self.redis.hset(record, FORGE_DEPLOYMENT_FIELD, forge_id)
         created = self.forge.post_deployment(update, forge_id)
         self.redis.hset(record, FORGE_DEPLOYMENT_FIELD, created)
+        return Outcome.POSTED
+
+    def _deliver_note(self, note: ReviewNote) -> Outcome:
+        """Edit the merge request's note in place (its id is on the review app's record)."""
+        reviews = ReviewStore(self.redis)
+        known = reviews.note_id(note.owner, note.iid)
+        note_id = self.forge.post_note(note, known)
+        if note_id and note_id != known:
+            reviews.set_note(note.owner, note.iid, note_id)
         return Outcome.POSTED
 
     def _forbidden(self, deployment_id: str, ref: str) -> None:

@@ -7,6 +7,7 @@ record and the worker's own config, so no payload text and no secret is ever in 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -16,8 +17,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from workers import engine, health, lifecycle, steps, telemetry
-from workers.config import Environment, Project
+from workers import engine, health, lifecycle, recipe, steps, telemetry
+from workers.config import Environment, NotifyEvent, Project, RecipeSource
 from workers.control import cancel_requested, supersede, supersede_older
 from workers.deploylog import DeploymentLog
 from workers.deployments import (
@@ -26,12 +27,14 @@ from workers.deployments import (
     State,
     StepResult,
     UnknownDeployment,
+    commit_text,
 )
 from workers.engine import Engine
 from workers.errors import RunStopped
 from workers.forge import StatusState
 from workers.lanes import Lane, Renewal, Verdict
 from workers.releases import Releases
+from workers.reviews import environment_of
 from workers.rollout import Rollout, RolloutFailed
 from workers.source import Mirror, SourceError, check_sha
 from workers.statuses import report
@@ -121,6 +124,9 @@ class Job:
     deadline: float = 0.0
     live: Mapping[str, str] = field(default_factory=dict)  # what served before: sha, deployment, release
     switched: bool = False
+    fetched: bool = False  # the commit is in the mirror already (fetched to read its recipe)
+    configured: Environment | None = None  # the server's environment, before a recipe replaced steps
+    rollback_steps: Environment | None = None  # the previous release's steps, once looked up
 
 
 def run_deployment(deployment_id: str) -> Outcome:
@@ -158,7 +164,7 @@ class Runner:
         if deployment.state is not State.QUEUED:
             return Outcome.of(deployment.state)  # canceled meanwhile, or a duplicate job: nothing to do
         project = self.settings.projects.get(deployment.project)
-        environment = project.environments.get(deployment.environment) if project else None
+        environment = environment_of(self.settings, self.redis, deployment.project, deployment.environment)
         if project is None or environment is None:
             reason = "project or environment no longer in the configuration"
             return self.end(deployment_id, State.FAILED, reason)
@@ -190,7 +196,7 @@ class Runner:
         self, deployment: Deployment, project: Project, environment: Environment, hold: Hold
     ) -> Outcome:
         deplog = DeploymentLog(self.redis, deployment.id, self.masker)
-        releases = Releases(self.settings.server.data_dir, project.name, environment.name)
+        releases = Releases(self.settings.server.data_dir, project.name, environment.directory)
         job = Job(project, environment, deployment, deplog, hold, releases)
         if not deployment.sha:
             try:
@@ -219,11 +225,14 @@ class Runner:
         hosts = len(job.environment.targets)
         what = f"Deploying to {hosts} host{'s' if hosts != 1 else ''}" if hosts else "Deploying"
         report(self.redis, self.settings, job.deployment, StatusState.RUNNING, what)
+        self.describe(job, self.mirror(job.project), fetched=False)
+        lifecycle.notify(self.settings, self.redis, job.deployment, NotifyEvent.STARTED)
         return True
 
     def attempt(self, job: Job) -> tuple[State, str]:
         """Deploy, rolling back where it failed after the switch: the state it ends in, and why."""
         try:
+            self.choose_steps(job)
             if self.already_live(job):
                 return State.SUCCEEDED, "already deployed"
             self.deploy(job)
@@ -236,6 +245,12 @@ class Runner:
             if isinstance(exc, StepFailed) and exc.result.tail:
                 job.log.info("last lines:\n" + "\n".join(exc.result.tail[-5:]))
             return State.FAILED, self.recover(job, str(exc))
+        except recipe.RecipeError as exc:
+            self.store.update(job.deployment.id, recipe=f"{RecipeSource.REPO.value}@{job.deployment.sha[:8]}")
+            for problem in exc.problems:
+                job.log.info(self.masker(f"refused: {problem}"))
+            job.log.info("no step has run: fix the file (pushdeploy check --recipe checks it) and push again")
+            return State.FAILED, self.masker(str(exc))
         except SourceError as exc:
             job.log.info(self.masker(f"git: {exc}"))
             return State.FAILED, self.masker(str(exc))
@@ -247,6 +262,37 @@ class Runner:
                 job, self.masker(f"internal error: {type(exc).__name__}: {exc}")
             )
         return State.SUCCEEDED, ""
+
+    def choose_steps(self, job: Job) -> None:
+        """Read the commit's ``.pushdeploy.toml`` (from git objects, nothing run) and take its steps.
+
+        Raises:
+            RecipeError: the recipe is refused; nothing has run yet.
+        """
+        environment, sha = job.environment, check_sha(job.deployment.sha)
+        if environment.recipe is RecipeSource.SERVER:
+            chosen = recipe.server_steps(environment)
+            job.log.info(f'the server\'s steps (recipe = "server": {recipe.FILE} is not read)')
+        else:
+            mirror = self.fetch(job, sha)
+            job.fetched = True
+            job.log.step(f"recipe: {recipe.FILE} at {sha[:12]}")
+            chosen = recipe.resolve(mirror, sha, environment)
+            if chosen.source == RecipeSource.SERVER:
+                job.log.info(f"no {recipe.FILE} in the commit: the server's steps run")
+            else:
+                job.log.info(
+                    f"steps from {recipe.FILE} ({chosen.source}); the server's for keys it leaves out"
+                )
+            for name in (n for n in chosen.tables if n not in job.project.environments):
+                job.log.info(
+                    f"{recipe.FILE}: [environments.{name}] ignored: {job.project.name} has no {name}"
+                )
+        job.configured, job.environment = environment, chosen.apply(environment)
+        job.deadline = job.deployment.started_at + job.environment.timeout
+        effective = json.dumps(chosen.public())
+        self.store.update(job.deployment.id, recipe=chosen.source, effective_steps=effective)
+        job.deployment.recipe, job.deployment.effective_steps = chosen.source, effective
 
     def resolve(self, job: Job) -> None:
         """A manual deployment of a branch or tag: find the commit it names now."""
@@ -299,7 +345,8 @@ class Runner:
             return
         if reuse:
             job.log.info(f"release {reuse} was pruned: building {sha[:12]} again")
-        mirror = self.fetch(job, sha)
+        mirror = self.mirror(job.project) if job.fetched else self.fetch(job, sha)
+        self.describe(job, mirror)
         self.export(job, mirror, sha)
         variables = self.variables(job, deployment.id, sha, deployment.previous_sha)
         self.build(job, variables)
@@ -310,13 +357,33 @@ class Runner:
         mirror = self.mirror(job.project)
         started = time.monotonic()
         job.log.step(f"fetch {sha[:12]} from {job.deployment.branch}")
-        fetched = mirror.fetch(job.deployment.ref, sha)
+        iid = job.environment.review_iid
+        fetched = mirror.fetch_merge_request(iid, sha) if iid else mirror.fetch(job.deployment.ref, sha)
         self.measure(Phase.FETCH, started)
         job.log.info(
             f"{'fetched' if fetched else 'already in the mirror'} in {time.monotonic() - started:.2f} s"
         )
         self.check_cancel(job)
         return mirror
+
+    def describe(self, job: Job, mirror: Mirror, fetched: bool = True) -> None:
+        """Read the commit's title and author from git when the delivery did not carry them (a manual
+        deploy, a push of more than 20 commits, a tag, a journaled delivery); before the fetch,
+        only from a mirror that already has the commit."""
+        deployment = job.deployment
+        if deployment.commit_title or not deployment.sha:
+            return
+        try:
+            if not fetched and not mirror.has_commit(deployment.sha):
+                return
+            title, author = mirror.describe(deployment.sha)
+        except SourceError as exc:
+            job.log.info(self.masker(f"git: the commit's title could not be read: {exc}"))
+            return
+        deployment.commit_title, deployment.commit_author = commit_text(title), commit_text(author)
+        self.store.update(
+            deployment.id, commit_title=deployment.commit_title, commit_author=deployment.commit_author
+        )
 
     def export(self, job: Job, mirror: Mirror, sha: str) -> None:
         """Write the commit's tree into a new release directory named by the deployment."""
@@ -403,10 +470,11 @@ class Runner:
         job.releases.switch(previous_release)
         job.log.step(f"rollback: current → releases/{previous_release} ({previous_sha[:12]})")
         job.deadline = time.time() + job.environment.timeout  # the rollback has a budget of its own
-        variables = self.variables(job, previous_release, previous_sha, job.deployment.sha)
+        back = self.previous_steps(job)
+        variables = self.variables(job, previous_release, previous_sha, job.deployment.sha, back)
         started = time.monotonic()
         try:
-            for index, command in enumerate(job.environment.deploy, start=1):
+            for index, command in enumerate(back.deploy, start=1):
                 self.step(
                     job, "rollback", index, command, job.releases.current_link, variables, cancelable=False
                 )
@@ -416,6 +484,26 @@ class Runner:
         finally:
             self.measure(Phase.ROLLBACK, started)
         return f"{reason}; rolled back to {previous_sha}"
+
+    def previous_steps(self, job: Job) -> Environment:
+        """The steps of the release a rollback puts back: its own commit's recipe, as it was deployed.
+
+        A recipe changes with the code, so the failed commit's ``deploy`` may not suit the release
+        before it; when the previous commit's recipe cannot be read, this deployment's steps run.
+        """
+        if job.rollback_steps is not None:
+            return job.rollback_steps
+        previous_sha, configured = job.live.get("sha", ""), job.configured
+        back = job.environment
+        if configured is not None and configured.recipe is RecipeSource.REPO and previous_sha:
+            try:
+                back = recipe.resolve(self.mirror(job.project), previous_sha, configured).apply(configured)
+            except (recipe.RecipeError, SourceError) as exc:
+                job.log.info(self.masker(f"rollback: the previous commit's steps are unknown ({exc})"))
+        if back.deploy != job.environment.deploy:
+            job.log.info(f"rollback: the deploy steps of {previous_sha[:12]}, as it was deployed")
+        job.rollback_steps = back
+        return back
 
     def step(
         self,
@@ -494,11 +582,14 @@ class Runner:
             job.hold.lease.lost.set()
             raise LaneLost(job.switched)
 
-    def variables(self, job: Job, release_id: str, sha: str, previous_sha: str) -> dict[str, str]:
+    def variables(
+        self, job: Job, release_id: str, sha: str, previous_sha: str, steps_of: Environment | None = None
+    ) -> dict[str, str]:
+        """What a step sees; ``steps_of`` gives the ``env`` of another release's steps (a rollback's)."""
         return steps.scrubbed_environment(
             self.environ,
             {
-                **job.environment.env,
+                **(steps_of or job.environment).env,
                 "PUSHDEPLOY_PROJECT": job.project.name,
                 "PUSHDEPLOY_ENVIRONMENT": job.environment.name,
                 "PUSHDEPLOY_DEPLOYMENT_ID": job.deployment.id,
@@ -507,6 +598,7 @@ class Runner:
                 "PUSHDEPLOY_PREVIOUS_SHA": previous_sha,
                 "PUSHDEPLOY_RELEASE_DIR": str(job.releases.path(release_id)),
                 "PUSHDEPLOY_CURRENT_DIR": str(job.releases.current_link),
+                **job.environment.review_variables(),
             },
         )
 

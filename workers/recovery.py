@@ -22,6 +22,7 @@ from rq.job import Job
 from workers import engine, lifecycle, steps
 from workers.config import Settings
 from workers.deployments import DeploymentStore, Runtime, State, UnknownDeployment
+from workers.reviews import environment_of
 from workers.rollout import end_remote_steps
 
 log = logging.getLogger(__name__)
@@ -84,8 +85,7 @@ def _end_remote_steps(
     settings: Settings, redis: Redis, project: str, environment: str, deployment_id: str
 ) -> None:
     """A dead worker's steps on its targets keep running too: end them over SSH."""
-    configured = settings.projects.get(project)
-    env = configured.environments.get(environment) if configured else None
+    env = environment_of(settings, redis, project, environment)
     if env is None or not env.targets:
         return
     try:

@@ -48,6 +48,9 @@ UNREACHABLE = 255
 """ssh's own exit status: it could not connect, or the connection broke."""
 
 STATE_DIR = ".pushdeploy"
+TREE_FORMAT = "%y %i %s %T@ %m %l %p\\0"
+"""What ``find -printf`` records of each entry of a shipped release, so a later change on the host shows
+(a deploy step that wrote into it): type, inode, size, mtime, mode, link target, path."""
 BYTES_SENT_RE = re.compile(r"^Total bytes sent: ([\d,.]+)")
 
 
@@ -72,6 +75,14 @@ class Run:
     @property
     def ok(self) -> bool:
         return self.exit_code == 0 and not self.timed_out and not self.canceled
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """What a ship sent: rsync's bytes, and whether only the changed paths were listed."""
+
+    bytes_sent: int
+    incremental: bool
 
 
 @contextmanager
@@ -168,16 +179,25 @@ class Host:
 
     # -- what a rollout does on a host -------------------------------------
 
-    def inspect(self, deadline: float) -> tuple[str, list[str]]:
-        """Connect (the host key is checked here), prepare the layout; (current release, releases)."""
+    def inspect(self, deadline: float) -> tuple[str, list[str], str]:
+        """Connect (the host key is checked here), prepare the layout; (current, releases, its tree).
+
+        The tree is the digest the worker recorded when it shipped the current release, given only
+        if that release is still exactly as shipped (see :meth:`record_tree`), else "".
+        """
         q = shlex.quote
         command = (
             f"mkdir -p {q(self.path('releases'))} {q(self.path(STATE_DIR))} && cd {q(self.root)} && "
-            "printf 'current %s\\n' \"$(readlink current || true)\" && "
-            'for r in releases/*; do [ -d "$r" ] && printf \'release %s\\n\' "${r#releases/}"; done; true'
+            'c=$(readlink current || true) && c=${c##*/} && printf \'current %s\\n\' "$c" && '
+            'for r in releases/*; do [ -d "$r" ] && printf \'release %s\\n\' "${r#releases/}"; done; '
+            'case "$c" in ""|*[!0-9A-Za-z_-]*) exit 0;; esac; '
+            f't={STATE_DIR}/tree-$c; [ -f "$t" ] && [ -d "releases/$c" ] || exit 0; '
+            f'f=$( {tree_fingerprint("releases/$c")} ) && [ -n "${{f%% *}}" ] && '
+            '[ "$(sed -n 2p "$t")" = "$f" ] && '
+            'printf \'tree %s\\n\' "$(sed -n 1p "$t")"; true'
         )
         lines = self.quick("connect", command, min(deadline, time.time() + QUICK_TIMEOUT))
-        current = ""
+        current = tree = ""
         releases: list[str] = []
         for text in lines:
             if text.startswith("current "):
@@ -186,34 +206,86 @@ class Host:
                 name = text.removeprefix("release ").strip()
                 if name and set(name) <= ID_CHARS:  # only names we could have made
                     releases.append(name)
-        return current, sorted(releases)
+            elif text.startswith("tree "):
+                tree = text.removeprefix("tree ").strip()
+        return current, sorted(releases), tree
 
     def ship(
-        self, source: Path, release: str, base: str, deadline: float, should_stop: Callable[[], bool]
-    ) -> int:
-        """Copy ``source`` to ``releases/<release>`` under a dot name, then rename; returns bytes sent."""
+        self,
+        source: Path,
+        release: str,
+        base: str,
+        deadline: float,
+        should_stop: Callable[[], bool],
+        changed: list[str] | None = None,
+        tree: str = "",
+    ) -> Shipped:
+        """Copy ``source`` to ``releases/<release>`` under a dot name, then rename it.
+
+        With ``changed`` (the paths that differ between ``base``, as the host still has it, and
+        ``source``) the host hard-links ``base`` into the dot name and rsync sends only those paths,
+        deleting the ones gone: no file list of the whole release crosses the wire. If that fails
+        short of the connection (a host without GNU ``cp``), or without ``changed``, rsync compares
+        every file against ``base`` (``--link-dest``). ``tree`` (the release's digest) is recorded on
+        the host with what the release looks like there, for the next ship.
+        """
         temporary = f".{release}.tmp"
-        argv = [
-            "rsync",
-            "-rlpc",  # content decides what is sent: an export's mtimes change on every deployment
-            "--delete",
-            "--stats",
-            "-e",
-            shlex.join(self.ssh()),
-        ]
-        if base:
-            argv.append(f"--link-dest=../{base}")
-        destination = f"{self.target.user}@{self.target.url_host}:{self.path('releases', temporary)}/"
-        run = self._local([*argv, f"{source}/", destination], deadline, None, should_stop)
+        q = shlex.quote
+        run: Run | None = None
+        incremental = False
+        if changed is not None and base:
+            run = self.rsync(source, temporary, self.listed(base, temporary, changed), deadline, should_stop)
+            if not run.ok and (run.exit_code == UNREACHABLE or run.timed_out or run.canceled):
+                raise RemoteError(self.target, "ship", describe(run), run.lines)
+            incremental = run.ok
+        if run is None or not run.ok:
+            fresh = f"cd {q(self.path('releases'))} && rm -rf {q(temporary)} && exec rsync"  # no stale links
+            # No base: no checksums, and every file written in place (the directory is new and unseen,
+            # so a temporary name and a rename per file would only cost the host CPU).
+            compare = ["-rlpc", f"--link-dest=../{base}"] if base else ["-rlp", "--inplace"]
+            options = [*compare, "--delete", f"--rsync-path={fresh}"]
+            run = self.rsync(source, temporary, options, deadline, should_stop)
         if not run.ok:
             raise RemoteError(self.target, "ship", describe(run), run.lines)
-        q = shlex.quote
         self.quick(
             "ship",
-            f"cd {q(self.path('releases'))} && rm -rf {q(release)} && mv -T {q(temporary)} {q(release)}",
+            f"cd {q(self.path('releases'))} && rm -rf {q(release)} && mv -T {q(temporary)} {q(release)} && "
+            + self.record_tree(release, tree),
             deadline,
         )
-        return bytes_sent(run.lines)
+        return Shipped(bytes_sent(run.lines), incremental)
+
+    def listed(self, base: str, temporary: str, changed: list[str]) -> list[str]:
+        """rsync options sending only ``changed`` into a hard-linked copy of ``base`` made on the host."""
+        q = shlex.quote
+        listing = self.directory / f"changes-{self.index}"  # names from the repository: never in argv
+        listing.write_bytes(b"".join(p.encode("utf-8", "surrogateescape") + b"\0" for p in changed))
+        prepare = (
+            f"cd {q(self.path('releases'))} && rm -rf {q(temporary)} && "
+            f"cp -al {q(base)} {q(temporary)} && exec rsync"
+        )
+        return [
+            "-lpI",  # every listed file is written anew (a new inode): base's hard links stay untouched
+            f"--files-from={listing}", "--from0", "--delete-missing-args", "--force",
+            f"--rsync-path={prepare}",
+        ]  # fmt: skip
+
+    def rsync(
+        self, source: Path, temporary: str, options: list[str], deadline: float, stop: Callable[[], bool]
+    ) -> Run:
+        destination = f"{self.target.user}@{self.target.url_host}:{self.path('releases', temporary)}/"
+        argv = ["rsync", "--stats", *options, "-e", shlex.join(self.ssh()), f"{source}/", destination]
+        return self._local(argv, deadline, None, stop)
+
+    def record_tree(self, release: str, tree: str) -> str:
+        """The command (run in ``releases/``) that records ``tree`` and the fingerprint of the release."""
+        if not tree or not set(tree) <= HEX:
+            return "true"
+        record = f"../{STATE_DIR}/tree-{release}"
+        return (
+            f"{{ {{ echo {tree} && {tree_fingerprint(release)}; }} > {record}.tmp 2>/dev/null && "
+            f"mv {record}.tmp {record} || rm -f {record}.tmp; true; }}"
+        )
 
     def switch(self, release: str, deadline: float) -> None:
         """Point ``current`` at the release with a rename, so the host serves the old or the new one."""
@@ -253,13 +325,31 @@ class Host:
     def prune(self, remove: list[str], deployment_id: str, deadline: float) -> None:
         """Remove old releases and this deployment's pid files."""
         q = shlex.quote
-        paths = " ".join(q(self.path("releases", r)) for r in remove)
+        paths = " ".join(q(self.path(where, f"{prefix}{r}")) for r in remove for where, prefix in PRUNED)
         pids = q(self.path(STATE_DIR)) + "/" + q(deployment_id) + "-*.pid"
         self.quick("prune", f"rm -rf -- {paths} {pids}" if paths else f"rm -f -- {pids}", deadline)
 
     def close(self) -> None:
         """Stop the master connection (best effort: it ends by itself after CONTROL_PERSIST)."""
         self._local([*self.ssh(), "-O", "exit", self.target.host], time.time() + 5, None, lambda: False)
+
+
+HEX = frozenset("0123456789abcdef")
+PRUNED = (("releases", ""), (STATE_DIR, "tree-"))
+"""What pruning a release removes on a host: its directory and the record of its tree."""
+
+
+def tree_fingerprint(release: str) -> str:
+    """A shell pipeline printing one hash of every entry's type, inode, size, mtime, mode and path.
+
+    Equal before and after a deploy step ran, unless the step wrote into the release. Needs GNU
+    find; without it the pipeline fails (``test`` of the first entry), so nothing is recorded and
+    the next ship compares every file instead.
+    """
+    return (
+        f"( cd {release} && [ \"$(find . -maxdepth 0 -printf ok)\" = ok ] && "
+        f"find . -printf '{TREE_FORMAT}' | LC_ALL=C sort -z | sha256sum )"
+    )
 
 
 def describe(run: Run) -> str:

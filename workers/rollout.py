@@ -15,11 +15,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from redis import Redis
 
-from workers import health, schema
+from workers import health, manifest, schema
 from workers.config import Environment, HealthCheck
 from workers.control import cancel_requested
 from workers.deploylog import DeploymentLog
@@ -30,8 +31,6 @@ from workers.targets import HostState, record_hosts, set_host
 from workers.telemetry import Phase
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from workers.pipeline import Job, Runner
 
 T = TypeVar("T")
@@ -84,6 +83,8 @@ class HostRun:
     host: Host
     previous: str = ""
     releases: list[str] = field(default_factory=list)
+    tree: str = ""
+    """The digest the worker recorded for ``previous`` when it shipped it, if the host still has it intact."""
     switched: bool = False
     shipped: str = ""
     """What the ship sent, kept in the host's detail once it is live."""
@@ -93,6 +94,42 @@ class HostRun:
     @property
     def name(self) -> str:
         return self.host.target.name
+
+
+class LocalReleases:
+    """The worker's own builds, scanned once per rollout whichever host thread asks first."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.lock = threading.Lock()
+        self.scanned: dict[str, manifest.Manifest | None] = {}
+        self.digests: dict[str, str | None] = {}
+
+    def get(self, release: str) -> manifest.Manifest | None:
+        """The release's manifest, None when the worker no longer has it (pruned) or cannot read it."""
+        with self.lock:
+            if release not in self.scanned:
+                path = self.folder / release
+                try:
+                    self.scanned[release] = manifest.scan(path) if path.is_dir() else None
+                except (OSError, manifest.UnsupportedEntry):
+                    self.scanned[release] = None
+            return self.scanned[release]
+
+    def prefetch(self, release: str) -> threading.Thread:
+        """Scan ``release`` and the worker's newest build before it (most hosts' base) in the background."""
+        older = sorted(p.name for p in self.folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        wanted = [release, *[r for r in older if r < release][-1:]]
+        thread = threading.Thread(target=lambda: [self.digest(r) for r in wanted], daemon=True)
+        thread.start()
+        return thread
+
+    def digest(self, release: str) -> str | None:
+        found = self.get(release)
+        with self.lock:
+            if release not in self.digests:
+                self.digests[release] = manifest.digest(found) if found is not None else None
+            return self.digests[release]
 
 
 class Rollout:
@@ -106,6 +143,7 @@ class Rollout:
         self.redis = runner.redis
         self.deployment_id = job.deployment.id
         self.runs: list[HostRun] = []
+        self.manifests = LocalReleases(source.parent)
 
     def run(self) -> None:
         """Raises RolloutFailed, or the Runner's Canceled / LaneLost after putting hosts back."""
@@ -117,6 +155,7 @@ class Rollout:
                 HostRun(Host(t, directory, i, self.runner.environ)) for i, t in enumerate(environment.targets)
             ]
             pruned = False
+            scanning = self.manifests.prefetch(self.release)  # while the hosts are reached
             try:
                 self.connect()
                 self.ship()
@@ -124,6 +163,7 @@ class Rollout:
                 self.prune()
                 pruned = True
             finally:
+                scanning.join()
                 if not pruned:  # the pid files of this deployment's steps; prune removes them otherwise
                     parallel(self.runs, lambda r: r.host.prune([], self.deployment_id, time.time() + 15))
                 parallel((r.host for r in self.runs), lambda host: host.close())
@@ -137,7 +177,7 @@ class Rollout:
         failed = [(r, e) for r, e in zip(self.runs, results, strict=True) if isinstance(e, Exception)]
         for run, outcome in zip(self.runs, results, strict=True):
             if not isinstance(outcome, Exception):
-                run.previous, run.releases = outcome
+                run.previous, run.releases, run.tree = outcome
         for run, error in failed:
             self.mark(run, HostState.FAILED, detail(error))
         if failed:
@@ -163,17 +203,37 @@ class Rollout:
             self.mark(run, HostState.SHIPPED, run.shipped)
             return 0
         base = run.previous if run.previous in run.releases else (run.releases[-1] if run.releases else "")
+        changed = self.changes_from(base) if base and base == run.previous and run.tree else None
+        if changed is not None and changed[0] != run.tree:
+            changed = None  # the worker's copy of base is not what it shipped there
+        tree = self.manifests.digest(self.release)
         try:
-            sent = run.host.ship(self.source, self.release, base, self.job.deadline, self.should_stop)
+            shipped = run.host.ship(
+                self.source, self.release, base, self.job.deadline, self.should_stop,
+                changed=changed[1] if changed else None, tree=tree or "",
+            )  # fmt: skip
         except RemoteError as error:
             self.mark(run, HostState.FAILED, f"ship: {error.detail}")
             self.log.info(f"{run.name}: ship failed ({error.detail})" + tail(error.lines))
             raise
-        what = f"{sent} bytes sent" + (f" (against releases/{base})" if base else "")
+        sent = shipped.bytes_sent
+        what = f"{sent} bytes sent"
+        if shipped.incremental and changed:
+            what += f" ({len(changed[1])} changed path(s) against releases/{base})"
+        elif base:
+            what += f" (against releases/{base})"
         run.shipped = what
         self.mark(run, HostState.SHIPPED, what)
         self.log.info(f"{run.name}: shipped, {what}")
         return sent
+
+    def changes_from(self, base: str) -> tuple[str, list[str]] | None:
+        """(base's digest, the paths that differ from it) from the worker's copies, None if it has none."""
+        local = self.manifests
+        old, new, digest = local.get(base), local.get(self.release), local.digest(base)
+        if old is None or new is None or digest is None:
+            return None
+        return digest, manifest.changes(old, new)
 
     def switch_all(self) -> None:
         self.runner.check_lane(self.job)  # still ours, renewed now: nobody else is switching meanwhile
@@ -246,6 +306,7 @@ class Rollout:
             return "; no host was switched"
         self.log.step(f"rollback on {len(switched)} host(s)")
         self.job.deadline = time.time() + self.environment.timeout  # the rollback has a budget of its own
+        self.runner.previous_steps(self.job)  # looked up once, before the hosts' threads use it
         started = time.monotonic()
         results = parallel(switched, self.roll_back_one)
         self.runner.measure(Phase.ROLLBACK, started)
@@ -269,8 +330,9 @@ class Rollout:
             run.host.switch(run.previous, self.job.deadline)
             self.log.info(f"{run.name}: rollback: current → releases/{run.previous}")
             live_sha = self.job.live.get("sha", "")
-            variables = self.variables(run, run.previous, live_sha, self.job.deployment.sha)
-            for index, command in enumerate(self.environment.deploy, start=1):
+            back = self.runner.previous_steps(self.job)
+            variables = self.variables(run, run.previous, live_sha, self.job.deployment.sha, back.env)
+            for index, command in enumerate(back.deploy, start=1):
                 self.step(run, "rollback", index, command, run.previous, variables, cancelable=False)
         except (RemoteError, RolloutFailed, Stopped) as error:
             self.log.info(f"{run.name}: rollback failed: {detail(error)}")
@@ -332,11 +394,13 @@ class Rollout:
             self.mark(run, HostState.FAILED, what)
             raise RolloutFailed(what)
 
-    def variables(self, run: HostRun, release: str, sha: str, previous_sha: str) -> dict[str, str]:
+    def variables(
+        self, run: HostRun, release: str, sha: str, previous_sha: str, env: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
         """The same ``PUSHDEPLOY_*`` as a local deploy, with the host's paths, plus ``PUSHDEPLOY_HOST``."""
         job, host = self.job, run.host
         return {
-            **self.environment.env,
+            **(self.environment.env if env is None else env),
             "PUSHDEPLOY_PROJECT": job.project.name,
             "PUSHDEPLOY_ENVIRONMENT": self.environment.name,
             "PUSHDEPLOY_DEPLOYMENT_ID": job.deployment.id,
@@ -346,6 +410,7 @@ class Rollout:
             "PUSHDEPLOY_RELEASE_DIR": host.path("releases", release),
             "PUSHDEPLOY_CURRENT_DIR": host.path("current"),
             "PUSHDEPLOY_HOST": host.target.host,
+            **self.environment.review_variables(),
         }
 
     # -- helpers ----------------------------------------------------------

@@ -13,6 +13,9 @@ DEPLOYMENT = "/deployments/<deployment_id>"
 PROJECT = "/projects/<project>"
 BADGE_SVG = "/badges/<project>/<environment>.svg"
 BADGE_JSON = "/badges/<project>/<environment>.json"
+REVIEW_BADGE_SVG = "/badges/<project>/review/<iid>.svg"
+REVIEW_BADGE_JSON = "/badges/<project>/review/<iid>.json"
+"""A review app's badge: its environment, ``review/<iid>``, holds a ``/``."""
 API_PREFIX = "/api/v1"
 
 

@@ -64,6 +64,13 @@ def remote_steps(deployment_id: str) -> str:
     return f"{PREFIX}:dep:{deployment_id}:remote"
 
 
+def notices(deployment_id: str) -> str:
+    """Hash: event → JSON notification (title, body, type, URLs delivered to, tries, outcome).
+
+    One field per event, so each event of a deployment is queued once (the idempotency key)."""
+    return f"{PREFIX}:dep:{deployment_id}:notices"
+
+
 DEPLOYMENT_KEYS: tuple[Callable[[str], str], ...] = (
     record,
     steps,
@@ -72,6 +79,7 @@ DEPLOYMENT_KEYS: tuple[Callable[[str], str], ...] = (
     cancel,
     hosts,
     remote_steps,
+    notices,
 )
 """Every key of one deployment: pruning deletes exactly these."""
 
@@ -152,6 +160,11 @@ def drift(project: str, environment: str) -> str:
     return _env(project, environment, "drift")
 
 
+def last_outcome(project: str, environment: str) -> str:
+    """String: ``succeeded`` or ``failed``, how the last finished deployment ended (for ``recovered``)."""
+    return _env(project, environment, "outcome")
+
+
 ENVIRONMENT_KEYS: tuple[Callable[[str, str], str], ...] = (
     history,
     live,
@@ -160,6 +173,7 @@ ENVIRONMENT_KEYS: tuple[Callable[[str, str], str], ...] = (
     waiting,
     reconciled,
     drift,
+    last_outcome,
 )
 
 
@@ -191,6 +205,59 @@ def project_id_asking(path: str) -> str:
     return f"{PREFIX}:gitlab:project-id:{path.lower()}:asking"
 
 
+# -- people -----------------------------------------------------------------------------------
+
+RIGHTS_TTL = 300
+"""Seconds a person's access levels are kept before GitLab is asked again (at most 5 minutes)."""
+
+
+def rights(user_id: int) -> str:
+    """Hash with an expiry (:data:`RIGHTS_TTL`): project name → the GitLab user's access level."""
+    return f"{PREFIX}:person:{user_id}:rights"
+
+
+def person_tokens(user_id: int) -> str:
+    """Sorted set: the GitLab user's personal API token ids by expiry; expires with the last one."""
+    return f"{PREFIX}:person:{user_id}:tokens"
+
+
+def api_token(token_id: str) -> str:
+    """Hash: one personal API token (owner, name, SHA-256 of the token, times); expires with it."""
+    return f"{PREFIX}:token:{token_id}"
+
+
+# -- review apps ------------------------------------------------------------------------------
+
+def reviews(project: str) -> str:
+    """Sorted set: merge request iid → when its review app was last deployed (live or stopped).
+
+    Bounded: an iid is removed when its :func:`review` hash is gone (a stopped app's expires)."""
+    return f"{PREFIX}:reviews:{project}"
+
+
+def review(project: str, iid: int) -> str:
+    """Hash: one merge request's review app (:data:`REVIEW_FIELDS`); expires once the app stopped."""
+    return f"{PREFIX}:review:{project}:{iid}"
+
+
+def reviews_checked(project: str) -> str:
+    """String with an expiry: a worker looked for idle review apps recently (one look per interval)."""
+    return f"{PREFIX}:reviews:{project}:checked"
+
+
+REVIEW_FIELDS = (
+    "base",  # the environment of the target branch, whose settings the app is deployed with
+    "branch",  # the source branch (statuses' ref)
+    "title",  # the merge request's title, for pages (at most 200 characters)
+    "sha",  # the newest commit asked for
+    "deployment",  # the newest deployment's id (its outbox carries the note and environment stop)
+    "state",  # live | stopping | stopped
+    "reason",  # why it stopped
+    "updated_at",  # when a deployment was last queued
+    "note_id",  # the GitLab note on the merge request, edited in place
+)
+
+
 # -- the whole engine -------------------------------------------------------------------------
 
 OUTBOX_DUE = f"{PREFIX}:outbox"
@@ -202,6 +269,20 @@ OUTBOX_WAKE = f"{PREFIX}:outbox:wake"
 def outbox_lock(deployment_id: str) -> str:
     """String with an expiry: the courier delivering this deployment's outbox."""
     return f"{PREFIX}:outbox:lock:{deployment_id}"
+
+
+NOTIFY_DUE = f"{PREFIX}:notify"
+"""Sorted set: ``<deployment id>:<event>`` of notifications still to send, by when they are due.
+
+A member leaves when every URL has the message or when its tries run out
+(:data:`workers.defaults.NOTIFY_RETRY_DELAYS`), so the set holds only what is in flight."""
+NOTIFY_WAKE = f"{PREFIX}:notify:wake"
+"""List: a nudge for notifiers blocked waiting for work (trimmed to one entry)."""
+
+
+def notify_lock(member: str) -> str:
+    """String with an expiry: the notifier sending this ``<deployment id>:<event>`` now."""
+    return f"{PREFIX}:notify:lock:{member}"
 
 
 METRICS = f"{PREFIX}:metrics"

@@ -15,7 +15,9 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from workers.errors import EngineError
@@ -49,6 +51,15 @@ class SourceError(EngineError):
     def __init__(self, message: str, detail: str = "") -> None:
         self.detail = detail
         super().__init__(f"{message}: {detail}" if detail else message)
+
+
+@dataclass(frozen=True)
+class TreeEntry:
+    """One entry of a commit's tree as ``git ls-tree`` lists it: what it is decides how to read it."""
+
+    mode: str  # 100644 and 100755 are files, 120000 a symlink, 160000 a submodule, 040000 a tree
+    kind: str  # blob, tree or commit
+    object_id: str
 
 
 class InvalidSha(SourceError):
@@ -117,6 +128,35 @@ class Mirror:
             raise SourceError(f"commit {sha} is not in {name!r} or any other branch or tag of the repository")
         return True
 
+    def fetch_merge_request(self, iid: int, sha: str) -> bool:
+        """Make a merge request's head ``sha`` present from ``refs/merge-requests/<iid>/head``.
+
+        GitLab keeps that ref in the target project's own repository, also for a fork's merge
+        request, so nothing is ever fetched from a URL a payload named. The ref must point at
+        ``sha`` itself: any other commit (even one of its ancestors) is refused.
+        """
+        check_sha(sha)
+        if not isinstance(iid, int) or iid < 1:
+            raise SourceError(f"not a merge request number: {iid!r}")
+        self.ensure()
+        ref = f"refs/merge-requests/{iid}/head"
+        self._fetch([f"+{ref}:{ref}"], check=False)
+        found = self._git(
+            ["rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}"], check=False
+        )
+        head = found.stdout.strip() if found.returncode == 0 else ""
+        if head != sha:
+            now = f"it is {head[:12]} now (a newer push?)" if head else "the repository has no such ref"
+            raise SourceError(f"commit {sha} is not the head of merge request !{iid} ({ref}): {now}")
+        return True
+
+    def describe(self, sha: str) -> tuple[str, str]:
+        """The title (first line of the message) and author name of commit ``sha``, already fetched."""
+        check_sha(sha)
+        shown = self._git(["log", "-1", "--no-show-signature", "--format=%s%x00%an", "--end-of-options", sha])
+        title, _, author = shown.stdout.rstrip("\n").partition("\0")
+        return title, author
+
     def export(self, sha: str, destination: Path) -> None:
         """Write the tree of ``sha`` into ``destination`` (created): no ``.git``, no hooks, no submodules."""
         check_sha(sha)
@@ -125,6 +165,31 @@ class Mirror:
             env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
             self._git(["read-tree", "--end-of-options", sha], extra_env=env)
             self._git(["--work-tree", str(destination), "checkout-index", "--all", "--force"], extra_env=env)
+
+    def tree_entry(self, sha: str, name: str) -> TreeEntry | None:
+        """The entry ``name`` at the root of the tree of ``sha`` (nothing is checked out), or None."""
+        check_sha(sha)
+        listed = self._git(["ls-tree", "-z", "--full-tree", "--end-of-options", sha, "--", name]).stdout
+        for record in listed.split("\0"):
+            head, tab, path = record.partition("\t")
+            if tab and path == name:
+                mode, kind, object_id = head.split(" ", 2)
+                return TreeEntry(mode, kind, object_id)
+        return None
+
+    def blob_size(self, object_id: str) -> int:
+        check_sha(object_id)
+        return int(self._git(["cat-file", "-s", "--end-of-options", object_id]).stdout.strip())
+
+    def blob(self, object_id: str) -> bytes:
+        """The bytes of one blob, as stored: never a checkout, so no filter or attribute runs."""
+        check_sha(object_id)
+        result = self._run(["cat-file", "blob", "--end-of-options", object_id], self.path, text=False)
+        if result.returncode != 0:
+            detail = result.stderr.decode("utf-8", "replace").strip()
+            raise SourceError(f"git cat-file failed (exit {result.returncode})", detail[-2000:])
+        data: bytes = result.stdout
+        return data
 
     def resolve(self, ref: str) -> tuple[str, str]:
         """Fetch branch or tag ``ref``; returns the commit it names now and its full ref.
@@ -184,30 +249,39 @@ class Mirror:
         extra_env: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         directory = self.path if git_dir == "default" else git_dir
+        result: subprocess.CompletedProcess[str] = self._run(args, directory, extra_env, text=True)
+        if check and result.returncode != 0:
+            detail = (result.stderr or result.stdout).strip().replace(self.url, "<repo_url>")
+            raise SourceError(f"git {args[0]} failed (exit {result.returncode})", detail[-2000:])
+        return result
+
+    def _run(
+        self,
+        args: list[str],
+        directory: Path | str | None,
+        extra_env: Mapping[str, str] | None = None,
+        text: bool = True,
+    ) -> subprocess.CompletedProcess[Any]:
         argv = ["git"]
         if directory is not None:
             argv += ["--git-dir", str(directory)]
         env = self._env()
         env.update(extra_env or {})
         try:
-            result = subprocess.run(
+            return subprocess.run(
                 argv + args,
                 env=env,
                 # Never inside someone's repository: git would read its .git/config (and its
                 # "origin") whenever no --git-dir is given. Every path we pass is absolute.
                 cwd="/",
                 capture_output=True,
-                text=True,
+                text=text,
                 timeout=GIT_TIMEOUT,
                 stdin=subprocess.DEVNULL,
                 check=False,
             )
         except subprocess.TimeoutExpired:
             raise SourceError(f"git {args[0]} took longer than {GIT_TIMEOUT:.0f} s") from None
-        if check and result.returncode != 0:
-            detail = (result.stderr or result.stdout).strip().replace(self.url, "<repo_url>")
-            raise SourceError(f"git {args[0]} failed (exit {result.returncode})", detail[-2000:])
-        return result
 
     def _env(self) -> dict[str, str]:
         keep = (

@@ -10,9 +10,10 @@ from redis import Redis
 from workers import routes
 from workers.config import Environment, Project, Settings
 from workers.deployments import Deployment
-from workers.forge import CommitStatus, DeploymentUpdate, StatusState
+from workers.forge import CommitStatus, DeploymentUpdate, EnvironmentAction, ReviewNote, StatusState
 from workers.links import LinkSigner
 from workers.outbox import enqueue_status
+from workers.reviews import environment_of, note_body
 
 
 def commit_status(
@@ -47,7 +48,7 @@ def report(
 ) -> None:
     """Put a status for ``deployment`` in its outbox (the courier posts it)."""
     project = settings.projects.get(deployment.project)
-    environment = project.environments.get(deployment.environment) if project else None
+    environment = environment_of(settings, redis, deployment.project, deployment.environment)
     if project is None or environment is None or not deployment.sha:
         return  # no longer configured, or its commit never resolved: nothing GitLab could show
     signer = LinkSigner.for_server(settings.server.admin_token, settings.server.link_ttl_days)
@@ -56,6 +57,17 @@ def report(
     )
     with redis.pipeline() as pipe:
         enqueue_status(pipe, deployment.id, status)
+        started = state is StatusState.RUNNING or bool(deployment.started_at)
+        if environment.review_iid and state is not StatusState.PENDING and started:
+            # A deployment superseded before it ran says nothing on the merge request: the newer one will.
+            if project.gitlab_environments and state is StatusState.RUNNING:
+                start = EnvironmentAction(
+                    project.gitlab_project, environment.name, "start", environment.review_url
+                )
+                enqueue_status(pipe, deployment.id, start)
+            text = note_body(environment, deployment.sha, str(state), status.target_url)
+            note = ReviewNote(project.gitlab_project, project.name, environment.review_iid, text)
+            enqueue_status(pipe, deployment.id, note)
         if (
             project.gitlab_environments
             and (state is not StatusState.PENDING)

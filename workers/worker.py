@@ -1,4 +1,5 @@
-"""A worker process: an RQ worker for deployments, plus the status courier and the lane janitor."""
+"""A worker process: an RQ worker for deployments, plus the status courier, the notifier and the
+lane janitor."""
 
 from __future__ import annotations
 
@@ -9,16 +10,20 @@ import threading
 from redis import Redis
 from rq import Queue, Worker
 
-from workers import audit, defaults, engine, migrations
+from workers import audit, defaults, engine, migrations, schema
 from workers.config import Settings
 from workers.connection import worker_redis
 from workers.engine import Engine
 from workers.forge import forge_for
+from workers.intake import Intake
 from workers.lanes import Lane
 from workers.lifecycle import start_waiting
+from workers.notifier import Notifier
 from workers.outbox import Courier
 from workers.reconciler import Reconciler
 from workers.recovery import horse_killed
+from workers.review_requests import ReviewDesk
+from workers.reviews import ReviewStore
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +37,9 @@ WORKER_TTL = 35
 """RQ blocks on dequeue for this less 15 s, and only cleans registries between dequeues: keeping it
 short is what makes the maintenance interval real on an idle worker. Dead-worker detection is then
 at most heartbeat (5 s) + 60 s + 20 s + the dequeue wait (20 s): under two minutes."""
+
+REVIEW_CHECK_INTERVAL = 60
+"""Seconds between looks for idle review apps (``review.ttl`` is counted in days)."""
 
 JANITOR_INTERVAL = 5.0
 """Seconds between the janitor's rounds: resume stalled lanes, and reconcile environments that are due
@@ -50,6 +58,8 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None)
         keep_deployments=settings.server.keep_deployments,
     )
     courier.start()
+    notifier = Notifier(worker_redis(settings.server.redis_url), settings)
+    notifier.start()
     janitor = Janitor(settings, worker_redis(settings.server.redis_url))
     janitor.start()
     worker = Worker(
@@ -66,6 +76,7 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None)
         return bool(worker.work(burst=burst, logging_level="INFO", with_scheduler=False))
     finally:
         courier.stop()
+        notifier.stop()
         janitor.stop()
 
 
@@ -92,19 +103,34 @@ class Janitor:
             try:
                 self.sweep()
                 self.reconcile()
+                self.expire_reviews()
             except Exception:
                 log.exception("janitor: a round failed; trying again later")
 
     def reconcile(self) -> None:
         Reconciler(self.settings, self.redis, self.forge).run(only_due=True)
 
+    def expire_reviews(self) -> list[int]:
+        """Stop review apps idle for longer than ``review.ttl`` (one worker looks, once a minute)."""
+        desk = ReviewDesk(self.settings, self.redis, Intake(self.redis, self.settings.server.public_url))
+        stopped: list[int] = []
+        for project in self.settings.projects.values():
+            if project.review is None:
+                continue
+            if self.redis.set(schema.reviews_checked(project.name), "1", nx=True, ex=REVIEW_CHECK_INTERVAL):
+                stopped += desk.expire(project)
+        return stopped
+
     def sweep(self) -> int:
         resumed = 0
         for project in self.settings.projects.values():
-            for environment in project.environments.values():
-                waiting = Lane(self.redis, project.name, environment.name).take_stalled()
+            names = list(project.environments)
+            if project.review is not None:
+                names += [app.environment for app in ReviewStore(self.redis).live(project.name)]
+            for name in names:
+                waiting = Lane(self.redis, project.name, name).take_stalled()
                 if waiting:
-                    log.warning("lane %s/%s: resuming %s", project.name, environment.name, waiting)
-                    start_waiting(self.settings, self.redis, project.name, environment.name, waiting)
+                    log.warning("lane %s/%s: resuming %s", project.name, name, waiting)
+                    start_waiting(self.settings, self.redis, project.name, name, waiting)
                     resumed += 1
         return resumed

@@ -61,4 +61,4 @@ def test_smoke_run_writes_every_scenario(tmp_path: Path) -> None:
     for read in ("api_list_environment", "api_list_all", "overview_page", "metrics_scrape"):
         assert growth[read]["requests"] > 0 and growth[read]["p99_ms"] >= growth[read]["median_ms"] > 0
     assert {t["verdict"] for t in results["targets"]} <= {"met", "NOT MET", "not measured"}
-    assert len(results["targets"]) == 7
+    assert len(results["targets"]) == 9

@@ -252,8 +252,10 @@ def test_embedded_files_exist_and_every_deploy_file_is_documented() -> None:
 SECTIONS = {
     "server": loader.SERVER_KEYS,
     "gitlab": loader.GITLAB_KEYS,
+    "auth": loader.AUTH_KEYS,
     "projects": loader.PROJECT_ONLY_KEYS | loader.FLAT_ONLY_KEYS,
     "environment-keys": loader.ENV_KEYS,
+    "notify": loader.NOTIFY_KEYS,
 }
 KEY_HEADING = re.compile(r"^`([a-z_]+)`$")
 
@@ -340,8 +342,10 @@ def loaded_defaults(tmp_path: Path) -> dict[str, dict[str, Any]]:
     return {
         "server": server,
         "gitlab": {key: getattr(settings.gitlab, key) for key in loader.GITLAB_KEYS},
+        "auth": {key: getattr(settings.auth, key) for key in loader.AUTH_KEYS},
         "projects": projects,
         "environment-keys": environments,
+        "notify": {"urls": list(settings.notify.urls), "on": sorted(settings.notify.on)},
     }
 
 
@@ -429,7 +433,9 @@ def toml_blocks(page: Path) -> list[str]:
     return re.findall(r"^```toml\n(.*?)^```", page.read_text(encoding="utf-8"), re.MULTILINE | re.DOTALL)
 
 
-@pytest.mark.parametrize(("page", "index"), [("configuration.md", 0), ("quickstart.md", 0)])
+@pytest.mark.parametrize(
+    ("page", "index"), [("configuration.md", 0), ("quickstart.md", 0), ("review-apps.md", 0)]
+)
 def test_the_complete_configuration_examples_load(page: str, index: int, tmp_path: Path) -> None:
     text = toml_blocks(DOCS / page)[index]
     raw = tomllib.loads(text)

@@ -117,6 +117,7 @@ def make_stack(
     gitlab_config: dict[str, Any] | None = None,
     projects: dict[str, dict[str, Any]] | None = None,
     extra_env: dict[str, str] | None = None,
+    auth: dict[str, Any] | None = None,
     **project: Any,
 ) -> Stack:
     """Write a config under ``root`` and return its (not yet started) Stack.
@@ -138,6 +139,8 @@ def make_stack(
         "gitlab": {"url": gitlab.url, "token": GITLAB_TOKEN, "timeout": 5, **(gitlab_config or {})},
         "projects": projects if projects is not None else {"sample-app": project_config(repo.url, **project)},
     }
+    if auth is not None:
+        config["auth"] = auth
     path = write_config(root / "pushdeploy.toml", config)
     base_url = f"http://127.0.0.1:{port}"
     gitlab.use_repository(repo.url)  # GitLab knows the commits we push; it answers 404 for others

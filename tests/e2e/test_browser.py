@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from tests.e2e.conftest import SHOTS, Stack
-from tests.helpers import ADMIN_TOKEN, push_body, signed_headers
+from tests.helpers import ADMIN_TOKEN, push_body, signed_headers, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -53,6 +53,7 @@ def test_overview_and_a_live_log_in_a_real_browser(stack: object, browser: objec
 
     page.goto(made.base_url + "/")
     assert "/login" in page.url  # private until signed in
+    page.click("#admin-login")  # break glass: this stack has no GitLab sign-in
     page.fill("input[name=token]", ADMIN_TOKEN)
     page.click("button:has-text('Sign in')")
     page.wait_for_selector("h1:has-text('Projects')")
@@ -87,6 +88,80 @@ def test_overview_and_a_live_log_in_a_real_browser(stack: object, browser: objec
     assert violations(page) == [] and console == []
 
 
+def test_which_recipe_ran_and_a_refused_one_in_a_real_browser(stack: object, browser: object) -> None:
+    made: Stack = stack(build=["echo server build"], deploy=["echo server deploy"])  # type: ignore[operator]
+    made.start_web()
+    made.start_worker()
+    page = browser.new_page(viewport={"width": 1200, "height": 800})  # type: ignore[attr-defined]
+    page.goto(made.base_url + "/login/admin")
+    page.fill("input[name=token]", ADMIN_TOKEN)
+    page.click("button:has-text('Sign in')")
+    page.wait_for_selector("h1:has-text('Projects')")
+
+    def deploy(files: dict[str, str]) -> str:
+        body = push_body(made.repo.commit(files))
+        answer = requests.post(
+            f"{made.base_url}/hooks/gitlab/sample-app", data=body, headers=signed_headers(body), timeout=5
+        )
+        deployment_id, url = answer.json()["deployment"], answer.json()["url"]
+        wait_for(
+            lambda: made.api(f"/deployments/{deployment_id}")["state"] in ("succeeded", "failed"),
+            timeout=30,
+            what="the deployment to end",
+        )
+        page.goto(url)  # an ended deployment's page: no live reload under the test
+        return str(url)
+
+    steps = 'build = ["mkdir -p public", "echo hello > public/index.html"]\n[env]\nSITE = "www"\n'
+    deploy({".pushdeploy.toml": steps})
+    assert page.inner_text("#state") == "succeeded", page.inner_text("#log")
+    recipe = page.inner_text("#recipe")
+    assert (
+        ".pushdeploy.toml at" in recipe and "public/index.html" in recipe and "echo server deploy" in recipe
+    )
+    page.screenshot(path=str(SHOTS / "deployment-recipe.png"), full_page=True)
+
+    deploy({".pushdeploy.toml": 'build = "make"\ntargets = ["ssh://root@elsewhere/srv"]\n'})
+    assert page.inner_text("#state") == "failed"
+    assert page.inner_text(".reason") == (
+        ".pushdeploy.toml line 2: targets: is the server's to set, not the repository's: refused"
+    )
+    assert "no step has run" in page.inner_text("#log")
+    assert "refused, no step ran" in page.inner_text("#recipe")
+    page.screenshot(path=str(SHOTS / "deployment-recipe-refused.png"), full_page=True)
+
+
+def test_an_already_deployed_success_is_calm_and_commits_have_titles(stack: object, browser: object) -> None:
+    """A redeploy of what is live ends "already deployed": not shown in the failure banner's red."""
+    made: Stack = stack(deploy=["echo live"])  # type: ignore[operator]
+    made.start_web()
+    made.start_worker()
+    sha = made.repo.commit({"app.txt": "calm\n"}, "Calm the banner")
+    ids = []
+    for _ in range(2):  # the second delivery (a new one) finds the sha live
+        body = push_body(sha, message="Calm the banner\n\nbody")
+        answer = requests.post(
+            f"{made.base_url}/hooks/gitlab/sample-app", data=body, headers=signed_headers(body), timeout=5
+        )
+        ids.append(answer.json()["deployment"])
+        wait_for(lambda: made.api(f"/deployments/{ids[-1]}")["state"] == "succeeded", timeout=60)
+    assert made.api(f"/deployments/{ids[1]}")["reason"] == "already deployed"
+    page = browser.new_page(viewport={"width": 1200, "height": 800})  # type: ignore[attr-defined]
+    page.goto(made.base_url + "/login/admin")
+    page.fill("input[name=token]", ADMIN_TOKEN)
+    page.click("button:has-text('Sign in')")
+    page.wait_for_selector("h1:has-text('Projects')")
+    page.goto(f"{made.base_url}/deployments/{ids[1]}")
+    banner = page.locator("p.reason")
+    assert banner.inner_text() == "already deployed"
+    background = banner.evaluate("e => getComputedStyle(e).backgroundColor")
+    assert background != "rgb(253, 236, 234)"  # the failure banner's colour
+    assert page.inner_text("#commit-title") == "Calm the banner"
+    page.screenshot(path=str(SHOTS / "deployment-already-deployed.png"), full_page=True)
+    page.goto(f"{made.base_url}/projects/sample-app")
+    assert page.inner_text("table").count("Calm the banner") == 2
+
+
 def test_buttons_and_the_audit_log_in_a_real_browser(stack: object, browser: object) -> None:
     """Cancel and redeploy with the page's buttons (forms with CSRF tokens), then read the audit log."""
     made: Stack = stack(build=[SLOW_BUILD], deploy=["echo live"])  # type: ignore[operator]
@@ -94,7 +169,7 @@ def test_buttons_and_the_audit_log_in_a_real_browser(stack: object, browser: obj
     made.start_worker()
     page = browser.new_page(viewport={"width": 1200, "height": 800})  # type: ignore[attr-defined]
     console = watch_csp(page)
-    page.goto(made.base_url + "/login")
+    page.goto(made.base_url + "/login/admin")
     page.fill("input[name=token]", ADMIN_TOKEN)
     page.click("button:has-text('Sign in')")
     page.wait_for_selector("h1:has-text('Projects')")

@@ -31,7 +31,7 @@ def test_operator_commands(stack: object) -> None:
     made: Stack = stack(deploy=["echo live"])  # type: ignore[operator]
     made.start_web()
     made.start_worker()
-    first_sha = made.repo.commit({"build.sh": BUILD, "app.txt": "one\n"})
+    first_sha = made.repo.commit({"build.sh": BUILD, "app.txt": "one\n"}, "Ship version one")
 
     deployed = cli(made, "deploy", "sample-app", "--wait")
     assert deployed.returncode == 0, deployed.stderr
@@ -47,6 +47,7 @@ def test_operator_commands(stack: object) -> None:
     header, *rows = listed.stdout.splitlines()
     assert header.split() == ["ID", "ENVIRONMENT", "COMMIT", "STATE", "DURATION", "CREATED", "TRIGGER"]
     assert len(rows) == 2 and all("succeeded" in row for row in rows)
+    assert f"{first_sha[:8]} Ship version one (Test Author)" in rows[1]  # a manual deploy: from git
 
     as_json = json.loads(cli(made, "deployments", "--json", "--state", "succeeded").stdout)
     first_id = as_json[-1]["id"]
@@ -54,6 +55,7 @@ def test_operator_commands(stack: object) -> None:
 
     shown = cli(made, "show", first_id)
     assert shown.returncode == 0 and "deploy 1" in shown.stdout and "build 1" in shown.stdout
+    assert "  title:    Ship version one (Test Author)" in shown.stdout.splitlines()
     logs = cli(made, "logs", first_id)
     assert f"building {first_sha}" in logs.stdout
 
@@ -61,6 +63,7 @@ def test_operator_commands(stack: object) -> None:
     assert rolled.returncode == 0, rolled.stderr
     latest = json.loads(cli(made, "deployments", "--json", "--limit", "1").stdout)[0]
     assert (latest["sha"], latest["trigger"]) == (first_sha, f"rollback to {first_id}")
+    assert (latest["commit_title"], latest["commit_author"]) == ("Ship version one", "Test Author")
 
     listed = cli(made, "deployments", "sample-app").stdout
     assert "rollback by admin" in listed and "deploy by admin" in listed

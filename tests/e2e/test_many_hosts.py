@@ -84,7 +84,7 @@ def test_three_hosts_on_the_deployment_page_in_a_real_browser(
         assert final_status(made, sha) == ["pending", "running", "success"]
 
         page = browser.new_page(viewport={"width": 1200, "height": 900})  # type: ignore[attr-defined]
-        page.goto(f"{made.base_url}/login")
+        page.goto(f"{made.base_url}/login/admin")
         page.fill("input[name=token]", ADMIN_TOKEN)
         page.click("button:has-text('Sign in')")
         page.wait_for_selector("h1:has-text('Projects')")

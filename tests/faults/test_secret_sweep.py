@@ -2,14 +2,17 @@
 
 Configured canaries: the project's secret_token and signing_token, the GitLab token and the admin
 token (those two ``fernet:``-encrypted, so the Fernet key is a canary too), another project's
-secret token, and a password inside a second project's ``repo_url`` whose fetch fails. The run goes
+secret token, a password inside a second project's ``repo_url`` whose fetch fails, and the path of
+the notification URLs every event of the first project is sent to (one refuses its first two sends,
+the other every send, so messages wait in Redis with their problem at the search). The run goes
 through bad deliveries (signature, token, size, type, JSON, project), a success, a failing build, a
 timeout, a failed health check, a failed fetch, a cancel, a killed work-horse, a rollback, a manual
 deploy, GitLab answering 401/403/404, the pages and the CLI. Meanwhile every process below gunicorn
 and the workers is sampled (/proc/PID/cmdline and environ), and each build step dumps its own.
 
 Then the search: every Redis key and value (all types; RQ's zlib-compressed pickles decompressed),
-the gunicorn and worker logs, the deployment logs, every response body, the mirrors' config, every
+the gunicorn and worker logs, the deployment logs, every response body, every notification the chat
+received, ``notify test``'s output, the mirrors' config, every
 file under data_dir, the steps' dumps: zero hits of any canary, raw, URL-encoded or base64.
 Allowed, because that is where they are configured: the Fernet key in the environment of gunicorn
 and the workers, and the repo_url (with its password) in the environment of the git processes
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -38,10 +42,12 @@ import requests
 from cryptography.fernet import Fernet
 from redis import Redis
 
+from tests.chat import ChatReceiver
 from tests.e2e.conftest import ROOT, Stack
 from tests.e2e.processes import children, cmdline_of, environ_of, pids
 from tests.faults.harness import TERMINAL, record, record_figures, state, wait_state
 from tests.helpers import GitRepo, project_config, push_body, sign_in_session, signed_headers
+from workers.config import NotifyEvent
 from workers.secrets import Keyring
 
 pytestmark = [pytest.mark.fault, pytest.mark.e2e]
@@ -78,6 +84,7 @@ class Canaries:
             "metrics_token": f"metricstok-{run}-canary",
             "other_secret_token": f"othersecret-{run}-canary",
             "repo_password": f"repopw-{run}-canary",
+            "notify_path": f"chathook-{run}-canary",
             "fernet_key": Fernet.generate_key().decode(),
         }
         self.plain["repo_basic_auth"] = f"deploy:{self.plain['repo_password']}"
@@ -197,6 +204,10 @@ def test_no_configured_secret_leaks_anywhere(
     dumps.mkdir()
     tarpit = Tarpit(hold=2.0)
     tarpit.start()
+    chat = ChatReceiver()  # every event notified, to URLs whose path is a canary
+    chat.fail_next(2)
+    refusing = ChatReceiver()  # its messages stay pending, with their problem, until the search
+    refusing.fail_next(1_000_000)
     dump = (
         f"cat /proc/$$/environ > {dumps}/environ-$PUSHDEPLOY_DEPLOYMENT_ID-$$; "
         f"cat /proc/$$/cmdline > {dumps}/cmdline-$PUSHDEPLOY_DEPLOYMENT_ID-$$; "
@@ -213,6 +224,10 @@ def test_no_configured_secret_leaks_anywhere(
             build=[dump, "echo built"],
             deploy=[dump],
             timeout=30,
+            notify={
+                "urls": [chat.url(c["notify_path"]), refusing.url(c["notify_path"])],
+                "on": [str(e) for e in NotifyEvent],
+            },
             environments={
                 "production": {"branch": "main"},
                 "failing": {"branch": "failing", "build": [dump, "env; echo failing now >&2; exit 3"]},
@@ -390,6 +405,31 @@ def test_no_configured_secret_leaks_anywhere(
             check=False,
         )
         responses.append(("cli check", cli.stdout + cli.stderr))
+        notify_test = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "webhook.cli",
+                "--config",
+                str(stack.config),
+                "notify",
+                "test",
+                "sample-app",
+            ],
+            env=stack.env(),
+            cwd=ROOT,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        responses.append(("cli notify test", notify_test.stdout + notify_test.stderr))
+        deadline = time.monotonic() + 60  # each notification (and the test) at the chat that takes them
+
+        def queued() -> int:
+            return sum(int(redis.hlen(f"pd:dep:{d}:notices")) for d in deployments) + 1
+
+        while time.monotonic() < deadline and len(chat.delivered()) < queued():
+            time.sleep(0.5)
         deadline = time.monotonic() + 60  # statuses delivered (or refused) before looking at Redis
         while time.monotonic() < deadline and redis.zcard("pd:outbox"):
             time.sleep(0.5)
@@ -397,6 +437,8 @@ def test_no_configured_secret_leaks_anywhere(
         sampler.stopping.set()
         sampler.join(timeout=5)
         tarpit.stop()
+        chat.close()
+        refusing.close()
 
     states = {d: state(redis, d) for d in deployments}
     haystacks: list[tuple[str, bytes]] = [*redis_haystack(redis), *responses]
@@ -404,6 +446,7 @@ def test_no_configured_secret_leaks_anywhere(
     haystacks += files(stack.data_dir)
     haystacks += files(dumps)
     haystacks += files(tmp_path / "metrics")
+    haystacks += [(f"chat message {i}", json.dumps(p.payload).encode()) for i, p in enumerate(chat.posts)]
     hits: dict[str, set[str]] = {}
     for where, data in haystacks:
         found = canaries.find(data)
@@ -456,6 +499,8 @@ def test_no_configured_secret_leaks_anywhere(
         and "canceled" in states.values()
     )
     assert tarpit.accepted > 0, "the leaky project's fetch never reached its (failing) remote"
+    assert len(chat.delivered()) > len(deployments) and len(chat.refused()) == 2
+    assert refusing.refused() and redis.zcard("pd:notify") > 0  # problems kept in Redis were searched
     assert len(list(dumps.iterdir())) >= 8 and steps_seen > 0 and git_seen > 0 and sampler.rounds > 50
     assert mirror_configs and not any(canaries.find(v) for v in mirror_configs.values())
     assert not hits, {k: sorted(v) for k, v in hits.items()}

@@ -161,3 +161,31 @@ def test_cancel_answers(client: FlaskClient, redis: Redis) -> None:
     assert redis.get("pd:dep:d2:cancel") == b"admin"
     assert client.post("/api/v1/deployments/d3/cancel", headers=AUTH).status_code == 409
     assert client.post("/api/v1/deployments/d9/cancel", headers=AUTH).status_code == 404
+
+
+def test_a_deployment_shows_its_commits_title_author_and_notifications(
+    make_settings: Callable[..., Settings], redis: Redis
+) -> None:
+    from workers.config import NotifyEvent
+    from workers.notifications import announce
+
+    settings = make_settings(notify={"urls": ["json://127.0.0.1:9/hooks/api-canary-2f1d"]})
+    client = create_app(settings, redis).test_client()
+    add(redis, "d1", State.FAILED, "aa" * 20, 100.0)
+    DeploymentStore(redis).update("d1", commit_title="Fix the cart total", commit_author="Alice Liddell")
+    announce(redis, settings, DeploymentStore(redis).get("d1"), NotifyEvent.FAILED)
+    shown = client.get("/api/v1/deployments/d1", headers=AUTH).get_json()
+    assert (shown["commit_title"], shown["commit_author"]) == ("Fix the cart total", "Alice Liddell")
+    assert shown["notifications"] == [
+        {
+            "event": "failed",
+            "type": "failure",
+            "title": "sample-app/production: deployment failed",
+            "delivery": "pending",
+            "tries": 0,
+            "problem": "",
+        }
+    ]
+    [listed] = client.get("/api/v1/deployments", headers=AUTH).get_json()["deployments"]
+    assert listed["commit_title"] == "Fix the cart total" and "notifications" not in listed
+    assert "api-canary-2f1d" not in json.dumps(shown)

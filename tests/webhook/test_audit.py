@@ -52,9 +52,9 @@ def entries(redis: Redis, **query: Any) -> list[dict[str, Any]]:
 
 
 def sign_in(client: FlaskClient, token: str = ADMIN_TOKEN, **environ: str) -> Any:
-    form = client.get("/login", environ_base=environ).get_data(as_text=True)
+    form = client.get("/login/admin", environ_base=environ).get_data(as_text=True)
     return client.post(
-        "/login", data={"token": token, "csrf_token": csrf_token(form)}, environ_base=environ
+        "/login/admin", data={"token": token, "csrf_token": csrf_token(form)}, environ_base=environ
     )
 
 
@@ -163,10 +163,10 @@ def test_reads_with_the_admin_token_are_noted_once_per_address(client: FlaskClie
 def test_the_client_address_is_believed_from_trusted_proxies_only(client: FlaskClient, redis: Redis) -> None:
     spoofed = {"X-Forwarded-For": "198.51.100.1, 203.0.113.50"}
     sign_in(client, "wrong", REMOTE_ADDR="127.0.0.1")  # no header: the peer itself
-    form = client.get("/login").get_data(as_text=True)
-    client.post("/login", data={"token": "x", "csrf_token": csrf_token(form)}, headers=spoofed)
+    form = client.get("/login/admin").get_data(as_text=True)
+    client.post("/login/admin", data={"token": "x", "csrf_token": csrf_token(form)}, headers=spoofed)
     client.post(
-        "/login",
+        "/login/admin",
         data={"token": "x", "csrf_token": csrf_token(form)},
         headers=spoofed,
         environ_base={"REMOTE_ADDR": "192.0.2.77"},  # not a proxy we trust: its header is ignored
@@ -241,10 +241,10 @@ def test_where_every_hop_is_trusted_the_left_most_is_the_client(
     """Behind an Ingress that alone reaches the pod (``0.0.0.0/0``): the address it passes on."""
     settings = make_settings(server={"trusted_proxies": ["0.0.0.0/0", "::/0"]})
     client = create_app(settings, redis).test_client()
-    form = client.get("/login").get_data(as_text=True)
+    form = client.get("/login/admin").get_data(as_text=True)
     for forwarded in ("198.51.100.1", "not-an-address", ""):
         client.post(
-            "/login",
+            "/login/admin",
             data={"token": "x", "csrf_token": csrf_token(form)},
             headers={"X-Forwarded-For": forwarded} if forwarded else {},
             environ_base={"REMOTE_ADDR": "10.1.2.3"},

@@ -33,9 +33,10 @@ def add(redis: Redis, deployment_id: str, state: State) -> None:
 
 
 def sign_in(client: FlaskClient) -> None:
-    form = client.get("/login").get_data(as_text=True)
+    form = client.get("/login/admin").get_data(as_text=True)
     assert (
-        client.post("/login", data={"token": ADMIN_TOKEN, "csrf_token": csrf_token(form)}).status_code == 302
+        client.post("/login/admin", data={"token": ADMIN_TOKEN, "csrf_token": csrf_token(form)}).status_code
+        == 302
     )
 
 
@@ -94,15 +95,15 @@ def test_a_token_from_another_session_is_refused(
 
 
 def test_the_login_form_needs_its_csrf_token_too(client: FlaskClient, redis: Redis) -> None:
-    assert client.post("/login", data={"token": ADMIN_TOKEN}).status_code == 400
+    assert client.post("/login/admin", data={"token": ADMIN_TOKEN}).status_code == 400
     assert client.get("/").status_code == 302  # not signed in
     assert audit.read(redis, Query(), 10)[0] == []
 
 
 def test_the_session_is_replaced_at_sign_in(client: FlaskClient) -> None:
-    form = client.get("/login").get_data(as_text=True)
+    form = client.get("/login/admin").get_data(as_text=True)
     before = csrf_token(form)
-    client.post("/login", data={"token": ADMIN_TOKEN, "csrf_token": before})
+    client.post("/login/admin", data={"token": ADMIN_TOKEN, "csrf_token": before})
     after = csrf_token(client.get("/").get_data(as_text=True))
     assert after != before  # nothing chosen before sign-in survives it
     assert client.post("/logout", data={"csrf_token": before}).status_code == 400
@@ -111,35 +112,36 @@ def test_the_session_is_replaced_at_sign_in(client: FlaskClient) -> None:
 def test_the_session_cookie_flags(make_settings: Callable[..., Settings], redis: Redis) -> None:
     for public_url, secure in (("http://pushdeploy.test", False), ("https://pushdeploy.test", True)):
         client = create_app(make_settings(server={"public_url": public_url}), redis).test_client()
-        answer = client.get("/login")
+        answer = client.get("/login/admin")  # its form sets the session (the CSRF token)
         cookie = answer.headers["Set-Cookie"]
         assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
         assert ("Secure" in cookie) is secure, public_url
 
 
 def test_sign_in_attempts_are_limited_per_address(client: FlaskClient, redis: Redis) -> None:
-    form = client.get("/login").get_data(as_text=True)
+    form = client.get("/login/admin").get_data(as_text=True)
     data = {"token": "guess", "csrf_token": csrf_token(form)}
     for _ in range(20):
-        assert client.post("/login", data=data).status_code == 200
-    refused = client.post("/login", data=data)
+        assert client.post("/login/admin", data=data).status_code == 200
+    refused = client.post("/login/admin", data=data)
     assert refused.status_code == 429
     assert 1 <= int(refused.headers["Retry-After"]) <= 60 and refused.mimetype == "text/html"
     data["token"] = ADMIN_TOKEN  # even the right token waits: the limit is on attempts
-    assert client.post("/login", data=data).status_code == 429
+    assert client.post("/login/admin", data=data).status_code == 429
     assert client.get("/").status_code == 302
     failed = audit.read(redis, Query(action="sign_in_failed"), 100)[0]
     assert [e.detail for e in failed].count("rate limited") == 1  # one entry per window, not per request
 
 
 def test_the_account_limit_holds_across_addresses(client: FlaskClient) -> None:
-    form = client.get("/login").get_data(as_text=True)
+    form = client.get("/login/admin").get_data(as_text=True)
     data = {"token": "guess", "csrf_token": csrf_token(form)}
     for i in range(20):
         assert (
-            client.post("/login", data=data, environ_base={"REMOTE_ADDR": f"192.0.2.{i}"}).status_code == 200
+            client.post("/login/admin", data=data, environ_base={"REMOTE_ADDR": f"192.0.2.{i}"}).status_code
+            == 200
         )
-    answer = client.post("/login", data=data, environ_base={"REMOTE_ADDR": "198.51.100.1"})
+    answer = client.post("/login/admin", data=data, environ_base={"REMOTE_ADDR": "198.51.100.1"})
     assert answer.status_code == 429 and "Retry-After" in answer.headers
 
 

@@ -149,6 +149,35 @@ def test_check_offline_says_what_each_project_requires(make_settings: Callable[.
     assert f"  deliveries:  {SIGNED}" in signed.stdout.splitlines()
     assert "  deliveries:  token only (X-Gitlab-Token)" in token_only.stdout.splitlines()
     assert "GitLab:     none" in signed.stdout and "warning" not in signed.stdout
+    assert "  sign-in:    admin token only ([auth] gitlab_oauth is not set)" in signed.stdout.splitlines()
+    assert "  notify:      none" in signed.stdout.splitlines()
+
+
+def test_check_says_how_people_sign_in_and_which_environments_are_protected(
+    make_settings: Callable[..., Settings],
+) -> None:
+    path = make_settings(gitlab={"url": "http://127.0.0.1:9", "token": "t0ken"}, protected=True).path
+    path.write_text(
+        path.read_text() + '[auth]\n"gitlab_oauth" = { "client_id" = "app-7", "client_secret" = "s3cret" }\n'
+    )
+    shown = pushdeploy("check", "-c", str(path))
+    assert shown.returncode == 0, shown.stderr
+    assert (
+        "  sign-in:    GitLab (application app-7, redirect URI http://pushdeploy.test/auth/gitlab/callback); "
+        "admin token as break glass"
+    ) in shown.stdout.splitlines()
+    assert "protected (Maintainer)" in shown.stdout and "s3cret" not in shown.stdout
+
+
+def test_check_names_where_notifications_go_without_their_secrets(
+    make_settings: Callable[..., Settings],
+) -> None:
+    path = make_settings(notify={"urls": ["json://hooks.example.org/secret-path-canary-77"]}).path
+    checked = pushdeploy("check", "-c", str(path))
+    assert checked.returncode == 0, checked.stderr
+    line = "  notify:      json://hooks.example.org/… (own [projects.NAME.notify]) on failed, recovered"
+    assert line in checked.stdout.splitlines()
+    assert "secret-path-canary-77" not in checked.stdout
 
 
 def test_check_resolves_the_project_through_gitlab(
@@ -307,3 +336,95 @@ def test_gitlab_hook_reports_a_refused_local_url_in_gitlabs_words(
     assert err.startswith("pushdeploy: GitLab answered 422 (Invalid url given) for http://192.168.1.20:8000/")
     assert "19.0" not in err and "signing" not in err
     assert fake.hooks == []
+
+
+def test_check_describes_review_apps(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(review={"url": "https://mr-{iid}.review.test", "max": 3, "forks": True})
+    checked = pushdeploy("check", "-c", str(settings.path))
+    assert checked.returncode == 0, checked.stderr
+    expected = (
+        "  review apps: https://mr-{iid}.review.test, at most 3 live, idle 7 days at most, "
+        "forks too, drafts too"
+    )
+    assert expected in checked.stdout.splitlines()
+
+
+# -- check --recipe ------------------------------------------------------------------------------
+
+
+def test_check_recipe_accepts_a_valid_file_without_any_configuration(tmp_path: Path) -> None:
+    path = tmp_path / ".pushdeploy.toml"
+    path.write_text('build = ["make dist"]\n[environments.staging]\ndeploy = "make up"\n')
+
+    result = pushdeploy("check", "--recipe", str(path), "--environment", "staging", "-c", "/nonexistent")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"{path}: OK",
+        "  for environment staging it sets (the server's steps stand for the rest):",
+        "  build: make dist",
+        "  deploy: make up",
+    ]
+
+
+def test_check_recipe_fails_with_the_messages_a_deployment_would_give(tmp_path: Path) -> None:
+    path = tmp_path / ".pushdeploy.toml"
+    path.write_text(
+        'build = "make"\n\n[environments.production]\nrun_as = "root"\nenv = { A = "env:SECRET" }\n'
+    )
+
+    result = pushdeploy("check", "--recipe", str(path))
+
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"{path}: refused, 2 problem(s):",
+        "  .pushdeploy.toml line 4: environments.production.run_as: is the server's to set, "
+        "not the repository's: refused",
+        "  .pushdeploy.toml line 5: environments.production.env.A: env:, file: and fernet: values are "
+        "secrets, which only the server's configuration holds",
+    ]
+
+
+def test_check_recipe_names_the_line_of_invalid_toml(tmp_path: Path) -> None:
+    path = tmp_path / "recipe.toml"
+    path.write_text('build = "make"\ndeploy = "make up\n')
+
+    result = pushdeploy("check", "--recipe", str(path))
+
+    assert result.returncode == 1
+    assert "  .pushdeploy.toml line 2: not valid TOML: " in result.stderr
+
+
+def test_check_recipe_refuses_a_symlink_and_a_file_over_64_kib(tmp_path: Path) -> None:
+    large = tmp_path / "large.toml"
+    large.write_text("# padding\n" * 7168)
+    link = tmp_path / ".pushdeploy.toml"
+    link.symlink_to(large)
+
+    assert (
+        "is a symbolic link: a recipe must be a regular file"
+        in pushdeploy("check", "--recipe", str(link)).stderr
+    )
+    too_large = pushdeploy("check", "--recipe", str(large))
+    assert too_large.returncode == 1
+    assert "is 71680 bytes, over the limit of 65536 (64 KiB): refused" in too_large.stderr
+
+
+def test_check_recipe_against_a_project_uses_its_timeout_and_shows_the_steps(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    config = make_settings(timeout=60, deploy=["echo server deploy"]).path
+    path = tmp_path / ".pushdeploy.toml"
+    path.write_text('build = "make dist"\ntimeout = 30\n')
+
+    good = pushdeploy("check", "--recipe", str(path), "--project", "sample-app", "-c", str(config))
+    path.write_text("timeout = 120\n")
+    bad = pushdeploy("check", "--recipe", str(path), "--project", "sample-app", "-c", str(config))
+
+    assert good.returncode == 0, good.stderr
+    assert "  steps for sample-app/production (the server's where the file is silent):" in good.stdout
+    assert "    build: make dist" in good.stdout
+    assert "    deploy: echo server deploy" in good.stdout
+    assert "    timeout: 30" in good.stdout
+    assert bad.returncode == 1
+    assert "timeout: 120 s is above the server's timeout of 60 s: refused" in bad.stderr

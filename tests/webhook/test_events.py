@@ -796,3 +796,134 @@ def test_arbitrary_authenticated_payloads_yield_a_decision_or_our_error(
         decision.push.pusher.encode("utf-8")  # storable
     else:
         assert isinstance(decision.reason, str) and decision.reason
+
+
+# -- merge request hooks (review apps) ---------------------------------------------------------
+
+
+@pytest.fixture
+def gitlab_test(make_settings: Callable[..., Settings]) -> Project:
+    """The project of GitLab's merge request sample (``gitlabhq/gitlab-test``), deploying ``master``."""
+    review = {"url": "https://mr-{iid}.review.test"}
+    return make_settings(gitlab_project="gitlabhq/gitlab-test", branch="master", review=review).projects[
+        "sample-app"
+    ]
+
+
+def test_the_documented_merge_request_sample_deploys_its_review_app(gitlab_test: Project) -> None:
+    decision = decide(sample("merge_request_hook"), gitlab_test, sample_headers("merge_request_hook"))
+    assert isinstance(decision, events.DeployReview)
+    assert (decision.environment.name, decision.environment.review_url) == (
+        "review/1",
+        "https://mr-1.review.test",
+    )
+    assert (decision.push.ref, decision.push.sha, decision.push.pusher) == (
+        "refs/heads/ms-viewport",
+        "da1560886d4f094c3e6c9ef40349f7d38b5d27d7",
+        "root",
+    )
+    assert (decision.review.iid, decision.review.base, decision.review.title) == (
+        1,
+        "production",
+        "MS-Viewport",
+    )
+    assert decision.push.delivery_key == sample_headers("merge_request_hook")["Idempotency-Key"]
+
+
+@pytest.mark.parametrize(("action", "reason"), [("close", "closed"), ("merge", "merged")])
+def test_close_and_merge_stop_whatever_the_target(gitlab_test: Project, action: str, reason: str) -> None:
+    payload = sample("merge_request_hook")
+    payload["object_attributes"].update(action=action, target_branch="elsewhere")
+    decision = decide(payload, gitlab_test, sample_headers("merge_request_hook"))
+    assert decision == events.StopReview(1, reason)
+
+
+def test_without_a_review_table_merge_requests_are_ignored(diaspora: Project) -> None:
+    payload = sample("merge_request_hook")
+    payload["project"]["path_with_namespace"] = "mike/diaspora"
+    decision = decide(payload, diaspora, sample_headers("merge_request_hook"))
+    assert decision == Ignored("event 'Merge Request Hook' is not deployed (only Push Hook)")
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"iid": "1"}, "object_attributes.iid must be a positive integer"),
+        ({"iid": True}, "object_attributes.iid must be a positive integer"),
+        ({"iid": 0}, "object_attributes.iid must be a positive integer"),
+        ({"action": None}, "object_attributes.action must be a string"),
+        ({"last_commit": {"id": "da15608"}}, "object_attributes.last_commit.id is not a commit sha"),
+        ({"last_commit": None}, "object_attributes.last_commit.id is not a commit sha"),
+        ({"target_branch": 3}, "object_attributes.target_branch must be a string"),
+    ],
+)
+def test_a_malformed_merge_request_is_refused(
+    gitlab_test: Project, change: dict[str, Any], problem: str
+) -> None:
+    payload = sample("merge_request_hook")
+    payload["object_attributes"].update(change)
+    with pytest.raises(InvalidPayload, match=problem):
+        decide(payload, gitlab_test, sample_headers("merge_request_hook"))
+
+
+def test_an_unusual_source_branch_name_is_ignored_not_reported_to(gitlab_test: Project) -> None:
+    payload = sample("merge_request_hook")
+    payload["object_attributes"]["source_branch"] = "feature/$(reboot)"
+    decision = decide(payload, gitlab_test, sample_headers("merge_request_hook"))
+    assert isinstance(decision, Ignored) and "source branch name" in decision.reason
+# -- the head commit's title and author ------------------------------------------------------
+
+
+def test_the_head_commits_title_and_author_come_from_its_commits_entry(
+    push: dict[str, Any], push_headers: dict[str, str], diaspora: Project
+) -> None:
+    decision = decide(push, diaspora, push_headers)
+    assert isinstance(decision, Deploy)
+    # GitLab's sample lists two commits; the deployed one is the entry whose id is the new head.
+    assert (decision.push.commit_title, decision.push.commit_author) == ("fixed readme", "GitLab dev user")
+
+
+def test_without_a_title_the_messages_first_line_is_kept_plain_and_bounded(
+    push: dict[str, Any], push_headers: dict[str, str], diaspora: Project
+) -> None:
+    head = commit(push, push["after"])
+    del head["title"]
+    head["message"] = "\x1b[31mRed\x1b[0m title\u0007 " + "x" * 400 + "\n\nbody line"
+    head["author"] = {"name": "Eve\r\nInjected: header", "email": "e@example.org"}
+    decision = decide(push, diaspora, push_headers)
+    assert isinstance(decision, Deploy)
+    title = decision.push.commit_title
+    assert title.startswith("[31mRed [0m title") and len(title) == 255
+    assert not any(ord(c) < 0x20 for c in title)
+    assert decision.push.commit_author == "Eve"
+
+
+def test_a_head_commit_missing_from_the_payload_leaves_the_title_to_git(
+    push: dict[str, Any], push_headers: dict[str, str], diaspora: Project
+) -> None:
+    push["commits"] = [c for c in push["commits"] if c["id"] != push["after"]]  # a push of > 20 commits
+    decision = decide(push, diaspora, push_headers)
+    assert isinstance(decision, Deploy)
+    assert (decision.push.commit_title, decision.push.commit_author) == ("", "")
+
+
+def test_a_non_string_author_is_ignored_not_trusted(
+    push: dict[str, Any], push_headers: dict[str, str], diaspora: Project
+) -> None:
+    commit(push, push["after"])["author"] = {"name": ["not", "a", "name"]}
+    decision = decide(push, diaspora, push_headers)
+    assert isinstance(decision, Deploy) and decision.push.commit_author == ""
+
+
+def test_a_tag_push_takes_the_tagged_commits_title_when_it_lists_it(tagged: Project) -> None:
+    payload = sample("tag_push_hook")
+    payload["after"] = "1" * 40  # an annotated tag: its object, not the commit
+    decision = decide(payload, tagged, sample_headers("tag_push_hook"))
+    assert isinstance(decision, Deploy) and decision.push.commit_title == ""  # none listed: git tells
+    payload["commits"] = [
+        {"id": "1" * 40, "title": "the tag object, never deployed", "author": {"name": "X"}},
+        {"id": TAG_SHA, "title": "Release 1.0.0", "message": "Release 1.0.0\n", "author": {"name": "John"}},
+    ]
+    decision = decide(payload, tagged, sample_headers("tag_push_hook"))
+    assert isinstance(decision, Deploy)
+    assert (decision.push.commit_title, decision.push.commit_author) == ("Release 1.0.0", "John")

@@ -10,6 +10,7 @@ from redis import Redis
 
 from tests.helpers import ADMIN_TOKEN, csrf_token
 from webhook.app import create_app
+from webhook.people import SESSION_PERSON
 from workers.config import Settings
 from workers.deployments import Deployment, DeploymentStore, State
 
@@ -18,6 +19,8 @@ VALUES = {
     "environment": "production",
     "deployment_id": "d1",
     "filename": "style.css",
+    "iid": "5",
+    "token_id": "0123456789abcdef",
 }
 
 
@@ -42,6 +45,8 @@ def test_every_page_sends_the_security_headers(make_settings: Callable[..., Sett
     assert {
         "/",
         "/login",
+        "/login/admin",
+        "/tokens",
         "/audit",
         "/projects/sample-app",
         "/deployments/d1",
@@ -49,8 +54,8 @@ def test_every_page_sends_the_security_headers(make_settings: Callable[..., Sett
         "/metrics",
     } <= set(paths)
     stranger, operator = app.test_client(), app.test_client()
-    form = operator.get("/login").get_data(as_text=True)
-    operator.post("/login", data={"token": ADMIN_TOKEN, "csrf_token": csrf_token(form)})
+    form = operator.get("/login/admin").get_data(as_text=True)
+    operator.post("/login/admin", data={"token": ADMIN_TOKEN, "csrf_token": csrf_token(form)})
     html = 0
     for client in (stranger, operator):
         for path in paths:
@@ -66,6 +71,13 @@ def test_every_page_sends_the_security_headers(make_settings: Callable[..., Sett
             assert headers.get("Referrer-Policy") == "same-origin", path
             html += answer.mimetype == "text/html"
     assert html >= 8  # the pages themselves were among them, not only redirects and JSON
+    person = app.test_client()  # a GitLab user's own page (the admin token holds no tokens)
+    with person.session_transaction() as session:
+        session[SESSION_PERSON] = {"username": "dev", "id": 7}
+    answer = person.get("/tokens")
+    assert answer.status_code == 200 and 'name="csrf_token"' in answer.get_data(as_text=True)
+    policy = answer.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in policy and "script-src 'self'" in policy
 
 
 def test_no_template_has_inline_script_or_handlers() -> None:

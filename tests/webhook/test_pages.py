@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 
@@ -16,6 +17,7 @@ from workers import links
 from workers.config import Settings
 from workers.deploylog import DeploymentLog, Masker
 from workers.deployments import Deployment, DeploymentStore, State
+from workers.recipe import parse
 from workers.secrets import Secret
 
 SHA = "ab" * 20
@@ -44,8 +46,10 @@ def make_deployment(redis: Redis, deployment_id: str = "d1", state: State = Stat
 
 
 def post_login(client: FlaskClient, token: str, next_path: str = "/") -> TestResponse:
-    form = client.get("/login").get_data(as_text=True)
-    return client.post("/login", data={"token": token, "next": next_path, "csrf_token": csrf_token(form)})
+    form = client.get("/login/admin").get_data(as_text=True)
+    return client.post(
+        "/login/admin", data={"token": token, "next": next_path, "csrf_token": csrf_token(form)}
+    )
 
 
 def sign_in(client: FlaskClient) -> None:
@@ -142,3 +146,66 @@ def test_login_redirects_only_to_local_paths(client: FlaskClient) -> None:
     assert answer.headers["Location"] == "/"
     answer = post_login(client, ADMIN_TOKEN, "//evil.example/")
     assert answer.headers["Location"] == "/"
+
+
+def test_the_deployment_page_shows_which_recipe_ran_and_its_steps(
+    client: FlaskClient, redis: Redis, settings: Settings
+) -> None:
+    make_deployment(redis)
+    text = 'build = ["make dist"]\n[health_check]\nurl = "http://127.0.0.1:9/ok"\n[env]\nAPI_KEY = "x"\n'
+    steps = parse(text, 60).steps(settings.environment("sample-app", "production"), "repo@abababab")
+    DeploymentStore(redis).update("d1", recipe=steps.source, effective_steps=json.dumps(steps.public()))
+    sign_in(client)
+
+    page = client.get("/deployments/d1").get_data(as_text=True)
+
+    recipe = page[page.index('<section id="recipe">') : page.index("</section>")]
+    assert "<code>.pushdeploy.toml</code> at <code>abababab</code>" in recipe
+    assert "<code>make dist</code>" in recipe
+    assert "<code>echo deployed $PUSHDEPLOY_SHA</code>" in recipe  # the server's, where the file is silent
+    assert "<code>http://127.0.0.1:9/ok</code> (30 s)" in recipe
+    assert "<code>API_KEY</code>" in recipe and '"x"' not in recipe
+
+
+def test_the_commits_title_and_author_are_on_the_overview_history_and_page(
+    client: FlaskClient, redis: Redis
+) -> None:
+    deployment = make_deployment(redis)
+    DeploymentStore(redis).update(
+        deployment.id, commit_title="Fix <the> cart total", commit_author="Alice Liddell"
+    )
+    sign_in(client)
+    for path in ("/", "/projects/sample-app", "/deployments/d1"):
+        page = client.get(path).get_data(as_text=True)
+        assert "Fix &lt;the&gt; cart total" in page, path  # payload text, escaped
+        assert "Alice Liddell" in page, path
+
+
+def test_an_already_deployed_success_is_not_an_error_banner(client: FlaskClient, redis: Redis) -> None:
+    make_deployment(redis, "ok", State.SUCCEEDED)
+    DeploymentStore(redis).update("ok", reason="already deployed")
+    make_deployment(redis, "bad", State.FAILED)
+    DeploymentStore(redis).update("bad", reason="build step 1 `make` exited with 2")
+    sign_in(client)
+    assert '<p class="reason succeeded">already deployed</p>' in client.get("/deployments/ok").get_data(
+        as_text=True
+    )
+    assert '<p class="reason failed">' in client.get("/deployments/bad").get_data(as_text=True)
+    css = client.get("/static/style.css").get_data(as_text=True)
+    error = re.search(r"\.reason, \.problem \{ background: (#[0-9a-f]+)", css)
+    calm = re.search(r"\.reason\.succeeded \{ background: (#[0-9a-f]+)", css)
+    assert error and calm and calm.group(1) != error.group(1)
+
+
+def test_a_deployments_notifications_are_on_its_page(
+    client: FlaskClient, redis: Redis, make_settings: Callable[..., Settings]
+) -> None:
+    from workers.config import NotifyEvent
+    from workers.notifications import announce
+
+    settings = make_settings(notify={"urls": ["json://127.0.0.1:9/hooks"]})
+    deployment = make_deployment(redis, "f1", State.FAILED)
+    announce(redis, settings, deployment, NotifyEvent.FAILED)
+    sign_in(client)
+    page = client.get("/deployments/f1").get_data(as_text=True)
+    assert "<h2>Notifications</h2>" in page and "failed – pending" in page

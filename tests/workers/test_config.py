@@ -11,7 +11,7 @@ import pytest
 
 from tests.helpers import SIGNING_TOKEN
 from webhook.cli import main
-from workers.config import ConfigError, HealthCheck, Settings, load
+from workers.config import ConfigError, HealthCheck, RecipeSource, Settings, load
 from workers.secrets import Keyring, key_id, new_fernet_key
 
 HOOK_TOKEN = "hook-token-canary-0a1b2c"
@@ -147,6 +147,41 @@ def test_environments_inherit_project_keys_and_override_them(tmp_path: Path) -> 
     assert project.environment_for_branch("develop") is staging
     assert project.environment_for_branch("main") is production
     assert {e.project for e in project.environments.values()} == {"app"}
+
+
+def test_recipe_is_repo_by_default_and_server_per_project_or_environment(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "pushdeploy.toml",
+        PROJECT
+        + """
+        recipe = "server"
+
+        [projects.app.environments.staging]
+        branch = "develop"
+        recipe = "repo"
+
+        [projects.app.environments.production]
+        branch = "main"
+
+        [projects.other]
+        gitlab_project = "tools/other"
+        repo_url = "https://gitlab.example.org/tools/other.git"
+        secret_token = "literal-hook-token"
+        """,
+    )
+    settings = load(path, environ={})
+    app = settings.projects["app"].environments
+
+    assert (app["staging"].recipe, app["production"].recipe) == (RecipeSource.REPO, RecipeSource.SERVER)
+    assert settings.environment("other", "production").recipe is RecipeSource.REPO
+
+
+def test_a_recipe_setting_other_than_repo_or_server_is_named(tmp_path: Path) -> None:
+    error = problems(tmp_path / "pushdeploy.toml", PROJECT + 'recipe = "git"\n')
+
+    assert keys(error) == {
+        "projects.app.recipe": 'must be "repo" (the commit\'s .pushdeploy.toml wins) or "server"'
+    }
 
 
 def test_environment_table_rejects_project_only_keys_and_flat_environment(tmp_path: Path) -> None:
@@ -980,3 +1015,73 @@ def test_audit_metrics_and_proxy_keys(tmp_path: Path) -> None:
     )
     found = keys(problems(tmp_path / "pushdeploy.toml", bad))
     assert set(found) >= {"server.audit_days", "server.metrics_token", "server.trusted_proxies"}
+
+
+# -- people and permissions ---------------------------------------------------
+
+
+def test_gitlab_sign_in_and_protected_environments(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "pushdeploy.toml",
+        """
+        [gitlab]
+        url = "https://gitlab.example.org"
+        token = "literal-gitlab-token"
+        [auth]
+        gitlab_oauth = { client_id = "app-id", client_secret = "env:OAUTH_SECRET" }
+        token_max_days = 30
+        [projects.app]
+        gitlab_project = "tools/app"
+        repo_url = "https://gitlab.example.org/tools/app.git"
+        secret_token = "literal-hook-token"
+        [projects.app.environments.staging]
+        branch = "develop"
+        [projects.app.environments.production]
+        branch = "main"
+        protected = true
+        """,
+    )
+    settings = load(path, environ={"OAUTH_SECRET": "oauth-canary-1f2e"})
+    assert settings.auth.gitlab_oauth is not None and settings.auth.gitlab_oauth.client_id == "app-id"
+    assert settings.auth.gitlab_oauth.client_secret.reveal() == "oauth-canary-1f2e"
+    assert "oauth-canary-1f2e" not in repr(settings)
+    assert settings.auth.token_max_days == 30
+    assert settings.auth.gitlab_oauth.client_secret in settings.all_secrets()
+    environments = settings.projects["app"].environments
+    assert environments["production"].protected and not environments["staging"].protected
+
+
+def test_without_auth_only_the_admin_token_signs_in(tmp_path: Path) -> None:
+    settings = load(write(tmp_path / "pushdeploy.toml", PROJECT), environ={})
+    assert settings.auth.gitlab_oauth is None and settings.auth.token_max_days == 365
+
+
+def test_auth_problems_are_named(tmp_path: Path) -> None:
+    error = problems(
+        tmp_path / "pushdeploy.toml",
+        PROJECT
+        + """
+        [auth]
+        gitlab_oauth = { client_id = "app-id", scope = "api" }
+        token_max_days = 0
+        color = "blue"
+        """,
+    )
+    found = keys(error)
+    assert "needs a [gitlab] section" in found["auth.gitlab_oauth"]
+    assert "is required" in found["auth.gitlab_oauth.client_secret"]
+    assert "unknown key" in found["auth.gitlab_oauth.scope"]
+    assert "integer ≥ 1" in found["auth.token_max_days"]
+    assert "unknown key" in found["auth.color"]
+
+
+def test_protected_must_be_a_boolean(tmp_path: Path) -> None:
+    error = problems(tmp_path / "pushdeploy.toml", PROJECT + 'protected = "yes"\n')
+    assert keys(error) == {"projects.app.protected": "must be true or false"}
+
+
+def test_the_oauth_secret_is_one_of_the_secret_values() -> None:
+    from workers.config import secret_values
+
+    raw = {"auth": {"gitlab_oauth": {"client_id": "x", "client_secret": "fernet:abc"}}}
+    assert list(secret_values(raw)) == [("auth.gitlab_oauth.client_secret", "fernet:abc")]

@@ -524,3 +524,21 @@ def test_every_other_event_is_off_on_create(make_settings: Callable[..., Setting
     sent = json.loads(post["body"])
     assert sent["push_events"] is True
     assert {name: sent[name] for name in OTHER_EVENTS} == dict.fromkeys(OTHER_EVENTS, False)
+
+
+def test_review_apps_turn_merge_request_events_on(
+    make_settings: Callable[..., Settings], fake: FakeGitLab
+) -> None:
+    settings = configured(make_settings, fake, review={"url": "https://mr-{iid}.review.test"})
+
+    setup_hook(settings, "sample-app")
+
+    [hook] = fake.hooks
+    assert (hook["push_events"], hook["merge_requests_events"], hook["tag_push_events"]) == (
+        True,
+        True,
+        False,
+    )
+    again = setup_hook(settings, "sample-app")
+    assert again.action is Action.UNCHANGED
+    assert "  events: push (branch filter main, wildcard) and merge request, nothing else" in describe(again)

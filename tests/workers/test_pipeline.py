@@ -416,3 +416,241 @@ def test_a_manual_deploy_of_a_tag_with_a_sha_is_recorded_as_the_tag(
     assert {r.status.ref for r in recorded(redis, done.id)} == {"v3.0"}
     explicit = manual_deploy(intake, project, environment, "op", ref="refs/heads/main", sha=sha)
     assert explicit.ref == "refs/heads/main"
+
+
+# -- the recipe in the repository ---------------------------------------------------------------
+
+RECIPE = """\
+build = "echo built by the recipe > recipe-build.txt"
+[environments.production]
+deploy = ["echo deployed by the recipe for $PUSHDEPLOY_ENVIRONMENT > recipe-deploy.txt"]
+[environments.staging]
+deploy = "false"
+"""
+
+
+def test_a_commit_with_a_recipe_runs_its_steps(
+    make_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    deploy: Callable[[Settings, str], Deployment],
+    redis: Redis,
+) -> None:
+    settings = make_settings(deploy=["echo the server's deploy > server-deploy.txt"])
+    sha = git_repo.commit({".pushdeploy.toml": RECIPE}, "steps with the code")
+
+    done = deploy(settings, sha)
+
+    assert done.state is State.SUCCEEDED
+    current = env_dir(settings) / "current"
+    assert (current / "recipe-build.txt").read_text() == "built by the recipe\n"
+    assert (current / "recipe-deploy.txt").read_text() == "deployed by the recipe for production\n"
+    assert not (current / "server-deploy.txt").exists()
+    assert [(s.phase, s.command) for s in DeploymentStore(redis).steps(done.id)] == [
+        ("build", "echo built by the recipe > recipe-build.txt"),
+        ("deploy", "echo deployed by the recipe for $PUSHDEPLOY_ENVIRONMENT > recipe-deploy.txt"),
+    ]
+    assert done.recipe == f"repo@{sha[:8]}"
+    effective = done.public()["effective_steps"]
+    assert effective["build"] == ["echo built by the recipe > recipe-build.txt"]
+    assert effective["timeout"] == 60
+    lines = [line.text for line in read(redis, done.id)]
+    assert any(".pushdeploy.toml" in line and "repo@" in line for line in lines)
+    assert ".pushdeploy.toml: [environments.staging] ignored: sample-app has no staging" in lines
+
+
+def test_a_refused_recipe_fails_the_deployment_before_any_step(
+    make_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    deploy: Callable[[Settings, str], Deployment],
+    redis: Redis,
+) -> None:
+    settings = make_settings(build=["touch /tmp/never-run-by-a-refused-recipe"])
+    recipe_text = 'build = "make"\ntargets = ["ssh://root@evil.example/"]\nenv = { A = 1 }\n'
+    sha = git_repo.commit({".pushdeploy.toml": recipe_text}, "asks for too much")
+
+    bad = deploy(settings, sha)
+
+    assert bad.state is State.FAILED
+    assert bad.reason == (
+        ".pushdeploy.toml line 2: targets: is the server's to set, not the repository's: refused"
+        " (and 1 more problem(s): see the log)"
+    )
+    assert DeploymentStore(redis).steps(bad.id) == []
+    assert (bad.recipe, bad.public()["effective_steps"]) == (f"repo@{sha[:8]}", None)
+    releases = env_dir(settings) / "releases"
+    assert not releases.exists() or not any(releases.iterdir())
+    statuses = recorded(redis, bad.id)
+    assert statuses[-1].status.state == "failed"
+    assert statuses[-1].status.description == bad.reason
+    lines = [line.text for line in read(redis, bad.id)]
+    assert "refused: .pushdeploy.toml line 3: env.A: must be a string, not an integer" in lines
+
+
+def test_invalid_toml_in_the_recipe_fails_with_its_line(
+    make_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    deploy: Callable[[Settings, str], Deployment],
+) -> None:
+    sha = git_repo.commit({".pushdeploy.toml": 'build = "make"\ndeploy = \n'}, "half a line")
+
+    bad = deploy(make_settings(), sha)
+
+    assert bad.state is State.FAILED
+    assert bad.reason.startswith(".pushdeploy.toml line 2: not valid TOML: Invalid value")
+
+
+def test_recipe_server_runs_the_servers_steps_whatever_the_file_says(
+    make_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    deploy: Callable[[Settings, str], Deployment],
+    redis: Redis,
+) -> None:
+    settings = make_settings(recipe="server")
+    sha = git_repo.commit({".pushdeploy.toml": "targets = 1\n"}, "ignored")
+
+    done = deploy(settings, sha)
+
+    assert done.state is State.SUCCEEDED
+    assert done.recipe == "server"
+    assert [s.command for s in DeploymentStore(redis).steps(done.id)] == [
+        "./build.sh",
+        "echo deployed $PUSHDEPLOY_SHA",
+    ]
+
+
+def test_without_a_recipe_the_servers_steps_run_and_say_so(
+    make_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    deploy: Callable[[Settings, str], Deployment],
+) -> None:
+    sha = git_repo.commit({"app.txt": "v2\n"}, "no recipe")
+
+    done = deploy(make_settings(), sha)
+
+    assert done.state is State.SUCCEEDED
+    assert done.recipe == "server"
+    assert done.public()["effective_steps"]["build"] == ["./build.sh"]
+
+
+def test_a_recipes_lower_timeout_bounds_its_steps(
+    make_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    deploy: Callable[[Settings, str], Deployment],
+) -> None:
+    sha = git_repo.commit({".pushdeploy.toml": 'timeout = 1\nbuild = "sleep 20"\n'}, "in a hurry")
+
+    bad = deploy(make_settings(timeout=60), sha)
+
+    assert bad.state is State.FAILED
+    assert "ran out of time" in bad.reason
+    assert bad.finished_at - bad.started_at < 15
+
+
+def test_a_rollback_runs_the_deploy_steps_of_the_release_it_puts_back(
+    make_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    deploy: Callable[[Settings, str], Deployment],
+    redis: Redis,
+) -> None:
+    settings = make_settings(build=[])
+    good = git_repo.commit({".pushdeploy.toml": 'deploy = "echo one > deployed-by.txt"\n'}, "one")
+    assert deploy(settings, good).state is State.SUCCEEDED
+    recipe_two = 'deploy = ["./restart-two.sh"]\n'  # a script the release before it does not have
+    bad = git_repo.commit({".pushdeploy.toml": recipe_two, "restart-two.sh": "#!/bin/sh\nexit 4\n"}, "two")
+
+    failed = deploy(settings, bad)
+
+    assert failed.state is State.FAILED
+    assert failed.reason.endswith(f"rolled back to {good}")
+    assert (env_dir(settings) / "current" / "deployed-by.txt").read_text() == "one\n"
+    ran = [(s.phase, s.command, s.exit_code) for s in DeploymentStore(redis).steps(failed.id)]
+    assert ran == [("deploy", "./restart-two.sh", 4), ("rollback", "echo one > deployed-by.txt", 0)]
+
+
+# -- the commit's title and author; notifications ----------------------------------------------
+
+
+def test_a_push_without_the_commits_title_gets_it_from_git(
+    make_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    deploy: Callable[[Settings, str], Deployment],
+) -> None:
+    settings = make_settings()
+    sha = git_repo.commit({"build.sh": BUILD, "app.txt": "t\n"}, "Fix the cart total\n\nLong body.")
+    done = deploy(settings, sha)
+    assert (done.commit_title, done.commit_author) == ("Fix the cart total", "Test Author")
+    again = deploy(settings, sha)  # already deployed: read from the mirror without a fetch
+    assert "already deployed" in again.reason
+    assert (again.commit_title, again.commit_author) == ("Fix the cart total", "Test Author")
+
+
+def test_the_deliverys_title_is_kept_and_git_is_not_asked(
+    make_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    redis: Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = make_settings()
+    sha = git_repo.commit({"build.sh": BUILD, "app.txt": "d\n"}, "what git says")
+    use_config(settings, monkeypatch)
+    project = settings.projects["sample-app"]
+    push = Push("refs/heads/main", sha, "alice", "", commit_title="what GitLab said", commit_author="Alice")
+    accepted = Intake(redis, settings.server.public_url).accept(
+        project, project.environments["production"], push
+    )
+    queued = DeploymentStore(redis).get(accepted.deployment_id)
+    assert (queued.commit_title, queued.commit_author) == ("what GitLab said", "Alice")  # from the start
+    work(redis)
+    done = DeploymentStore(redis).get(accepted.deployment_id)
+    assert (done.state, done.commit_title, done.commit_author) == (
+        State.SUCCEEDED,
+        "what GitLab said",
+        "Alice",
+    )
+
+
+def test_a_manual_deploy_of_a_branch_gets_its_heads_title(
+    make_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    redis: Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from workers.operations import manual_deploy
+
+    settings = make_settings()
+    git_repo.commit({"build.sh": BUILD, "app.txt": "m\n"}, "Release the spring menu")
+    use_config(settings, monkeypatch)
+    project = settings.projects["sample-app"]
+    intake = Intake(redis, settings.server.public_url)
+    queued = manual_deploy(intake, project, project.environments["production"], "operator", ref="main")
+    work(redis)
+    done = DeploymentStore(redis).get(queued.id)
+    assert (done.state, done.commit_title, done.commit_author) == (
+        State.SUCCEEDED,
+        "Release the spring menu",
+        "Test Author",
+    )
+
+
+def test_a_failure_then_a_success_queue_failed_then_recovered(
+    make_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    deploy: Callable[[Settings, str], Deployment],
+    redis: Redis,
+) -> None:
+    from workers.notifications import recorded as notices
+
+    settings = make_settings(
+        notify={"urls": ["json://127.0.0.1:9/hooks"], "on": ["failed", "recovered", "started"]}
+    )
+    bad = deploy(settings, git_repo.commit({"build.sh": "#!/bin/sh\nexit 3\n"}, "Break it"))
+    good = deploy(settings, git_repo.commit({"build.sh": BUILD, "app.txt": "ok\n"}, "Mend it"))
+    assert (bad.state, good.state) == (State.FAILED, State.SUCCEEDED)
+    assert [(n.event, n.kind) for n in notices(redis, bad.id)] == [("started", "info"), ("failed", "failure")]
+    assert [(n.event, n.kind) for n in notices(redis, good.id)] == [
+        ("started", "info"),
+        ("recovered", "success"),
+    ]
+    failed = notices(redis, bad.id)[1]
+    assert "Commit: " + bad.sha[:8] + " Break it (Test Author) on main" in failed.body
+    assert "build step 1 `./build.sh` exited with 3" in failed.body

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ from redis import Redis
 from tests.helpers import GitRepo
 from tests.sshd import HAVE_SSHD, SKIP_REASON, SshHost, health_port, remote_processes, ssh_hosts
 from tests.workers.test_pipeline import use_config, work
-from workers import control, recovery, schema
+from workers import control, manifest, recovery, schema
 from workers.config import Settings
 from workers.deploylog import read
 from workers.deployments import Deployment, DeploymentStore, State
@@ -262,7 +263,7 @@ def test_cancel_during_a_remote_step_leaves_no_process_on_the_host(
     assert done.reason == "canceled by bob"
     assert remote_processes(marker) == []
     assert hosts_[1].current() == ""  # never switched
-    assert not list((hosts_[0].root / ".pushdeploy").iterdir())
+    assert not list((hosts_[0].root / ".pushdeploy").glob("*.pid"))  # (the shipped release's record stays)
 
 
 def test_keep_releases_holds_on_every_host_and_a_manual_rollback_switches_them_all(
@@ -348,3 +349,125 @@ def test_a_dead_workers_step_on_a_host_is_ended_by_recovery(
     assert left == []
     assert remote_processes(marker) == []
     assert redis.scard(schema.remote_steps(deployment_id)) == 0
+
+
+SHAPE_ONE = (
+    "#!/bin/sh\nset -e\necho built >> \"$BUILD_LOG\"\ncp app.txt built.txt\n"
+    "ln -s keep.txt link\nchmod 0750 tool.sh\nmkdir -p flip gone_dir/deep\necho a > flip/inside\n"
+    "echo g > gone_dir/deep/g.txt\nchmod 0700 gone_dir\n"
+)
+SHAPE_TWO = (
+    "#!/bin/sh\nset -e\necho built >> \"$BUILD_LOG\"\ncp app.txt built.txt\n"
+    "ln -s app.txt link\nchmod 0600 tool.sh\necho now a file > flip\nmkdir -p new_dir/sub\n"
+    "echo n > new_dir/sub/n.txt\nchmod 0711 new_dir\n"
+)
+
+
+def release_tree(root: Path) -> manifest.Manifest:
+    return manifest.scan(root)
+
+
+def test_an_incremental_ship_sends_only_the_changed_paths_and_the_host_gets_the_build_exactly(
+    three: list[SshHost],
+    targets_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    redis: Redis,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hosts_ = three[:2]
+    settings = targets_settings(hosts_, build=["./build.sh"], rollout={"batch": "all"})
+    local = tmp_path / "data" / "projects" / "sample-app" / "production" / "releases"
+    (git_repo.work / "big.bin").write_bytes(BIG)
+    (git_repo.work / "gone.txt").write_text("removed by the next commit\n")
+    first = deploy(redis, settings, commit(git_repo, "one\n", **{"build.sh": SHAPE_ONE, "keep.txt": "k\n",
+                                                                "tool.sh": "echo tool\n"}), monkeypatch)
+    assert first.state is State.SUCCEEDED, first.reason
+
+    (git_repo.work / "gone.txt").unlink()
+    second = deploy(redis, settings, commit(git_repo, "two\n", **{"build.sh": SHAPE_TWO}), monkeypatch)
+
+    assert second.state is State.SUCCEEDED, second.reason
+    built_first, built_second = release_tree(local / first.id), release_tree(local / second.id)
+    assert {"gone.txt", "gone_dir", "flip/inside"} <= set(built_first) - set(built_second)
+    assert built_second["flip"][0] == "f" and built_second["new_dir"][:2] == ("d", 0o711)
+    assert built_first["tool.sh"][1] == 0o750 and built_second["tool.sh"][1] == 0o600  # mode only
+    files = [p for p, entry in built_second.items() if entry[0] == "f"]
+    release_bytes = sum((local / second.id / p).stat().st_size for p in files)
+    for host, progress in zip(hosts_, hosts(redis, second.id), strict=True):
+        assert "changed path(s) against" in progress.detail, progress.detail  # the incremental path ran
+        sent = int(progress.detail.split()[0])  # rsync's own count (--stats) of what crossed the wire
+        assert sent < release_bytes // 100, progress.detail
+        on_host = host.root / "releases"
+        assert release_tree(on_host / second.id) == built_second  # contents, kinds, modes, symlinks
+        assert release_tree(on_host / first.id) == built_first  # the shared hard links were not changed
+        old, new = (on_host / first.id / "big.bin").stat(), (on_host / second.id / "big.bin").stat()
+        assert (old.st_ino, new.st_nlink) == (new.st_ino, 2)  # the big file was linked, not sent
+        assert not [p for p in on_host.iterdir() if p.name.startswith(".")]
+
+
+def test_a_release_written_into_on_the_host_is_not_carried_into_the_next(
+    three: list[SshHost],
+    targets_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    redis: Redis,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    host = three[0]
+    scribble = (  # a new file, and a shipped one written in place
+        'cd "$PUSHDEPLOY_RELEASE_DIR" && echo c > "by-$PUSHDEPLOY_SHA" && echo "$PUSHDEPLOY_SHA" >> keep.txt'
+    )
+    settings = targets_settings([host], deploy=[DEPLOY, scribble])
+    local = tmp_path / "data" / "projects" / "sample-app" / "production" / "releases"
+    first_sha = commit(git_repo, "one\n", **{"keep.txt": "k\n"})
+    first = deploy(redis, settings, first_sha, monkeypatch)
+    assert first.state is State.SUCCEEDED, first.reason
+
+    second_sha = commit(git_repo, "two\n")
+    second = deploy(redis, settings, second_sha, monkeypatch)
+
+    assert second.state is State.SUCCEEDED, second.reason
+    (progress,) = hosts(redis, second.id)
+    assert "changed path(s)" not in progress.detail  # the host's release is not as shipped: full compare
+    assert progress.detail.endswith(f"(against releases/{first.id})")
+    releases = host.root / "releases"
+    assert (releases / first.id / "keep.txt").read_text() == f"k\n{first_sha}\n"  # written in place there
+    assert (releases / second.id / "keep.txt").read_text() == f"k\n{second_sha}\n"  # not carried over
+    shipped = release_tree(releases / second.id)
+    assert f"by-{first_sha}" not in shipped
+    del shipped[f"by-{second_sha}"], shipped["keep.txt"]  # this release's own deploy step wrote them
+    built = release_tree(local / second.id)
+    del built["keep.txt"]
+    assert shipped == built
+
+    third = deploy(redis, settings, commit(git_repo, "three\n"), monkeypatch)  # the same again
+
+    assert third.state is State.SUCCEEDED, third.reason
+    assert "changed path(s)" not in hosts(redis, third.id)[0].detail
+    assert f"by-{second_sha}" not in release_tree(releases / third.id)
+
+
+def test_without_its_copy_of_the_hosts_release_the_worker_compares_every_file(
+    three: list[SshHost],
+    targets_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    redis: Redis,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    host = three[0]
+    settings = targets_settings([host])
+    local = tmp_path / "data" / "projects" / "sample-app" / "production" / "releases"
+    (git_repo.work / "big.bin").write_bytes(BIG)
+    first = deploy(redis, settings, commit(git_repo, "one\n"), monkeypatch)
+    assert first.state is State.SUCCEEDED, first.reason
+    shutil.rmtree(local / first.id)  # pruned on the worker, say
+
+    second = deploy(redis, settings, commit(git_repo, "two\n"), monkeypatch)
+
+    assert second.state is State.SUCCEEDED, second.reason
+    (progress,) = hosts(redis, second.id)
+    assert progress.detail.endswith(f"bytes sent (against releases/{first.id})")  # rsync --link-dest
+    assert int(progress.detail.split()[0]) < len(BIG) // 100  # the big file still linked, not sent
+    assert release_tree(host.root / "releases" / second.id) == release_tree(local / second.id)

@@ -1,0 +1,113 @@
+"""The CLI calls the API as a person: PUSHDEPLOY_TOKEN, else a private token file, else the admin token."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis import Redis
+
+from tests import people
+from tests.helpers import ADMIN_TOKEN, GitRepo
+from webhook.app import create_app
+from webhook.client import ApiFailure, personal_token, token_file
+from webhook.tokens import TokenStore
+from workers.config import load
+from workers.deployments import Deployment, DeploymentStore, State
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_environment_wins_then_the_private_file(tmp_path: Path) -> None:
+    home = {"HOME": str(tmp_path)}
+    assert token_file(home) == tmp_path / ".config" / "pushdeploy" / "token"
+    assert personal_token(home) is None
+    token_file(home).parent.mkdir(parents=True)
+    token_file(home).write_text("pdt_from_file\n")
+    token_file(home).chmod(0o600)
+    assert personal_token(home) == "pdt_from_file"
+    assert personal_token({**home, "PUSHDEPLOY_TOKEN": "pdt_from_env"}) == "pdt_from_env"
+    token_file(home).chmod(0o644)
+    with pytest.raises(ApiFailure, match=r"readable by others \(mode 0644\), so it is not used: chmod 600"):
+        personal_token(home)
+    assert token_file({"XDG_CONFIG_HOME": "/x"}) == Path("/x/pushdeploy/token")
+
+
+@pytest.fixture
+def served(tmp_path: Path, redis: Redis, redis_url: str, git_repo: GitRepo) -> Iterator[dict[str, Any]]:
+    fake = people.gitlab().start()
+    made: dict[str, Any] = {"fake": fake}
+
+    def build(base_url: str) -> Any:
+        people.arrange(fake, base_url)
+        made["config"] = people.write(
+            tmp_path / "pushdeploy.toml", redis_url, tmp_path / "data", fake.url, base_url, git_repo.url
+        )
+        return create_app(load(made["config"], environ={}), redis, drain=False)
+
+    with people.serving(build) as base_url:
+        made["url"] = base_url
+        yield made
+    fake.stop()
+
+
+def cli(served: dict[str, Any], home: Path, *args: str, token: str = "") -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHDEPLOY_")}
+    env.update(HOME=str(home), PYTHONPATH=str(ROOT))
+    env.pop("XDG_CONFIG_HOME", None)
+    if token:
+        env["PUSHDEPLOY_TOKEN"] = token
+    argv = [
+        sys.executable,
+        "-m",
+        "webhook.cli",
+        "--config",
+        str(served["config"]),
+        *args,
+        "--url",
+        served["url"],
+    ]
+    return subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=60, check=False)
+
+
+def test_the_cli_acts_with_the_tokens_owners_rights(
+    served: dict[str, Any], redis: Redis, tmp_path: Path
+) -> None:
+    fake = served["fake"]
+    DeploymentStore(redis).create(
+        Deployment("d1", "sample-app", "staging", "refs/heads/develop", "ab" * 20, state=State.SUCCEEDED)
+    )
+    _, token = TokenStore(redis).create(
+        "developer", fake.people.users["developer"]["id"], "cli", time.time() + 600
+    )
+    listed = cli(served, tmp_path, "deployments", "--json", token=token)
+    assert listed.returncode == 0, listed.stderr
+    assert '"id": "d1"' in listed.stdout
+    sha = "cd" * 20
+    staging = cli(served, tmp_path, "deploy", "sample-app", "-e", "staging", "--sha", sha, token=token)
+    assert staging.returncode == 0, staging.stderr
+    production = cli(served, tmp_path, "deploy", "sample-app", "-e", "production", "--sha", sha, token=token)
+    assert production.returncode == 2
+    assert "need Maintainer or above" in production.stderr
+
+    # The same token from a file that others can read is refused, and says so.
+    path = token_file({"HOME": str(tmp_path)})
+    path.parent.mkdir(parents=True)
+    path.write_text(token)
+    path.chmod(0o640)
+    leaky = cli(served, tmp_path, "deployments")
+    assert leaky.returncode == 3 and "chmod 600" in leaky.stderr and token not in leaky.stderr
+    path.chmod(0o600)
+    assert cli(served, tmp_path, "deployments").returncode == 0
+
+    # Without a personal token, the server's admin token is the fallback.
+    path.unlink()
+    fallback = cli(served, tmp_path, "deploy", "sample-app", "-e", "production", "--sha", sha)
+    assert fallback.returncode == 0, fallback.stderr
+    assert ADMIN_TOKEN not in fallback.stdout + fallback.stderr
