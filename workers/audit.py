@@ -160,7 +160,7 @@ LAST_MS = 2**63 - 1
 def _entry(entry_id: str, raw: dict[Any, Any]) -> Entry:
     data = {_text(k): _text(v) for k, v in raw.items()}
     names = {item.name for item in fields(Entry)} - {"at", "id"}
-    known = {k: v for k, v in data.items() if k in names}
+    known = {"who": "", "action": ""} | {k: v for k, v in data.items() if k in names}  # empty: not stored
     try:
         at = float(data.get("at", ""))
     except ValueError:

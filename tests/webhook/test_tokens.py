@@ -18,7 +18,9 @@ from tests.fakegitlab import FakeGitLab
 from tests.helpers import ADMIN_TOKEN, GitRepo, admin_sign_in, session_csrf
 from webhook.app import create_app
 from webhook.tokens import TokenRefused, TokenStore, expiry
+from workers import audit as audit_store
 from workers import schema
+from workers.audit import Query
 from workers.config import load
 
 PUBLIC_URL = "http://pushdeploy.test"
@@ -226,3 +228,25 @@ def test_the_admin_session_needs_the_csrf_header_but_the_admin_bearer_does_not(
     client.delete_cookie("pushdeploy_session")
     bearer = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     assert client.post(deploy, json={"sha": "ab" * 20}, headers=bearer).status_code == 202
+
+
+def test_tokens_made_and_revoked_are_audited(client: FlaskClient, fake: FakeGitLab, redis: Redis) -> None:
+    signed_in(client, fake, "developer")
+    made = create(client, name="ci")
+    assert (
+        client.delete(
+            f"/api/v1/tokens/{made['id']}", headers={"X-CSRF-Token": session_csrf(client)}
+        ).status_code
+        == 204
+    )
+    page = client.post("/tokens", data={"csrf_token": session_csrf(client), "name": "laptop"})
+    assert page.status_code == 200
+    entries, _ = audit_store.read(redis, Query(), 10)
+    found = [(e.action, e.who, e.via, e.detail) for e in reversed(entries)]
+    laptop = client.get("/api/v1/tokens").get_json()["tokens"][0]["id"]
+    assert found == [
+        ("token_created", "developer", "session", f"ci ({made['id']})"),
+        ("token_revoked", "developer", "session", made["id"]),
+        ("token_created", "developer", "session", f"laptop ({laptop})"),
+    ]
+    assert all(str(made["token"]) not in repr(e) for e in entries)
