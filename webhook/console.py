@@ -323,10 +323,11 @@ def cmd_review_list(client: Client, args: argparse.Namespace) -> int:
             r["url"],
             _state(r["state"]),
             _ago(r["updated_at"]),
+            r["reason"] if r["state"] != "live" else "",  # why it stopped, and who stopped it by hand
         ]
         for r in found
     ]
-    table(["MR", "BRANCH", "COMMIT", "URL", "STATE", "UPDATED"], rows)
+    table(["MR", "BRANCH", "COMMIT", "URL", "STATE", "UPDATED", "WHY"], rows)
     return EXIT_OK
 
 

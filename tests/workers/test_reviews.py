@@ -501,6 +501,7 @@ def test_review_apps_are_listed_and_stopped_by_hand_in_the_api_the_page_and_the_
         assert main(["-c", str(settings.path), "review", "list", "sample-app", "--url", url]) == 0
         out = capsys.readouterr().out
         assert "!6" in out and "https://mr-6.review.test" in out and "stopped" in out
+        assert "stopped by hand (admin)" in out  # who stopped !5 from its page
         assert main(["-c", str(settings.path), "review", "stop", "sample-app", "6", "--url", url]) == 0
         assert "sample-app/review/6: stopping" in capsys.readouterr().out
         assert main(["-c", str(settings.path), "review", "stop", "sample-app", "6x", "--url", url]) == 2
