@@ -79,7 +79,7 @@ def test_an_already_deployed_success_is_calm_and_commits_have_titles(stack: obje
         wait_for(lambda: made.api(f"/deployments/{ids[-1]}")["state"] == "succeeded", timeout=60)
     assert made.api(f"/deployments/{ids[1]}")["reason"] == "already deployed"
     page = browser.new_page(viewport={"width": 1200, "height": 800})  # type: ignore[attr-defined]
-    page.goto(made.base_url + "/login")
+    page.goto(made.base_url + "/login/admin")
     page.fill("input[name=token]", ADMIN_TOKEN)
     page.click("button:has-text('Sign in')")
     page.wait_for_selector("h1:has-text('Projects')")
