@@ -166,8 +166,13 @@ def operator_reads(stack: Stack, plan: Plan, names: list[str]) -> dict[str, Any]
     with requests.Session() as api, requests.Session() as operator, requests.Session() as prometheus:
         api_one = timed_gets(api, one, bearer)
         api_all = timed_gets(api, every, bearer)
+        form = operator.get(f"{base}/login/admin", timeout=30).text  # the form's CSRF token, as a browser
+        token = re.search(r'name="csrf_token" value="([^"]+)"', form)
         signed_in = operator.post(
-            f"{base}/login/admin", data={"token": ADMIN_TOKEN, "next": "/"}, allow_redirects=False, timeout=30
+            f"{base}/login/admin",
+            data={"token": ADMIN_TOKEN, "next": "/", "csrf_token": token.group(1) if token else ""},
+            allow_redirects=False,
+            timeout=30,
         )
         if signed_in.status_code != 302 or not operator.cookies:
             raise HarnessError(f"signing in answered {signed_in.status_code}, no session")

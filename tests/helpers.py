@@ -218,3 +218,34 @@ def use_engine(settings: Any, redis: Any, monkeypatch: Any) -> Any:
     built = engine.Engine.build(settings, redis)
     monkeypatch.setattr(engine, "_installed", built)
     return built
+
+
+def csrf_token(html: str) -> str:
+    """The CSRF token a page's forms carry (Flask-WTF's ``csrf_token`` field)."""
+    import re
+
+    found = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert found is not None, "the page has no form with a CSRF token"
+    return found.group(1)
+
+
+def admin_sign_in(client: Any, token: str = ADMIN_TOKEN) -> Any:
+    """Sign a Flask test client in through the break-glass form, with the form's CSRF token."""
+    form = client.get("/login/admin").get_data(as_text=True)
+    return client.post("/login/admin", data={"token": token, "csrf_token": csrf_token(form)})
+
+
+def session_csrf(client: Any) -> str:
+    """The CSRF token of a Flask test client's session, read from the overview's sign-out form."""
+    return csrf_token(client.get("/").get_data(as_text=True))
+
+
+def sign_in_session(session: Any, base_url: str, token: str = ADMIN_TOKEN) -> Any:
+    """Sign a ``requests.Session`` in through the admin-token form, as a browser would."""
+    form = session.get(f"{base_url}/login/admin", timeout=5)
+    return session.post(
+        f"{base_url}/login/admin",
+        data={"token": token, "csrf_token": csrf_token(form.text)},
+        headers={"Referer": f"{base_url}/login/admin"},
+        timeout=5,
+    )

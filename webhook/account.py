@@ -5,9 +5,10 @@ from __future__ import annotations
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
-from webhook import people, services
+from webhook import audit, people, services
 from webhook.auth import action_required, signin_required
 from webhook.tokens import TokenRefused, TokenStore, expiry
+from workers.audit import Action
 
 account = Blueprint("account", __name__)
 
@@ -58,6 +59,7 @@ def create() -> tuple[str, int] | tuple[str, int, dict[str, str]]:
             created=None,
         )
         return page, 400
+    audit.log(Action.TOKEN_CREATED, detail=f"{record.name} ({record.id})")
     page = render_template(
         "tokens.html",
         tokens=store.owned_by(person.user_id),
@@ -73,6 +75,7 @@ def revoke(token_id: str) -> Response:
     person = _owner()
     assert person.user_id is not None
     if TokenStore(services.current().redis).revoke(person.user_id, token_id):
+        audit.log(Action.TOKEN_REVOKED, detail=token_id)
         flash("Token revoked: it no longer works.")
     else:
         flash("You have no such token.")

@@ -1,4 +1,4 @@
-"""JSON API under ``/api/v1``: deployments, logs, deploy, rollback, cancel, personal tokens.
+"""JSON API under ``/api/v1``: deployments, logs, deploy, rollback, cancel, personal tokens, audit.
 
 A caller is a person (:mod:`webhook.people`): ``Authorization: Bearer`` with the admin token or a
 personal token, or the browser's session with its CSRF token in ``X-CSRF-Token`` for unsafe
@@ -10,20 +10,23 @@ may do). ``/api/v1/openapi.json`` describes it all.
 
 from __future__ import annotations
 
-import hmac
 import json
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request, session, stream_with_context
+from flask import Blueprint, Response, jsonify, request, stream_with_context
+from flask_wtf.csrf import CSRFError
 from redis import Redis
 from werkzeug.exceptions import HTTPException
 
-from webhook import people, rights, services
+from webhook import audit, people, rights, services
+from webhook.auth import csrf
 from webhook.openapi import document
 from webhook.tokens import TokenRefused, TokenStore, expiry
+from workers import audit as audit_log
 from workers import deploylog, notifications, routes, targets
+from workers.audit import Action
 from workers.config import NAME_RE, Environment, Project, Settings, review_iid
 from workers.control import NotCancelable, cancel
 from workers.deployments import Deployment, DeploymentStore, State, UnknownDeployment
@@ -34,6 +37,7 @@ from workers.reviews import ReviewStore, environment_of
 from workers.routes import deployment_url
 
 api = Blueprint("api", __name__, url_prefix=routes.API_PREFIX)
+csrf.exempt(api)  # a bearer token is no ambient credential; session calls are checked in authenticate()
 
 FOLLOW_LIMIT = 600.0
 """Seconds one ``?follow=1`` response streams before the client reconnects with ``after``."""
@@ -65,15 +69,17 @@ def authenticate() -> tuple[Response, int] | None:
     person = people.current()
     if person is None:
         return jsonify(error="missing or wrong bearer token"), 401
-    if not person.by_bearer and request.method not in SAFE_METHODS:
-        sent = request.headers.get("X-CSRF-Token", "")
-        if not sent or not hmac.compare_digest(sent, str(session.get("csrf", ""))):
-            why = "a request with the browser's session needs its CSRF token in X-CSRF-Token"
-            return jsonify(error=why), 400
+    if not person.by_bearer:  # the browser's session: cookies are sent by any site
+        csrf.protect()  # raises CSRFError (400) for an unsafe method without X-CSRF-Token
+    elif person.is_admin and request.method in ("GET", "HEAD"):
+        audit.admin_read()  # actions are logged as themselves
     return None
 
 
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+@api.errorhandler(CSRFError)
+def csrf_refused(error: CSRFError) -> tuple[Response, int]:
+    why = "a request with the browser's session needs its CSRF token in X-CSRF-Token"
+    return jsonify(error=f"{error.description} ({why})"), 400
 
 
 @api.errorhandler(ApiError)
@@ -190,13 +196,32 @@ def deploy(project: str, environment: str) -> tuple[Response, int]:
     unknown = set(body) - {"ref", "sha", "by"}
     if unknown:
         raise ApiError(400, f"unknown field(s): {', '.join(sorted(unknown))[:200]}")
-    ref, sha, who = body.get("ref", ""), body.get("sha", ""), body.get("by", "")
-    if not all(isinstance(value, str) for value in (ref, sha, who)):
+    ref, sha, said = body.get("ref", ""), body.get("sha", ""), body.get("by", "")
+    if not all(isinstance(value, str) for value in (ref, sha, said)):
         raise ApiError(400, "ref, sha and by must be strings")
-    if len(who) > 255:
+    if len(said) > 255:
         raise ApiError(400, "by must be at most 255 characters")
-    queued = manual_deploy(_intake(), configured, env, who or "api", ref, sha)
+    who = _requester(said)
+    queued = manual_deploy(_intake(), configured, env, who, ref, sha)
+    audit.log(Action.DEPLOY, project, environment, queued.id, _detail(ref or queued.ref, sha, said))
     return jsonify(deployment=queued.id, url=deployment_url(_settings().server.public_url, queued.id)), 202
+
+
+def _requester(said: str) -> str:
+    """Who a deployment records as requested by: the acting identity, never free text alone.
+
+    ``by`` is accepted only with the admin token (one shared credential: the caller may say who
+    they are), and kept next to it as a claim: ``admin (says alice)``.
+    """
+    person = audit.actor()
+    if said and not person.admin:
+        raise ApiError(400, "by is accepted only with the admin token: the deployment records who you are")
+    return f"{person.name} (says {said})" if said else person.name
+
+
+def _detail(ref: str, sha: str, said: str = "") -> str:
+    parts = [f"ref {ref}" if ref else "", f"sha {sha[:12]}" if sha else "", f"says {said}" if said else ""]
+    return ", ".join(p for p in parts if p)
 
 
 @api.post("/deployments/<deployment_id>/rollback")
@@ -204,7 +229,8 @@ def rollback_to(deployment_id: str) -> tuple[Response, int]:
     target = _get(deployment_id)
     configured, env = _environment(target.project, target.environment)
     _may_act(target.project, target.environment)
-    queued = rollback(_intake(), configured, env, target, "api")
+    queued = rollback(_intake(), configured, env, target, audit.actor().name)
+    audit.log(Action.ROLLBACK, target.project, target.environment, queued.id, f"to {target.id}")
     return jsonify(deployment=queued.id, url=deployment_url(_settings().server.public_url, queued.id)), 202
 
 
@@ -219,7 +245,8 @@ def rollback_previous(project: str, environment: str) -> tuple[Response, int]:
     older = [d for d in candidates if d.id != live and d.sha != store.live(project, environment).get("sha")]
     if not older:
         raise ApiError(409, "there is no earlier successful deployment to roll back to")
-    queued = rollback(_intake(), configured, env, older[0], "api")
+    queued = rollback(_intake(), configured, env, older[0], audit.actor().name)
+    audit.log(Action.ROLLBACK, project, environment, queued.id, f"to {older[0].id}")
     return jsonify(
         deployment=queued.id, url=deployment_url(_settings().server.public_url, queued.id), to=older[0].id
     ), 202
@@ -231,10 +258,34 @@ def cancel_deployment(deployment_id: str) -> tuple[Response, int]:
     target = _get(deployment_id)
     _may_act(target.project, target.environment)
     try:
-        state = cancel(_settings(), _redis(), deployment_id, "api")
+        state = cancel(_settings(), _redis(), deployment_id, audit.actor().name)
     except NotCancelable as exc:
         return jsonify(error=f"deployment already {exc.state}", state=str(exc.state)), 409
+    audit.log(Action.CANCEL, target.project, target.environment, deployment_id, f"was {target.state}")
     return jsonify(deployment=deployment_id, state=str(state)), 200 if state is State.CANCELED else 202
+
+
+@api.get("/audit")
+def audit_entries() -> Response:
+    """Newest first; ``cursor`` (the previous page's ``next``) continues where a page ended."""
+    if not audit.may_read():
+        raise ApiError(403, "reading the audit log needs Maintainer rights or the admin token")
+    values = {name: request.args.get(name, "") for name in ("project", "environment", "action", "who")}
+    for name in ("project", "environment"):
+        if values[name] and not NAME_RE.match(values[name]):
+            raise ApiError(400, f"{name} is not a valid name")
+    if values["action"] and values["action"] not in {a.value for a in Action}:
+        raise ApiError(400, "action must be one of " + ", ".join(a.value for a in Action))
+    if len(values["who"]) > 255:
+        raise ApiError(400, "who must be at most 255 characters")
+    cursor = request.args.get("cursor", "")
+    if cursor and not audit_log.valid_cursor(cursor):
+        raise ApiError(400, "cursor must be the next value of an earlier page")
+    query = audit_log.Query(
+        **values, since=_float_arg("since", 0.0), until=_float_arg("until", 0.0), scope=audit.scope()
+    )
+    entries, following = audit_log.read(_redis(), query, _int_arg("limit", 50, 1, MAX_LIMIT), cursor)
+    return jsonify(entries=[e.public() for e in entries], next=following or None)
 
 
 @api.get("/projects/<project>/reviews")
@@ -258,9 +309,10 @@ def stop_review(project: str, iid: str) -> tuple[Response, int]:
         raise ApiError(404, f"no live review app for merge request !{iid}")
     _may_act(project, name)
     desk = ReviewDesk(_settings(), _redis(), _intake())
-    if not review_iid(f"review/{iid}") or not desk.request_stop(configured, int(iid), "manual", "api"):
+    if not desk.request_stop(configured, int(iid), "manual", audit.actor().name):
         raise ApiError(404, f"no live review app for merge request !{iid}")
-    return jsonify(stopping=f"review/{iid}"), 202
+    audit.log(Action.REVIEW_STOP, project, name)
+    return jsonify(stopping=name), 202
 
 
 def _project(project: str) -> Project:
@@ -326,6 +378,7 @@ def create_token() -> tuple[Response, int]:
         )
     except TokenRefused as exc:
         raise ApiError(400, str(exc)) from None
+    audit.log(Action.TOKEN_CREATED, detail=f"{record.name} ({record.id})")
     answer = jsonify({**record.public(), "token": token})
     answer.headers["Cache-Control"] = "no-store"  # the token must not stay in a cache
     return answer, 201
@@ -335,6 +388,7 @@ def create_token() -> tuple[Response, int]:
 def revoke_token(token_id: str) -> tuple[str, int]:
     if not TokenStore(_redis()).revoke(_token_owner(), token_id):
         raise ApiError(404, "you have no such token")
+    audit.log(Action.TOKEN_REVOKED, detail=token_id)
     return "", 204
 
 

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 from flask import Flask
 from redis import Redis
 from redis.exceptions import RedisError
 
-from webhook import auth, services
+from webhook import auth, headers, services
 from webhook.account import account
 from webhook.api import api
+from webhook.audit import audit
 from webhook.badges import badges
 from webhook.drainer import Drainer
 from webhook.journal import Journal
 from webhook.metrics import metrics
 from webhook.pages import pages
 from webhook.receive import HookEndpoint
+from workers import audit as audit_log
 from workers import links, migrations
 from workers.config import OnRedisDown, Settings, config_path, load
 from workers.connection import web_redis
@@ -41,6 +44,15 @@ def _halt(error: migrations.SchemaError) -> None:
     os._exit(WORKER_BOOT_ERROR)
 
 
+def _note_config(redis: Redis, settings: Settings, app: Flask) -> None:
+    """A web process starting with a changed configuration (a reload, a rollout) is an audit entry."""
+    try:
+        who = f"web on {socket.gethostname()}"
+        audit_log.config_loaded(redis, settings.server.audit_days, settings.path, who)
+    except RedisError:
+        app.logger.warning("Redis unreachable at start: a configuration change is not in the audit log")
+
+
 WORKER_BOOT_ERROR = 3
 """The exit code that makes gunicorn's arbiter stop instead of starting the worker again."""
 
@@ -55,6 +67,7 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None, dra
     app.config["MAX_CONTENT_LENGTH"] = settings.server.max_body_bytes
     app.config["JSON_SORT_KEYS"] = False
     _check_layout(redis, app)
+    _note_config(redis, settings, app)
     signer = LinkSigner.for_server(settings.server.admin_token, settings.server.link_ttl_days)
     intake = Intake(redis, settings.server.public_url, signer=signer)
     journal = Journal(settings.server.data_dir)
@@ -64,8 +77,10 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None, dra
     if settings.server.on_redis_down is OnRedisDown.JOURNAL and drain:
         Drainer(settings, journal, intake).start()
     auth.init_app(app, settings)
+    headers.init_app(app)
     app.register_blueprint(pages)
     app.register_blueprint(account)
+    app.register_blueprint(audit)
     app.register_blueprint(api)
     app.register_blueprint(badges)  # public: they show only a state
     app.register_blueprint(metrics)

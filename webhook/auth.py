@@ -2,8 +2,10 @@
 
 Pages and logs are private. The session cookie is signed with a key derived from the admin token
 (or, without one, from the GitLab application's secret), so rotating it signs everyone out; it is
-HttpOnly and SameSite=Lax, and every action form carries a CSRF token bound to the session. What
-a signed-in person may do with each project is :mod:`webhook.rights`' business.
+HttpOnly and SameSite=Lax (Secure behind https), is emptied at sign-in, and every form carries a
+CSRF token bound to the session (Flask-WTF's CSRFProtect, the one CSRF check). Sign-in attempts are
+limited per address and per account (:mod:`webhook.attempts`). What a signed-in person may do with
+each project is :mod:`webhook.rights`' business.
 """
 
 from __future__ import annotations
@@ -16,13 +18,19 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, abort, redirect, render_template, request, session, url_for
+from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.wrappers import Response
 
-from webhook import people, rights, services, signin
+from webhook import audit, people, rights, services, signin
 from workers import links
+from workers.audit import Action
 from workers.config import Settings
 
 auth = Blueprint("auth", __name__)
+csrf = CSRFProtect()
+
+CSRF_HEADER = "X-CSRF-Token"
+"""Where a browser script calling the API with the session sends the session's CSRF token."""
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -43,14 +51,21 @@ def init_app(app: Flask, settings: Settings) -> None:
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=urlsplit(settings.server.public_url).scheme == "https",
         SESSION_COOKIE_NAME="pushdeploy_session",
+        WTF_CSRF_HEADERS=[CSRF_HEADER],
+        WTF_CSRF_TIME_LIMIT=None,  # valid as long as the session: a page left open still works
     )
-    app.jinja_env.globals["csrf_token"] = csrf_token
+    csrf.init_app(app)  # templates get csrf_token(); forms send it as the field csrf_token
+    app.register_error_handler(CSRFError, _csrf_refused)
     app.jinja_env.globals["is_admin"] = is_admin
     app.jinja_env.globals["person"] = people.current
     app.jinja_env.globals["may_act"] = rights.may_act
     app.register_blueprint(auth)
     rights.init_app(app)
     signin.init_app(app, settings)
+
+
+def _csrf_refused(error: CSRFError) -> tuple[str, int]:
+    return render_template("refused.html", message="The form expired; reload the page and try again."), 400
 
 
 def _settings() -> Settings:
@@ -69,12 +84,6 @@ def link_grants(deployment_id: str) -> bool:
     return key is not None and bool(token) and links.verify(key, deployment_id, token)
 
 
-def csrf_token() -> str:
-    if "csrf" not in session:
-        session["csrf"] = secrets.token_urlsafe(24)
-    return str(session["csrf"])
-
-
 def signin_required(view: F) -> F:
     """A page for signed-in people: anyone else is sent to the sign-in page, and back after."""
 
@@ -88,16 +97,13 @@ def signin_required(view: F) -> F:
 
 
 def action_required(view: F) -> F:
-    """A state-changing form post: a signed-in person and the session's CSRF token (the view
-    checks the person's rights on what it changes)."""
+    """A state-changing form post: a signed-in person (CSRFProtect checked the form's token
+    before; the view checks the person's rights on what it changes)."""
 
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if people.current() is None:
             abort(403)
-        sent = request.form.get("csrf", "")
-        if not sent or not hmac.compare_digest(sent, str(session.get("csrf", ""))):
-            abort(400, description="the form expired; reload the page and try again")
         return view(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
@@ -118,22 +124,28 @@ def admin_login() -> Response | str:
     admin = _settings().server.admin_token
     error = ""
     if request.method == "POST":
+        limited = signin.limited(people.ADMIN_NAME, people.Via.ADMIN_TOKEN)
+        if limited is not None:
+            return limited
         given = request.form.get("token", "")
         if admin is not None and given and hmac.compare_digest(given.encode(), admin.reveal().encode()):
             admin_signed_in()
             return redirect(target)
         error = "That is not the admin token." if admin is not None else "No admin token is configured."
-        signin.sign_in_refused(people.ADMIN_NAME, "wrong admin token")
+        signin.sign_in_refused(people.ADMIN_NAME, "wrong admin token", people.Via.ADMIN_TOKEN)
     return render_template("admin_login.html", next=target, error=error, configured=admin is not None)
 
 
 def admin_signed_in() -> None:
     """The admin token was given: a new session with every right."""
-    session.clear()
+    session.clear()  # a new session: nothing chosen before sign-in (CSRF token included) survives
     session[people.SESSION_ADMIN] = True
+    audit.log(Action.SIGN_IN, who=audit.Actor(people.ADMIN_NAME, str(people.Via.ADMIN_TOKEN)))
 
 
 @auth.post("/logout")
 def logout() -> Response:
+    if people.current() is not None:
+        audit.log(Action.SIGN_OUT)
     session.clear()
     return redirect(url_for("auth.login"))

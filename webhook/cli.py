@@ -396,10 +396,18 @@ def cmd_up(args: argparse.Namespace) -> int:
         if response.status_code == 202:
             deployment_id = response.json()["deployment"]
             follow(settings, base, deployment_id)
-            print(
-                f"  open {base}/deployments/{deployment_id} to see its steps and log; Ctrl-C stops pushdeploy"
-            )
+            print(f"  open {_demo_link(settings, base, deployment_id)}")
+            print("  to see its steps and log (a signed link, no sign-in); Ctrl-C stops pushdeploy")
     return supervisor.wait()
+
+
+def _demo_link(settings: Settings, base: str, deployment_id: str) -> str:
+    """The demo deployment's page as a signed link: it opens without signing in with a token."""
+    from workers import routes
+    from workers.links import LinkSigner
+
+    signer = LinkSigner.for_server(settings.server.admin_token, settings.server.link_ttl_days)
+    return signer.url(base, deployment_id) if signer else routes.deployment_url(base, deployment_id)
 
 
 def _redacted_url(url: str) -> str:

@@ -1,4 +1,4 @@
-"""Operator commands: deployments, show, logs, deploy, rollback, cancel — over the JSON API.
+"""Operator commands: deployments, show, logs, deploy, rollback, cancel, audit — over the JSON API.
 
 They talk to the server like any client (``public_url`` or ``--url``, the admin token from the
 config), so they work from a laptop as well as on the server. Output is a table for people,
@@ -74,6 +74,14 @@ def add_commands(sub: Any, settings_from: Callable[[argparse.Namespace], Setting
     sp.add_argument("--wait", action="store_true")
     sp = command("cancel", cmd_cancel, "cancel a queued or running deployment")
     sp.add_argument("deployment")
+    sp = command("audit", cmd_audit, "read the audit log, newest first: who did what, from where")
+    sp.add_argument("--project", "-p")
+    sp.add_argument("--environment", "-e")
+    sp.add_argument("--action", help="sign_in, deploy, rollback, cancel, admin_token, config_reload, …")
+    sp.add_argument("--who")
+    sp.add_argument("--since", type=_when, help="Unix time, or an age such as 2h, 7d")
+    sp.add_argument("--until", type=_when, help="Unix time, or an age such as 30min")
+    sp.add_argument("--limit", type=int, default=50, help="entries to print (pages are fetched as needed)")
     review = sub.add_parser(
         "review", help="merge request review apps", description="merge request review apps"
     )
@@ -128,7 +136,7 @@ def cmd_deployments(client: Client, args: argparse.Namespace) -> int:
             _state(d["state"]),
             _duration(d),
             _ago(d["created_at"]),
-            d["trigger"] + (f" by {d['pusher']}" if d["pusher"] else ""),
+            _triggered_by(d),
         ]
         for d in found
     ]
@@ -150,10 +158,7 @@ def cmd_show(client: Client, args: argparse.Namespace) -> int:
     if deployment.get("commit_title"):
         author = deployment.get("commit_author")
         print(f"  title:    {deployment['commit_title']}" + (f" ({author})" if author else ""))
-    print(
-        f"  trigger:  {deployment['trigger']}"
-        + (f" by {deployment['pusher']}" if deployment["pusher"] else "")
-    )
+    print(f"  trigger:  {_triggered_by(deployment)}")
     print(f"  created:  {_ago(deployment['created_at'])}   duration: {_duration(deployment)}")
     print(f"  page:     {deployment['url']}")
     if deployment.get("status_problem"):
@@ -225,8 +230,7 @@ def cmd_deploy(client: Client, args: argparse.Namespace) -> int:
     settings: Settings = args.settings
     project = settings.projects.get(args.project)
     environment = args.environment or (next(iter(project.environments)) if project else "production")
-    body = {k: v for k, v in (("ref", args.ref), ("sha", args.sha)) if v}
-    body["by"] = f"{os.environ.get('USER', 'someone')} (cli)"
+    body = {k: v for k, v in (("ref", args.ref), ("sha", args.sha)) if v}  # the server records who
     queued = client.post(f"/projects/{args.project}/environments/{environment}/deployments", body)
     return _queued(client, args, queued)
 
@@ -252,6 +256,61 @@ def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_audit(client: Client, args: argparse.Namespace) -> int:
+    filters = {
+        "project": args.project,
+        "environment": args.environment,
+        "action": args.action,
+        "who": args.who,
+        "since": args.since,
+        "until": args.until,
+    }
+    entries: list[dict[str, Any]] = []
+    cursor = None
+    while len(entries) < args.limit:
+        page = client.get("/audit", **filters, cursor=cursor, limit=min(500, args.limit - len(entries)))
+        entries += page["entries"]
+        cursor = page.get("next")
+        if not cursor:
+            break
+    if args.json:
+        return _json(entries)
+    rows = [
+        [
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"])),
+            e["who"] or "–",
+            e["via"] or "–",
+            e["action"],
+            "/".join(p for p in (e["project"], e["environment"]) if p) or "–",
+            e["deployment"] or "–",
+            e["from"] or "–",
+            e["detail"],
+        ]
+        for e in entries
+    ]
+    table(["WHEN", "WHO", "VIA", "ACTION", "WHERE", "DEPLOYMENT", "FROM", "DETAIL"], rows)
+    return EXIT_OK
+
+
+def _when(text: str) -> float:
+    """A Unix time, or an age (``90s``, ``30min``, ``2h``, ``7d``) counted back from now."""
+    found = re.fullmatch(r"(\d+)(s|min|h|d)", text)
+    if found:
+        return time.time() - int(found.group(1)) * {"s": 1, "min": 60, "h": 3600, "d": 86400}[found.group(2)]
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("give a Unix time or an age such as 2h or 7d") from None
+
+
+def _triggered_by(deployment: dict[str, Any]) -> str:
+    """``push by X``, ``deploy by Y``, ``rollback by Z``, and who canceled (from older servers too)."""
+    text: str = deployment.get("triggered_by") or (
+        deployment["trigger"] + (f" by {deployment['pusher']}" if deployment["pusher"] else "")
+    )
+    return text + (f", canceled by {deployment['canceled_by']}" if deployment.get("canceled_by") else "")
+
+
 def cmd_review_list(client: Client, args: argparse.Namespace) -> int:
     found = client.get(f"/projects/{args.project}/reviews")["reviews"]
     if args.json:
@@ -264,10 +323,11 @@ def cmd_review_list(client: Client, args: argparse.Namespace) -> int:
             r["url"],
             _state(r["state"]),
             _ago(r["updated_at"]),
+            r["reason"] if r["state"] != "live" else "",  # why it stopped, and who stopped it by hand
         ]
         for r in found
     ]
-    table(["MR", "BRANCH", "COMMIT", "URL", "STATE", "UPDATED"], rows)
+    table(["MR", "BRANCH", "COMMIT", "URL", "STATE", "UPDATED", "WHY"], rows)
     return EXIT_OK
 
 

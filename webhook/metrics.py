@@ -10,11 +10,12 @@ environment, however long the histories are.
 
 from __future__ import annotations
 
+import hmac
 import os
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -126,9 +127,25 @@ class EngineCollector(Collector):
         return family
 
 
+def _authorized(settings: Settings) -> bool:
+    """Without ``server.metrics_token`` the proxy guards ``/metrics``; with it, the scraper's bearer token."""
+    token = settings.server.metrics_token
+    if token is None:
+        return True
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), token.reveal().encode())
+
+
 @metrics.get("/metrics")
 def scrape() -> Response:
     settings, redis = services.current().settings, services.current().redis
+    if not _authorized(settings):
+        return Response(
+            "missing or wrong bearer token (server.metrics_token)\n",
+            401,
+            {"WWW-Authenticate": 'Bearer realm="metrics"'},
+            mimetype="text/plain",
+        )
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from workers.audit import Action
 from workers.config import NotifyEvent, Settings
 from workers.notifications import Delivery
 from workers.targets import HostState
@@ -46,6 +47,7 @@ def _path_param(name: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 UNAUTHORIZED = _error("missing or wrong bearer token")
+ACTIONS = [str(action) for action in Action]
 NOT_FOUND = _error("no such deployment, project or environment, or one the caller may not see")
 FORBIDDEN = _error(
     "the caller's GitLab role does not allow this here (Developer, or Maintainer when protected)"
@@ -79,7 +81,8 @@ def document(settings: Settings) -> dict[str, Any]:
             "title": "pushdeploy API",
             "version": "1",
             "description": (
-                "Deployments of pushdeploy: list, show, log, deploy, roll back, cancel; personal tokens. "
+                "Deployments of pushdeploy: list, show, log, deploy, roll back, cancel; personal tokens; "
+                "the audit log. "
                 "Callers are the admin token, a personal token, or a browser session (with its CSRF "
                 "token in X-CSRF-Token for unsafe methods); what they may do follows their GitLab role."
             ),
@@ -114,6 +117,36 @@ def document(settings: Settings) -> dict[str, Any]:
                         "401": UNAUTHORIZED,
                         "503": UNAVAILABLE,
                         "404": _error("no such project"),
+                    },
+                }
+            },
+            "/api/v1/audit": {
+                "get": {
+                    "operationId": "auditLog",
+                    "summary": "Audit entries, newest first; send a page's `next` as `cursor` for more",
+                    "parameters": [
+                        {"name": "project", "in": "query", "schema": NAME_FILTER},
+                        {"name": "environment", "in": "query", "schema": NAME_FILTER},
+                        {"name": "action", "in": "query", "schema": {"type": "string", "enum": ACTIONS}},
+                        {"name": "who", "in": "query", "schema": {"type": "string", "maxLength": 255}},
+                        {"name": "since", "in": "query", "schema": {"type": "number", "minimum": 0}},
+                        {"name": "until", "in": "query", "schema": {"type": "number", "minimum": 0}},
+                        {
+                            "name": "cursor",
+                            "in": "query",
+                            "schema": {"type": "string", "pattern": "^([0-9]{1,19}-[0-9]{1,19})?$"},
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+                        },
+                    ],
+                    "responses": {
+                        "200": _json("a page of entries", "AuditPage"),
+                        "400": _error("a filter or the cursor is malformed"),
+                        "401": UNAUTHORIZED,
+                        "403": _error("reading the audit log needs Maintainer rights or the admin token"),
                     },
                 }
             },
@@ -322,8 +355,17 @@ def document(settings: Settings) -> dict[str, Any]:
                         "ref": {"type": "string"},
                         "sha": {"type": "string"},
                         "previous_sha": {"type": "string"},
-                        "pusher": {"type": "string"},
+                        "pusher": {"type": "string", "description": "the GitLab user who pushed"},
                         "trigger": {"type": "string"},
+                        "requested_by": {
+                            "type": "string",
+                            "description": "who asked for a manual deploy or a rollback",
+                        },
+                        "canceled_by": {"type": "string", "description": "who canceled it"},
+                        "triggered_by": {
+                            "type": "string",
+                            "description": "how and by whom: `push by X`, `deploy by Y`, `rollback by Z`",
+                        },
                         "commit_title": {
                             "type": "string",
                             "description": "the commit's title (first line), from the push or from git; "
@@ -464,7 +506,10 @@ def document(settings: Settings) -> dict[str, Any]:
                         },
                         "by": {
                             "type": "string",
-                            "description": "who asked, shown as the pusher",
+                            "description": (
+                                "with the admin token only: who is using it, recorded as a claim next "
+                                "to it (`admin (says alice)`); any other caller is recorded as itself"
+                            ),
                             "maxLength": 255,
                         },
                     },
@@ -476,6 +521,34 @@ def document(settings: Settings) -> dict[str, Any]:
                         "deployment": {"type": "string"},
                         "url": {"type": "string"},
                         "to": {"type": "string"},
+                    },
+                },
+                "AuditPage": {
+                    "type": "object",
+                    "required": ["entries", "next"],
+                    "properties": {
+                        "entries": {"type": "array", "items": {"$ref": "#/components/schemas/AuditEntry"}},
+                        "next": {
+                            "type": "string",
+                            "nullable": True,
+                            "description": "the cursor of the next page; null after the last",
+                        },
+                    },
+                },
+                "AuditEntry": {
+                    "type": "object",
+                    "required": ["id", "at", "who", "action", "from"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "at": {"type": "number", "description": "Unix time"},
+                        "who": {"type": "string"},
+                        "via": {"type": "string", "description": "admin_token, session or token"},
+                        "action": {"type": "string", "enum": ACTIONS},
+                        "project": {"type": "string"},
+                        "environment": {"type": "string"},
+                        "deployment": {"type": "string"},
+                        "from": {"type": "string", "description": "the client, through trusted proxies"},
+                        "detail": {"type": "string"},
                     },
                 },
                 "TokenRequest": {

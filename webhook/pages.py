@@ -19,9 +19,10 @@ from redis import Redis
 from redis.exceptions import RedisError
 from werkzeug.wrappers import Response
 
-from webhook import people, rights, services
+from webhook import audit, people, rights, services
 from webhook.auth import action_required, link_grants, signin_required
 from workers import deploylog, notifications, routes, targets
+from workers.audit import Action
 from workers.config import Settings
 from workers.control import NotCancelable, cancel
 from workers.deployments import Deployment, DeploymentStore, State, UnknownDeployment
@@ -169,10 +170,11 @@ def log_lines(deployment_id: str) -> tuple[Response, int]:
 @pages.post(routes.DEPLOYMENT + "/cancel")
 @action_required
 def cancel_action(deployment_id: str) -> Response:
-    _actionable(deployment_id)
+    record = _actionable(deployment_id)
     try:
-        state = cancel(_settings(), _redis(), deployment_id, "operator (web)")
+        state = cancel(_settings(), _redis(), deployment_id, audit.actor().name)
         flash("Canceled." if state is State.CANCELED else "Asked the worker to stop; it ends within seconds.")
+        audit.log(Action.CANCEL, record.project, record.environment, deployment_id, f"was {record.state}")
     except NotCancelable as exc:
         flash(str(exc))
     return redirect(url_for("pages.deployment", deployment_id=deployment_id))
@@ -187,7 +189,9 @@ def stop_review_action(project: str, iid: int) -> Response:
     rights.require_view(project)
     if environment_of(_settings(), _redis(), project, f"review/{iid}") is not None:
         rights.require_act(project, f"review/{iid}")
-    if ReviewDesk(_settings(), _redis(), _intake()).request_stop(configured, iid, "manual", "operator (web)"):
+    desk = ReviewDesk(_settings(), _redis(), _intake())
+    if desk.request_stop(configured, iid, "manual", audit.actor().name):
+        audit.log(Action.REVIEW_STOP, project, f"review/{iid}")
         flash(f"Stopping review/{iid}: a worker runs review.stop and removes its directories.")
     else:
         flash(f"No live review app for merge request !{iid}.")
@@ -200,8 +204,9 @@ def redeploy_action(deployment_id: str) -> Response:
     record = _actionable(deployment_id)
     project, environment = _environment_of(record)
     queued = manual_deploy(
-        _intake(), project, environment, "operator (web)", ref=record.ref, sha=record.sha
+        _intake(), project, environment, audit.actor().name, ref=record.ref, sha=record.sha
     )
+    audit.log(Action.DEPLOY, record.project, record.environment, queued.id, f"redeploy of {record.id}")
     return redirect(url_for("pages.deployment", deployment_id=queued.id))
 
 
@@ -211,10 +216,11 @@ def rollback_action(deployment_id: str) -> Response:
     record = _actionable(deployment_id)
     project, environment = _environment_of(record)
     try:
-        queued = rollback(_intake(), project, environment, record, "operator (web)")
+        queued = rollback(_intake(), project, environment, record, audit.actor().name)
     except OperationError as exc:
         flash(str(exc))
         return redirect(url_for("pages.deployment", deployment_id=deployment_id))
+    audit.log(Action.ROLLBACK, record.project, record.environment, queued.id, f"to {record.id}")
     return redirect(url_for("pages.deployment", deployment_id=queued.id))
 
 

@@ -19,8 +19,9 @@ from authlib.integrations.flask_client import OAuth
 from flask import Blueprint, Flask, abort, current_app, redirect, render_template, request, session
 from werkzeug.wrappers import Response
 
-from webhook import rights, services
+from webhook import attempts, audit, rights, services
 from webhook.people import SESSION_PERSON, Person, Via
+from workers.audit import Action
 from workers.config import Settings
 from workers.gitlab_members import RightsUnavailable
 
@@ -78,8 +79,12 @@ def start() -> Response:
 
 @signin.get(CALLBACK)
 def callback() -> Response | tuple[str, int]:
+    """Finish the GitLab round trip; attempts are counted per address, then per account."""
     if not enabled():
         abort(404)
+    limited_here = limited(None, Via.SESSION)
+    if limited_here is not None:
+        return limited_here
     client = current_app.extensions[KEY]
     try:
         token = client.authorize_access_token()
@@ -100,6 +105,9 @@ def callback() -> Response | tuple[str, int]:
     if not isinstance(user.get("id"), int) or not isinstance(user.get("username"), str):
         sign_in_refused(None, "GitLab did not say who signed in")
         return _refused("GitLab did not say who you are: try again in a moment.", 502)
+    limited_account = limited(user["username"], Via.SESSION, by_address=False)  # the address counted above
+    if limited_account is not None:
+        return limited_account
     if user.get("state") != "active":
         sign_in_refused(user["username"], f"GitLab user is {user.get('state')}")
         return _refused("Your GitLab account is blocked: pushdeploy refuses it too.", 403)
@@ -119,12 +127,29 @@ def signed_in(person: Person) -> None:
     session.clear()
     session[SESSION_PERSON] = {"username": person.username, "id": person.user_id}
     log.info("sign-in: %s (GitLab user %s)", person.username, person.user_id)
+    audit.log(Action.SIGN_IN, who=audit.Actor(person.username, str(person.via)))
 
 
-def sign_in_refused(username: str | None, reason: str) -> None:
+def sign_in_refused(username: str | None, reason: str, via: Via = Via.SESSION) -> None:
     """A sign-in failed; nobody is signed in afterwards."""
     session.pop(SESSION_PERSON, None)
     log.warning("sign-in refused: %s (%s)", username or "unknown", reason)
+    audit.log(Action.SIGN_IN_FAILED, detail=reason, who=audit.Actor(username or "", str(via)))
+
+
+def limited(account: str | None, via: Via, by_address: bool = True) -> Response | None:
+    """Count a sign-in attempt from this address (and for ``account`` when known): the 429 page
+    when either went over the limit this minute, else None."""
+    subjects = {"address": audit.client_address()} if by_address else {}
+    if account:
+        subjects["account"] = account
+    refused = attempts.attempt(services.current().redis, subjects)
+    if refused is None:
+        return None
+    if refused.first:
+        audit.log(Action.SIGN_IN_FAILED, detail="rate limited", who=audit.Actor(account or "", str(via)))
+    page = render_template("refused.html", message="Too many sign-in attempts; wait a minute.")
+    return Response(page, 429, {"Retry-After": str(refused.retry_after)}, mimetype="text/html")
 
 
 def _refused(message: str, status: int) -> tuple[str, int]:

@@ -7,6 +7,7 @@ so an operator fixes a config in one pass.
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import logging
 import os
 import pwd
@@ -45,6 +46,9 @@ SERVER_KEYS = {
     "on_redis_down",
     "reconcile_interval",
     "reconcile_grace",
+    "audit_days",
+    "metrics_token",
+    "trusted_proxies",
 }
 GITLAB_KEYS = {"url", "token", "timeout"}
 AUTH_KEYS = {"gitlab_oauth", "token_max_days"}
@@ -381,6 +385,10 @@ class ServerSettings:
     on_redis_down: OnRedisDown = OnRedisDown.JOURNAL
     reconcile_interval: int = defaults.RECONCILE_INTERVAL
     reconcile_grace: int = defaults.RECONCILE_GRACE
+    audit_days: int = defaults.AUDIT_DAYS
+    metrics_token: Secret | None = None
+    trusted_proxies: tuple[str, ...] = defaults.TRUSTED_PROXIES
+    """Addresses or networks of the proxies whose ``X-Forwarded-For`` names the client."""
 
     def __repr__(self) -> str:
         return _repr(self, {"redis_url"})
@@ -415,6 +423,8 @@ class Settings:
             found.append(self.gitlab.token)
         if self.server.admin_token:
             found.append(self.server.admin_token)
+        if self.server.metrics_token:
+            found.append(self.server.metrics_token)
         if self.auth.gitlab_oauth:
             found.append(self.auth.gitlab_oauth.client_secret)
         found.extend(self.notify.urls)
@@ -440,7 +450,7 @@ def longest_target_url(public_url: str, signed: bool, ttl_days: int) -> str:
 def secret_values(raw: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
     """``(key, value)`` of each string where the loader accepts a secret, keyed like its problems."""
     places: list[tuple[str, Any]] = []
-    for section, name in (("server", "admin_token"), ("gitlab", "token")):
+    for section, name in (("server", "admin_token"), ("server", "metrics_token"), ("gitlab", "token")):
         table = raw.get(section)
         if isinstance(table, dict) and name in table:
             places.append((f"{section}.{name}", table[name]))
@@ -585,6 +595,9 @@ class _Loader:
             self.problem("server.on_redis_down", 'must be "journal" (accept and keep on disk) or "503"')
         interval = self.integer(table, "reconcile_interval", "server", defaults.RECONCILE_INTERVAL, minimum=0)
         grace = self.integer(table, "reconcile_grace", "server", defaults.RECONCILE_GRACE, minimum=0)
+        audit_days = self.integer(table, "audit_days", "server", defaults.AUDIT_DAYS, minimum=1)
+        metrics_token = self.secret(table, "metrics_token", "server") if "metrics_token" in table else None
+        proxies = self.networks(table, "trusted_proxies", "server", defaults.TRUSTED_PROXIES)
         self.target_url_length(public_url, admin is not None, link_days)
         return ServerSettings(
             public_url,
@@ -598,6 +611,9 @@ class _Loader:
             on_down,
             interval,
             grace,
+            audit_days,
+            metrics_token,
+            proxies,
         )
 
     def target_url_length(self, public_url: str, signed: bool, ttl_days: int) -> None:
@@ -982,6 +998,20 @@ class _Loader:
             self.problem(f"{prefix}.{name}", f"must be an integer ≥ {minimum}")
             return default
         return value
+
+    def networks(
+        self, table: dict[str, Any], name: str, prefix: str, default: tuple[str, ...]
+    ) -> tuple[str, ...]:
+        value = table.get(name, list(default))
+        try:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError
+            for item in value:
+                ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            self.problem(f"{prefix}.{name}", "must be a list of IP addresses or networks (CIDR)")
+            return default
+        return tuple(value)
 
     def number(self, table: dict[str, Any], name: str, prefix: str, default: float) -> float:
         value = table.get(name, default)

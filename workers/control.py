@@ -48,10 +48,12 @@ def cancel(settings: Settings, redis: Redis, deployment_id: str, who: str) -> St
         if lifecycle.end(
             settings, redis, deployment_id, State.CANCELED, reason, note=f"{reason} before it started"
         ):
+            store.update(deployment_id, canceled_by=who[:255])
             return State.CANCELED
         deployment = store.get(deployment_id)  # it started meanwhile: ask its worker below
     if deployment.state is State.RUNNING:
         redis.set(cancel_key(deployment_id), who, ex=CANCEL_TTL)
+        store.update(deployment_id, canceled_by=who[:255])
         return State.RUNNING
     raise NotCancelable(deployment_id, deployment.state)
 

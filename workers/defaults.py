@@ -60,6 +60,17 @@ POLL_INTERVAL = 60
 JOURNAL_DRAIN_INTERVAL = 2.0
 """Seconds between a web process's tries to move journaled deliveries into Redis."""
 
+AUDIT_DAYS = 90
+"""Days the audit log keeps its entries: a quarter, long enough to answer "who did this" after a review."""
+
+AUDIT_MAX_ENTRIES = 1_000_000
+"""A hard cap on audit entries whatever their age, so a flood of failed sign-ins stays bounded."""
+
+TRUSTED_PROXIES = ("127.0.0.1", "::1")
+"""The proxies believed about the client address: the nginx on this host, as in deploy/."""
+
+SIGN_IN_LIMIT = 20
+"""Sign-in attempts allowed per address (and per account) per minute before 429."""
 TOKEN_DAYS = 90
 """Days a personal API token lives when its creator names no ``expires_at``."""
 

@@ -88,6 +88,8 @@ class Deployment:
     release: str = ""
     status_problem: str = ""
     reuse_release: str = ""  # a rollback's kept release: switched to without fetching or building
+    requested_by: str = ""  # who asked for a manual deploy or a rollback (pushes: ``pusher``)
+    canceled_by: str = ""  # who canceled it, when someone did
     recipe: str = ""  # where the steps came from: "repo@<short sha>" or "server" ("" before it is known)
     effective_steps: str = ""  # JSON of the steps this deployment runs (workers.recipe.Steps.public)
     commit_title: str = ""
@@ -122,10 +124,25 @@ class Deployment:
             return None
         return (self.finished_at or time.time()) - self.started_at
 
+    @property
+    def triggered_by(self) -> str:
+        """``push by X``, ``deploy by Y``, ``rollback by Z``: how it started and who started it.
+
+        Records written before ``requested_by`` existed kept the operator's name in ``pusher``."""
+        if self.trigger == "manual":
+            kind = "deploy"
+        elif self.trigger.startswith("rollback"):
+            kind = "rollback"
+        else:
+            kind = self.trigger
+        who = self.pusher if kind == "push" else (self.requested_by or self.pusher)
+        return f"{kind} by {who}" if who else kind
+
     def public(self) -> dict[str, Any]:
         """The record as shown by the API and pages."""
         data = asdict(self)
         data["state"] = str(self.state)
+        data["triggered_by"] = self.triggered_by
         data["effective_steps"] = self.steps_run()
         return data
 

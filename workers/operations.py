@@ -48,7 +48,7 @@ def manual_deploy(
         environment=environment.name,
         ref=full_ref(ref, environment),
         sha=sha,
-        pusher=who[:255],
+        requested_by=who[:255],
         trigger="manual",
     )
     intake.enqueue(project, environment, deployment)
@@ -83,7 +83,7 @@ def rollback(
         environment=environment.name,
         ref=target.ref,
         sha=target.sha,
-        pusher=who[:255],
+        requested_by=who[:255],
         trigger=f"rollback to {target.id}",
         reuse_release=target.release or target.id,
         commit_title=target.commit_title,

@@ -83,7 +83,8 @@ class ReviewDesk:
         app = self.store.get(project.name, iid)
         if app is None or app.state is AppState.STOPPED:
             return False
-        self.store.mark(project.name, iid, AppState.STOPPING, STOP_REASONS[reason])
+        why = STOP_REASONS[reason] + (f" ({who})" if who else "")  # who stopped it, shown with the app
+        self.store.mark(project.name, iid, AppState.STOPPING, why)
         self.cancel_deployments(project, iid, who or f"review app stop ({reason})")
         self.queue.enqueue_call(
             STOP_JOB,

@@ -26,7 +26,11 @@ MIGRATION_LOCK = f"{PREFIX}:schema:lock"
 
 
 def record(deployment_id: str) -> str:
-    """Hash: the deployment's fields (:class:`workers.deployments.Deployment`, :data:`RUNTIME_FIELDS`)."""
+    """Hash: the deployment's fields (:class:`workers.deployments.Deployment`, :data:`RUNTIME_FIELDS`).
+
+    ``requested_by`` and ``canceled_by`` (who asked for a manual deploy or rollback, who canceled)
+    are optional fields added without a version change: older releases ignore fields they do not
+    know, and a record without them reads as empty."""
     return f"{PREFIX}:dep:{deployment_id}"
 
 
@@ -292,3 +296,22 @@ def histogram(name: str, label: str) -> str:
 def counter(name: str) -> str:
     """Hash: label → count of one engine counter."""
     return f"{METRICS}:count:{name}"
+
+
+# -- people -----------------------------------------------------------------------------------
+
+AUDIT = f"{PREFIX}:audit"
+"""Stream: the audit log, one entry per action (:mod:`webhook.audit`), trimmed on every write to
+``server.audit_days`` (MINID) and to :data:`workers.defaults.AUDIT_MAX_ENTRIES` entries."""
+AUDIT_CONFIG = f"{PREFIX}:audit:config"
+"""String: digest of the configuration last loaded, so a reload is logged once, not per process."""
+
+
+def audit_admin_use(address: str) -> str:
+    """String with an expiry: a read with the admin token from this address was logged recently."""
+    return f"{PREFIX}:audit:admin-read:{address}"
+
+
+def sign_in_attempts(kind: str, subject: str) -> str:
+    """Counter with a one-minute expiry: sign-in attempts by ``kind`` (address or account)."""
+    return f"{PREFIX}:sign-in:{kind}:{subject}"

@@ -4,12 +4,13 @@ lane janitor."""
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 
 from redis import Redis
 from rq import Queue, Worker
 
-from workers import defaults, engine, migrations, schema
+from workers import audit, defaults, engine, migrations, schema
 from workers.config import Settings
 from workers.connection import worker_redis
 from workers.engine import Engine
@@ -49,6 +50,7 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None)
     """Work deployments until stopped (or, with ``burst``, until the queue is empty)."""
     redis = worker_redis(settings.server.redis_url)
     migrations.ensure(redis)  # before anything is read or written: migrate, or refuse a newer layout
+    audit.config_loaded(redis, settings.server.audit_days, settings.path, f"worker on {socket.gethostname()}")
     engine.install(Engine.build(settings, redis))  # built once here: forked work-horses inherit it
     courier = Courier(
         worker_redis(settings.server.redis_url),

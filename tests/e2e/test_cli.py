@@ -65,8 +65,29 @@ def test_operator_commands(stack: object) -> None:
     assert (latest["sha"], latest["trigger"]) == (first_sha, f"rollback to {first_id}")
     assert (latest["commit_title"], latest["commit_author"]) == ("Ship version one", "Test Author")
 
+    listed = cli(made, "deployments", "sample-app").stdout
+    assert "rollback by admin" in listed and "deploy by admin" in listed
+    assert "trigger:  rollback by admin" in cli(made, "show", latest["id"]).stdout
+
     over = cli(made, "cancel", first_id)
     assert over.returncode == 1 and "already succeeded" in over.stderr
+
+    logged = cli(made, "audit")
+    assert logged.returncode == 0, logged.stderr
+    header, *rows = logged.stdout.splitlines()
+    assert header.split() == ["WHEN", "WHO", "VIA", "ACTION", "WHERE", "DEPLOYMENT", "FROM", "DETAIL"]
+    actions = [row.split()[4] for row in rows]  # WHEN is a date and a time
+    assert [a for a in actions if a in ("deploy", "rollback")] == ["rollback", "deploy", "deploy"]
+    assert "admin_token" in actions  # the CLI's reads with the admin token are noted too
+    rollbacks = json.loads(cli(made, "audit", "--json", "--action", "rollback", "--since", "1h").stdout)
+    assert [(e["who"], e["deployment"], e["from"]) for e in rollbacks] == [
+        ("admin", latest["id"], "127.0.0.1")
+    ]
+    assert json.loads(cli(made, "audit", "--json", "--until", "1000").stdout) == []
+    paged = json.loads(cli(made, "audit", "--json", "--limit", "2").stdout)
+    assert len(paged) == 2
+    refused = cli(made, "audit", "--action", "explode")
+    assert refused.returncode == 2 and "action must be one of" in refused.stderr
     missing = cli(made, "show", "no-such-deployment")
     assert missing.returncode == 2
     unreachable = cli(made, "deployments", "--url", "http://127.0.0.1:9")

@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from tests.e2e.conftest import Stack
-from tests.helpers import ADMIN_TOKEN, push_body, signed_headers, wait_for
+from tests.helpers import push_body, sign_in_session, signed_headers, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -71,7 +71,7 @@ def test_push_is_built_switched_deployed_and_reported(stack: object) -> None:
     page = requests.get(posted[-1]["target_url"], timeout=5).text
     assert f"building {sha}" in page
     signed_in = requests.Session()
-    signed_in.post(f"{made.base_url}/login/admin", data={"token": ADMIN_TOKEN}, timeout=5)
+    assert sign_in_session(signed_in, made.base_url).ok
     assert f"building {sha}" in signed_in.get(accepted["url"], timeout=5).text
     anonymous = requests.get(accepted["url"], timeout=5, allow_redirects=False)
     assert anonymous.status_code == 302 and "/login" in anonymous.headers["Location"]

@@ -12,7 +12,7 @@ import requests
 from tests.e2e.conftest import SHOTS, Stack
 from tests.e2e.test_cli import cli
 from tests.e2e.test_end_to_end import final_status, push
-from tests.helpers import ADMIN_TOKEN
+from tests.helpers import ADMIN_TOKEN, sign_in_session
 from tests.sshd import HAVE_SSHD, SKIP_REASON, SshHost, health_port, ssh_hosts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not HAVE_SSHD, reason=SKIP_REASON)]
@@ -61,7 +61,7 @@ def test_a_push_reaches_both_hosts_and_every_view_shows_them(stack: object, tmp_
         assert [(h["host"], h["state"]) for h in record["hosts"]] == [(h.name, "live") for h in hosts]
 
         session = requests.Session()
-        session.post(f"{made.base_url}/login/admin", data={"token": ADMIN_TOKEN}, timeout=5)
+        assert sign_in_session(session, made.base_url).ok
         page = session.get(f"{made.base_url}/deployments/{deployment_id}", timeout=5).text
         assert "<h2>Hosts</h2>" in page
         assert all(f'<tr data-host="{h.name}">' in page for h in hosts)

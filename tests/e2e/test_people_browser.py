@@ -68,7 +68,7 @@ def test_a_developer_signs_in_deploys_staging_is_refused_production_and_manages_
     page.wait_for_selector("#state:has-text('succeeded')", timeout=60_000)
     assert "sample-app / staging" in page.inner_text("h1")
     page.screenshot(path=str(SHOTS / "people-staging-deployed.png"), full_page=True)
-    csrf = page.get_attribute("input[name=csrf]", "value")
+    csrf = page.get_attribute("input[name=csrf_token]", "value")
 
     # Production is protected: the page offers nothing, and a forged post is refused.
     page.goto(f"{made.base_url}/deployments/{production}")
@@ -77,7 +77,7 @@ def test_a_developer_signs_in_deploys_staging_is_refused_production_and_manages_
     assert page.query_selector("button:has-text('Redeploy')") is None
     before = len(made.api("/deployments?project=sample-app&environment=production")["deployments"])
     forged = page.request.post(
-        f"{made.base_url}/deployments/{production}/redeploy", form={"csrf": csrf or ""}
+        f"{made.base_url}/deployments/{production}/redeploy", form={"csrf_token": csrf or ""}
     )
     assert forged.status == 403
     after = len(made.api("/deployments?project=sample-app&environment=production")["deployments"])

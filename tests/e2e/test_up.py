@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.e2e.conftest import ROOT, free_port
 
@@ -34,6 +35,7 @@ def test_up_demo_starts_an_embedded_redis_and_deploys_the_demo(tmp_path: Path) -
         start_new_session=True,
     )
     lines: list[str] = []
+    page: requests.Response | None = None
     try:
         deadline = time.monotonic() + 90
         assert process.stdout is not None
@@ -43,6 +45,8 @@ def test_up_demo_starts_an_embedded_redis_and_deploys_the_demo(tmp_path: Path) -
                 break
             lines.append(line)
             if "Ctrl-C stops pushdeploy" in line:
+                link = next(text.split()[1] for text in lines if text.strip().startswith("open "))
+                page = requests.get(link, allow_redirects=False, timeout=10)
                 break
     finally:
         os.killpg(process.pid, signal.SIGINT)
@@ -54,6 +58,10 @@ def test_up_demo_starts_an_embedded_redis_and_deploys_the_demo(tmp_path: Path) -
     output = "".join(lines)
     assert "starting an embedded one" in output, output
     assert "deployment succeeded" in output, output
+    # The printed link opens the demo deployment's page itself: no sign-in form, no token to find.
+    assert page is not None and page.status_code == 200, output
+    assert "Sign in" not in page.text
+    assert "building sample-app" in page.text and "?access=" in page.url
     current = tmp_path / ".pushdeploy" / "projects" / "sample-app" / "production" / "current"
     assert (current / "public" / "index.html").exists()
     assert (tmp_path / ".pushdeploy" / "redis" / "appendonlydir").exists()  # the embedded Redis keeps an AOF

@@ -46,7 +46,7 @@ from tests.chat import ChatReceiver
 from tests.e2e.conftest import ROOT, Stack
 from tests.e2e.processes import children, cmdline_of, environ_of, pids
 from tests.faults.harness import TERMINAL, record, record_figures, state, wait_state
-from tests.helpers import GitRepo, project_config, push_body, signed_headers
+from tests.helpers import GitRepo, project_config, push_body, sign_in_session, signed_headers
 from workers.config import NotifyEvent
 from workers.secrets import Keyring
 
@@ -81,6 +81,7 @@ class Canaries:
             "signing_key_bytes": signing_raw,
             "gitlab_token": f"glpat-{run}-canary",
             "admin_token": f"admintok-{run}-canary",
+            "metrics_token": f"metricstok-{run}-canary",
             "other_secret_token": f"othersecret-{run}-canary",
             "repo_password": f"repopw-{run}-canary",
             "notify_path": f"chathook-{run}-canary",
@@ -247,7 +248,11 @@ def test_no_configured_secret_leaks_anywhere(
     stack: Stack = fault_stack(
         projects=projects,
         # A small body limit: the sweep sends one body over it, and 25 MiB of spaces would be waste.
-        server={"admin_token": canaries.encrypted("admin_token"), "max_body_bytes": 1024 * 1024},
+        server={
+            "admin_token": canaries.encrypted("admin_token"),
+            "metrics_token": canaries.encrypted("metrics_token"),
+            "max_body_bytes": 1024 * 1024,
+        },
         gitlab_config={"token": canaries.encrypted("gitlab_token")},
         extra_env={"PUSHDEPLOY_SECRET_KEYS": c["fernet_key"]},
     )
@@ -374,13 +379,17 @@ def test_no_configured_secret_leaks_anywhere(
             api("GET", f"/deployments/{deployment}/log")
         api("GET", "/deployments?limit=500")
         api("GET", "/openapi.json")
-        keep("metrics", session.get(f"{stack.base_url}/metrics"))
-        keep("login wrong", session.post(f"{stack.base_url}/login/admin", data={"token": "wrong"}))
-        keep("login", session.post(f"{stack.base_url}/login/admin", data={"token": c["admin_token"]}))
+        keep("metrics refused", session.get(f"{stack.base_url}/metrics"))
+        metrics_auth = {"Authorization": f"Bearer {c['metrics_token']}"}
+        assert keep("metrics", session.get(f"{stack.base_url}/metrics", headers=metrics_auth)).ok
+        api("GET", "/audit?limit=500")
+        keep("login wrong", sign_in_session(session, stack.base_url, "wrong"))
+        keep("login", sign_in_session(session, stack.base_url, c["admin_token"]))
         for path in (
             "/",
             "/projects/sample-app",
             "/projects/leaky",
+            "/audit",
             *(f"/deployments/{d}" for d in deployments),
         ):
             keep(f"GET {path}", session.get(f"{stack.base_url}{path}"))

@@ -158,7 +158,7 @@ def test_cancel_answers(client: FlaskClient, redis: Redis) -> None:
         "state": "canceled",
     }
     assert client.post("/api/v1/deployments/d2/cancel", headers=AUTH).status_code == 202
-    assert redis.get("pd:dep:d2:cancel") == b"api"
+    assert redis.get("pd:dep:d2:cancel") == b"admin"
     assert client.post("/api/v1/deployments/d3/cancel", headers=AUTH).status_code == 409
     assert client.post("/api/v1/deployments/d9/cancel", headers=AUTH).status_code == 404
 

@@ -17,9 +17,11 @@ from redis import Redis
 
 from tests import people
 from tests.fakegitlab import FakeGitLab
-from tests.helpers import ADMIN_TOKEN, GitRepo
+from tests.helpers import ADMIN_TOKEN, GitRepo, session_csrf
 from webhook.app import create_app
 from webhook.tokens import TokenStore
+from workers import audit as audit_store
+from workers.audit import Entry
 from workers.config import load
 from workers.deployments import Deployment, DeploymentStore, State
 
@@ -179,14 +181,15 @@ def test_pages_follow_the_same_rights(
     add(redis, "d-production", "production", State.SUCCEEDED)
     with client.session_transaction() as session:
         session["person"] = {"username": role, "id": fake.people.users[role]["id"]}
-        session["csrf"] = "form-token"
     overview = client.get("/").get_data(as_text=True)
     assert "sample-app" in overview and ("other-app" in overview) == (role == "maintainer")
     for deployment_id, allowed in (("d-staging", staging), ("d-production", production)):
         page = client.get(f"/deployments/{deployment_id}").get_data(as_text=True)
         assert ("Redeploy" in page) == allowed, deployment_id
         before = count(redis, deployment_id.removeprefix("d-"))
-        answer = client.post(f"/deployments/{deployment_id}/redeploy", data={"csrf": "form-token"})
+        answer = client.post(
+            f"/deployments/{deployment_id}/redeploy", data={"csrf_token": session_csrf(client)}
+        )
         assert answer.status_code == (302 if allowed else 403)
         assert count(redis, deployment_id.removeprefix("d-")) == before + (1 if allowed else 0)
 
@@ -196,9 +199,54 @@ def test_pages_of_an_invisible_project_are_404(client: FlaskClient, redis: Redis
     for role in ("guest", "outsider", "blocked"):
         with client.session_transaction() as session:
             session["person"] = {"username": role, "id": fake.people.users[role]["id"]}
-            session["csrf"] = "form-token"
         assert client.get("/projects/sample-app").status_code == 404, role
         assert client.get("/deployments/d-staging").status_code == 404, role
         assert client.get("/deployments/d-staging/log").status_code == 404, role
-        assert client.post("/deployments/d-staging/redeploy", data={"csrf": "form-token"}).status_code == 404
+        assert (
+            client.post(
+                "/deployments/d-staging/redeploy", data={"csrf_token": session_csrf(client)}
+            ).status_code
+            == 404
+        )
         assert "sample-app" not in client.get("/").get_data(as_text=True)
+
+
+def test_who_reads_which_audit_entries(client: FlaskClient, redis: Redis, fake: FakeGitLab) -> None:
+    """Admin token: everything. Maintainer+ somewhere: the entries of those projects, and their own
+    entries with no project. Everyone else: 403, on the API and on the page."""
+    for who, project in (
+        ("admin", ""),
+        ("developer", ""),
+        ("owner", ""),
+        ("developer", "sample-app"),
+        ("maintainer", "other-app"),
+    ):
+        action = "deploy" if project else "sign_in"
+        audit_store.record(redis, 90, Entry(at=time.time(), who=who, action=action, project=project))
+    seen = {}
+    for role in ROLES:
+        answer = client.get("/api/v1/audit", headers=bearer(redis, fake, role))
+        if answer.status_code != 200:
+            seen[role] = answer.status_code
+            continue
+        seen[role] = {
+            (e["who"], e["project"]) for e in answer.get_json()["entries"] if e["action"] != "admin_token"
+        }
+    assert seen == {
+        "guest": 403,
+        "reporter": 403,
+        "developer": 403,
+        "blocked": 403,
+        "outsider": 403,
+        "maintainer": {("developer", "sample-app"), ("maintainer", "other-app")},
+        "owner": {("developer", "sample-app"), ("owner", "")},  # Owner of sample-app only
+        "admin": {("admin", ""), ("developer", ""), ("owner", ""), ("developer", "sample-app"),
+                  ("maintainer", "other-app")},
+    }  # fmt: skip
+    for role, status in (("developer", 403), ("owner", 200)):
+        with client.session_transaction() as session:
+            session["person"] = {"username": role, "id": fake.people.users[role]["id"]}
+        page = client.get("/audit")
+        assert page.status_code == status, role
+        assert ("Audit log" in client.get("/").get_data(as_text=True)) == (status == 200), role
+    assert "other-app" not in page.get_data(as_text=True)  # the owner's page: not even in the filter

@@ -18,9 +18,11 @@ from redis import Redis
 
 from tests import people
 from tests.fakegitlab import FakeGitLab
-from tests.helpers import GitRepo
+from tests.helpers import GitRepo, csrf_token
 from webhook.app import create_app
+from workers import audit as audit_store
 from workers import schema
+from workers.audit import Query
 from workers.config import load
 
 
@@ -188,7 +190,10 @@ def test_gitlab_down_when_rights_are_read_fails_closed(live: Live, redis: Redis)
 def test_sign_out(live: Live) -> None:
     browser = live.sign_in("reporter")
     assert browser.get(f"{live.base_url}/", allow_redirects=False, timeout=10).status_code == 200
-    browser.post(f"{live.base_url}/logout", timeout=10)
+    page = browser.get(f"{live.base_url}/", timeout=10).text
+    assert browser.post(f"{live.base_url}/logout", timeout=10, allow_redirects=False).status_code == 400
+    signed_out = browser.post(f"{live.base_url}/logout", data={"csrf_token": csrf_token(page)}, timeout=10)
+    assert signed_out.ok
     assert browser.get(f"{live.base_url}/", allow_redirects=False, timeout=10).status_code == 302
 
 
@@ -209,3 +214,31 @@ def test_a_person_blocked_after_signing_in_loses_everything_within_five_minutes(
     assert browser.get(f"{live.base_url}/projects/other-app", timeout=10).status_code == 404
     overview = browser.get(f"{live.base_url}/", timeout=10).text
     assert "sample-app" not in overview and "other-app" not in overview
+
+
+def test_sign_ins_and_refusals_go_to_the_audit_log(live: Live, redis: Redis) -> None:
+    live.sign_in("developer")
+    browser = requests.Session()
+    live.fake.people.sign_in("blocked")
+    assert browser.get(live.begin(browser), allow_redirects=False, timeout=10).status_code == 403
+    entries, _ = audit_store.read(redis, Query(), 10)
+    found = [(e.action, e.who, e.via, e.detail) for e in reversed(entries)]
+    assert found == [
+        ("sign_in", "developer", "session", ""),
+        ("sign_in_failed", "blocked", "session", "GitLab user is blocked"),
+    ]
+    assert all(e.address == "127.0.0.1" for e in entries)
+
+
+def test_the_callback_is_rate_limited_per_address(live: Live, redis: Redis) -> None:
+    browser = requests.Session()
+    callback = f"{live.base_url}/auth/gitlab/callback?code=guess&state=guess"
+    for _ in range(20):
+        assert browser.get(callback, allow_redirects=False, timeout=10).status_code == 400
+    refused = browser.get(callback, allow_redirects=False, timeout=10)
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) <= 60
+    live.fake.people.sign_in("developer")
+    assert browser.get(live.begin(browser), allow_redirects=False, timeout=10).status_code == 429
+    entries, _ = audit_store.read(redis, Query(action="sign_in_failed", who=""), 50)
+    assert [e.detail for e in entries].count("rate limited") == 1  # once per window, not per attempt
+    assert not [e for e in audit_store.read(redis, Query(action="sign_in"), 50)[0]]

@@ -15,14 +15,15 @@ from redis import Redis
 
 from tests import people
 from tests.fakegitlab import FakeGitLab
-from tests.helpers import ADMIN_TOKEN, GitRepo
+from tests.helpers import ADMIN_TOKEN, GitRepo, admin_sign_in, session_csrf
 from webhook.app import create_app
 from webhook.tokens import TokenRefused, TokenStore, expiry
+from workers import audit as audit_store
 from workers import schema
+from workers.audit import Query
 from workers.config import load
 
 PUBLIC_URL = "http://pushdeploy.test"
-CSRF = "csrf-of-this-session"
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +46,11 @@ def client(tmp_path: Path, redis: Redis, redis_url: str, git_repo: GitRepo, fake
 def signed_in(client: FlaskClient, fake: FakeGitLab, role: str) -> FlaskClient:
     with client.session_transaction() as session:
         session["person"] = {"username": role, "id": fake.people.users[role]["id"]}
-        session["csrf"] = CSRF
     return client
 
 
 def create(client: FlaskClient, **body: object) -> dict[str, object]:
-    answer = client.post("/api/v1/tokens", json=body, headers={"X-CSRF-Token": CSRF})
+    answer = client.post("/api/v1/tokens", json=body, headers={"X-CSRF-Token": session_csrf(client)})
     assert answer.status_code == 201, answer.get_json()
     assert answer.headers["Cache-Control"] == "no-store"
     data: dict[str, object] = answer.get_json()
@@ -102,10 +102,15 @@ def test_revoked_and_expired_tokens_stop_working(client: FlaskClient, fake: Fake
     made = create(client, name="laptop")
     auth = {"Authorization": f"Bearer {made['token']}"}
     assert client.get("/api/v1/deployments", headers=auth).status_code == 200
-    answer = client.delete(f"/api/v1/tokens/{made['id']}", headers={"X-CSRF-Token": CSRF})
+    answer = client.delete(f"/api/v1/tokens/{made['id']}", headers={"X-CSRF-Token": session_csrf(client)})
     assert answer.status_code == 204
     assert client.get("/api/v1/deployments", headers=auth).status_code == 401
-    assert client.delete(f"/api/v1/tokens/{made['id']}", headers={"X-CSRF-Token": CSRF}).status_code == 404
+    assert (
+        client.delete(
+            f"/api/v1/tokens/{made['id']}", headers={"X-CSRF-Token": session_csrf(client)}
+        ).status_code
+        == 404
+    )
 
     record, token = TokenStore(redis).create(
         "reporter", fake.people.users["reporter"]["id"], "old", time.time() + 1
@@ -130,7 +135,12 @@ def test_one_person_cannot_see_or_revoke_anothers_tokens(client: FlaskClient, fa
     mine = create(client, name="mine")
     signed_in(client, fake, "maintainer")
     assert client.get("/api/v1/tokens").get_json() == {"tokens": []}
-    assert client.delete(f"/api/v1/tokens/{mine['id']}", headers={"X-CSRF-Token": CSRF}).status_code == 404
+    assert (
+        client.delete(
+            f"/api/v1/tokens/{mine['id']}", headers={"X-CSRF-Token": session_csrf(client)}
+        ).status_code
+        == 404
+    )
 
 
 def test_what_may_create_tokens(client: FlaskClient, fake: FakeGitLab) -> None:
@@ -169,7 +179,7 @@ def test_the_session_needs_the_csrf_header_for_unsafe_methods(client: FlaskClien
 )
 def test_bad_requests(client: FlaskClient, fake: FakeGitLab, body: dict[str, object], message: str) -> None:
     signed_in(client, fake, "developer")
-    answer = client.post("/api/v1/tokens", json=body, headers={"X-CSRF-Token": CSRF})
+    answer = client.post("/api/v1/tokens", json=body, headers={"X-CSRF-Token": session_csrf(client)})
     assert answer.status_code == 400 and message in answer.get_json()["error"]
 
 
@@ -187,18 +197,22 @@ def test_the_tokens_page_creates_shows_once_and_revokes(client: FlaskClient, fak
     assert b"You have no tokens" in client.get("/tokens").data
     refused = client.post("/tokens", data={"name": "x"})  # no CSRF field: nothing happens
     assert refused.status_code == 400 and client.get("/api/v1/tokens").get_json() == {"tokens": []}
-    page = client.post("/tokens", data={"csrf": CSRF, "name": "deploy-bot", "expires_at": ""})
+    page = client.post(
+        "/tokens", data={"csrf_token": session_csrf(client), "name": "deploy-bot", "expires_at": ""}
+    )
     shown = re.search(rb'id="token-value">(pdt_[^<]+)<', page.data)
     assert page.status_code == 200 and shown is not None
     assert page.headers["Cache-Control"] == "no-store"
     assert shown.group(1) not in client.get("/tokens").data  # once
     token_id = client.get("/api/v1/tokens").get_json()["tokens"][0]["id"]
-    revoked = client.post(f"/tokens/{token_id}/revoke", data={"csrf": CSRF}, follow_redirects=True)
+    revoked = client.post(
+        f"/tokens/{token_id}/revoke", data={"csrf_token": session_csrf(client)}, follow_redirects=True
+    )
     assert b"Token revoked" in revoked.data and b"You have no tokens" in revoked.data
 
 
 def test_the_admin_session_has_no_tokens_page(client: FlaskClient) -> None:
-    client.post("/login/admin", data={"token": ADMIN_TOKEN})
+    assert admin_sign_in(client).status_code == 302
     assert client.get("/tokens").status_code == 403
 
 
@@ -206,12 +220,33 @@ def test_the_admin_session_needs_the_csrf_header_but_the_admin_bearer_does_not(
     client: FlaskClient, redis: Redis
 ) -> None:
     deploy = "/api/v1/projects/sample-app/environments/staging/deployments"
-    client.post("/login/admin", data={"token": ADMIN_TOKEN})
+    assert admin_sign_in(client).status_code == 302
     assert client.get("/api/v1/deployments").status_code == 200
     assert client.post(deploy, json={"sha": "ab" * 20}).status_code == 400
-    with client.session_transaction() as session:
-        csrf = session.setdefault("csrf", "admin-csrf")
+    csrf = session_csrf(client)
     assert client.post(deploy, json={"sha": "ab" * 20}, headers={"X-CSRF-Token": csrf}).status_code == 202
     client.delete_cookie("pushdeploy_session")
     bearer = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     assert client.post(deploy, json={"sha": "ab" * 20}, headers=bearer).status_code == 202
+
+
+def test_tokens_made_and_revoked_are_audited(client: FlaskClient, fake: FakeGitLab, redis: Redis) -> None:
+    signed_in(client, fake, "developer")
+    made = create(client, name="ci")
+    assert (
+        client.delete(
+            f"/api/v1/tokens/{made['id']}", headers={"X-CSRF-Token": session_csrf(client)}
+        ).status_code
+        == 204
+    )
+    page = client.post("/tokens", data={"csrf_token": session_csrf(client), "name": "laptop"})
+    assert page.status_code == 200
+    entries, _ = audit_store.read(redis, Query(), 10)
+    found = [(e.action, e.who, e.via, e.detail) for e in reversed(entries)]
+    laptop = client.get("/api/v1/tokens").get_json()["tokens"][0]["id"]
+    assert found == [
+        ("token_created", "developer", "session", f"ci ({made['id']})"),
+        ("token_revoked", "developer", "session", made["id"]),
+        ("token_created", "developer", "session", f"laptop ({laptop})"),
+    ]
+    assert all(str(made["token"]) not in repr(e) for e in entries)

@@ -979,6 +979,44 @@ def test_a_public_url_too_long_for_gitlabs_target_url_is_refused(tmp_path: Path,
         assert "255" in message and f"at most {fits} characters" in message, message
 
 
+# -- people and the web tier ------------------------------------------------------
+
+
+def test_audit_metrics_and_proxy_keys(tmp_path: Path) -> None:
+    settings = load(write(tmp_path / "pushdeploy.toml", PROJECT), environ={})
+    server = settings.server
+    assert (server.audit_days, server.metrics_token, server.trusted_proxies) == (
+        90,
+        None,
+        ("127.0.0.1", "::1"),
+    )
+    text = (
+        """
+    [server]
+    audit_days = 30
+    metrics_token = "env:METRICS"
+    trusted_proxies = ["10.0.0.0/8", "fd00::1"]
+    """
+        + PROJECT
+    )
+    settings = load(write(tmp_path / "pushdeploy.toml", text), environ={"METRICS": "metrics-canary-1"})
+    server = settings.server
+    assert (server.audit_days, server.trusted_proxies) == (30, ("10.0.0.0/8", "fd00::1"))
+    assert server.metrics_token is not None and server.metrics_token.reveal() == "metrics-canary-1"
+    assert "metrics-canary-1" not in repr(settings)
+    bad = (
+        """
+    [server]
+    audit_days = 0
+    metrics_token = 7
+    trusted_proxies = ["nginx.local"]
+    """
+        + PROJECT
+    )
+    found = keys(problems(tmp_path / "pushdeploy.toml", bad))
+    assert set(found) >= {"server.audit_days", "server.metrics_token", "server.trusted_proxies"}
+
+
 # -- people and permissions ---------------------------------------------------
 
 

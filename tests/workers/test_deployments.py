@@ -295,3 +295,21 @@ def test_new_ids_sort_by_time_and_are_safe_in_paths_and_urls() -> None:
         assert ids == sorted(ids)
     assert all(set(i) <= ID_CHARS for i in ids)
     assert len({new_id(1_700_000_000) for _ in range(100)}) > 90
+
+
+def test_triggered_by_says_how_and_who() -> None:
+    def made(**fields: str) -> Deployment:
+        return Deployment("d", "p", "e", "refs/heads/main", "", **fields)  # type: ignore[arg-type]
+
+    assert made(pusher="alice").triggered_by == "push by alice"
+    assert made(trigger="manual", requested_by="bob").triggered_by == "deploy by bob"
+    assert made(trigger="rollback to d0", requested_by="carol").triggered_by == "rollback by carol"
+    assert made(trigger="manual", pusher="operator (web)").triggered_by == "deploy by operator (web)"  # older
+    assert made(trigger="poll", pusher="pushdeploy").triggered_by == "poll by pushdeploy"
+    assert made(trigger="manual").triggered_by == "deploy"
+    public = made(trigger="manual", requested_by="bob", canceled_by="dave").public()
+    assert (public["requested_by"], public["canceled_by"], public["triggered_by"]) == (
+        "bob",
+        "dave",
+        "deploy by bob",
+    )

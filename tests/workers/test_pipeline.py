@@ -284,7 +284,8 @@ def test_a_manual_deploy_of_a_branch_resolves_its_head_in_the_worker(
     assert queued.sha == ""
     work(redis)
     done = DeploymentStore(redis).get(queued.id)
-    assert (done.state, done.sha, done.trigger, done.pusher) == (State.SUCCEEDED, sha, "manual", "operator")
+    assert (done.state, done.sha, done.trigger) == (State.SUCCEEDED, sha, "manual")
+    assert (done.requested_by, done.pusher, done.triggered_by) == ("operator", "", "deploy by operator")
     assert [r.status.state for r in recorded(redis, done.id)] == ["pending", "running", "success"]
 
 

@@ -19,10 +19,12 @@ from redis import Redis
 from rq import Queue, SimpleWorker
 
 from tests.fakegitlab import FakeGitLab
-from tests.helpers import GitRepo, git, signed_headers, use_engine, wait_for
+from tests.helpers import GitRepo, admin_sign_in, git, signed_headers, use_engine, wait_for
 from tests.sshd import HAVE_SSHD, SKIP_REASON, ssh_hosts
 from webhook.app import create_app
+from workers import audit as audit_store
 from workers import defaults, schema
+from workers.audit import Query
 from workers.config import Settings
 from workers.deployments import DeploymentStore, State
 from workers.forge import forge_for
@@ -466,21 +468,30 @@ def test_review_apps_are_listed_and_stopped_by_hand_in_the_api_the_page_and_the_
     assert site.client.post("/api/v1/projects/sample-app/reviews/99/stop", headers=bearer).status_code == 404
     site.work()
     assert not site.app_dir(4).exists()
-    assert "stopped by hand (api)" in gitlab.merge_request_notes(4)[0]["body"]
+    assert "stopped by hand (admin)" in gitlab.merge_request_notes(4)[0]["body"]  # who stopped it
 
-    site.client.post("/login/admin", data={"token": ADMIN_TOKEN, "next": "/"})
+    assert admin_sign_in(site.client).status_code == 302
     page = site.client.get("/projects/sample-app").get_data(as_text=True)
     assert "Review apps" in page and "https://mr-5.review.test" in page and "stopped by hand" in page
     shown = site.client.get(f"/deployments/{listed[1]['deployment']}")
     assert shown.status_code == 200 and "review/5" in shown.get_data(as_text=True)
-    token = re.search(r'name="csrf" value="([^"]+)"', page)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page)
     assert token is not None
     assert (
-        site.client.post("/projects/sample-app/reviews/5/stop", data={"csrf": token.group(1)}).status_code
+        site.client.post(
+            "/projects/sample-app/reviews/5/stop", data={"csrf_token": token.group(1)}
+        ).status_code
         == 302
     )
     site.work()
     assert not site.app_dir(5).exists()
+    stops, _ = audit_store.read(redis, Query(action="review_stop"), 10)
+    assert [(e.who, e.via, e.project, e.environment) for e in reversed(stops)] == [
+        ("admin", "admin_token", "sample-app", "review/4"),  # the API, with the bearer token
+        ("admin", "admin_token", "sample-app", "review/5"),  # the page's Stop button
+    ]
+    stopped = site.client.get("/api/v1/projects/sample-app/reviews", headers=bearer).get_json()["reviews"]
+    assert {r["iid"]: r["reason"] for r in stopped}[5] == "stopped by hand (admin)"
 
     server = make_server("127.0.0.1", 0, site.client.application, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -490,6 +501,7 @@ def test_review_apps_are_listed_and_stopped_by_hand_in_the_api_the_page_and_the_
         assert main(["-c", str(settings.path), "review", "list", "sample-app", "--url", url]) == 0
         out = capsys.readouterr().out
         assert "!6" in out and "https://mr-6.review.test" in out and "stopped" in out
+        assert "stopped by hand (admin)" in out  # who stopped !5 from its page
         assert main(["-c", str(settings.path), "review", "stop", "sample-app", "6", "--url", url]) == 0
         assert "sample-app/review/6: stopping" in capsys.readouterr().out
         assert main(["-c", str(settings.path), "review", "stop", "sample-app", "6x", "--url", url]) == 2
