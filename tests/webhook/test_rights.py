@@ -250,3 +250,39 @@ def test_who_reads_which_audit_entries(client: FlaskClient, redis: Redis, fake: 
         assert page.status_code == status, role
         assert ("Audit log" in client.get("/").get_data(as_text=True)) == (status == 200), role
     assert "other-app" not in page.get_data(as_text=True)  # the owner's page: not even in the filter
+
+
+STOP_REVIEW = {"guest": 404, "reporter": 403, "developer": 202, "maintainer": 202, "owner": 202,
+               "blocked": 404, "outsider": 404, "admin": 202}  # fmt: skip
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_a_review_app_of_a_protected_environment_is_developers_to_stop(
+    tmp_path: Path, redis: Redis, redis_url: str, git_repo: GitRepo, fake: FakeGitLab, role: str
+) -> None:
+    """Merge request !7 targets production's branch (protected); its review app is not protected."""
+    from tests.helpers import write_config
+    from workers.reviews import AppState, ReviewStore
+
+    config = write_config(
+        tmp_path / "pushdeploy.toml",
+        {
+            "server": {"public_url": PUBLIC_URL, "redis_url": redis_url, "data_dir": str(tmp_path / "data"),
+                       "admin_token": ADMIN_TOKEN},
+            "gitlab": {"url": fake.url, "token": people.GITLAB_TOKEN, "timeout": 5},
+            "auth": {"gitlab_oauth": {"client_id": people.CLIENT_ID, "client_secret": people.CLIENT_SECRET}},
+            "projects": people.projects(git_repo.url, review={"url": "https://mr-{iid}.review.test"}),
+        },
+    )  # fmt: skip
+    client = create_app(load(config, environ={}), redis, drain=False).test_client()
+    store = ReviewStore(redis)
+    with redis.pipeline() as pipe:
+        store.record(pipe, "sample-app", 7, {"base": "production", "branch": "feature", "sha": SHA})
+        pipe.execute()
+
+    answer = client.post("/api/v1/projects/sample-app/reviews/7/stop", headers=bearer(redis, fake, role))
+
+    assert answer.status_code == STOP_REVIEW[role], answer.get_json()
+    app = store.get("sample-app", 7)
+    assert app is not None
+    assert app.state is (AppState.STOPPING if STOP_REVIEW[role] == 202 else AppState.LIVE)
