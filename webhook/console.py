@@ -77,7 +77,11 @@ def add_commands(sub: Any, settings_from: Callable[[argparse.Namespace], Setting
     sp = command("audit", cmd_audit, "read the audit log, newest first: who did what, from where")
     sp.add_argument("--project", "-p")
     sp.add_argument("--environment", "-e")
-    sp.add_argument("--action", help="sign_in, deploy, rollback, cancel, admin_token, config_reload, …")
+    sp.add_argument(
+        "--action",
+        help="sign_in, sign_in_failed, sign_out, deploy, rollback, cancel, token_created, token_revoked, "
+        "review_stop, admin_token or config_reload",
+    )
     sp.add_argument("--who")
     sp.add_argument("--since", type=_when, help="Unix time, or an age such as 2h, 7d")
     sp.add_argument("--until", type=_when, help="Unix time, or an age such as 30min")

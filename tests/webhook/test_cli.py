@@ -428,3 +428,12 @@ def test_check_recipe_against_a_project_uses_its_timeout_and_shows_the_steps(
     assert "    timeout: 30" in good.stdout
     assert bad.returncode == 1
     assert "timeout: 120 s is above the server's timeout of 60 s: refused" in bad.stderr
+
+
+def test_audit_help_names_every_action_the_log_records() -> None:
+    from workers.audit import Action
+
+    shown = pushdeploy("audit", "--help")
+    assert shown.returncode == 0, shown.stderr
+    text = " ".join(shown.stdout.split())
+    assert [str(action) for action in Action if str(action) not in text] == []
