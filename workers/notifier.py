@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from redis import Redis
-from redis.exceptions import RedisError
 
 from workers import defaults, schema, telemetry
 from workers.config import Settings
 from workers.deploylog import Masker
 from workers.notifications import Delivery, Kind, Notice, split
 from workers.secrets import MASK, Secret
+from workers.sender import Sender
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +124,11 @@ end
 """
 
 
-class Notifier:
+class Notifier(Sender):
     """Sends due notifications; one per worker process, any number side by side."""
+
+    name = "notifier"
+    wake_key = schema.NOTIFY_WAKE
 
     def __init__(
         self, redis: Redis, settings: Settings, delays: tuple[float, ...] = defaults.NOTIFY_RETRY_DELAYS
@@ -135,26 +138,6 @@ class Notifier:
         self.delays = delays
         self.hidden = settings.all_secrets()
         self.stopping = threading.Event()
-
-    def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self.run, name="notifier", daemon=True)
-        thread.start()
-        return thread
-
-    def stop(self) -> None:
-        self.stopping.set()
-
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                if not self.deliver_due():
-                    self.redis.blpop([schema.NOTIFY_WAKE], timeout=1)
-            except RedisError as exc:
-                log.warning("notifier: Redis unavailable (%s); retrying", type(exc).__name__)
-                self.stopping.wait(1.0)
-            except Exception:
-                log.exception("notifier: unexpected error; retrying")
-                self.stopping.wait(1.0)
 
     def deliver_due(self, now: float | None = None) -> int:
         """One pass over due notifications; returns how many it worked on."""

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from redis import Redis
 from redis.client import Pipeline
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import WatchError
 
 from workers import defaults, schema, telemetry
 from workers.deploylog import DeploymentLog, Masker
@@ -40,6 +40,7 @@ from workers.forge import (
     TransientForgeError,
 )
 from workers.reviews import ReviewStore
+from workers.sender import Sender
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +106,11 @@ def recorded(redis: Redis, deployment_id: str) -> list[StatusRecord]:
     return [StatusRecord(CommitStatus.from_dict(data), done) for data, done in entries if "kind" not in data]
 
 
-class Courier:
+class Courier(Sender):
     """Delivers due outboxes; several couriers (one per worker process) can run side by side."""
+
+    name = "status-courier"
+    wake_key = WAKE_KEY
 
     def __init__(
         self,
@@ -122,26 +126,6 @@ class Courier:
         self.delays = delays
         self.keep = keep_deployments
         self.stopping = threading.Event()
-
-    def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self.run, name="status-courier", daemon=True)
-        thread.start()
-        return thread
-
-    def stop(self) -> None:
-        self.stopping.set()
-
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                if not self.deliver_due():
-                    self.redis.blpop([WAKE_KEY], timeout=1)
-            except RedisError as exc:
-                log.warning("status courier: Redis unavailable (%s); retrying", type(exc).__name__)
-                self.stopping.wait(1.0)
-            except Exception:
-                log.exception("status courier: unexpected error; retrying")
-                self.stopping.wait(1.0)
 
     def deliver_due(self, now: float | None = None) -> int:
         """One pass over due outboxes; returns how many deployments it worked on."""
