@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -327,28 +331,44 @@ def test_a_dead_workers_step_on_a_host_is_ended_by_recovery(
     targets_settings: Callable[..., Settings],
     git_repo: GitRepo,
     redis: Redis,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     marker = f"sleep 33.{os.getpid() % 1000:03d}"
     settings = targets_settings(three[:1], deploy=[f"{marker} & {marker}; wait"])
     use_config(settings, monkeypatch)
     deployment_id = queue(redis, settings, commit(git_repo, "one\n"))
-    left: list[int] = []
+    # A real `pushdeploy worker` (its work-horse forked off it), killed as the OOM killer would:
+    # nothing of the worker is left to end the deployment, only the steps it started.
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "webhook.cli", "--config", str(tmp_path / "pushdeploy.toml"), "worker",
+         "--burst"],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "worker.log", "wb"),  # noqa: SIM115
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while len(remote_processes(marker)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        seen = remote_processes(marker)
+        os.killpg(worker.pid, signal.SIGKILL)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+    assert len(seen) >= 2, "\n".join(line.text for line in read(redis, deployment_id))
+    assert remote_processes(marker) == seen  # the remote steps outlive the worker: recovery must end them
 
-    def recover() -> None:
-        # What RQ does when the work-horse dies: its failure callback ends the deployment.
-        recovery.recover(settings, redis, deployment_id, "worker lost (test)")
-        left.extend(remote_processes(marker))  # at once: before the runner notices its lost lane
-
-    seen = while_working(redis, marker, recover)
+    # What RQ does for the dead worker (its failure callback, from another worker's maintenance).
+    assert recovery.recover(settings, redis, deployment_id, "worker lost (test)")
 
     done = DeploymentStore(redis).get(deployment_id)
-    assert len(seen) >= 2, done.reason
     assert done.state is State.FAILED
     assert done.reason == "worker lost (test)"
-    assert left == []
     assert remote_processes(marker) == []
     assert redis.scard(schema.remote_steps(deployment_id)) == 0
+    assert not recovery.recover(settings, redis, deployment_id, "worker lost (again)")  # once
 
 
 SHAPE_ONE = (
