@@ -44,6 +44,7 @@ class SshHost:
     root: Path  # the target directory on this "host"
     home: Path  # sshd's config, keys and pid file
     host_key: str  # public key line
+    env: dict[str, str] = field(default_factory=dict)  # set for every session (sshd's SetEnv)
     process: subprocess.Popen[bytes] | None = None
     health: ThreadingHTTPServer | None = None
     threads: list[threading.Thread] = field(default_factory=list)
@@ -83,6 +84,12 @@ class SshHost:
             time.sleep(0.05)
         self.kill()
         raise RuntimeError(f"sshd on {self.name} did not start: {(self.home / 'sshd.log').read_text()}")
+
+    def restart(self) -> None:
+        """Start its sshd again, on the same port, with the config as it is now (``env``)."""
+        self.kill()
+        write_sshd_config(self)
+        self.start()
 
     def kill(self) -> None:
         """Make the host unreachable: its sshd and every connection it serves."""
@@ -217,7 +224,7 @@ def write_sshd_config(host: SshHost) -> None:
                 # lock, left behind by a session a test killed, stalls every later login for 60 s.
                 # A real target's deploy user has /bin/sh (docs/many-hosts.md); SHLVL=1 makes bash
                 # behave as that.
-                "SetEnv SHLVL=1",
+                "SetEnv " + " ".join(f"{name}={value}" for name, value in {"SHLVL": "1", **host.env}.items()),
                 "",
             ]
         )

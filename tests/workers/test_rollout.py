@@ -426,6 +426,46 @@ def test_an_incremental_ship_sends_only_the_changed_paths_and_the_host_gets_the_
         assert not [p for p in on_host.iterdir() if p.name.startswith(".")]
 
 
+def test_a_host_whose_cp_cannot_hard_link_gets_the_full_compare_and_the_build_exactly(
+    three: list[SshHost],
+    targets_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    redis: Redis,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    host = three[0]
+    settings = targets_settings([host])
+    local = tmp_path / "data" / "projects" / "sample-app" / "production" / "releases"
+    (git_repo.work / "big.bin").write_bytes(BIG)
+    first = deploy(redis, settings, commit(git_repo, "one\n"), monkeypatch)
+    assert first.state is State.SUCCEEDED, first.reason
+    # The host's `cp` refuses -l, as a cp without GNU's options would: the hard-linked copy fails.
+    tools, calls = tmp_path / "host-tools", tmp_path / "cp-calls"
+    tools.mkdir()
+    (tools / "cp").write_text(
+        f'#!/bin/sh\necho "$*" >> {calls}\n'
+        "case \"$1\" in -*l*) echo \"cp: invalid option -- 'l'\" >&2; exit 1;; esac\nexec /bin/cp \"$@\"\n"
+    )
+    (tools / "cp").chmod(0o755)
+    host.env["PATH"] = f"{tools}:/usr/local/bin:/usr/bin:/bin"
+    host.restart()
+
+    second = deploy(redis, settings, commit(git_repo, "two\n"), monkeypatch)
+
+    assert second.state is State.SUCCEEDED, second.reason
+    assert calls.read_text().startswith(f"-al {first.id} .{second.id}.tmp")  # the incremental path was tried
+    (progress,) = hosts(redis, second.id)
+    assert "changed path(s)" not in progress.detail, progress.detail
+    assert progress.detail.endswith(f"(against releases/{first.id})")
+    assert int(progress.detail.split()[0]) < len(BIG) // 10  # --link-dest: the big file was not sent again
+    releases = host.root / "releases"
+    assert release_tree(releases / second.id) == release_tree(local / second.id)
+    assert (releases / first.id / "big.bin").stat().st_ino == (releases / second.id / "big.bin").stat().st_ino
+    assert not [p for p in releases.iterdir() if p.name.startswith(".")]  # the failed attempt left nothing
+    assert host.current() == second.id
+
+
 def test_a_release_written_into_on_the_host_is_not_carried_into_the_next(
     three: list[SshHost],
     targets_settings: Callable[..., Settings],
