@@ -10,12 +10,19 @@ CPU the hosts need. Both sides are counted: the hosts' (each sshd's own CPU and 
 rsync receivers, shells, ``cp``, ``find``) and the worker's (this process and its reaped children:
 git, ssh, rsync senders; the whole job, fetch and export included, but not the ssh master
 connections, which detach). The hosts' CPU over the cores is a floor no schedule here could beat.
+
+A second floor does not depend on how pushdeploy ships: what the cheapest conceivable rollout would
+need per host on this machine, one new SSH connection (both ends' CPU, OpenSSH's default key
+exchange) and one ``tar -x`` of the release into a new directory, measured here, times the hosts,
+over the cores.
 """
 
 from __future__ import annotations
 
 import os
 import resource
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +34,7 @@ from bench.plan import Plan
 from bench.procs import HarnessError
 from bench.repos import linear_repo, move
 from tests.helpers import project_config, write_config
-from tests.sshd import HAVE_SSHD, SKIP_REASON, SshHost, descendants, health_port, ssh_hosts
+from tests.sshd import HAVE_SSHD, SKIP_REASON, SshHost, current_user, descendants, health_port, ssh_hosts
 from workers import defaults, engine
 from workers.config import load
 from workers.deploylog import read
@@ -49,13 +56,65 @@ def run(plan: Plan, workdir: Path, redis: Redis, redis_url: str) -> dict[str, An
     counts = SMOKE_HOST_COUNTS if smoke else HOST_COUNTS
     rows = [one_count(count, files, workdir / f"hosts-{count}", redis, redis_url) for count in counts]
     one, most = rows[0]["first_seconds"], rows[-1]
+    cores = os.cpu_count() or 1
+    releases = workdir / f"hosts-{counts[0]}" / "data" / "projects" / "sample-app" / "production" / "releases"
+    cheapest = cheapest_per_host(min(releases.iterdir()), workdir / "cheapest")
+    cheapest_floor = most["hosts"] * cheapest["cpu_seconds"] / cores
     return {
         "files": files,
-        "cores": os.cpu_count() or 1,
+        "cores": cores,
         "rows": rows,
         "most_vs_one": round(most["first_seconds"] / one, 2) if one else None,
         "most_floor_vs_one": round(most["first_floor_seconds"] / one, 2) if one else None,
+        "cheapest_per_host": cheapest,
+        "most_cheapest_floor_seconds": round(cheapest_floor, 2),
+        "most_cheapest_floor_vs_one": round(cheapest_floor / one, 2) if one else None,
     }
+
+
+def cheapest_per_host(release: Path, workdir: Path, logins: int = 10, unpacks: int = 3) -> dict[str, float]:
+    """CPU seconds the cheapest conceivable first ship costs per host on this machine.
+
+    A new SSH connection (the client's and the host's CPU; the key exchange is most of it) and a
+    ``tar -x`` of the release into a new directory on the hosts' disk (the files must be created).
+    """
+    workdir.mkdir(parents=True)
+    key, known = workdir / "id_ed25519", workdir / "known_hosts"
+    with ssh_hosts(workdir / "hosts", 1, key) as (host,):
+        known.write_text(host.known_hosts_line() + "\n")
+        argv = [
+            "ssh", "-F", "/dev/null", "-T", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+            "-o", f"UserKnownHostsFile={known}", "-o", "IdentitiesOnly=yes", "-i", str(key),
+            "-p", str(host.port), f"{current_user()}@{host.address}", "true",
+        ]  # fmt: skip
+        host_before, client_before = hosts_cpu([host]), children_cpu()
+        for _ in range(logins):
+            subprocess.run(argv, check=True, stdin=subprocess.DEVNULL)
+        client = (children_cpu() - client_before) / logins
+        settle([host])
+        server = (hosts_cpu([host]) - host_before) / logins
+    with tempfile.TemporaryDirectory(dir=workdir) as scratch:
+        archive = Path(scratch) / "release.tar"
+        subprocess.run(["tar", "-C", str(release), "-cf", str(archive), "."], check=True)
+        costs = []
+        for number in range(unpacks):
+            into = Path(scratch) / f"unpacked-{number}"
+            into.mkdir()
+            before = children_cpu()
+            subprocess.run(["tar", "-C", str(into), "-xf", str(archive)], check=True)
+            costs.append(children_cpu() - before)
+    unpack = min(costs)
+    return {
+        "connect_client_cpu_seconds": round(client, 3),
+        "connect_host_cpu_seconds": round(server, 3),
+        "unpack_cpu_seconds": round(unpack, 3),
+        "cpu_seconds": round(client + server + unpack, 3),
+    }
+
+
+def children_cpu() -> float:
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
 
 
 def one_count(count: int, files: int, workdir: Path, redis: Redis, redis_url: str) -> dict[str, Any]:

@@ -364,4 +364,18 @@ def _many_hosts(found: dict[str, Any]) -> list[str]:
                 f"{row.get(f'{name}_worker_cpu_seconds', 0):.1f}",
             ]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
+    cheapest = found.get("cheapest_per_host")
+    if cheapest:
+        most = rows[-1]
+        lines += [
+            "",
+            f"The cheapest conceivable first ship, measured on the same machine: per host, one new SSH "
+            f"connection ({cheapest['connect_client_cpu_seconds'] * 1000:.0f} ms of CPU for the client, "
+            f"{cheapest['connect_host_cpu_seconds'] * 1000:.0f} ms for the host, with OpenSSH's default key "
+            f"exchange) and one `tar -x` of the release into a new directory "
+            f"({cheapest['unpack_cpu_seconds'] * 1000:.0f} ms). For {most['hosts']} hosts sharing "
+            f"{found['cores']} cores that alone is {found['most_cheapest_floor_seconds']:.2f} s, "
+            f"{found['most_cheapest_floor_vs_one']:.1f}× one host's measured time: on this machine no way of "
+            f"shipping could reach 1.5×, because every host's work lands on the same cores.",
+        ]
     return lines
