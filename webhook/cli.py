@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         "reconcile", cmd_reconcile, "deploy branch heads that moved without a deployment (missed webhooks)"
     )
     sp.add_argument("--now", action="store_true", help="ignore the grace period")
-    console.add_commands(sub, settings_from)
+    console.add_commands(sub, settings_if_any)
     secrets_cli.add_commands(sub)
     notify_cli.add_commands(sub, settings_from)
     _config_after_commands(parser)
@@ -114,6 +114,14 @@ def _config_after_commands(parser: argparse.ArgumentParser) -> None:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     return load(config_path(args.config, os.environ))
+
+
+def settings_if_any(args: argparse.Namespace) -> Settings | None:
+    """The configuration, or None when none was named and ``./pushdeploy.toml`` does not exist: a
+    person calling the API from their own machine with a personal token needs none."""
+    if args.config or os.environ.get("PUSHDEPLOY_CONFIG") or config_path(None, {}).exists():
+        return settings_from(args)
+    return None
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -3,6 +3,8 @@
 It calls as a person when it can: a personal token from ``PUSHDEPLOY_TOKEN``, else from the token
 file in the user's home (:func:`token_file`, which must be private to its owner); the server's
 ``admin_token`` from the configuration is the fallback, for the operator on the server itself.
+A person on their own machine has no configuration (it holds the server's secrets): the server's
+URL then comes from ``--url`` or ``PUSHDEPLOY_URL``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class ApiFailure(Exception):
 
 
 TOKEN_ENV = "PUSHDEPLOY_TOKEN"  # noqa: S105 - the variable's name, not a token
+URL_ENV = "PUSHDEPLOY_URL"
 
 
 def token_file(environ: Mapping[str, str]) -> Path:
@@ -70,20 +73,36 @@ class Client:
 
     @classmethod
     def for_settings(
-        cls, settings: Settings, url: str | None = None, environ: Mapping[str, str] | None = None
+        cls, settings: Settings | None, url: str | None = None, environ: Mapping[str, str] | None = None
     ) -> Client:
+        """The server from ``url``, else ``PUSHDEPLOY_URL``, else ``server.public_url``; the token as
+        the module says. ``settings`` is None without a configuration file.
+
+        Raises:
+            ApiFailure: no server URL (status 400) or no token (401); the message says what to set.
+        """
         environ = os.environ if environ is None else environ
+        base_url = url or environ.get(URL_ENV, "").strip() or (settings.server.public_url if settings else "")
+        if not base_url:
+            raise ApiFailure(
+                400, f"no server to call: pass --url or set {URL_ENV} (no configuration file was found)"
+            )
         personal = personal_token(environ)
         if personal is not None:
-            return cls(url or settings.server.public_url, personal)
-        token = settings.server.admin_token
+            return cls(base_url, personal)
+        token = settings.server.admin_token if settings else None
         if token is None:
+            fallback = (
+                f"{settings.path} has no server.admin_token to fall back on"
+                if settings
+                else "without a configuration file there is no admin token to fall back on"
+            )
             raise ApiFailure(
                 401,
                 f"no token: set {TOKEN_ENV} or write a personal token to {token_file(environ)} (mode 0600); "
-                f"{settings.path} has no server.admin_token to fall back on",
+                + fallback,
             )
-        return cls(url or settings.server.public_url, token.reveal())
+        return cls(base_url, token.reveal())
 
     def get(self, path: str, **params: Any) -> Any:
         return self._call("GET", path, params={k: v for k, v in params.items() if v not in (None, "")})

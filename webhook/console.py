@@ -1,7 +1,8 @@
 """Operator commands: deployments, show, logs, deploy, rollback, cancel, audit — over the JSON API.
 
-They talk to the server like any client (``public_url`` or ``--url``, the admin token from the
-config), so they work from a laptop as well as on the server. Output is a table for people,
+They talk to the server like any client (``--url``, ``PUSHDEPLOY_URL`` or ``public_url``; a personal
+token, else the config's admin token), so they work from a laptop, with no configuration file, as well
+as on the server. Output is a table for people,
 ``--json`` for scripts, with colour only on a terminal.
 
 Exit codes: 0 done (or the deployment succeeded), 1 the deployment failed or was canceled, or the
@@ -22,8 +23,11 @@ from typing import Any, TextIO
 
 from webhook.client import ApiFailure, Client
 from workers.config import Settings
+from workers.deployments import ID_RE as DEPLOYMENT_ID
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_UNREACHABLE = 0, 1, 2, 3
+URL_HELP = "server base URL (default: $PUSHDEPLOY_URL, else server.public_url)"
+NO_ENVIRONMENT = "pushdeploy: without a configuration file, name the environment: --environment ENV"
 TERMINAL = {"succeeded", "failed", "canceled"}
 ANSI = re.compile(r"\033\[[0-9;]*m")
 COLOURS = {
@@ -38,14 +42,14 @@ COLOURS = {
 }
 
 
-def add_commands(sub: Any, settings_from: Callable[[argparse.Namespace], Settings]) -> None:
-    """Register the operator commands on the CLI's subparsers."""
+def add_commands(sub: Any, settings_from: Callable[[argparse.Namespace], Settings | None]) -> None:
+    """Register the operator commands on the CLI's subparsers (they run without a configuration)."""
 
     def command(
         name: str, handler: Callable[[Client, argparse.Namespace], int], text: str
     ) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = sub.add_parser(name, help=text, description=text)
-        parser.add_argument("--url", help="server base URL (default: server.public_url)")
+        parser.add_argument("--url", help=URL_HELP)
         parser.add_argument("--json", action="store_true", help="machine-readable output")
         parser.set_defaults(handler=lambda args: _run(handler, args, settings_from))
         return parser
@@ -96,7 +100,7 @@ def add_commands(sub: Any, settings_from: Callable[[argparse.Namespace], Setting
         ("stop", cmd_review_stop, "stop a review app: review.stop runs, its directories are removed"),
     ):
         sp = reviews.add_parser(name, help=text, description=text)
-        sp.add_argument("--url", help="server base URL (default: server.public_url)")
+        sp.add_argument("--url", help=URL_HELP)
         sp.add_argument("--json", action="store_true", help="machine-readable output")
         sp.add_argument("project")
         if name == "stop":
@@ -107,7 +111,7 @@ def add_commands(sub: Any, settings_from: Callable[[argparse.Namespace], Setting
 def _run(
     handler: Callable[[Client, argparse.Namespace], int],
     args: argparse.Namespace,
-    settings_from: Callable[[argparse.Namespace], Settings],
+    settings_from: Callable[[argparse.Namespace], Settings | None],
 ) -> int:
     settings = settings_from(args)
     args.settings = settings
@@ -231,8 +235,11 @@ def follow_log(client: Client, deployment_id: str, as_json: bool) -> int:
 
 
 def cmd_deploy(client: Client, args: argparse.Namespace) -> int:
-    settings: Settings = args.settings
-    project = settings.projects.get(args.project)
+    settings: Settings | None = args.settings
+    if settings is None and not args.environment:
+        print(NO_ENVIRONMENT, file=sys.stderr)
+        return EXIT_INPUT
+    project = settings.projects.get(args.project) if settings else None
     environment = args.environment or (next(iter(project.environments)) if project else "production")
     body = {k: v for k, v in (("ref", args.ref), ("sha", args.sha)) if v}  # the server records who
     queued = client.post(f"/projects/{args.project}/environments/{environment}/deployments", body)
@@ -240,10 +247,15 @@ def cmd_deploy(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(client: Client, args: argparse.Namespace) -> int:
-    settings: Settings = args.settings
-    if args.target in settings.projects:
+    settings: Settings | None = args.settings
+    if settings and args.target in settings.projects:
         environment = args.environment or next(iter(settings.projects[args.target].environments))
         queued = client.post(f"/projects/{args.target}/environments/{environment}/rollback")
+    elif not settings and not DEPLOYMENT_ID.fullmatch(args.target):  # no configuration: a project
+        if not args.environment:
+            print(NO_ENVIRONMENT, file=sys.stderr)
+            return EXIT_INPUT
+        queued = client.post(f"/projects/{args.target}/environments/{args.environment}/rollback")
     else:
         queued = client.post(f"/deployments/{args.target}/rollback")
     return _queued(client, args, queued)

@@ -69,6 +69,10 @@ def new_id(now: float | None = None) -> str:
     return f"{stamp}{int(now * 1000) % 1000:03d}-{secrets.token_hex(3)}"
 
 
+ID_RE = re.compile(r"[0-9]{17}-[0-9a-f]{6}")
+"""What :func:`new_id` makes (``fullmatch``): tells a deployment id from a project's name."""
+
+
 @dataclass
 class Deployment:
     id: str

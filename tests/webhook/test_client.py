@@ -19,7 +19,7 @@ from webhook.app import create_app
 from webhook.client import ApiFailure, personal_token, token_file
 from webhook.tokens import TokenStore
 from workers.config import load
-from workers.deployments import Deployment, DeploymentStore, State
+from workers.deployments import Deployment, DeploymentStore, State, new_id
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -111,3 +111,55 @@ def test_the_cli_acts_with_the_tokens_owners_rights(
     fallback = cli(served, tmp_path, "deploy", "sample-app", "-e", "production", "--sha", sha)
     assert fallback.returncode == 0, fallback.stderr
     assert ADMIN_TOKEN not in fallback.stdout + fallback.stderr
+
+
+def test_from_a_laptop_without_a_configuration_the_url_and_a_personal_token_suffice(
+    served: dict[str, Any], redis: Redis, tmp_path: Path
+) -> None:
+    fake = served["fake"]
+    store = DeploymentStore(redis)
+    live = new_id()  # a real id's form: rollback tells it from a project's name
+    store.create(
+        Deployment(live, "sample-app", "staging", "refs/heads/develop", "ab" * 20, state=State.SUCCEEDED)
+    )
+    _, token = TokenStore(redis).create(
+        "developer", fake.people.users["developer"]["id"], "laptop", time.time() + 600
+    )
+    laptop = tmp_path / "laptop"  # no pushdeploy.toml here, none named
+    laptop.mkdir()
+
+    def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("PUSHDEPLOY_")}
+        environ.update(HOME=str(laptop), PYTHONPATH=str(ROOT), **env)
+        environ.pop("XDG_CONFIG_HOME", None)
+        argv = [sys.executable, "-m", "webhook.cli", *args]
+        return subprocess.run(
+            argv, capture_output=True, text=True, env=environ, cwd=laptop, timeout=60, check=False
+        )
+
+    with_url = {"PUSHDEPLOY_URL": served["url"], "PUSHDEPLOY_TOKEN": token}
+    listed = run("deployments", "--json", **with_url)
+    assert listed.returncode == 0, listed.stderr
+    assert f'"id": "{live}"' in listed.stdout
+    flag = run("show", live, "--url", served["url"], PUSHDEPLOY_TOKEN=token)  # --url instead of the variable
+    assert flag.returncode == 0, flag.stderr
+
+    queued = run("deploy", "sample-app", "-e", "staging", "--sha", "cd" * 20, **with_url)
+    assert queued.returncode == 0, queued.stderr
+    assert store.get(queued.stdout.split()[1].rstrip(":")).triggered_by == "deploy by developer"
+    again = run("rollback", live, **with_url)
+    assert again.returncode == 0, again.stderr
+
+    for command in (("deploy", "sample-app"), ("rollback", "sample-app")):
+        unnamed = run(*command, **with_url)
+        assert (unnamed.returncode, unnamed.stderr.strip()) == (
+            2,
+            "pushdeploy: without a configuration file, name the environment: --environment ENV",
+        )
+    nowhere = run("deployments", PUSHDEPLOY_TOKEN=token)
+    assert nowhere.returncode == 2
+    assert "no server to call: pass --url or set PUSHDEPLOY_URL" in nowhere.stderr
+    tokenless = run("deployments", PUSHDEPLOY_URL=served["url"])
+    assert tokenless.returncode == 3
+    assert "no token: set PUSHDEPLOY_TOKEN" in tokenless.stderr
+    assert "without a configuration file there is no admin token" in tokenless.stderr
