@@ -119,6 +119,9 @@ def callback() -> Response | tuple[str, int]:
     target = str(session.get(NEXT) or "/")
     person = Person(user["username"], user["id"], Via.SESSION)
     signed_in(person)
+    attempts.forgive(
+        services.current().redis, {"address": audit.client_address(), "account": person.username}
+    )  # only failures use up the minute's attempts
     return redirect(target if target.startswith("/") and not target.startswith("//") else "/")
 
 

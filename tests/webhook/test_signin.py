@@ -230,6 +230,16 @@ def test_sign_ins_and_refusals_go_to_the_audit_log(live: Live, redis: Redis) -> 
     assert all(e.address == "127.0.0.1" for e in entries)
 
 
+def test_sign_ins_that_succeed_do_not_use_up_the_addresses_attempts(live: Live, redis: Redis) -> None:
+    for _ in range(25):  # a team behind one address, all signing in within the minute
+        assert live.session_of(live.sign_in("developer"))["person"]["username"] == "developer"
+    callback = f"{live.base_url}/auth/gitlab/callback?code=guess&state=guess"
+    browser = requests.Session()
+    for _ in range(20):  # failures still count, all twenty of them
+        assert browser.get(callback, allow_redirects=False, timeout=10).status_code == 400
+    assert browser.get(callback, allow_redirects=False, timeout=10).status_code == 429
+
+
 def test_the_callback_is_rate_limited_per_address(live: Live, redis: Redis) -> None:
     browser = requests.Session()
     callback = f"{live.base_url}/auth/gitlab/callback?code=guess&state=guess"
