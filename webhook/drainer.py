@@ -11,6 +11,7 @@ from webhook.journal import Journal, Record
 from workers import defaults
 from workers.config import Settings
 from workers.intake import Intake, Push
+from workers.review_requests import ReviewDesk, ReviewRequest
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,7 @@ class Drainer:
         self.settings = settings
         self.journal = journal
         self.intake = intake
+        self.reviews = ReviewDesk(settings, intake.redis, intake)
         self.stopping = threading.Event()
 
     def start(self) -> threading.Thread:
@@ -47,14 +49,38 @@ class Drainer:
 
     def handle(self, record: Record) -> None:
         project = self.settings.projects.get(record.project)
-        environment = project.environments.get(record.environment) if project else None
-        if project is None or environment is None:
+        base = record.base if record.kind == "review" else record.environment
+        environment = project.environments.get(base) if project else None
+        if project is None or (environment is None and record.kind != "stop"):
             log.error(
                 "journal: %s is for %s/%s, no longer configured: dropped",
-                record.deployment_id,
+                record.deployment_id or f"the stop of review/{record.iid}",
                 record.project,
                 record.environment,
             )
             return
-        push = Push(ref=record.ref, sha=record.sha, pusher=record.pusher, delivery_key=record.delivery_key)
+        if record.kind == "stop":
+            self.reviews.request_stop(project, record.iid, record.reason)
+            return
+        push = Push(
+            ref=record.ref,
+            sha=record.sha,
+            pusher=record.pusher,
+            delivery_key=record.delivery_key,
+            trigger=record.trigger,
+            commit_title=record.commit_title,
+            commit_author=record.commit_author,
+        )
+        assert environment is not None
+        if record.kind == "review":
+            request = ReviewRequest(record.iid, record.base, record.branch, record.title)
+            self.reviews.accept(
+                project,
+                project.review_environment(environment, record.iid),
+                push,
+                request,
+                record.deployment_id,
+                record.created_at,
+            )
+            return
         self.intake.accept(project, environment, push, record.deployment_id, record.created_at)

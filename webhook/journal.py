@@ -1,7 +1,8 @@
 """Deliveries accepted while Redis was unreachable, kept on local disk until Redis is back.
 
-GitLab does not retry a failed delivery, so a verified push is ours to keep: it is appended to a
-journal file (one JSON line, fsynced, mode 0600) and answered 202. A drainer renames the file
+GitLab does not retry a failed delivery, so a verified push, or a merge request's event for its
+review app, is ours to keep: it is appended to a journal file (one JSON line, fsynced, mode 0600)
+and answered 202. A drainer renames the file
 aside (atomic, so writers start a fresh one) and moves each record into Redis through the same
 intake as a live delivery, with the id it was answered with; the delivery's duplicate key is
 claimed then, so a record drained twice, or a delivery GitLab sent twice, is deployed once.
@@ -26,14 +27,25 @@ ACTIVE = "deliveries.jsonl"
 
 @dataclass(frozen=True)
 class Record:
-    deployment_id: str
+    """One delivery. Fields after ``delivery_key`` came later: older lines read with their defaults."""
+
+    deployment_id: str  # "" for a stop
     created_at: float
     project: str
-    environment: str
+    environment: str  # a review app's is ``review/<iid>``
     ref: str
     sha: str
     pusher: str
     delivery_key: str
+    kind: str = "push"  # "push"; "review": deploy ``review/<iid>``; "stop": stop it
+    trigger: str = "push"
+    commit_title: str = ""
+    commit_author: str = ""
+    iid: int = 0
+    base: str = ""  # a review app's target branch environment
+    branch: str = ""  # a review app's source branch
+    title: str = ""  # the merge request's
+    reason: str = ""  # a stop's: "closed" or "merged"
 
 
 class Journal:

@@ -142,8 +142,6 @@ class HookEndpoint:
                 accepted = self.intake.accept(configured, decision.environment, decision.push)
             outcome = "duplicate" if accepted.duplicate else "accepted"
         except RedisError:
-            if isinstance(decision, events.DeployReview):  # its record lives in Redis: GitLab retries
-                raise QueueUnavailable() from None
             accepted = self.keep_for_later(configured.name, decision)
             outcome = "journaled"
         metrics.delivered(outcome)
@@ -154,19 +152,22 @@ class HookEndpoint:
 
     def stop_review(self, project: Project, decision: events.StopReview) -> Answer:
         """Close or merge: 202 ``{"stopping": "review/<iid>"}`` (also when no app was live: nothing to do)."""
+        outcome = "accepted"
         try:
             self.reviews.request_stop(project, decision.iid, decision.reason)
         except RedisError:
-            raise QueueUnavailable() from None
-        metrics.delivered("accepted")
+            self._journal(
+                Record("", time.time(), project.name, f"review/{decision.iid}", "", "", "", "",
+                       kind="stop", iid=decision.iid, reason=decision.reason)
+            )  # fmt: skip
+            outcome = "journaled"
+        metrics.delivered(outcome)
         return 202, {"stopping": f"review/{decision.iid}"}
 
     def keep_for_later(self, project: str, decision: events.Deploy) -> Accepted:
         """Redis is unreachable: journal the delivery on local disk (or answer 503 if so configured)."""
-        if self.settings.server.on_redis_down is not OnRedisDown.JOURNAL:
-            self.log.warning("Redis unavailable: delivery for %s answered 503", project)
-            raise QueueUnavailable()
         deployment_id, push = new_id(), decision.push
+        review = decision.review if isinstance(decision, events.DeployReview) else None
         record = Record(
             deployment_id,
             time.time(),
@@ -176,14 +177,31 @@ class HookEndpoint:
             push.sha,
             push.pusher,
             push.delivery_key,
+            kind="review" if review else "push",
+            trigger=push.trigger,
+            commit_title=push.commit_title,
+            commit_author=push.commit_author,
+            iid=review.iid if review else 0,
+            base=review.base if review else "",
+            branch=review.branch if review else "",
+            title=review.title if review else "",
         )
+        self._journal(record)
+        return Accepted(deployment_id, duplicate=False)
+
+    def _journal(self, record: Record) -> None:
+        """Append ``record``, or raise :class:`QueueUnavailable` (503) when the operator prefers that or
+        the journal cannot be written."""
+        what = record.deployment_id or f"the stop of {record.environment}"
+        if self.settings.server.on_redis_down is not OnRedisDown.JOURNAL:
+            self.log.warning("Redis unavailable: delivery for %s answered 503", record.project)
+            raise QueueUnavailable()
         try:
             self.journal.append(record)
         except OSError:
-            self.log.error("Redis unavailable and the journal unwritable: delivery for %s lost", project)
+            self.log.error("Redis unavailable, journal unwritable: delivery for %s lost", record.project)
             raise QueueUnavailable() from None
-        self.log.warning("Redis unavailable: delivery %s for %s journaled", deployment_id, project)
-        return Accepted(deployment_id, duplicate=False)
+        self.log.warning("Redis unavailable: delivery %s for %s journaled", what, record.project)
 
 
 READ_CHUNK = 64 * 1024

@@ -55,12 +55,19 @@ class ReviewDesk:
         self.queue = Queue(defaults.DEPLOY_QUEUE, connection=redis)
 
     def accept(
-        self, project: Project, environment: Environment, push: Push, request: ReviewRequest
+        self,
+        project: Project,
+        environment: Environment,
+        push: Push,
+        request: ReviewRequest,
+        deployment_id: str = "",
+        created_at: float = 0.0,
     ) -> Accepted:
         """Record the app as live and most recently updated, queue its deployment, keep within ``max``.
 
         The record is written first: a worker may take the job the moment it is queued, and it finds
-        the app's environment (the target branch's settings) through that record.
+        the app's environment (the target branch's settings) through that record. ``deployment_id``
+        and ``created_at``: those a journaled delivery was answered with.
         """
         before = self.store.get(project.name, request.iid)
         if before is not None and before.state is not AppState.LIVE:
@@ -69,7 +76,7 @@ class ReviewDesk:
         with self.redis.pipeline() as pipe:
             self.store.record(pipe, project.name, request.iid, fields)
             pipe.execute()
-        accepted = self.intake.accept(project, environment, push)
+        accepted = self.intake.accept(project, environment, push, deployment_id, created_at)
         if accepted.duplicate:
             return accepted
         self.store.set_deployment(project.name, request.iid, accepted.deployment_id)

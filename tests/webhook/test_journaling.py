@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 
@@ -54,3 +55,23 @@ def test_503_instead_when_the_operator_prefers(
     body = push_body(sha)
     assert down.post("/hooks/gitlab/sample-app", data=body, headers=signed_headers(body)).status_code == 503
     assert not Journal(settings.server.data_dir).pending()
+
+
+def test_a_journal_line_written_before_review_apps_is_still_deployed(
+    make_settings: Callable[..., Settings], redis: Redis, git_repo: GitRepo
+) -> None:
+    settings = make_settings()
+    sha = git("rev-parse", "HEAD", cwd=git_repo.work)
+    journal = Journal(settings.server.data_dir)
+    journal.directory.mkdir(parents=True, mode=0o700)
+    old = {  # the fields a journal line had before merge request events were journaled too
+        "deployment_id": "20261101120000000-abc123", "created_at": time.time(), "project": "sample-app",
+        "environment": "production", "ref": "refs/heads/main", "sha": sha, "pusher": "alice",
+        "delivery_key": "d-old",
+    }  # fmt: skip
+    journal.active.write_text(json.dumps(old) + "\n")
+
+    drainer = Drainer(settings, journal, Intake(redis, settings.server.public_url))
+    assert drainer.drain_once() == 1
+    deployment = DeploymentStore(redis).get(old["deployment_id"])
+    assert (deployment.state, deployment.sha, deployment.trigger) == (State.QUEUED, sha, "push")

@@ -22,12 +22,16 @@ from tests.fakegitlab import FakeGitLab
 from tests.helpers import GitRepo, admin_sign_in, git, signed_headers, use_engine, wait_for
 from tests.sshd import HAVE_SSHD, SKIP_REASON, ssh_hosts
 from webhook.app import create_app
+from webhook.drainer import Drainer
+from webhook.journal import Journal
 from workers import audit as audit_store
 from workers import defaults, schema
 from workers.audit import Query
 from workers.config import Settings
+from workers.connection import web_redis
 from workers.deployments import DeploymentStore, State
 from workers.forge import forge_for
+from workers.intake import Intake
 from workers.outbox import DUE_KEY, Courier, recorded
 from workers.reviews import AppState, ReviewStore
 from workers.worker import Janitor
@@ -322,6 +326,46 @@ def test_close_and_merge_stop_the_app_and_clean_up(
     app = ReviewStore(redis).get("sample-app", 7)
     assert app is not None and app.state is AppState.STOPPED
     assert 0 < redis.ttl(schema.review("sample-app", 7)) <= defaults.REVIEW_KEEP_DAYS * 86400
+
+
+def test_merge_request_events_while_redis_is_down_are_journaled_then_deployed_and_stopped(
+    review_settings: Callable[..., Settings],
+    hub: Callable[[Settings], Hub],
+    git_repo: GitRepo,
+    gitlab: FakeGitLab,
+    redis: Redis,
+) -> None:
+    """GitLab does not send a failed delivery again: a merge request's event is journaled like a push."""
+    settings = review_settings()
+    site = hub(settings)
+    first = open_merge_request(git_repo, 7, {"app.txt": "seven\n"})
+    site.deliver(mr_body(7, first))
+    site.work()
+    second = open_merge_request(git_repo, 9, {"app.txt": "nine\n"}, branch="other")
+    down = create_app(settings, web_redis("redis://127.0.0.1:1/0"), drain=False).test_client()
+
+    def deliver(body: bytes) -> tuple[int, dict[str, Any]]:
+        answer = down.post(HOOK, data=body, headers=signed_headers(body, event="Merge Request Hook"))
+        return answer.status_code, answer.get_json()
+
+    opened = deliver(mr_body(9, second, source="other"))
+    closed = deliver(mr_body(7, first, action="close"))
+    assert opened[0] == 202 and closed == (202, {"stopping": "review/7"})
+    assert ReviewStore(redis).get("sample-app", 9) is None  # nothing reached Redis yet
+
+    drainer = Drainer(settings, Journal(settings.server.data_dir), Intake(redis, settings.server.public_url))
+    assert drainer.drain_once() == 2
+    deployment = DeploymentStore(redis).get(opened[1]["deployment"])  # the id GitLab was answered with
+    assert (deployment.environment, deployment.trigger) == ("review/9", "merge request")
+    assert deployment.sha == second
+    site.work()
+
+    assert DeploymentStore(redis).get(deployment.id).state is State.SUCCEEDED
+    nine, seven = ReviewStore(redis).get("sample-app", 9), ReviewStore(redis).get("sample-app", 7)
+    assert nine is not None and (nine.state, nine.branch) == (AppState.LIVE, "other")
+    assert seven is not None and seven.state is AppState.STOPPED
+    assert site.marker.read_text() == "stopped 7 review/7\n"
+    assert drainer.drain_once() == 0
 
 
 def test_a_reopened_merge_request_deploys_its_head_again(
