@@ -338,7 +338,7 @@ def test_a_dead_workers_step_on_a_host_is_ended_by_recovery(
     settings = targets_settings(three[:1], deploy=[f"{marker} & {marker}; wait"])
     use_config(settings, monkeypatch)
     deployment_id = queue(redis, settings, commit(git_repo, "one\n"))
-    # A real `pushdeploy worker` (its work-horse forked off it), killed as the OOM killer would:
+    # A real `pushdeploy worker` (its work-horse forked off it), both killed as the OOM killer would:
     # nothing of the worker is left to end the deployment, only the steps it started.
     worker = subprocess.Popen(
         [sys.executable, "-m", "webhook.cli", "--config", str(tmp_path / "pushdeploy.toml"), "worker",
@@ -352,7 +352,12 @@ def test_a_dead_workers_step_on_a_host_is_ended_by_recovery(
         while len(remote_processes(marker)) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         seen = remote_processes(marker)
-        os.killpg(worker.pid, signal.SIGKILL)
+        # The worker and its work-horse (RQ starts the horse in a session of its own), not the step's
+        # processes: those are what a dead worker leaves behind.
+        horses = Path(f"/proc/{worker.pid}/task/{worker.pid}/children").read_text().split()
+        assert len(horses) == 1, horses
+        for pid in [worker.pid, int(horses[0])]:
+            os.kill(pid, signal.SIGKILL)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(worker.pid, signal.SIGKILL)
