@@ -10,8 +10,8 @@ from redis.exceptions import RedisError
 from webhook.journal import Journal, Record
 from workers import defaults
 from workers.config import Settings
-from workers.intake import Intake, Push
-from workers.review_requests import ReviewDesk, ReviewRequest
+from workers.intake import Intake
+from workers.review_requests import ReviewDesk
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,10 @@ class Drainer:
 
     def run(self) -> None:
         while not self.stopping.wait(defaults.JOURNAL_DRAIN_INTERVAL):
-            self.drain_once()
+            try:
+                self.drain_once()
+            except Exception:  # the thread must outlive any one round
+                log.exception("journal: draining failed; trying again")
 
     def drain_once(self) -> int:
         if not self.journal.pending():
@@ -48,39 +51,46 @@ class Drainer:
         return moved
 
     def handle(self, record: Record) -> None:
+        """Move one record into Redis; RedisError leaves the journal for the next try. Any other
+        error drops the record, logged with what it was: one bad line must not hold up the rest."""
+        try:
+            self.apply(record)
+        except RedisError:
+            raise
+        except Exception:
+            log.exception("journal: %s for %s/%s could not be moved: dropped", record.kind,
+                          record.project, record.environment)  # fmt: skip
+
+    def apply(self, record: Record) -> None:
+        what = record.deployment_id or f"the stop of {record.environment}"
         project = self.settings.projects.get(record.project)
         base = record.base if record.kind == "review" else record.environment
         environment = project.environments.get(base) if project else None
-        if project is None or (environment is None and record.kind != "stop"):
-            log.error(
-                "journal: %s is for %s/%s, no longer configured: dropped",
-                record.deployment_id or f"the stop of review/{record.iid}",
-                record.project,
-                record.environment,
-            )
+        if project is None or (record.kind != "stop" and environment is None):
+            log.error("journal: %s is for %s/%s, no longer configured: dropped", what, record.project, base)
+            return
+        if record.kind == "push":
+            assert environment is not None
+            self.intake.accept(project, environment, record.push(), record.deployment_id, record.created_at)
+            return
+        if record.kind == "review" and project.review is None:
+            log.error("journal: %s is for a review app, and %s has none now: dropped", what, record.project)
+            return
+        store = self.reviews.store
+        app = store.get(project.name, record.iid)
+        changed = app.changed_at if app else store.stop_asked_at(project.name, record.iid)
+        if changed > record.created_at:  # a live delivery came after it
+            log.warning("journal: %s is older than the last change to %s: dropped", what, record.environment)
             return
         if record.kind == "stop":
             self.reviews.request_stop(project, record.iid, record.reason)
             return
-        push = Push(
-            ref=record.ref,
-            sha=record.sha,
-            pusher=record.pusher,
-            delivery_key=record.delivery_key,
-            trigger=record.trigger,
-            commit_title=record.commit_title,
-            commit_author=record.commit_author,
-        )
         assert environment is not None
-        if record.kind == "review":
-            request = ReviewRequest(record.iid, record.base, record.branch, record.title)
-            self.reviews.accept(
-                project,
-                project.review_environment(environment, record.iid),
-                push,
-                request,
-                record.deployment_id,
-                record.created_at,
-            )
-            return
-        self.intake.accept(project, environment, push, record.deployment_id, record.created_at)
+        self.reviews.accept(
+            project,
+            project.review_environment(environment, record.iid),
+            record.push(),
+            record.request(),
+            record.deployment_id,
+            record.created_at,
+        )

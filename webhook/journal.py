@@ -17,8 +17,11 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+
+from workers.intake import Push
+from workers.review_requests import ReviewRequest
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,30 @@ class Record:
     branch: str = ""  # a review app's source branch
     title: str = ""  # the merge request's
     reason: str = ""  # a stop's: "closed" or "merged"
+
+    @classmethod
+    def of(cls, deployment_id: str, project: str, environment: str, push: Push,
+           review: ReviewRequest | None = None) -> Record:
+        """A delivery that deploys: a push, or a merge request's commits for its review app."""
+        return cls(
+            deployment_id, time.time(), project, environment, push.ref, push.sha, push.pusher,
+            push.delivery_key, kind="review" if review else "push", trigger=push.trigger,
+            commit_title=push.commit_title, commit_author=push.commit_author,
+            **(asdict(review) if review else {}),
+        )  # fmt: skip
+
+    @classmethod
+    def stop(cls, project: str, iid: int, reason: str) -> Record:
+        """A merge request closed or merged: its review app stops."""
+        return cls("", time.time(), project, f"review/{iid}", "", "", "", "", kind="stop", iid=iid,
+                   reason=reason)  # fmt: skip
+
+    def push(self) -> Push:
+        return Push(self.ref, self.sha, self.pusher, self.delivery_key, self.trigger, self.commit_title,
+                    self.commit_author)  # fmt: skip
+
+    def request(self) -> ReviewRequest:
+        return ReviewRequest(self.iid, self.base, self.branch, self.title)
 
 
 class Journal:
@@ -115,10 +142,11 @@ def _locked(path: Path) -> Iterator[list[Record] | None]:
         with os.fdopen(os.dup(fd), "rb") as handle:
             lines = handle.read().splitlines()
         records = []
+        known = {f.name for f in fields(Record)}
         for line in lines:
-            try:
-                records.append(Record(**json.loads(line)))
-            except (ValueError, TypeError):
+            try:  # keys a newer pushdeploy added are left out: a downgrade still drains its journal
+                records.append(Record(**{k: v for k, v in json.loads(line).items() if k in known}))
+            except (ValueError, TypeError, AttributeError):
                 log.error("journal %s: skipping an unreadable line (%d bytes)", path.name, len(line))
         yield records
     finally:

@@ -156,36 +156,16 @@ class HookEndpoint:
         try:
             self.reviews.request_stop(project, decision.iid, decision.reason)
         except RedisError:
-            self._journal(
-                Record("", time.time(), project.name, f"review/{decision.iid}", "", "", "", "",
-                       kind="stop", iid=decision.iid, reason=decision.reason)
-            )  # fmt: skip
+            self._journal(Record.stop(project.name, decision.iid, decision.reason))
             outcome = "journaled"
         metrics.delivered(outcome)
         return 202, {"stopping": f"review/{decision.iid}"}
 
     def keep_for_later(self, project: str, decision: events.Deploy) -> Accepted:
         """Redis is unreachable: journal the delivery on local disk (or answer 503 if so configured)."""
-        deployment_id, push = new_id(), decision.push
+        deployment_id = new_id()
         review = decision.review if isinstance(decision, events.DeployReview) else None
-        record = Record(
-            deployment_id,
-            time.time(),
-            project,
-            decision.environment.name,
-            push.ref,
-            push.sha,
-            push.pusher,
-            push.delivery_key,
-            kind="review" if review else "push",
-            trigger=push.trigger,
-            commit_title=push.commit_title,
-            commit_author=push.commit_author,
-            iid=review.iid if review else 0,
-            base=review.base if review else "",
-            branch=review.branch if review else "",
-            title=review.title if review else "",
-        )
+        record = Record.of(deployment_id, project, decision.environment.name, decision.push, review)
         self._journal(record)
         return Accepted(deployment_id, duplicate=False)
 

@@ -88,7 +88,10 @@ class ReviewDesk:
         if reason not in STOP_REASONS:
             raise ValueError(f"unknown stop reason {reason!r}")
         app = self.store.get(project.name, iid)
-        if app is None or app.state is AppState.STOPPED:
+        if app is None:
+            self.store.note_stop(project.name, iid)
+            return False
+        if app.state is AppState.STOPPED:
             return False
         why = STOP_REASONS[reason] + (f" ({who})" if who else "")  # who stopped it, shown with the app
         self.store.mark(project.name, iid, AppState.STOPPING, why)

@@ -5,6 +5,7 @@ a real RQ worker deploys and stops, the outbox courier talks to the fake GitLab;
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import re
 import threading
@@ -23,16 +24,17 @@ from tests.helpers import GitRepo, admin_sign_in, git, signed_headers, use_engin
 from tests.sshd import HAVE_SSHD, SKIP_REASON, ssh_hosts
 from webhook.app import create_app
 from webhook.drainer import Drainer
-from webhook.journal import Journal
+from webhook.journal import Journal, Record
 from workers import audit as audit_store
 from workers import defaults, schema
 from workers.audit import Query
 from workers.config import Settings
 from workers.connection import web_redis
-from workers.deployments import DeploymentStore, State
+from workers.deployments import DeploymentStore, State, new_id
 from workers.forge import forge_for
-from workers.intake import Intake
+from workers.intake import Intake, Push
 from workers.outbox import DUE_KEY, Courier, recorded
+from workers.review_requests import ReviewRequest
 from workers.reviews import AppState, ReviewStore
 from workers.worker import Janitor
 
@@ -114,7 +116,7 @@ class Hub:
     def __init__(self, settings: Settings, redis: Redis, monkeypatch: pytest.MonkeyPatch, tmp: Path) -> None:
         self.settings = settings
         self.redis = redis
-        self.client: FlaskClient = create_app(settings, redis).test_client()
+        self.client: FlaskClient = create_app(settings, redis, drain=False).test_client()  # tests drain
         self.marker = tmp / "stop-marker.txt"
         use_engine(settings, redis, monkeypatch)
         self.courier = Courier(redis, forge_for(settings.gitlab), delays=(0.05,))
@@ -366,6 +368,60 @@ def test_merge_request_events_while_redis_is_down_are_journaled_then_deployed_an
     assert seven is not None and seven.state is AppState.STOPPED
     assert site.marker.read_text() == "stopped 7 review/7\n"
     assert drainer.drain_once() == 0
+
+
+def test_a_journaled_event_older_than_a_live_one_is_dropped_and_a_bad_one_holds_up_nothing(
+    review_settings: Callable[..., Settings],
+    hub: Callable[[Settings], Hub],
+    git_repo: GitRepo,
+    redis: Redis,
+) -> None:
+    """Each web node drains its own journal, seconds after Redis is back: live deliveries may come first."""
+    settings = review_settings()
+    site = hub(settings)
+    sha = open_merge_request(git_repo, 7, {"app.txt": "seven\n"})
+    journal = Journal(settings.server.data_dir)
+    request = ReviewRequest(7, "production", "feature", "seven")
+    push = Push("refs/heads/feature", sha, "alice", "d-journaled", trigger="merge request")
+    journal.append(Record.of(new_id(), "sample-app", "review/7", push, request))  # sent first...
+    journal.append(Record.stop("sample-app", 8, "exploded"))  # a reason no pushdeploy writes
+    site.deliver(mr_body(7, sha, action="close"))  # ...but this live close reached Redis first
+    assert ReviewStore(redis).get("sample-app", 7) is None  # nothing was live: nothing to stop
+    site.deliver(mr_body(7, sha))  # reopened, live: deployed once
+    site.work()
+    stale_stop = Record.stop("sample-app", 7, "closed")
+    journal.append(dataclasses.replace(stale_stop, created_at=time.time() - 60))  # sent before the reopen
+    nine = ReviewRequest(9, "production", "b", "")
+    journal.append(Record.of(new_id(), "sample-app", "review/9", push, nine))
+    drainer = Drainer(settings, journal, Intake(redis, settings.server.public_url))
+
+    assert drainer.drain_once() == 4  # all read: two stale ones dropped, a bad one dropped, one new
+    site.work()
+    seven, ninth = ReviewStore(redis).get("sample-app", 7), ReviewStore(redis).get("sample-app", 9)
+    assert seven is not None and seven.state is AppState.LIVE  # the stale stop did not end the reopened app
+    assert len(DeploymentStore(redis).history("sample-app", "review/7", limit=10)) == 1  # the live one only
+    assert ninth is not None and ninth.state is AppState.LIVE  # the bad line held up nothing after it
+    assert not journal.pending()
+
+
+def test_a_journaled_review_deployment_is_dropped_when_the_project_has_no_review_apps_any_more(
+    review_settings: Callable[..., Settings],
+    make_settings: Callable[..., Settings],
+    git_repo: GitRepo,
+    redis: Redis,
+) -> None:
+    settings = review_settings()
+    sha = open_merge_request(git_repo, 7, {"app.txt": "seven\n"})
+    journal = Journal(settings.server.data_dir)
+    push = Push("refs/heads/feature", sha, "alice", "d-1", trigger="merge request")
+    seven = ReviewRequest(7, "production", "f", "")
+    journal.append(Record.of(new_id(), "sample-app", "review/7", push, seven))
+    without = make_settings(build=[])  # the same data_dir, [review] removed before Redis came back
+    assert without.projects["sample-app"].review is None
+
+    assert Drainer(without, journal, Intake(redis, without.server.public_url)).drain_once() == 1
+    assert ReviewStore(redis).get("sample-app", 7) is None
+    assert DeploymentStore(redis).history("sample-app", "review/7", limit=10) == []
 
 
 def test_a_reopened_merge_request_deploys_its_head_again(
