@@ -40,6 +40,7 @@ from workers.config import load
 from workers.deploylog import read
 from workers.deployments import DeploymentStore, State
 from workers.intake import Intake, Push
+from workers.releases import Releases
 from workers.targets import hosts
 
 HOST_COUNTS = (1, 3, 10)
@@ -57,8 +58,8 @@ def run(plan: Plan, workdir: Path, redis: Redis, redis_url: str) -> dict[str, An
     rows = [one_count(count, files, workdir / f"hosts-{count}", redis, redis_url) for count in counts]
     one, most = rows[0]["first_seconds"], rows[-1]
     cores = os.cpu_count() or 1
-    releases = workdir / f"hosts-{counts[0]}" / "data" / "projects" / "sample-app" / "production" / "releases"
-    cheapest = cheapest_per_host(min(releases.iterdir()), workdir / "cheapest")
+    built = Releases(workdir / f"hosts-{counts[0]}" / "data", "sample-app", "production")
+    cheapest = cheapest_per_host(built.path(built.all()[0]), workdir / "cheapest")
     cheapest_floor = most["hosts"] * cheapest["cpu_seconds"] / cores
     return {
         "files": files,

@@ -365,7 +365,7 @@ def _many_hosts(found: dict[str, Any]) -> list[str]:
             ]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
     cheapest = found.get("cheapest_per_host")
-    if cheapest:
+    if cheapest and found.get("most_cheapest_floor_vs_one") is not None:
         most = rows[-1]
         lines += [
             "",

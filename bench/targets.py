@@ -77,9 +77,11 @@ def many_hosts_verdicts(scenarios: dict[str, Any]) -> list[Verdict]:
             f"{floor:.1f}× one host's time" if floor is not None else "")
     cheapest = found.get("most_cheapest_floor_vs_one")
     if cheapest is not None:
-        note += (f"; the cheapest conceivable SSH rollout here (per host a new connection with OpenSSH's "
-                 f"default key exchange and a tar -x, nothing else): "
-                 f"{found['most_cheapest_floor_seconds']:.1f} s, {cheapest:.1f}×")
+        note += ("; " if note else "") + (
+            f"the cheapest conceivable SSH rollout here (per host a new connection with OpenSSH's "
+            f"default key exchange and a tar -x, nothing else): "
+            f"{found['most_cheapest_floor_seconds']:.1f} s, {cheapest:.1f}×"
+        )
     worst = max(rows, key=lambda r: r["incremental_share"])
     return [
         Verdict(names[0], f"{ratio:.1f}× ({most['hosts']} hosts {most['first_seconds']:.1f} s, "

@@ -53,7 +53,11 @@ return 0
 
 
 def forgive(redis: Redis, subjects: dict[str, str]) -> None:
-    """Take back one counted attempt for each ``kind → subject``: it turned out to be a sign-in."""
+    """Take back one counted attempt for each ``kind → subject``: it turned out to be a sign-in.
+
+    If the minute ended meanwhile, the give-back lands in the next one (which did not count it): at
+    most one attempt per sign-in. Only GitLab sign-ins are given back: the admin-token form's count
+    never is."""
     keys = [schema.sign_in_attempts(kind, subject) for kind, subject in subjects.items()]
     if keys:
         redis.eval(_GIVE_BACK, len(keys), *keys)

@@ -76,7 +76,9 @@ class Client:
         cls, settings: Settings | None, url: str | None = None, environ: Mapping[str, str] | None = None
     ) -> Client:
         """The server from ``url``, else ``PUSHDEPLOY_URL``, else ``server.public_url``; the token as
-        the module says. ``settings`` is None without a configuration file.
+        the module says. The admin token goes only to ``url`` or ``public_url``: a ``PUSHDEPLOY_URL``
+        left in the environment must not carry it elsewhere. ``settings`` is None without a
+        configuration file.
 
         Raises:
             ApiFailure: no server URL (status 400) or no token (401); the message says what to set.
@@ -90,8 +92,8 @@ class Client:
         personal = personal_token(environ)
         if personal is not None:
             return cls(base_url, personal)
-        token = settings.server.admin_token if settings else None
-        if token is None:
+        admin = settings.server.admin_token if settings else None
+        if settings is None or admin is None:
             fallback = (
                 f"{settings.path} has no server.admin_token to fall back on"
                 if settings
@@ -102,7 +104,7 @@ class Client:
                 f"no token: set {TOKEN_ENV} or write a personal token to {token_file(environ)} (mode 0600); "
                 + fallback,
             )
-        return cls(base_url, token.reveal())
+        return cls(url or settings.server.public_url, admin.reveal())  # break glass: never PUSHDEPLOY_URL
 
     def get(self, path: str, **params: Any) -> Any:
         return self._call("GET", path, params={k: v for k, v in params.items() if v not in (None, "")})

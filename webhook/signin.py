@@ -11,12 +11,14 @@ Each outcome goes through :func:`signed_in` or :func:`sign_in_refused`, one plac
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
 from authlib.integrations.base_client import MismatchingStateError, OAuthError
 from authlib.integrations.flask_client import OAuth
 from flask import Blueprint, Flask, abort, current_app, redirect, render_template, request, session
+from redis.exceptions import RedisError
 from werkzeug.wrappers import Response
 
 from webhook import attempts, audit, rights, services
@@ -119,9 +121,10 @@ def callback() -> Response | tuple[str, int]:
     target = str(session.get(NEXT) or "/")
     person = Person(user["username"], user["id"], Via.SESSION)
     signed_in(person)
-    attempts.forgive(
-        services.current().redis, {"address": audit.client_address(), "account": person.username}
-    )  # only failures use up the minute's attempts
+    with contextlib.suppress(RedisError):  # the person is signed in: a lost give-back costs one attempt
+        attempts.forgive(
+            services.current().redis, {"address": audit.client_address(), "account": person.username}
+        )  # only failures use up the minute's attempts
     return redirect(target if target.startswith("/") and not target.startswith("//") else "/")
 
 

@@ -57,23 +57,26 @@ def served(tmp_path: Path, redis: Redis, redis_url: str, git_repo: GitRepo) -> I
     fake.stop()
 
 
-def cli(served: dict[str, Any], home: Path, *args: str, token: str = "") -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHDEPLOY_")}
-    env.update(HOME=str(home), PYTHONPATH=str(ROOT))
-    env.pop("XDG_CONFIG_HOME", None)
+def cli(
+    served: dict[str, Any],
+    home: Path,
+    *args: str,
+    token: str = "",
+    config: bool = True,
+    url: bool = True,
+    cwd: Path = ROOT,
+    **env: str,
+) -> subprocess.CompletedProcess[str]:
+    """The CLI as a person runs it: ``--config`` and ``--url`` unless told not to, no PUSHDEPLOY_*
+    from this environment but ``env``'s."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("PUSHDEPLOY_")}
+    environ.update(HOME=str(home), PYTHONPATH=str(ROOT), **env)
+    environ.pop("XDG_CONFIG_HOME", None)
     if token:
-        env["PUSHDEPLOY_TOKEN"] = token
-    argv = [
-        sys.executable,
-        "-m",
-        "webhook.cli",
-        "--config",
-        str(served["config"]),
-        *args,
-        "--url",
-        served["url"],
-    ]
-    return subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=60, check=False)
+        environ["PUSHDEPLOY_TOKEN"] = token
+    argv = [sys.executable, "-m", "webhook.cli", *(["--config", str(served["config"])] if config else []),
+            *args, *(["--url", served["url"]] if url else [])]  # fmt: skip
+    return subprocess.run(argv, capture_output=True, text=True, env=environ, cwd=cwd, timeout=60, check=False)
 
 
 def test_the_cli_acts_with_the_tokens_owners_rights(
@@ -129,13 +132,7 @@ def test_from_a_laptop_without_a_configuration_the_url_and_a_personal_token_suff
     laptop.mkdir()
 
     def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("PUSHDEPLOY_")}
-        environ.update(HOME=str(laptop), PYTHONPATH=str(ROOT), **env)
-        environ.pop("XDG_CONFIG_HOME", None)
-        argv = [sys.executable, "-m", "webhook.cli", *args]
-        return subprocess.run(
-            argv, capture_output=True, text=True, env=environ, cwd=laptop, timeout=60, check=False
-        )
+        return cli(served, laptop, *args, config=False, url=False, cwd=laptop, **env)
 
     with_url = {"PUSHDEPLOY_URL": served["url"], "PUSHDEPLOY_TOKEN": token}
     listed = run("deployments", "--json", **with_url)
@@ -163,3 +160,22 @@ def test_from_a_laptop_without_a_configuration_the_url_and_a_personal_token_suff
     assert tokenless.returncode == 3
     assert "no token: set PUSHDEPLOY_TOKEN" in tokenless.stderr
     assert "without a configuration file there is no admin token" in tokenless.stderr
+
+
+def test_the_url_comes_from_the_flag_then_the_variable_then_the_configuration_but_never_the_admin_tokens(
+    served: dict[str, Any], redis: Redis, tmp_path: Path
+) -> None:
+    fake = served["fake"]
+    _, token = TokenStore(redis).create(
+        "developer", fake.people.users["developer"]["id"], "cli", time.time() + 600
+    )
+    nowhere = "http://127.0.0.1:1"  # nothing listens there
+    flag = cli(served, tmp_path, "deployments", token=token, PUSHDEPLOY_URL=nowhere)  # --url given
+    assert flag.returncode == 0, flag.stderr
+    variable = cli(served, tmp_path, "deployments", token=token, url=False, PUSHDEPLOY_URL=nowhere)
+    assert variable.returncode == 3 and "127.0.0.1:1" in variable.stderr  # over public_url
+    configured = cli(served, tmp_path, "deployments", token=token, url=False)  # public_url
+    assert configured.returncode == 0, configured.stderr
+    # The configuration's admin token goes to public_url, never to an exported PUSHDEPLOY_URL.
+    admin = cli(served, tmp_path, "deployments", url=False, PUSHDEPLOY_URL=nowhere)
+    assert admin.returncode == 0, admin.stderr

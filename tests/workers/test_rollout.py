@@ -18,7 +18,7 @@ import pytest
 from redis import Redis
 
 from tests.helpers import GitRepo
-from tests.sshd import HAVE_SSHD, SKIP_REASON, SshHost, health_port, remote_processes, ssh_hosts
+from tests.sshd import HAVE_SSHD, SKIP_REASON, SshHost, descendants, health_port, remote_processes, ssh_hosts
 from tests.workers.test_pipeline import use_config, work
 from workers import control, manifest, recovery, schema
 from workers.config import Settings
@@ -352,15 +352,16 @@ def test_a_dead_workers_step_on_a_host_is_ended_by_recovery(
         while len(remote_processes(marker)) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         seen = remote_processes(marker)
-        # The worker and its work-horse (RQ starts the horse in a session of its own), not the step's
-        # processes: those are what a dead worker leaves behind.
+        # The worker and its work-horse (RQ puts the horse in a process group of its own), not the
+        # step's processes: those are what a dead worker leaves behind.
         horses = Path(f"/proc/{worker.pid}/task/{worker.pid}/children").read_text().split()
         assert len(horses) == 1, horses
         for pid in [worker.pid, int(horses[0])]:
             os.kill(pid, signal.SIGKILL)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(worker.pid, signal.SIGKILL)
+        for pid in [worker.pid, *descendants(worker.pid)]:  # whatever is left when the test failed early
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         worker.wait()
     assert len(seen) >= 2, "\n".join(line.text for line in read(redis, deployment_id))
     assert remote_processes(marker) == seen  # the remote steps outlive the worker: recovery must end them
