@@ -343,15 +343,17 @@ def _many_hosts(found: dict[str, Any]) -> list[str]:
         f"A {found['files']:,}-file release ({rows[0]['release_bytes']:,} bytes) rolled out with batch "
         f"\"all\" to 1 to {rows[-1]['hosts']} hosts, each a real sshd on a loopback address of this machine, "
         f"sharing its {found['cores']} cores with the worker: first a full deployment, then an incremental "
-        f"one (one file changed). Seconds from the rollout's first connection to the deployment's end; "
+        f"one (one file changed), in {rows[0].get('rounds', 1)} round(s) where the host counts take turns; "
+        f"each row is the round with the median first deployment (every round's seconds in the last "
+        f"column). Seconds from the rollout's first connection to the deployment's end; "
         f"bytes as rsync counts them, per host; CPU seconds of the hosts' sshd and their sessions, and of "
         f"the worker's job and its children (fetch and export included, the detached ssh master "
         f"connections not). The floor is the hosts' CPU over the cores: with the hosts on this machine, no "
         f"schedule could finish sooner.{shown}",
         "",
         "| hosts | deploy | seconds | floor s | phases s: connect / ship / switch, deploy, health / "
-        "prune, end | bytes per host | CPU s: hosts / worker |",
-        "|---:|---|---:|---:|---|---:|---|",
+        "prune, end | bytes per host | CPU s: hosts / worker | seconds, every round |",
+        "|---:|---|---:|---:|---|---:|---|---|",
     ]
     for row in rows:
         for name in ("first", "incremental"):
@@ -362,6 +364,7 @@ def _many_hosts(found: dict[str, Any]) -> list[str]:
                 f"{row[f'{name}_bytes_per_host']:,}",
                 f"{row.get(f'{name}_host_cpu_seconds', 0):.1f} / "
                 f"{row.get(f'{name}_worker_cpu_seconds', 0):.1f}",
+                ", ".join(f"{v:.1f}" for v in row.get(f"{name}_seconds_rounds", [row[f"{name}_seconds"]])),
             ]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
     cheapest = found.get("cheapest_per_host")
