@@ -63,8 +63,8 @@ def one_count(count: int, files: int, workdir: Path, redis: Redis, redis_url: st
     redis.flushdb()
     bare = workdir / "repo.git"
     base, (change,) = linear_repo(bare, files, 1, 1)
-    # plain_shell: a target's deploy user has /bin/sh, not a developer's bash and its ~/.bashrc
-    with ssh_hosts(workdir / "hosts", count, workdir / "client" / "id_ed25519", plain_shell=True) as started:
+    # The hosts' logins skip a developer's ~/.bashrc: a target's deploy user has /bin/sh
+    with ssh_hosts(workdir / "hosts", count, workdir / "client" / "id_ed25519") as started:
         known = workdir / "known_hosts"
         known.write_text("".join(h.known_hosts_line() + "\n" for h in started))
         project = project_config(

@@ -44,7 +44,6 @@ class SshHost:
     root: Path  # the target directory on this "host"
     home: Path  # sshd's config, keys and pid file
     host_key: str  # public key line
-    plain_shell: bool = False  # see write_sshd_config
     process: subprocess.Popen[bytes] | None = None
     health: ThreadingHTTPServer | None = None
     threads: list[threading.Thread] = field(default_factory=list)
@@ -131,13 +130,8 @@ class HealthHandler(BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def ssh_hosts(
-    base: Path, count: int, client_key: Path, plain_shell: bool = False
-) -> Iterator[list[SshHost]]:
-    """Start ``count`` hosts; the client key at ``client_key`` (made if missing) may log in to all.
-
-    ``plain_shell``: remote commands skip the login shell's rc file, as for a deploy user with /bin/sh.
-    """
+def ssh_hosts(base: Path, count: int, client_key: Path) -> Iterator[list[SshHost]]:
+    """Start ``count`` hosts; the client key at ``client_key`` (made if missing) may log in to all."""
     if not client_key.exists():
         keygen(client_key)
     if os.geteuid() == 0:
@@ -150,7 +144,7 @@ def ssh_hosts(
             home.mkdir(parents=True)
             host_key = keygen(home / "host_ed25519")
             (home / "authorized_keys").write_text(client_key.with_suffix(".pub").read_text())
-            host = SshHost(address, 0, home / "srv" / "app", home, host_key, plain_shell)
+            host = SshHost(address, 0, home / "srv" / "app", home, host_key)
             host.root.parent.mkdir()
             hosts.append(host)
             start_sshd(host)
@@ -218,11 +212,13 @@ def write_sshd_config(host: SshHost) -> None:
                 "MaxStartups 50",
                 "LogLevel ERROR",
                 # The hosts log in as whoever runs the tests, whose login shell may be bash: Debian's
-                # bash reads ~/.bashrc for every command sshd starts (a developer's can take 0.15 CPU
-                # seconds: pyenv, cargo) unless it was started from a shell. A real target's deploy
-                # user has /bin/sh (docs/many-hosts.md); SHLVL=1 makes bash behave as that. Only
-                # the benchmark asks for it: the tests keep the timings they were written against.
-                *(["SetEnv SHLVL=1"] if host.plain_shell else []),
+                # bash reads ~/.bashrc for every command sshd starts unless it was started from a
+                # shell. A developer's may run `pyenv init`, whose rehash takes a lock file in
+                # ~/.pyenv shared by every login on the machine: parallel test workers queue on it,
+                # and a test that SIGKILLs a host's sessions can leave it held, so every later login
+                # waits 60 s and deployments fail at "connect". A real target's deploy user has
+                # /bin/sh (docs/many-hosts.md); SHLVL=1 makes bash behave as that.
+                "SetEnv SHLVL=1",
                 "",
             ]
         )
