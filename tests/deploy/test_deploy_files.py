@@ -47,8 +47,9 @@ SYSTEMD = DEPLOY / "systemd"
 KUBE = DEPLOY / "kubernetes"
 WEB_UNIT = SYSTEMD / "pushdeploy-web.service"
 WORKER_UNIT = SYSTEMD / "pushdeploy-worker@.service"
-# Only pinged (healthz). Serially database 10; under pytest-xdist the worker's test database, as with
-# PUSHDEPLOY_TEST_REDIS_URL set (10 minus the worker's index would reach the benchmark's 9).
+# Only for /healthz (and the layout version the app writes at start). Serially database 10; under
+# pytest-xdist the worker's test database, as with PUSHDEPLOY_TEST_REDIS_URL set (10 minus the
+# worker's index would reach the benchmark's 9).
 REDIS_URL = (
     conftest.REDIS_URL
     if worker_count() > 1
