@@ -10,10 +10,16 @@ from typing import Any
 import pytest
 from redis import Redis
 
+from bench.redisdb import bench_url
 from tests.helpers import GitRepo, project_config, write_config
+from tests.parallel import check_disjoint, per_worker
 from workers.config import Settings, load
 
-REDIS_URL = os.environ.get("PUSHDEPLOY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+SERIAL_REDIS_URL = os.environ.get("PUSHDEPLOY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+REDIS_URL = per_worker(SERIAL_REDIS_URL)
+"""Flushed by every test that uses it: under pytest-xdist each worker has its own (tests/parallel.py)."""
+
+check_disjoint(tests=SERIAL_REDIS_URL, benchmark=bench_url(None))
 
 
 @pytest.fixture

@@ -221,7 +221,8 @@ def write_sshd_config(host: SshHost) -> None:
                 # The hosts log in as whoever runs the tests, whose login shell may be bash: Debian's
                 # bash reads ~/.bashrc for every command sshd starts unless it was started from a
                 # shell. A developer's can cost 0.15 CPU seconds (pyenv, cargo), and pyenv's rehash
-                # lock, left behind by a session a test killed, stalls every later login for 60 s.
+                # takes one lock file for every login on the machine: parallel test workers queue on
+                # it, and one left behind by a session a test killed stalls every later login 60 s.
                 # A real target's deploy user has /bin/sh (docs/many-hosts.md); SHLVL=1 makes bash
                 # behave as that.
                 "SetEnv " + " ".join(f"{name}={value}" for name, value in {"SHLVL": "1", **host.env}.items()),

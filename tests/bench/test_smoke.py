@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.redisdb import bench_url
+from tests.parallel import per_worker
+
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +27,8 @@ KEPT_ENV = "PUSHDEPLOY_BENCH_REDIS_URL"  # the harness' own database: a machine 
 
 def test_smoke_run_writes_every_scenario(tmp_path: Path) -> None:
     results_file = tmp_path / "smoke.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHDEPLOY_") or k == KEPT_ENV}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHDEPLOY_")}
+    env[KEPT_ENV] = per_worker(bench_url(None))  # under pytest-xdist, this worker's own
     done = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--json", str(results_file)], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, f"stdout:\n{done.stdout[-4000:]}\nstderr:\n{done.stderr[-4000:]}"

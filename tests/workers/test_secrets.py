@@ -206,6 +206,7 @@ def test_rotate_re_encrypts_under_the_newest_key() -> None:
 @pytest.mark.parametrize(
     "environ_value",
     [f"{K2},{K1}", f"{K2}, {K1}", f"  {K2}\n{K1}\n", f"{K2}\t{K1}", f",{K2},,{K1},"],
+    ids=["comma", "comma-space", "newlines", "tab", "empty-items"],  # random keys: xdist needs stable ids
 )
 def test_keys_are_comma_or_whitespace_separated(environ_value: str) -> None:
     keys = Keyring.from_environ({"PUSHDEPLOY_SECRET_KEYS": environ_value})
@@ -227,6 +228,7 @@ def test_no_keys_configured_is_none(environ: dict[str, str]) -> None:
         base64.urlsafe_b64encode(b"k" * 31).decode(),
         K1.rstrip("="),  # padding missing
     ],
+    ids=["not-base64", "too-short", "too-long", "standard-base64", "31-bytes", "no-padding"],
 )
 def test_a_malformed_key_is_named_by_position_never_shown(bad: str) -> None:
     with pytest.raises(SecretError) as caught:
