@@ -58,6 +58,11 @@ class UnknownDeployment(RecordError, KeyError):
     """No record exists under that id (never created, or pruned from history)."""
 
 
+ENDING_GRACE = 600.0
+"""Seconds a deployment whose ending has not completed is kept from pruning: an ending takes
+milliseconds, so only a worker that died in the middle of one leaves the mark that long."""
+
+
 def new_id(now: float | None = None) -> str:
     """Sortable, URL-, path- and RQ-safe: ``20261126143512345-3f9a1c``.
 
@@ -323,20 +328,32 @@ class DeploymentStore:
         found.sort(key=lambda d: (d.created_at, d.id), reverse=True)
         return found[:limit]
 
-    def prune_history(self, project: str, environment: str, keep: int) -> list[str]:
+    def ended(self, deployment_id: str) -> None:
+        """Its ending is complete (final status and notification queued): it may be pruned now."""
+        self.redis.hdel(schema.record(deployment_id), schema.ENDING_FIELD)
+
+    def prune_history(self, project: str, environment: str, keep: int, now: float | None = None) -> list[str]:
         """Delete ended deployments beyond the newest ``keep``, with their steps, logs and outboxes."""
         history = schema.history(project, environment)
         old = [_text(i) for i in self.redis.zrevrange(history, keep, -1)]
         if not old:
             return []
+        now = time.time() if now is None else now
         due = self.redis.zmscore(schema.OUTBOX_DUE, old)
-        removed = []
         with self.redis.pipeline(transaction=False) as pipe:
-            for deployment_id, deployment, pending in zip(old, self.many(old), due, strict=True):
+            for deployment_id in old:
+                pipe.hget(schema.record(deployment_id), schema.ENDING_FIELD)
+            ending = [float(_text(raw) or 0) for raw in pipe.execute()]
+        removed = []
+        found = zip(old, self.many(old), due, ending, strict=True)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for deployment_id, deployment, pending, since in found:
                 if deployment is not None and not deployment.state.terminal:
                     continue  # never drop one that may still run
                 if pending is not None:
                     continue  # nor one whose statuses GitLab does not have yet
+                if since and now - since < ENDING_GRACE:
+                    continue  # nor one still ending (an ender that died meanwhile lets go after the grace)
                 pipe.delete(*schema.deployment_keys(deployment_id))
                 pipe.zrem(history, deployment_id)
                 if deployment is not None:

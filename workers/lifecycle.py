@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 from redis import Redis
 from rq import Queue
 
-from workers import defaults, notifications, telemetry
+from workers import defaults, notifications, schema, telemetry
 from workers.config import NotifyEvent, Settings
 from workers.deploylog import DeploymentLog, Masker
 from workers.deployments import Deployment, DeploymentStore, InvalidTransition, State, UnknownDeployment
@@ -54,7 +55,8 @@ def end(
     """
     store = DeploymentStore(redis)
     try:
-        final = store.transition(deployment_id, state, reason)
+        # Marked as ending in the same transaction: pruning leaves it alone until store.ended().
+        final = store.transition(deployment_id, state, reason, **{schema.ENDING_FIELD: time.time()})
     except (InvalidTransition, UnknownDeployment):
         return None
     deplog = DeploymentLog(redis, deployment_id, Masker(settings.all_secrets()))
@@ -65,6 +67,7 @@ def end(
         store.mark_live(final)
     report(redis, settings, final, FINAL_STATUS[state], reason or "Deployed")
     notify(settings, redis, final)
+    store.ended(deployment_id)
     store.prune_history(final.project, final.environment, settings.server.keep_deployments)
     if lane_token:
         hand_over(settings, redis, final.project, final.environment, lane_token)

@@ -29,8 +29,8 @@ def record(deployment_id: str) -> str:
     """Hash: the deployment's fields (:class:`workers.deployments.Deployment`, :data:`RUNTIME_FIELDS`).
 
     ``requested_by`` and ``canceled_by`` (who asked for a manual deploy or rollback, who canceled)
-    are optional fields added without a version change: older releases ignore fields they do not
-    know, and a record without them reads as empty."""
+    and :data:`ENDING_FIELD` are optional fields added without a version change: older releases
+    ignore fields they do not know, and a record without them reads as empty."""
     return f"{PREFIX}:dep:{deployment_id}"
 
 
@@ -96,6 +96,11 @@ SENT_FIELD = "statuses_sent"
 """How many entries of the status outbox GitLab has."""
 ATTEMPT_FIELD = "status_attempts"
 """Failed tries of the entry being delivered (its backoff)."""
+ENDING_FIELD = "ending"
+"""Set (a time) by :func:`workers.lifecycle.end` in the transaction that ends a deployment, removed
+once the ending has put its log line, final status and notification in place. History pruning
+leaves the record alone meanwhile, or those writes would bring back keys of a deployment just
+deleted (a ghost record, beyond ``keep_deployments``)."""
 PROBLEM_FIELD = "status_problem"
 """Why the last try failed, for the deployment's page."""
 PIPELINE_FIELD = "gitlab_pipeline_id"

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 from redis import Redis
 
+from workers import deployments, schema
 from workers.deployments import (
     TRANSITIONS,
     Deployment,
@@ -313,3 +314,29 @@ def test_triggered_by_says_how_and_who() -> None:
         "dave",
         "deploy by bob",
     )
+
+
+def test_a_deployment_still_ending_is_not_pruned_until_its_ending_completes_or_its_ender_died(
+    store: DeploymentStore, redis: Redis
+) -> None:
+    """Another ending's prune can run between this one's terminal transition and its final status:
+    deleting it then let the status, log and courier bring back part of its keys (a ghost record)."""
+    made = [Deployment(new_id(time.time() - 10 + i), "sample-app", "production", "refs/heads/main", "a" * 40)
+            for i in range(3)]  # fmt: skip
+    for deployment in made:
+        store.create(deployment)
+    ending_since = time.time()
+    store.transition(made[0].id, State.CANCELED, "superseded", **{schema.ENDING_FIELD: ending_since})
+    for deployment in made[1:]:
+        store.transition(deployment.id, State.CANCELED, "superseded")
+
+    assert store.prune_history("sample-app", "production", 1) == [made[1].id]  # not the one ending
+    assert store.get(made[0].id).state is State.CANCELED
+    later = ending_since + deployments.ENDING_GRACE + 1  # its ender died mid-ending: let it go then
+    assert store.prune_history("sample-app", "production", 1, now=later) == [made[0].id]
+
+    store.create(again := Deployment(new_id(), "sample-app", "production", "refs/heads/main", "b" * 40))
+    store.transition(again.id, State.FAILED, "x", **{schema.ENDING_FIELD: time.time()})
+    store.ended(again.id)  # the ending completed
+    assert redis.hget(schema.record(again.id), schema.ENDING_FIELD) is None
+    assert store.prune_history("sample-app", "production", 0) == [again.id, made[2].id]  # newest first

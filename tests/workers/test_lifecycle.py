@@ -18,7 +18,7 @@ from rq import Queue, SimpleWorker, Worker
 from rq.exceptions import AbandonedJobError
 
 from tests.helpers import GitRepo, Health, use_engine, wait_for
-from workers import defaults, lanes, telemetry
+from workers import defaults, lanes, schema, telemetry
 from workers.config import Settings
 from workers.control import cancel
 from workers.deployments import Deployment, DeploymentStore, State, new_id
@@ -115,6 +115,7 @@ def env(
 def assert_ended_once(env: Env, deployment_id: str, state: State, lane_held: bool, waiter: str = "") -> None:
     ended = env.store.get(deployment_id)
     assert ended.state is state, ended.reason
+    assert env.redis.hget(schema.record(deployment_id), schema.ENDING_FIELD) is None  # the ending completed
     finals = [r.status.state for r in recorded(env.redis, deployment_id) if r.status.state in FINAL.values()]
     assert finals == [FINAL[state]]
     expected = {str(state): 1}
