@@ -333,21 +333,27 @@ class DeploymentStore:
         self.redis.hdel(schema.record(deployment_id), schema.ENDING_FIELD)
 
     def prune_history(self, project: str, environment: str, keep: int, now: float | None = None) -> list[str]:
-        """Delete ended deployments beyond the newest ``keep``, with their steps, logs and outboxes."""
+        """Delete ended deployments beyond the newest ``keep``, with their steps, logs and outboxes.
+
+        Each record is read whole (its state and its ending mark at one instant), and the outbox
+        after it: an ending marks the record in its terminal transaction and queues the final status
+        before it removes the mark, so a record seen ended and unmarked already shows as owed."""
         history = schema.history(project, environment)
         old = [_text(i) for i in self.redis.zrevrange(history, keep, -1)]
         if not old:
             return []
         now = time.time() if now is None else now
-        due = self.redis.zmscore(schema.OUTBOX_DUE, old)
         with self.redis.pipeline(transaction=False) as pipe:
             for deployment_id in old:
-                pipe.hget(schema.record(deployment_id), schema.ENDING_FIELD)
-            ending = [float(_text(raw) or 0) for raw in pipe.execute()]
+                pipe.hgetall(schema.record(deployment_id))
+            raws = pipe.execute()
+        due = self.redis.zmscore(schema.OUTBOX_DUE, old)  # after the records: see above
         removed = []
-        found = zip(old, self.many(old), due, ending, strict=True)
         with self.redis.pipeline(transaction=False) as pipe:
-            for deployment_id, deployment, pending, since in found:
+            for deployment_id, raw, pending in zip(old, raws, due, strict=True):
+                deployment = Deployment.from_redis(raw) if raw else None
+                ending = next((v for k, v in raw.items() if _text(k) == schema.ENDING_FIELD), "")
+                since = float(_text(ending) or 0)
                 if deployment is not None and not deployment.state.terminal:
                     continue  # never drop one that may still run
                 if pending is not None:
