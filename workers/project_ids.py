@@ -8,7 +8,8 @@ project's id) and kept in Redis, for every web process and node, and in this pro
 Asking GitLab happens at web start and when a delivery's path differs from the configured one,
 never on the accept path of a matching delivery. A GitLab that is down or slow delays such a
 delivery by at most :data:`RESOLVE_TIMEOUT` and is asked again only after :data:`RESOLVE_RETRY`
-seconds, by one process of all those that share the Redis.
+seconds, by one process of all those that share the Redis. A delivery that comes while that
+question is out waits for its answer, in this process or through Redis, within the same bound.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ class ProjectIds:
         self._known: dict[str, int] = {}
         self._next_try: dict[str, float] = {}
         self._asking: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
         self._client: gitlab.Gitlab | None = None
 
     def resolve(self, project: Project) -> int | None:
@@ -104,13 +106,19 @@ class ProjectIds:
         stored = self._stored(path)
         if stored is not None or self.settings is None:
             return stored
-        asking = self._asking.get(path)
+        with self._lock:  # who asks is decided here, so no delivery slips between claim and ask
+            asking = self._asking.get(path)
+            if asking is None:
+                if time.monotonic() < self._next_try.get(path, 0.0):
+                    return None
+                mine = self._asking[path] = threading.Event()
         if asking is not None:  # this process asks already (at web start): wait for that answer
             asking.wait(self.timeout)
             return self._known.get(path)
-        if time.monotonic() < self._next_try.get(path, 0.0) or not self._claim(path):
-            return None
-        return self._ask_bounded(path)
+        if not self._claim(path):  # another process asks: its answer comes through Redis
+            self._done(path, mine)
+            return self._wait_stored(path)
+        return self._ask_bounded(path, mine)
 
     def warm(self, projects: Iterable[Project]) -> threading.Thread | None:
         """Resolve every path-configured project in the background, so that no delivery waits for it."""
@@ -143,20 +151,33 @@ class ProjectIds:
         except RedisError:
             return True  # this process's own pace still holds
 
-    def _ask_bounded(self, path: str) -> int | None:
+    def _ask_bounded(self, path: str, done: threading.Event) -> int | None:
         """Ask in a thread and wait at most ``timeout``: a late answer still fills the cache."""
-        done = self._asking[path] = threading.Event()
 
         def ask() -> None:
             try:
                 self._ask(path)
             finally:
-                del self._asking[path]
-                done.set()
+                self._done(path, done)
 
         threading.Thread(target=ask, name="project-id", daemon=True).start()
         done.wait(self.timeout)
         return self._known.get(path)
+
+    def _done(self, path: str, asking: threading.Event) -> None:
+        with self._lock:
+            if self._asking.get(path) is asking:
+                del self._asking[path]
+        asking.set()
+
+    def _wait_stored(self, path: str) -> int | None:
+        """Another process asks GitLab: wait (at most ``timeout``) for the id it stores in Redis."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            found = self._stored(path)
+            if found is not None or time.monotonic() >= deadline:
+                return found
+            time.sleep(0.05)
 
     def _ask(self, path: str) -> None:
         try:

@@ -198,3 +198,34 @@ def silent_server() -> Iterator[tuple[int, list[socket.socket]]]:
 def silent_port() -> Iterator[int]:
     with silent_server() as (port, _):
         yield port
+
+
+def test_a_delivery_that_comes_while_the_warm_up_claims_its_lookup_waits_for_that_answer(
+    redis: Redis, gitlab: FakeGitLab, project_at: Callable[[str | int], Project]
+) -> None:
+    """Seen under load: between the web start's claim (a Redis round trip) and its lookup, a delivery
+    found nobody asking and its own claim taken, and was refused 403 for a renamed project."""
+
+    class SlowRedisClaim(ProjectIds):
+        def _claim(self, path: str) -> bool:
+            time.sleep(0.3)  # a Redis answering slowly, as on a loaded machine
+            return super()._claim(path)
+
+    project = project_at("tools/sample-app")
+    ids = SlowRedisClaim(redis, settings_for(gitlab.url))
+    warming = ids.warm([project])
+    assert warming is not None
+    time.sleep(0.05)  # the warm-up is inside its claim now
+    assert ids.resolve(project) == 42  # waited for the warm-up's answer, did not give up
+    warming.join(5)
+    assert lookups(gitlab) == ["/api/v4/projects/tools%2Fsample-app"]  # asked once
+
+
+def test_a_process_that_finds_another_asking_waits_for_the_id_it_stores(
+    redis: Redis, gitlab: FakeGitLab, project_at: Callable[[str | int], Project]
+) -> None:
+    project = project_at("tools/sample-app")
+    redis.set(asking_key("tools/sample-app"), "1", ex=60)  # another web process asks GitLab now
+    threading.Timer(0.3, lambda: redis.set(id_key("tools/sample-app"), 42)).start()  # and stores it
+    assert ProjectIds(redis, settings_for(gitlab.url)).resolve(project) == 42
+    assert lookups(gitlab) == []  # this one did not ask
