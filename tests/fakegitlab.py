@@ -285,6 +285,17 @@ class _Fault:
     seconds: float = 0.0
     process: bool = True
     route: FaultRoute = "statuses"
+    state: str | None = None  # statuses route: only a POST of this state (None: any)
+
+
+def _posted_state(raw_body: bytes) -> str | None:
+    """The ``state`` a status POST carries, as JSON or as a form (python-gitlab sends either)."""
+    try:
+        data = json.loads(raw_body)
+    except ValueError:
+        data = dict(parse_qsl(raw_body.decode("utf-8", "replace")))
+    value = data.get("state") if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
 
 
 class _HttpError(Exception):
@@ -519,17 +530,24 @@ class FakeGitLab:
             )
 
     def stall_next(
-        self, n: int, seconds: float, *, process: bool = True, route: FaultRoute = "statuses"
+        self,
+        n: int,
+        seconds: float,
+        *,
+        process: bool = True,
+        route: FaultRoute = "statuses",
+        state: str | None = None,
     ) -> None:
         """Delay the answer to the next n status POSTs by ``seconds`` (to trip client timeouts).
 
         process=True: the POST is applied (recorded) first and only the response is late -- the
         nasty real-world case where a client retry duplicates work.  process=False: nothing is
-        applied and the connection is reset after the delay.
+        applied and the connection is reset after the delay. ``state``: only POSTs of that status
+        state (``success``…), so a test can aim at the final status before it is due.
         """
         with self.lock:
             self._faults.extend(
-                _Fault("stall", seconds=seconds, process=process, route=route) for _ in range(n)
+                _Fault("stall", seconds=seconds, process=process, route=route, state=state) for _ in range(n)
             )
 
     def reset_next(self, n: int = 1, *, route: FaultRoute = "statuses") -> None:
@@ -537,8 +555,8 @@ class FakeGitLab:
         with self.lock:
             self._faults.extend(_Fault("reset", route=route) for _ in range(n))
 
-    def _take_fault(self, method: str, raw_path: str) -> _Fault | None:
-        """The first queued fault aimed at this request's route, taken off the queue."""
+    def _take_fault(self, method: str, raw_path: str, raw_body: bytes = b"") -> _Fault | None:
+        """The first queued fault aimed at this request's route (and state), taken off the queue."""
         if method == "POST" and re.fullmatch(r"/api/v4/projects/[^/]+/statuses/[^/]+", raw_path):
             route = "statuses"
         elif (method == "POST" and re.fullmatch(r"/api/v4/projects/[^/]+/deployments", raw_path)) or (
@@ -553,7 +571,7 @@ class FakeGitLab:
             return None
         with self.lock:
             for fault in self._faults:
-                if fault.route == route:
+                if fault.route == route and (fault.state is None or fault.state == _posted_state(raw_body)):
                     self._faults.remove(fault)
                     return fault
         return None
@@ -668,7 +686,7 @@ class FakeGitLab:
             "headers": dict(headers.items()),
             "body": raw_body.decode("utf-8", "replace"),
         }
-        fault = self._take_fault(method, raw_path)
+        fault = self._take_fault(method, raw_path, raw_body)
         if fault is not None and fault.kind == "fail":
             response = self._canned(fault)
         elif fault is not None and fault.kind == "reset":

@@ -104,10 +104,12 @@ def test_a_final_status_applied_but_answered_late_is_not_posted_twice(
     started = time.monotonic()
     for index in range(1, 1 + scaled(2, 5)):
         sha = stack.repo.commit({"app.txt": f"v{index}\n"}, f"v{index}")
+        # Aimed at this deployment's final status from the start: under load the courier can post
+        # `running` so late that the final one follows at once, before a stall queued after it.
+        gitlab.stall_next(1, STALL, process=True, state="success")
         pushed = time.time()
         deployment = push(stack, sha)
         wait_until(lambda sha=sha: "running" in status_states(stack, sha, STATUS), 20, "the running status")
-        gitlab.stall_next(1, STALL, process=True)  # the next post is this deployment's final one
         assert wait_state(redis, deployment, TERMINAL, 60, stack) == "succeeded", record(redis, deployment)
         runs.append((sha, deployment, float(record(redis, deployment)["finished_at"]) - pushed))
         wait_until(lambda: gitlab.pending_faults == 0, 20, "the stall to be applied")
