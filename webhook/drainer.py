@@ -76,10 +76,7 @@ class Drainer:
         if record.kind == "review" and project.review is None:
             log.error("journal: %s is for a review app, and %s has none now: dropped", what, record.project)
             return
-        store = self.reviews.store
-        app = store.get(project.name, record.iid)
-        changed = app.changed_at if app else store.stop_asked_at(project.name, record.iid)
-        if changed > record.created_at:  # a live delivery came after it
+        if self.reviews.store.changed_at(project.name, record.iid) > record.created_at:  # live came first
             log.warning("journal: %s is older than the last change to %s: dropped", what, record.environment)
             return
         if record.kind == "stop":

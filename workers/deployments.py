@@ -352,8 +352,7 @@ class DeploymentStore:
         with self.redis.pipeline(transaction=False) as pipe:
             for deployment_id, raw, pending in zip(old, raws, due, strict=True):
                 deployment = Deployment.from_redis(raw) if raw else None
-                ending = next((v for k, v in raw.items() if _text(k) == schema.ENDING_FIELD), "")
-                since = float(_text(ending) or 0)
+                since = float(_text(raw.get(schema.ENDING_FIELD.encode(), raw.get(schema.ENDING_FIELD))) or 0)
                 if deployment is not None and not deployment.state.terminal:
                     continue  # never drop one that may still run
                 if pending is not None:

@@ -43,16 +43,10 @@ class ReviewApp:
     reason: str
     updated_at: float
     note_id: str
-    stop_asked_at: float = 0.0  # when its current stop was asked for (0: none)
 
     @property
     def environment(self) -> str:
         return f"review/{self.iid}"
-
-    @property
-    def changed_at(self) -> float:
-        """When the newest event applied to the app (a deployment accepted, a stop asked) arrived."""
-        return max(self.updated_at, self.stop_asked_at)
 
     def public(self, project: Project | None = None) -> dict[str, Any]:
         """As the API and pages show it (no note id: it is GitLab's business)."""
@@ -96,11 +90,12 @@ def _app(project: str, iid: int, raw: Mapping[Any, Any]) -> ReviewApp | None:
         reason=data.get("reason", ""),
         updated_at=float(data.get("updated_at") or 0.0),
         note_id=data.get("note_id", ""),
-        stop_asked_at=float(data.get("stop_asked_at") or 0.0),
     )
 
 
 KEEP_SECONDS = defaults.REVIEW_KEEP_DAYS * 86400
+STOP_ASKED = "stop_asked_at"
+"""The app record's field: when its stop was last asked for (kept for a journaled event's order)."""
 
 _STOPPED = """
 -- KEYS[1]: the app's record. ARGV: seconds to keep, then every key of its environment.
@@ -157,17 +152,18 @@ class ReviewStore:
         pipe.persist(key)
         pipe.zadd(schema.reviews(project), {str(iid): now})
 
-    def stop_asked_at(self, project: str, iid: int) -> float:
-        """When a stop was last asked for, app or not (0: never, or forgotten)."""
-        raw = self.redis.hget(schema.review(project, iid), "stop_asked_at")
-        return float(_text(raw) or 0.0)
+    def changed_at(self, project: str, iid: int) -> float:
+        """When the newest event applied to the merge request's app arrived (a deployment accepted, a
+        stop asked, even with no app); 0 when none is known."""
+        raw = self.redis.hmget(schema.review(project, iid), ["updated_at", STOP_ASKED])
+        return max(float(_text(value) or 0.0) for value in raw)
 
     def note_stop(self, project: str, iid: int) -> None:
         """A close or merge for a merge request with no app: remembered as long as a stopped app's
         record, so that an older open drained from a journal later does not deploy it."""
         key = schema.review(project, iid)
         with self.redis.pipeline() as pipe:
-            pipe.hset(key, "stop_asked_at", str(time.time()))
+            pipe.hset(key, STOP_ASKED, str(time.time()))
             pipe.expire(key, KEEP_SECONDS, nx=True)
             pipe.execute()
 
@@ -175,7 +171,7 @@ class ReviewStore:
         key = schema.review(project, iid)
         fields = {"state": str(state), "reason": reason}
         if state is AppState.STOPPING:
-            fields["stop_asked_at"] = str(time.time())
+            fields[STOP_ASKED] = str(time.time())
         with self.redis.pipeline() as pipe:
             pipe.hset(key, mapping=fields)
             if state is AppState.STOPPED:
