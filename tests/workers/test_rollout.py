@@ -432,20 +432,37 @@ def test_an_incremental_ship_sends_only_the_changed_paths_and_the_host_gets_the_
         assert not [p for p in on_host.iterdir() if p.name.startswith(".")]
 
 
-def test_a_host_whose_cp_cannot_hard_link_gets_the_full_compare_and_the_build_exactly(
+ShippedOnce = tuple[SshHost, Settings, Path, Deployment]
+
+
+@pytest.fixture
+def shipped_once(
     three: list[SshHost],
     targets_settings: Callable[..., Settings],
     git_repo: GitRepo,
     redis: Redis,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:
+) -> ShippedOnce:
+    """One host with a first release holding a 3 MB file: the host, settings, the worker's releases
+    folder and that deployment."""
     host = three[0]
     settings = targets_settings([host])
     local = tmp_path / "data" / "projects" / "sample-app" / "production" / "releases"
     (git_repo.work / "big.bin").write_bytes(BIG)
     first = deploy(redis, settings, commit(git_repo, "one\n"), monkeypatch)
     assert first.state is State.SUCCEEDED, first.reason
+    return host, settings, local, first
+
+
+def test_a_host_whose_cp_cannot_hard_link_gets_the_full_compare_and_the_build_exactly(
+    shipped_once: ShippedOnce,
+    git_repo: GitRepo,
+    redis: Redis,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    host, settings, local, first = shipped_once
     # The host's `cp` refuses -l, as a cp without GNU's options would: the hard-linked copy fails.
     tools, calls = tmp_path / "host-tools", tmp_path / "cp-calls"
     tools.mkdir()
@@ -515,19 +532,13 @@ def test_a_release_written_into_on_the_host_is_not_carried_into_the_next(
 
 
 def test_without_its_copy_of_the_hosts_release_the_worker_compares_every_file(
-    three: list[SshHost],
-    targets_settings: Callable[..., Settings],
+    shipped_once: ShippedOnce,
     git_repo: GitRepo,
     redis: Redis,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    host = three[0]
-    settings = targets_settings([host])
-    local = tmp_path / "data" / "projects" / "sample-app" / "production" / "releases"
-    (git_repo.work / "big.bin").write_bytes(BIG)
-    first = deploy(redis, settings, commit(git_repo, "one\n"), monkeypatch)
-    assert first.state is State.SUCCEEDED, first.reason
+    host, settings, local, first = shipped_once
     shutil.rmtree(local / first.id)  # pruned on the worker, say
 
     second = deploy(redis, settings, commit(git_repo, "two\n"), monkeypatch)
